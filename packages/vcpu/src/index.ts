@@ -1,0 +1,3 @@
+export * from "./layout.ts";
+export * from "./signals.ts";
+export type * from "./bus.ts";

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything vmm needs on a fresh Debian machine, idempotently:
+# Debian packages (QEMU as reference peer, dtc, e2fsprogs, socat), pnpm,
+# the npm dependencies (which bring the pinned Node), the AssemblyScript
+# vCPU build, and the guest kit (Debian riscv64 kernel, modules, busybox,
+# OpenSBI) cached outside the repo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(qemu-system-misc qemu-system-common qemu-user qemu-utils device-tree-compiler socat e2fsprogs xz-utils cpio kmod)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  for attempt in 1 2 3; do
+    if $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+      break
+    fi
+    [ "$attempt" = 3 ] && { echo "setup: apt-get failed three times; see the messages above" >&2; exit 1; }
+    echo "setup: apt-get failed (attempt $attempt), retrying in 10 s" >&2; sleep 10
+  done
+fi
+
+if ! command -v pnpm >/dev/null; then
+  echo "setup: installing pnpm"
+  npm install -g --silent pnpm@10.34.8
+fi
+
+pnpm install --frozen-lockfile --reporter=silent
+pnpm run build
+pnpm run guest fetch
