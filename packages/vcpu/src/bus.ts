@@ -23,3 +23,25 @@ export interface PhysBus {
   /** false for an access fault. */
   store(paddr: number, size: AccessSize, value: bigint, hart: number): boolean;
 }
+
+/** A hart's integer registers as the SBI implementation sees them at an ECALL. */
+export interface HartRegs {
+  readonly hartId: number;
+  x(i: number): bigint;
+  setX(i: number, v: bigint): void;
+  /** Guest-physical memory, for SBI calls that pass buffers (DBCN). null if out of RAM. */
+  readPhys(paddr: bigint, len: number): Uint8Array | null;
+  writePhys(paddr: bigint, data: Uint8Array): boolean;
+}
+
+/**
+ * What the hart does after an SBI call returns (a0/a1 already set):
+ * 'continue' — resume at the instruction after ECALL;
+ * 'stop' — this hart was stopped (HSM hart_stop): park until HSM start;
+ * 'shutdown' — the machine is going down (SRST): stop running.
+ */
+export type SbiOutcome = 'continue' | 'stop' | 'shutdown';
+
+export interface SbiHandler {
+  call(regs: HartRegs): SbiOutcome;
+}
