@@ -120,3 +120,25 @@ describe('WebSocket API', () => {
     ws.close();
   });
 });
+
+describe('vmm ctl', () => {
+  it('parses key=value arguments and talks QMP', async () => {
+    const { parseCommandArgs, runCtl } = await import('./client.ts');
+    expect(parseCommandArgs(['id=vdb', 'count=3', 'ro=true', 'file=/a=b'])).toEqual({ id: 'vdb', count: 3, ro: true, file: '/a=b' });
+    expect(() => parseCommandArgs(['nokey'])).toThrow(/not key=value/);
+    const dir = mkdtempSync(join(tmpdir(), 'vmm-ctl-'));
+    const path = join(dir, 'qmp.sock');
+    const vm = new StateVm();
+    hub = new ApiHub(vm, log);
+    await hub.listenQmp(path);
+    const out: string[] = [];
+    const err: string[] = [];
+    expect(await runCtl(['--qmp', path, 'stop'], (s) => out.push(s), (s) => err.push(s))).toBe(0);
+    expect(vm.state).toBe('paused');
+    expect(await runCtl(['--qmp', path, 'device_del', 'id=vdq'], (s) => out.push(s), (s) => err.push(s))).toBe(1);
+    expect(err.pop()).toBe("DeviceNotFound: Device 'vdq' not found");
+    expect(await runCtl(['--qmp', join(dir, 'nope.sock'), 'stop'], (s) => out.push(s), (s) => err.push(s))).toBe(1);
+    expect(err.pop()).toMatch(/cannot connect/);
+    expect(await runCtl(['stop'], (s) => out.push(s), (s) => err.push(s))).toBe(2);
+  });
+});
