@@ -1,1 +1,3 @@
-export * from "./ffi.ts";
+export * from './errors.ts';
+export * from './logger.ts';
+export * from './ffi.ts';
