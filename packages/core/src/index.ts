@@ -1,3 +1,4 @@
 export * from './errors.ts';
 export * from './logger.ts';
 export * from './ffi.ts';
+export * from './memory.ts';
