@@ -1,0 +1,91 @@
+// `pnpm guest …`: fetch the Debian guest kit and build the initramfs.
+import { copyFile, writeFile } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { stderrReporter } from './download.ts';
+import { GuestKitError } from './errors.ts';
+import { buildInitramfs, initrdWithExec } from './initramfs.ts';
+import { ensureGuestKit } from './kit.ts';
+
+const HELP = `usage: pnpm guest <command> [options]
+
+Fetches Debian trixie riscv64 packages (kernel + modules, busybox-static,
+OpenSBI) pinned in guest.lock.json, caches them under
+\${XDG_CACHE_HOME:-~/.cache}/vmm/guest/, and builds the initramfs.
+
+commands:
+  fetch [--update]          download and unpack what the lock names
+                            (--update: re-resolve from the archive, rewrite the lock)
+  build [--exec CMD] [-o FILE]
+                            build the initramfs (cached); print its path, or copy
+                            it to FILE; with --exec, append the command archive
+  paths                     print the kit's file paths as JSON (fetching if needed)
+  --help                    this text
+
+The Debian mirror is read from /etc/apt/sources.list{,.d}; VMM_DEBIAN_MIRROR overrides it.
+`;
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      help: { type: 'boolean', short: 'h' },
+      update: { type: 'boolean' },
+      exec: { type: 'string' },
+      output: { type: 'string', short: 'o' },
+    },
+  });
+  const cmd = positionals[0];
+  if (values.help || cmd === undefined || cmd === 'help') {
+    process.stdout.write(HELP);
+    return cmd === undefined && !values.help ? 2 : 0;
+  }
+  if (positionals.length > 1) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[1])}`);
+  const reporter = stderrReporter();
+  switch (cmd) {
+    case 'fetch': {
+      const kit = await ensureGuestKit({ update: values.update === true, reporter });
+      reporter.info(`ready: kernel ${kit.kernelVersion} (${kit.packages.map((p) => `${p.name} ${p.version}`).join(', ')})`);
+      return 0;
+    }
+    case 'build': {
+      const kit = await ensureGuestKit({ reporter });
+      const built = await buildInitramfs(kit);
+      if (values.exec !== undefined) {
+        if (!values.output) throw new UsageError('--exec needs -o FILE');
+        const x = await initrdWithExec(built.path, values.exec);
+        await writeFile(values.output, x.initrd);
+        process.stdout.write(`${values.output}\n`);
+      } else if (values.output) {
+        await copyFile(built.path, values.output);
+        process.stdout.write(`${values.output}\n`);
+      } else {
+        process.stdout.write(`${built.path}\n`);
+      }
+      return 0;
+    }
+    case 'paths': {
+      const kit = await ensureGuestKit({ reporter });
+      const built = await buildInitramfs(kit);
+      process.stdout.write(`${JSON.stringify({ ...kit, initramfs: built.path, modules: built.modules }, null, 2)}\n`);
+      return 0;
+    }
+    default:
+      throw new UsageError(`unknown command ${JSON.stringify(cmd)}`);
+  }
+}
+
+class UsageError extends Error {}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    const usage = e instanceof UsageError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
+    const msg = e instanceof GuestKitError ? `${e.message} [${e.code}]` : (e as Error).message;
+    process.stderr.write(`guest: ${msg}\n`);
+    process.exitCode = usage ? 2 : 1;
+  },
+);
