@@ -1,0 +1,147 @@
+// A raw image: the file's bytes are the disk's bytes. Positional reads and
+// writes through node:fs file handles, which run on libuv's thread pool,
+// so many requests are in flight at once (vmm-blk sizes the pool).
+
+import { open, type FileHandle } from 'node:fs/promises';
+import { ImageError, ImageRangeError } from './errors.ts';
+import { checkRange, checkWritable, ZERO_CHUNK, type BlockImage } from './image.ts';
+import { SECTOR_SIZE } from './spec.ts';
+
+export interface RawOpenOptions {
+  readOnly?: boolean;
+}
+
+export class RawImage implements BlockImage {
+  readonly capacity: number;
+  readonly readOnly: boolean;
+  readonly path: string;
+  #fh: FileHandle;
+  /** Bytes of the file that actually exist; reads past it (a file shorter than a sector multiple) see zeros. */
+  #fileSize: number;
+
+  private constructor(path: string, fh: FileHandle, size: number, readOnly: boolean) {
+    this.path = path;
+    this.#fh = fh;
+    this.#fileSize = size;
+    // The protocol counts 512-byte sectors; a trailing partial sector is not addressable.
+    this.capacity = Math.floor(size / SECTOR_SIZE) * SECTOR_SIZE;
+    this.readOnly = readOnly;
+  }
+
+  static async open(path: string, options: RawOpenOptions = {}): Promise<RawImage> {
+    const readOnly = options.readOnly ?? false;
+    let fh: FileHandle;
+    try {
+      fh = await open(path, readOnly ? 'r' : 'r+');
+    } catch (e) {
+      throw new ImageError('ERR_IMAGE_OPEN', `cannot open raw image ${path}: ${(e as Error).message}`);
+    }
+    const st = await fh.stat();
+    if (!st.isFile()) {
+      await fh.close();
+      throw new ImageError('ERR_IMAGE_OPEN', `raw image ${path} is not a regular file`);
+    }
+    return new RawImage(path, fh, st.size, readOnly);
+  }
+
+  async read(offset: number, into: Uint8Array): Promise<void> {
+    checkRange(this, 'read', offset, into.length);
+    await preadFull(this.#fh, into, offset);
+  }
+
+  /** Scatter read: one preadv for a request made of several guest buffers. */
+  async readv(offset: number, into: readonly Uint8Array[]): Promise<void> {
+    const total = into.reduce((n, b) => n + b.length, 0);
+    checkRange(this, 'read', offset, total);
+    const got = (await this.#fh.readv(into as Uint8Array[], offset)).bytesRead;
+    if (got === total) return;
+    // Short read: fall back to one buffer at a time (zero-fills past end of file).
+    let pos = offset;
+    for (const b of into) {
+      await preadFull(this.#fh, b, pos);
+      pos += b.length;
+    }
+  }
+
+  async write(offset: number, from: Uint8Array): Promise<void> {
+    checkWritable(this, 'write');
+    checkRange(this, 'write', offset, from.length);
+    await pwriteFull(this.#fh, from, offset);
+  }
+
+  /** Gather write: one pwritev for several guest buffers. */
+  async writev(offset: number, from: readonly Uint8Array[]): Promise<void> {
+    checkWritable(this, 'write');
+    const total = from.reduce((n, b) => n + b.length, 0);
+    checkRange(this, 'write', offset, total);
+    const done = (await this.#fh.writev(from as Uint8Array[], offset)).bytesWritten;
+    if (done === total) return;
+    let skip = done;
+    let pos = offset;
+    for (const b of from) {
+      if (skip >= b.length) {
+        skip -= b.length;
+      } else {
+        await pwriteFull(this.#fh, b.subarray(skip), pos + skip);
+        skip = 0;
+      }
+      pos += b.length;
+    }
+  }
+
+  async flush(): Promise<void> {
+    if (this.readOnly) return;
+    await this.#fh.datasync();
+  }
+
+  /**
+   * Node has no fallocate(PUNCH_HOLE), so a discard writes zeros: the
+   * virtio spec lets a discarded range read back as anything, and zeros
+   * keep the result deterministic.
+   */
+  async discard(offset: number, length: number): Promise<void> {
+    await this.writeZeroes(offset, length, true);
+  }
+
+  async writeZeroes(offset: number, length: number, _mayUnmap: boolean): Promise<void> {
+    checkWritable(this, 'write-zeroes');
+    checkRange(this, 'write-zeroes', offset, length);
+    let pos = offset;
+    const end = offset + length;
+    while (pos < end) {
+      const n = Math.min(ZERO_CHUNK.length, end - pos);
+      await pwriteFull(this.#fh, ZERO_CHUNK.subarray(0, n), pos);
+      pos += n;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.#fh.close();
+  }
+
+  get fileSize(): number {
+    return this.#fileSize;
+  }
+}
+
+/** pread until `into` is full; bytes past end of file read as zeros. */
+export async function preadFull(fh: FileHandle, into: Uint8Array, offset: number): Promise<void> {
+  let done = 0;
+  while (done < into.length) {
+    const { bytesRead } = await fh.read(into, done, into.length - done, offset + done);
+    if (bytesRead === 0) {
+      into.fill(0, done);
+      return;
+    }
+    done += bytesRead;
+  }
+}
+
+export async function pwriteFull(fh: FileHandle, from: Uint8Array, offset: number): Promise<void> {
+  let done = 0;
+  while (done < from.length) {
+    const { bytesWritten } = await fh.write(from, done, from.length - done, offset + done);
+    if (bytesWritten === 0) throw new ImageRangeError(`write of ${from.length} bytes at offset ${offset} made no progress (disk full?)`);
+    done += bytesWritten;
+  }
+}
