@@ -149,7 +149,6 @@ export function compareDebVersions(a: string, b: string): number {
     let i = 0;
     let j = 0;
     while (i < x.length || j < y.length) {
-      let diff = 0;
       while ((i < x.length && !/\d/.test(x[i]!)) || (j < y.length && !/\d/.test(y[j]!))) {
         const ox = i < x.length && !/\d/.test(x[i]!) ? order(x[i]!) : 0;
         const oy = j < y.length && !/\d/.test(y[j]!) ? order(y[j]!) : 0;
@@ -161,7 +160,7 @@ export function compareDebVersions(a: string, b: string): number {
       let ny = '';
       while (i < x.length && /\d/.test(x[i]!)) nx += x[i++];
       while (j < y.length && /\d/.test(y[j]!)) ny += y[j++];
-      diff = Number(nx || '0') - Number(ny || '0');
+      const diff = Number(nx || '0') - Number(ny || '0');
       if (diff !== 0) return diff;
     }
     return 0;

@@ -66,7 +66,7 @@ export function readAptSources(root = '/etc/apt'): AptSource[] {
   };
   const main = tryRead(join(root, 'sources.list'));
   if (main !== null) out.push(...parseOneLineSources(main, join(root, 'sources.list')));
-  let names: string[] = [];
+  let names: string[];
   try {
     names = readdirSync(join(root, 'sources.list.d')).sort();
   } catch {
