@@ -1,0 +1,127 @@
+// fast-check generators of IEEE operands that hit the hard cases: specials,
+// subnormals, extremes of the exponent range, sparse significands (whose
+// products and sums land exactly on rounding ties), operand pairs that nearly
+// cancel, and values around the integer conversion boundaries.
+import fc from 'fast-check';
+import { type Format, refMul, RTZ } from './reference.ts';
+
+const mask = (bits: number): bigint => (1n << BigInt(bits)) - 1n;
+const width = (f: Format): number => 1 + f.exp + f.frac;
+const expMax = (f: Format): number => (1 << f.exp) - 1;
+const bias = (f: Format): number => (1 << (f.exp - 1)) - 1;
+
+function pack(f: Format, sign: number, be: number, fr: bigint): bigint {
+  return (BigInt(sign) << BigInt(f.exp + f.frac)) | (BigInt(be) << BigInt(f.frac)) | (fr & mask(f.frac));
+}
+
+/** Fractions: zero, one, all ones, quiet bit, random, sparse (only the top
+ *  k bits random), all ones minus a little. */
+function fracArb(f: Format): fc.Arbitrary<bigint> {
+  return fc.oneof(
+    fc.constantFrom(0n, 1n, mask(f.frac), 1n << BigInt(f.frac - 1), mask(f.frac - 1)),
+    fc.bigInt({ min: 0n, max: mask(f.frac) }),
+    fc.integer({ min: 0, max: f.frac }).chain((k) =>
+      fc.bigInt({ min: 0n, max: mask(k) }).map((v) => v << BigInt(f.frac - k))),
+    fc.bigInt({ min: 0n, max: 64n }).map((d) => mask(f.frac) - d),
+  );
+}
+
+function expArb(f: Format): fc.Arbitrary<number> {
+  const b = bias(f);
+  const em = expMax(f);
+  return fc.oneof(
+    fc.constantFrom(0, 1, 2, b - 1, b, b + 1, em - 2, em - 1, em),
+    fc.integer({ min: 0, max: em }),
+    fc.integer({ min: b - 4, max: b + 4 }),
+  );
+}
+
+export function specials(f: Format): bigint[] {
+  const em = expMax(f);
+  const out: bigint[] = [];
+  for (const s of [0, 1]) {
+    out.push(
+      pack(f, s, 0, 0n), // zero
+      pack(f, s, em, 0n), // inf
+      pack(f, s, em, 1n << BigInt(f.frac - 1)), // quiet NaN
+      pack(f, s, em, (1n << BigInt(f.frac - 1)) | 5n), // quiet NaN with payload
+      pack(f, s, em, 1n), // signaling NaN
+      pack(f, s, em, mask(f.frac - 1)), // signaling NaN, full payload
+      pack(f, s, 0, 1n), // min subnormal
+      pack(f, s, 0, mask(f.frac)), // max subnormal
+      pack(f, s, 1, 0n), // min normal
+      pack(f, s, em - 1, mask(f.frac)), // max finite
+      pack(f, s, bias(f), 0n), // 1.0
+    );
+  }
+  return out;
+}
+
+/** Any operand, biased toward the interesting ones. */
+export function floatArb(f: Format): fc.Arbitrary<bigint> {
+  return fc.oneof(
+    { arbitrary: fc.constantFrom(...specials(f)), weight: 1 },
+    { arbitrary: fc.bigInt({ min: 0n, max: mask(width(f)) }), weight: 2 },
+    { arbitrary: fc.tuple(fc.integer({ min: 0, max: 1 }), expArb(f), fracArb(f)).map(([s, e, fr]) => pack(f, s, e, fr)), weight: 4 },
+  );
+}
+
+/** A finite operand with exponent near `a`'s (so sums align, tie and cancel). */
+function nearArb(f: Format, a: bigint): fc.Arbitrary<bigint> {
+  const be = Number((a >> BigInt(f.frac)) & mask(f.exp));
+  return fc.tuple(fc.integer({ min: 0, max: 1 }), fc.integer({ min: -(f.frac + 4), max: f.frac + 4 }), fracArb(f), fc.bigInt({ min: -8n, max: 8n }))
+    .map(([s, d, fr, delta]) => {
+      const e = Math.min(Math.max(be + d, 0), expMax(f) - 1);
+      // `a` itself nudged by a few ulps (heavy cancellation) or a related value
+      const base = d === 0 && delta !== 0n ? (a & mask(f.exp + f.frac)) + delta : pack(f, 0, e, fr);
+      return (base & mask(f.exp + f.frac)) | (BigInt(s) << BigInt(f.exp + f.frac));
+    });
+}
+
+export function pairArb(f: Format): fc.Arbitrary<[bigint, bigint]> {
+  return fc.oneof(
+    fc.tuple(floatArb(f), floatArb(f)),
+    floatArb(f).chain((a) => nearArb(f, a).map((b): [bigint, bigint] => [a, b])),
+  );
+}
+
+/** FMA operands; the addend is often close to minus the product, to exercise
+ *  massive cancellation in the 128-bit sum. */
+export function tripleArb(f: Format): fc.Arbitrary<[bigint, bigint, bigint]> {
+  return fc.oneof(
+    fc.tuple(floatArb(f), floatArb(f), floatArb(f)),
+    fc.tuple(floatArb(f), floatArb(f)).chain(([a, b]) => {
+      const p = refMul(a, b, RTZ, f).bits;
+      return fc.oneof(nearArb(f, p), floatArb(f)).map((c): [bigint, bigint, bigint] => [a, b, c]);
+    }),
+  );
+}
+
+/** Operands around the float->integer boundaries 2^31, 2^32, 2^63, 2^64 and
+ *  small values that round to 0 or ±1. */
+export function toIntFloatArb(f: Format): fc.Arbitrary<bigint> {
+  const b = bias(f);
+  return fc.oneof(
+    floatArb(f),
+    fc.tuple(
+      fc.integer({ min: 0, max: 1 }),
+      fc.oneof(fc.constantFrom(b - 2, b - 1, b, b + 1, b + 30, b + 31, b + 32, b + 62, b + 63, b + 64), fc.integer({ min: b - 3, max: b + 65 })),
+      fracArb(f),
+    ).map(([s, e, fr]) => pack(f, s, e, fr)),
+  );
+}
+
+/** Integers near powers of two and the type limits, plus random widths. */
+export function intArb(bits: 32 | 64, signed: boolean): fc.Arbitrary<bigint> {
+  const lo = signed ? -(1n << BigInt(bits - 1)) : 0n;
+  const hi = signed ? (1n << BigInt(bits - 1)) - 1n : (1n << BigInt(bits)) - 1n;
+  const clamp = (v: bigint): bigint => (v < lo ? lo : v > hi ? hi : v);
+  return fc.oneof(
+    fc.bigInt({ min: lo, max: hi }),
+    fc.constantFrom(lo, hi, 0n, 1n, -1n).map(clamp),
+    fc.tuple(fc.integer({ min: 0, max: bits }), fc.bigInt({ min: -70n, max: 70n }), fc.boolean())
+      .map(([k, d, neg]) => clamp((neg ? -1n : 1n) * ((1n << BigInt(k)) + d))),
+    fc.tuple(fc.integer({ min: 1, max: bits }), fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), fc.boolean())
+      .map(([k, v, neg]) => clamp((neg ? -1n : 1n) * (v & mask(k)))),
+  );
+}
