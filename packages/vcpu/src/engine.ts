@@ -1,0 +1,50 @@
+// The contract between a hart's control loop (hart/hart.ts, the worker) and
+// whatever executes guest instructions. Today the interpreter in
+// assembly/index.ts (compiled to wasm) implements it through HartCore; a
+// JIT can replace it later without touching the run loop, SBI or devices.
+
+/** Why a batch of instructions ended. */
+export type EngineExit =
+  /** The instruction budget ran out; nothing special happened. */
+  | { kind: 'limit' }
+  /** ECALL that the host must serve (builtin SBI, or any ECALL in snippet mode); pc is the ECALL's address. */
+  | { kind: 'ecall' }
+  /** WFI with no interrupt that could wake it; pc is past the WFI. The host sleeps until an interrupt line changes. */
+  | { kind: 'wfi' }
+  /** A trap the engine cannot deliver itself (snippet mode: any trap; builtin mode: a trap into the absent M-mode firmware). pc is unchanged. */
+  | { kind: 'trap'; cause: bigint; tval: bigint };
+
+/** Privilege levels (privileged 1.12 §1.2). */
+export const PRIV = { U: 0, S: 1, M: 3 } as const;
+export type Priv = (typeof PRIV)[keyof typeof PRIV];
+
+/** How traps are handled: see the header of assembly/index.ts. */
+export const ENGINE_MODE = { firmware: 0, builtin: 1, snippet: 2 } as const;
+export type EngineMode = keyof typeof ENGINE_MODE;
+
+export interface ExecutionEngine {
+  readonly hartId: number;
+  /** Run at most `maxInstructions` (1..2^31-1) instructions. */
+  run(maxInstructions: number): EngineExit;
+  /** Reset to the architectural reset state: M-mode, all registers and CSRs zero, TLB empty. */
+  reset(): void;
+  pc: bigint;
+  priv: Priv;
+  /** Retired instructions (minstret). */
+  readonly instret: bigint;
+  x(i: number): bigint;
+  setX(i: number, v: bigint): void;
+  f(i: number): bigint;
+  setF(i: number, v: bigint): void;
+  /** CSR access by number without privilege checks; undefined for a CSR that does not exist. */
+  readCsr(n: number): bigint | undefined;
+  /** false for a CSR that does not exist. */
+  writeCsr(n: number, v: bigint): boolean;
+  /** Interrupt lines driven from outside the hart, in mip bit positions (MSIP, MTIP, MEIP, SEIP, STIP). */
+  setIrqLines(bits: number): void;
+  /** Latch software-interrupt edges into mip (an SBI IPI sets SSIP; the guest clears it). */
+  raiseSoftBits(bits: number): void;
+  /** Is any interrupt pending and enabled in mie (the WFI wake-up condition, §3.3.3)? */
+  wfiWake(): boolean;
+  flushTlb(): void;
+}

@@ -1,0 +1,160 @@
+// Loading the hart core (build/hart.wasm) and instantiating it over a
+// shared WebAssembly.Memory. HartCore is the ExecutionEngine of one hart.
+
+import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { WASM_RAM_OFFSET, MAX_HARTS } from '../layout.ts';
+import type { AccessSize, PhysBus } from '../bus.ts';
+import { ENGINE_MODE, type EngineExit, type EngineMode, type ExecutionEngine, type Priv } from '../engine.ts';
+
+const BUILD_SCRIPT = fileURLToPath(new URL('../../scripts/build-wasm.ts', import.meta.url));
+/** Where the compiled hart core lives (git-ignored; `pnpm --filter @vmm/vcpu build`). */
+export const HART_WASM_URL = new URL('../../build/hart.wasm', import.meta.url);
+
+const PAGE = 65536;
+/** Pages of the shared memory for `ramSize` bytes of guest RAM (state + RAM window). */
+export function wasmMemoryPages(ramSize: number): number {
+  if (!Number.isInteger(ramSize) || ramSize <= 0 || ramSize % 4096 !== 0) throw new HartConfigError(`ramSize must be a positive multiple of 4096, got ${ramSize}`);
+  const pages = Math.ceil((WASM_RAM_OFFSET + ramSize) / PAGE);
+  if (pages > 65536) throw new HartConfigError(`ramSize ${ramSize} does not fit in a 4 GiB wasm memory`);
+  return pages;
+}
+
+/** A shared memory whose RAM window the machine replaces with its memfd (mmapFixedOver). */
+export function createHartMemory(ramSize: number): WebAssembly.Memory {
+  const pages = wasmMemoryPages(ramSize);
+  return new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
+}
+
+export class HartConfigError extends Error {
+  readonly code = 'VCPU_HART_CONFIG';
+  constructor(message: string) { super(message); this.name = 'HartConfigError'; }
+}
+
+let cachedModule: WebAssembly.Module | undefined;
+
+/**
+ * The compiled hart core. Builds it first (synchronously, via the package's
+ * build script) when build/hart.wasm is missing or older than its sources.
+ */
+export function loadHartModule(): WebAssembly.Module {
+  if (cachedModule) return cachedModule;
+  execFileSync(process.execPath, [BUILD_SCRIPT], { stdio: ['ignore', 'ignore', 'inherit'] });
+  cachedModule = new WebAssembly.Module(readFileSync(HART_WASM_URL));
+  return cachedModule;
+}
+
+interface CoreExports {
+  run(n: number): number;
+  init(id: number, mode: number, ram: number): void;
+  reset(): void;
+  setMode(m: number): void;
+  xBase(): number;
+  fBase(): number;
+  scratchAddr(): number;
+  getPc(): bigint;
+  setPc(v: bigint): void;
+  getPriv(): number;
+  setPriv(p: number): void;
+  getInstret(): bigint;
+  exitCauseOf(): bigint;
+  exitTvalOf(): bigint;
+  setIrqLines(bits: bigint): void;
+  raiseSoftBits(bits: bigint): void;
+  wfiWake(): number;
+  hostCsrRead(n: number): bigint;
+  hostCsrOk(): number;
+  hostCsrWrite(n: number, v: bigint): number;
+  flushTlb(): void;
+  expandCompressed(h: number): number;
+}
+
+export interface HartCoreOptions {
+  memory: WebAssembly.Memory;
+  hartId: number;
+  ramSize: number;
+  mode: EngineMode;
+  /** MMIO (everything outside RAM). Without one, every non-RAM access is an access fault. */
+  bus?: PhysBus;
+  /** The `time` CSR in TIMEBASE_HZ ticks (HartSignals.nowTicks). Default: 0. */
+  time?: () => bigint;
+}
+
+const EXIT_KIND = ['limit', 'ecall', 'wfi', 'trap'] as const;
+const U64 = (1n << 64n) - 1n;
+
+/** One hart's wasm instance. */
+export class HartCore implements ExecutionEngine {
+  readonly hartId: number;
+  readonly memory: WebAssembly.Memory;
+  readonly ramSize: number;
+  private readonly e: CoreExports;
+  private readonly xs: BigUint64Array;
+  private readonly fs: BigUint64Array;
+
+  constructor(opts: HartCoreOptions) {
+    const { memory, hartId, ramSize, bus } = opts;
+    if (!Number.isInteger(hartId) || hartId < 0 || hartId >= MAX_HARTS) throw new HartConfigError(`hartId must be 0..${MAX_HARTS - 1}, got ${hartId}`);
+    if (memory.buffer.byteLength < WASM_RAM_OFFSET + ramSize) throw new HartConfigError(`memory of ${memory.buffer.byteLength} bytes is too small for ramSize ${ramSize}`);
+    this.hartId = hartId;
+    this.memory = memory;
+    this.ramSize = ramSize;
+    const time = opts.time ?? (() => 0n);
+    const scratchBox: { v?: BigUint64Array } = {};
+    const imports = {
+      env: {
+        memory,
+        mmioLoad: (pa: number, size: number): number => {
+          const v = bus?.load(pa, size as AccessSize, hartId) ?? null;
+          if (v === null) return 1;
+          scratchBox.v![0] = BigInt.asUintN(64, v);
+          return 0;
+        },
+        mmioStore: (pa: number, size: number, v: bigint): number => (bus?.store(pa, size as AccessSize, BigInt.asUintN(size * 8, v), hartId) ? 0 : 1),
+        hostTime: time,
+      },
+    };
+    const inst = new WebAssembly.Instance(loadHartModule(), imports);
+    this.e = inst.exports as unknown as CoreExports;
+    this.e.init(hartId, ENGINE_MODE[opts.mode], ramSize);
+    scratchBox.v = new BigUint64Array(memory.buffer, this.e.scratchAddr(), 1);
+    this.xs = new BigUint64Array(memory.buffer, this.e.xBase(), 32);
+    this.fs = new BigUint64Array(memory.buffer, this.e.fBase(), 32);
+  }
+
+  run(maxInstructions: number): EngineExit {
+    const r = this.e.run(maxInstructions | 0);
+    const kind = EXIT_KIND[r];
+    if (kind === 'trap') return { kind, cause: BigInt.asUintN(64, this.e.exitCauseOf()), tval: BigInt.asUintN(64, this.e.exitTvalOf()) };
+    if (kind === undefined) throw new Error(`hart core returned unknown exit ${r}`);
+    return { kind };
+  }
+  /** Cause/tval of the last 'ecall'/'trap' exit. */
+  lastCause(): bigint { return BigInt.asUintN(64, this.e.exitCauseOf()); }
+
+  reset(): void { this.e.reset(); }
+  setMode(mode: EngineMode): void { this.e.setMode(ENGINE_MODE[mode]); }
+  get pc(): bigint { return BigInt.asUintN(64, this.e.getPc()); }
+  set pc(v: bigint) { this.e.setPc(BigInt.asIntN(64, v)); }
+  get priv(): Priv { return this.e.getPriv() as Priv; }
+  set priv(p: Priv) { this.e.setPriv(p); }
+  get instret(): bigint { return BigInt.asUintN(64, this.e.getInstret()); }
+  x(i: number): bigint { return i === 0 ? 0n : this.xs[i]!; }
+  setX(i: number, v: bigint): void { if (i !== 0) this.xs[i] = v & U64; }
+  f(i: number): bigint { return this.fs[i]!; }
+  setF(i: number, v: bigint): void { this.fs[i] = v & U64; }
+  readCsr(n: number): bigint | undefined {
+    const v = this.e.hostCsrRead(n);
+    return this.e.hostCsrOk() ? BigInt.asUintN(64, v) : undefined;
+  }
+  writeCsr(n: number, v: bigint): boolean { return this.e.hostCsrWrite(n, BigInt.asIntN(64, v)) !== 0; }
+  setIrqLines(bits: number): void { this.e.setIrqLines(BigInt(bits >>> 0)); }
+  raiseSoftBits(bits: number): void { this.e.raiseSoftBits(BigInt(bits >>> 0)); }
+  wfiWake(): boolean { return this.e.wfiWake() !== 0; }
+  flushTlb(): void { this.e.flushTlb(); }
+  /** The 32-bit expansion of a 16-bit instruction (0 = illegal); exposed for decoder tests. */
+  expandCompressed(h: number): number { return this.e.expandCompressed(h) >>> 0; }
+  /** Guest RAM as bytes (RAM_BASE at index 0). */
+  ram(): Uint8Array { return new Uint8Array(this.memory.buffer, WASM_RAM_OFFSET, this.ramSize); }
+}
