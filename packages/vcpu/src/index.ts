@@ -6,3 +6,4 @@ export { HartCore, HartConfigError, HART_WASM_URL, createHartMemory, wasmMemoryP
 export type { HartCoreOptions } from "./hart/wasm.ts";
 export { runSnippet } from "./hart/snippet.ts";
 export type { SnippetOptions, SnippetResult } from "./hart/snippet.ts";
+export * from "./difftest/index.ts";

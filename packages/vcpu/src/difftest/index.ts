@@ -1,0 +1,11 @@
+// Differential tester of our RV64GC hart against qemu-riscv64 (see check.ts).
+export { generate, CLASSES, CLASS_NAMES, Rng, INT_EDGES, F32_EDGES, F64_EDGES } from './generator.ts';
+export type { Program, Group, GenerateOptions } from './generator.ts';
+export { assemble, toElf, describeOffset, BASE as DIFFTEST_BASE, OUT_SIZE as DIFFTEST_OUT_SIZE } from './image.ts';
+export type { Image, ListedInsn } from './image.ts';
+export { writeElf } from './elf.ts';
+export { runQemu, QemuError } from './qemu.ts';
+export { check, minimise, formatDivergence } from './check.ts';
+export type { Divergence, Difference } from './check.ts';
+export { EncodeError } from './encode.ts';
+export type { Insn } from './encode.ts';
