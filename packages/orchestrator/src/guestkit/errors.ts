@@ -1,3 +1,5 @@
+import { VmmError } from '@vmm/core';
+
 /**
  * Typed errors of the guest kit. `code` is stable (scripts and tests match
  * on it); the message names the value that was wrong and what to do.
@@ -15,11 +17,10 @@ export type GuestKitErrorCode =
   | 'ERR_GUEST_CPIO'
   | 'ERR_GUEST_KERNEL';
 
-export class GuestKitError extends Error {
-  readonly code: GuestKitErrorCode;
+/** Network failures are transient (retry later); everything else is a configuration problem to fix. */
+export class GuestKitError extends VmmError {
+  declare readonly code: GuestKitErrorCode;
   constructor(code: GuestKitErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'GuestKitError';
-    this.code = code;
+    super(message, code === 'ERR_GUEST_DOWNLOAD' ? 'transient' : 'config', code, options);
   }
 }

@@ -1,0 +1,81 @@
+import { describe, expect, it } from 'vitest';
+import { UsageError, kernelCmdline, parseRunArgs, parseSize } from './args.ts';
+import { EscapeFilter } from './console.ts';
+
+describe('vmm run flags', () => {
+  it('has the documented defaults', () => {
+    const o = parseRunArgs([]);
+    expect(o).toMatchObject({ smp: 1, memBytes: 512 * 2 ** 20, kernel: null, initrd: null, bios: { kind: 'builtin' }, exec: null, verbose: false, logLevel: 'warn' });
+    expect(kernelCmdline(o)).toBe('console=ttyS0 earlycon=sbi');
+  });
+
+  it('parses every flag', () => {
+    const o = parseRunArgs(['--smp', '4', '--mem', '1G', '--kernel', 'k', '--initrd', 'i', '--append', 'foo=1', '--bios', 'opensbi', '--dump-dtb', 'd.dtb', '--exec', 'nproc', '--log-level', 'debug']);
+    expect(o).toMatchObject({ smp: 4, memBytes: 2 ** 30, kernel: 'k', initrd: 'i', bios: { kind: 'opensbi' }, dumpDtb: 'd.dtb', exec: 'nproc', logLevel: 'debug' });
+    expect(kernelCmdline(o)).toBe('console=ttyS0 earlycon=sbi panic=-1 quiet foo=1');
+    expect(kernelCmdline({ ...o, verbose: true })).not.toContain('quiet');
+    expect(parseRunArgs(['--bios', '/x/fw.bin']).bios).toEqual({ kind: 'file', path: '/x/fw.bin' });
+  });
+
+  it('parses sizes with K/M/G suffixes, bare numbers as MiB', () => {
+    expect(parseSize('512M')).toBe(512 * 2 ** 20);
+    expect(parseSize('65536K')).toBe(64 * 2 ** 20);
+    expect(parseSize('2g')).toBe(2 * 2 ** 30);
+    expect(parseSize('1.5G')).toBe(1.5 * 2 ** 30);
+    expect(parseSize('256')).toBe(256 * 2 ** 20);
+    expect(parseSize('12X')).toBeNull();
+    expect(parseSize('-1M')).toBeNull();
+  });
+
+  it('rejects bad values naming the flag and the value', () => {
+    const bad: [string[], RegExp][] = [
+      [['--smp', '0'], /--smp "0"/],
+      [['--smp', '9'], /--smp "9"/],
+      [['--smp', 'two'], /--smp "two"/],
+      [['--mem', '12X'], /--mem "12X"/],
+      [['--mem', '16M'], /--mem "16M".*64M/],
+      [['--mem', '100000G'], /--mem "100000G"/],
+      [['--log-level', 'loud'], /--log-level "loud"/],
+      [['--frobnicate'], /--frobnicate/],
+      [['--smp'], /--smp/],
+      [['stray'], /stray/],
+      [['--kernel', ''], /--kernel/],
+    ];
+    for (const [argv, re] of bad) {
+      let err: unknown;
+      try {
+        parseRunArgs(argv);
+      } catch (e) {
+        err = e;
+      }
+      expect(err, argv.join(' ')).toBeInstanceOf(UsageError);
+      expect((err as Error).message).toMatch(re);
+      expect((err as Error).message).not.toContain('\n');
+    }
+  });
+});
+
+describe('console escape (Ctrl-A)', () => {
+  const run = (bytes: number[]): { out: number[]; quit: number; help: number } => {
+    let quit = 0;
+    let help = 0;
+    const f = new EscapeFilter({ quit: () => quit++, help: () => help++ });
+    const out: number[] = [];
+    for (const b of bytes) out.push(...f.feed(Uint8Array.of(b)));
+    return { out, quit, help };
+  };
+
+  it('passes ordinary keys, Ctrl-C included', () => {
+    expect(run([0x61, 0x03, 0x0d])).toEqual({ out: [0x61, 0x03, 0x0d], quit: 0, help: 0 });
+  });
+  it('Ctrl-A x quits and forwards nothing after it', () => {
+    const f = new EscapeFilter({ quit: () => {}, help: () => {} });
+    expect([...f.feed(Uint8Array.of(0x61, 0x01, 0x78, 0x62))]).toEqual([0x61]);
+    expect(run([0x01, 0x78]).quit).toBe(1);
+  });
+  it('Ctrl-A Ctrl-A sends one Ctrl-A; Ctrl-A h shows help; an unknown escape passes both bytes', () => {
+    expect(run([0x01, 0x01])).toEqual({ out: [0x01], quit: 0, help: 0 });
+    expect(run([0x01, 0x68])).toEqual({ out: [], quit: 0, help: 1 });
+    expect(run([0x01, 0x7a])).toEqual({ out: [0x01, 0x7a], quit: 0, help: 0 });
+  });
+});

@@ -1,0 +1,148 @@
+// `vmm run` flags (node:util parseArgs, strict). Bad values become a
+// UsageError naming the flag and the value; the entry point prints it on
+// one line and exits 2.
+import { parseArgs } from 'node:util';
+import { MAX_HARTS } from '@vmm/vcpu';
+
+export class UsageError extends Error {
+  readonly code = 'ERR_USAGE';
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+export type BiosChoice = { kind: 'builtin' } | { kind: 'opensbi' } | { kind: 'file'; path: string };
+
+export interface RunOptions {
+  smp: number;
+  memBytes: number;
+  kernel: string | null;
+  initrd: string | null;
+  append: string;
+  bios: BiosChoice;
+  dumpDtb: string | null;
+  exec: string | null;
+  verbose: boolean;
+  logLevel: string;
+  help: boolean;
+}
+
+export const MIN_MEM = 64 * 1024 * 1024;
+export const MAX_MEM = 16 * 1024 * 1024 * 1024;
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+/** "512M", "1G", "65536K", "1.5G"; a bare number means MiB (as QEMU's -m). */
+export function parseSize(text: string): number | null {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
+  if (!m) return null;
+  const unit = { '': 2 ** 20, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 }[m[2]!.toUpperCase()]!;
+  const bytes = Number(m[1]) * unit;
+  return Number.isSafeInteger(bytes) ? bytes : Math.floor(bytes);
+}
+
+export function parseRunArgs(argv: string[]): RunOptions {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        smp: { type: 'string' },
+        mem: { type: 'string', short: 'm' },
+        kernel: { type: 'string' },
+        initrd: { type: 'string' },
+        append: { type: 'string' },
+        bios: { type: 'string' },
+        'dump-dtb': { type: 'string' },
+        exec: { type: 'string' },
+        verbose: { type: 'boolean', short: 'v' },
+        'log-level': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (e) {
+    // parseArgs messages already name the flag ("Unknown option '--foo'"); keep them to one line.
+    throw new UsageError((e as Error).message.split('\n')[0]!.replace(/\. To specify a positional.*$/, ''));
+  }
+  const v = parsed.values;
+  const nonEmpty = (flag: string, s: string | undefined): string | null => {
+    if (s === undefined) return null;
+    if (s === '') throw new UsageError(`--${flag}: empty value`);
+    return s;
+  };
+
+  let smp = 1;
+  if (v.smp !== undefined) {
+    if (!/^\d+$/.test(v.smp) || Number(v.smp) < 1 || Number(v.smp) > MAX_HARTS) {
+      throw new UsageError(`--smp ${JSON.stringify(v.smp)}: expected an integer from 1 to ${MAX_HARTS}`);
+    }
+    smp = Number(v.smp);
+  }
+
+  let memBytes = 512 * 2 ** 20;
+  if (v.mem !== undefined) {
+    const b = parseSize(v.mem);
+    if (b === null) throw new UsageError(`--mem ${JSON.stringify(v.mem)}: expected a size such as 512M or 1G`);
+    if (b < MIN_MEM || b > MAX_MEM) throw new UsageError(`--mem ${JSON.stringify(v.mem)}: must be between 64M and 16G`);
+    if (b % 4096 !== 0) throw new UsageError(`--mem ${JSON.stringify(v.mem)}: must be a multiple of 4K`);
+    memBytes = b;
+  }
+
+  let bios: BiosChoice = { kind: 'builtin' };
+  const b = nonEmpty('bios', v.bios);
+  if (b === 'opensbi') bios = { kind: 'opensbi' };
+  else if (b !== null && b !== 'builtin') bios = { kind: 'file', path: b };
+
+  const logLevel = v['log-level'] ?? 'warn';
+  if (!LOG_LEVELS.includes(logLevel)) throw new UsageError(`--log-level ${JSON.stringify(logLevel)}: expected one of ${LOG_LEVELS.join(', ')}`);
+
+  return {
+    smp,
+    memBytes,
+    kernel: nonEmpty('kernel', v.kernel),
+    initrd: nonEmpty('initrd', v.initrd),
+    append: v.append ?? '',
+    bios,
+    dumpDtb: nonEmpty('dump-dtb', v['dump-dtb']),
+    exec: nonEmpty('exec', v.exec),
+    verbose: v.verbose === true,
+    logLevel,
+    help: v.help === true,
+  };
+}
+
+/** The kernel command line: console on the UART, SBI early console, `quiet` for --exec unless --verbose, then the user's. */
+export function kernelCmdline(o: Pick<RunOptions, 'exec' | 'verbose' | 'append'>): string {
+  const parts = ['console=ttyS0', 'earlycon=sbi'];
+  // panic=-1: a guest that panics resets at once, so vmm exits instead of hanging.
+  if (o.exec !== null) parts.push('panic=-1', ...(o.verbose ? [] : ['quiet']));
+  if (o.append.trim()) parts.push(o.append.trim());
+  return parts.join(' ');
+}
+
+export const RUN_HELP = `usage: pnpm vmm run [options]
+
+Boots a RISC-V virtual machine (RV64GC harts emulated by vmm) with the
+Debian guest kit's kernel and initramfs, the serial console on this terminal.
+
+options:
+  --smp N            number of harts, 1-${MAX_HARTS} (default 1)
+  --mem SIZE         guest RAM, K/M/G suffix, 64M-16G (default 512M)
+  --kernel PATH      kernel Image (default: the guest kit's Debian kernel)
+  --initrd PATH      initramfs (default: the guest kit's busybox initramfs)
+  --append STR       extra kernel command-line arguments
+                     (default line: console=ttyS0 earlycon=sbi, plus quiet with --exec)
+  --bios KIND        builtin (SBI implemented by vmm, default) | opensbi (the
+                     kit's OpenSBI fw_dynamic.bin) | PATH to a firmware binary
+  --dump-dtb PATH    write the machine's device tree blob to PATH and exit
+  --exec CMD         run CMD (busybox sh) in the guest, print only its output,
+                     exit with its status
+  --verbose, -v      with --exec: no quiet, full console on stderr
+  --log-level LEVEL  fatal|error|warn|info|debug|trace|silent (default warn), logs on stderr
+  --help, -h         this text
+
+console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A h shows help;
+'poweroff' in the guest ends vmm with status 0.
+`;

@@ -1,0 +1,222 @@
+// `vmm run`: gather kernel, initrd and firmware (the guest kit by default,
+// fetched and built on first use), start the machine, wire the console,
+// and turn the machine's exit into the process's exit status.
+import { existsSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import { createLogger, type Logger } from '@vmm/core';
+import * as vcpu from '@vmm/vcpu';
+import { stderrReporter } from '../guestkit/download.ts';
+import { GuestKitError } from '../guestkit/errors.ts';
+import { ExecOutputFilter, buildExecArchive, buildInitramfs } from '../guestkit/initramfs.ts';
+import { checkKernelImage, ensureGuestKit, type GuestKit } from '../guestkit/kit.ts';
+import { UsageError, kernelCmdline, type RunOptions } from './args.ts';
+import { attachHostConsole, type HostConsole } from './console.ts';
+
+/** What vmm needs of the machine layer (`startMachine` in @vmm/vcpu). */
+export interface MachineConfigLike {
+  harts: number;
+  memBytes: number;
+  kernel: Uint8Array;
+  initrd?: Uint8Array;
+  append: string;
+  bios: { kind: 'builtin' } | { kind: 'firmware'; image: Uint8Array };
+  dtbOut?: (dtb: Uint8Array) => void;
+  console: { input: NodeJS.ReadableStream | null; output: (bytes: Uint8Array) => void };
+  logger?: Logger;
+}
+export type MachineExitLike = { reason: 'poweroff' | 'reset' | 'fail' | 'error'; code: number; message?: string };
+export interface MachineLike {
+  exited: Promise<MachineExitLike>;
+  stop(): Promise<void>;
+}
+type StartMachine = (cfg: MachineConfigLike) => MachineLike;
+
+/** A failure to report on one line with a non-zero status (not a usage error). */
+export class RunError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = 'RunError';
+    this.code = code;
+  }
+}
+
+export interface RunIo {
+  stdin: NodeJS.ReadStream;
+  stdout: NodeJS.WriteStream;
+  stderr: NodeJS.WriteStream;
+}
+
+async function readInput(flag: string, path: string): Promise<Uint8Array> {
+  if (!existsSync(path)) throw new RunError('ERR_NO_FILE', `${flag} ${path}: no such file`);
+  try {
+    return new Uint8Array(await readFile(path));
+  } catch (e) {
+    throw new RunError('ERR_READ_FILE', `${flag} ${path}: ${(e as Error).message}`);
+  }
+}
+
+/** An initrd is a newc cpio ("070701") or one of the compressions the kernel can unpack. */
+function checkInitrd(bytes: Uint8Array, path: string): void {
+  const starts = (...m: number[]): boolean => m.every((b, i) => bytes[i] === b);
+  const ok =
+    starts(0x30, 0x37, 0x30, 0x37, 0x30, 0x31) || // "070701" newc
+    starts(0x1f, 0x8b) || // gzip
+    starts(0xfd, 0x37, 0x7a, 0x58, 0x5a) || // xz
+    starts(0x28, 0xb5, 0x2f, 0xfd) || // zstd
+    starts(0x42, 0x5a, 0x68) || // bzip2
+    starts(0x02, 0x21, 0x4c, 0x18) || // lz4 legacy
+    starts(0x5d, 0x00, 0x00); // lzma
+  if (!ok) throw new RunError('ERR_BAD_INITRD', `--initrd ${path} is neither a newc cpio archive nor a compressed one`);
+}
+
+function machineStarter(): StartMachine {
+  const start = (vcpu as unknown as { startMachine?: StartMachine }).startMachine;
+  if (typeof start !== 'function') {
+    throw new RunError('ERR_NO_MACHINE', 'the machine layer is not available (@vmm/vcpu exports no startMachine yet)');
+  }
+  return start;
+}
+
+export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
+  const logger = createLogger('vmm', undefined, o.logLevel);
+  const reporter = stderrReporter(io.stderr);
+
+  let kit: GuestKit | null = null;
+  const needKit = o.kernel === null || o.initrd === null || o.exec !== null || o.bios.kind === 'opensbi';
+  if (needKit) {
+    kit = await ensureGuestKit({ reporter });
+  }
+  const kernelPath = o.kernel ?? kit!.kernel;
+  const kernel = await readInput('--kernel', kernelPath);
+  try {
+    checkKernelImage(kernel, `--kernel ${kernelPath}`);
+  } catch (e) {
+    throw new RunError('ERR_BAD_KERNEL', (e as GuestKitError).message);
+  }
+
+  let initrd: Uint8Array;
+  if (o.initrd !== null) {
+    initrd = await readInput('--initrd', o.initrd);
+    checkInitrd(initrd, o.initrd);
+  } else {
+    initrd = new Uint8Array(await readFile((await buildInitramfs(kit!)).path));
+  }
+  let filter: ExecOutputFilter | null = null;
+  if (o.exec !== null) {
+    // The command travels as a second cpio archive after the base one.
+    const x = buildExecArchive(o.exec);
+    const both = new Uint8Array(initrd.length + x.archive.length);
+    both.set(initrd);
+    both.set(x.archive, initrd.length);
+    initrd = both;
+    filter = new ExecOutputFilter(x.markers, (t) => io.stdout.write(t));
+  }
+
+  // A necessary (not sufficient) condition; the machine checks the exact layout.
+  const needed = 2 * 2 ** 20 + kernel.length + initrd.length;
+  if (needed > o.memBytes) {
+    throw new RunError('ERR_TOO_BIG', `kernel (${(kernel.length / 2 ** 20).toFixed(1)} MiB) and initrd (${(initrd.length / 2 ** 20).toFixed(1)} MiB) do not fit in --mem ${o.memBytes / 2 ** 20}M`);
+  }
+
+  let bios: MachineConfigLike['bios'] = { kind: 'builtin' };
+  if (o.bios.kind === 'opensbi') bios = { kind: 'firmware', image: await readInput('--bios', kit!.opensbi.fwDynamic) };
+  else if (o.bios.kind === 'file') bios = { kind: 'firmware', image: await readInput('--bios', o.bios.path) };
+
+  const start = machineStarter();
+  let dtb: Uint8Array | null = null;
+  let hostConsole: HostConsole | null = null;
+  let quitRequested = false;
+  let machine: MachineLike | null = null;
+  const interactive = o.exec === null && o.dumpDtb === null;
+
+  const onSignal = (sig: NodeJS.Signals): void => {
+    logger.info({ sig }, 'stopping the machine');
+    quitRequested = true;
+    void machine?.stop();
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGHUP', onSignal);
+  if (!interactive) process.on('SIGINT', onSignal);
+  try {
+    if (interactive) {
+      hostConsole = attachHostConsole(
+        io.stdin,
+        () => {
+          quitRequested = true;
+          void machine?.stop();
+        },
+        (s) => io.stdout.write(s),
+      );
+    }
+    machine = start({
+      harts: o.smp,
+      memBytes: o.memBytes,
+      kernel,
+      initrd,
+      append: kernelCmdline(o),
+      bios,
+      dtbOut: (b) => {
+        dtb = b;
+      },
+      console: {
+        input: hostConsole?.input ?? null,
+        output: (bytes) => {
+          if (filter) {
+            filter.push(bytes);
+            if (o.verbose) io.stderr.write(bytes);
+          } else if (o.dumpDtb === null) {
+            io.stdout.write(bytes);
+          }
+        },
+      },
+      logger,
+    });
+    if (o.dumpDtb !== null) {
+      // Like QEMU's -M virt,dumpdtb=FILE: write the tree the guest would see, then stop.
+      await machine.stop();
+      if (!dtb) throw new RunError('ERR_NO_DTB', 'the machine produced no device tree');
+      await writeFile(o.dumpDtb, dtb);
+      return 0;
+    }
+    const exit = await machine.exited;
+    logger.info({ exit }, 'machine exited');
+    if (filter) return execStatus(exit, filter, quitRequested, io);
+    if (quitRequested) return 0;
+    switch (exit.reason) {
+      case 'poweroff':
+        return 0;
+      case 'reset':
+        io.stderr.write('\r\nvmm: the guest asked for a reset; vmm has no reboot, exiting\n');
+        return 0;
+      case 'fail':
+        return exit.code || 1;
+      case 'error':
+        io.stderr.write(`\r\nvmm: machine error: ${exit.message ?? `code ${exit.code}`}\n`);
+        return 1;
+    }
+    return 1;
+  } finally {
+    hostConsole?.restore();
+    process.off('SIGTERM', onSignal);
+    process.off('SIGHUP', onSignal);
+    process.off('SIGINT', onSignal);
+  }
+}
+
+function execStatus(exit: MachineExitLike, filter: ExecOutputFilter, interrupted: boolean, io: RunIo): number {
+  if (filter.state === 'after' && filter.status !== null) {
+    // The finisher carries the same status (0x3333 | code << 16); the marker line is the primary source.
+    return filter.status & 0xff;
+  }
+  const tail = filter.transcript.replace(/\r/g, '').trimEnd().split('\n').slice(-15).join('\n');
+  if (interrupted) {
+    io.stderr.write('vmm: interrupted before the command finished\n');
+    return 130;
+  }
+  const why = exit.reason === 'error' ? `machine error: ${exit.message ?? exit.code}` : `the machine stopped (${exit.reason}, code ${exit.code})`;
+  io.stderr.write(`vmm: ${why} before the --exec command ${filter.state === 'before' ? 'started' : 'finished'}; last console lines:\n${tail}\n`);
+  return exit.reason === 'fail' && exit.code ? exit.code : 1;
+}
+
+export { UsageError };
