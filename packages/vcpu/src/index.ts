@@ -7,3 +7,8 @@ export type { HartCoreOptions } from "./hart/wasm.ts";
 export { runSnippet } from "./hart/snippet.ts";
 export type { SnippetOptions, SnippetResult } from "./hart/snippet.ts";
 export * from "./difftest/index.ts";
+export { Hart, HartStateError } from "./hart/hart.ts";
+export type { HartBoot, HartExit, HartState, HartOptions } from "./hart/hart.ts";
+export type { HartWorkerData, HartWorkerMessage } from "./hart/hart-worker.ts";
+/** The hart worker entry, for `new Worker(HART_WORKER_URL, { workerData: HartWorkerData })`. */
+export const HART_WORKER_URL = new URL("./hart/hart-worker.ts", import.meta.url);

@@ -1,0 +1,45 @@
+// Worker-thread entry of one hart. The machine process starts one worker per
+// hart with HartWorkerData; every worker instantiates the hart core over the
+// same shared memory (guest RAM already mapped into it) and builds its own
+// view of the platform (bus + SBI) with createPlatform. Messages to the
+// parent: { type: 'exit', hartId, exit: HartExit } once the loop ends.
+
+import { parentPort, workerData } from 'node:worker_threads';
+import { HartSignals } from '../signals.ts';
+import type { PhysBus, SbiHandler } from '../bus.ts';
+import { HartCore } from './wasm.ts';
+import { Hart, type HartBoot, type HartExit } from './hart.ts';
+
+export interface HartWorkerData {
+  hartId: number;
+  harts: number;
+  memory: WebAssembly.Memory;
+  ramSize: number;
+  signals: SharedArrayBuffer;
+  /** Passed as is to createPlatform (a PlatformState from @vmm/vcpu's platform). */
+  platform: unknown;
+  boot: HartBoot;
+  /** Instructions per batch (default 16384). */
+  batch?: number;
+}
+
+export type HartWorkerMessage =
+  | { type: 'exit'; hartId: number; exit: HartExit; instret: bigint }
+  | { type: 'error'; hartId: number; message: string };
+
+const data = workerData as HartWorkerData;
+try {
+  const { createPlatform } = (await import('../platform/index.ts')) as unknown as {
+    createPlatform(state: unknown, hartId: number): { bus: PhysBus; sbi: SbiHandler };
+  };
+  const { bus, sbi } = createPlatform(data.platform, data.hartId);
+  const signals = new HartSignals(data.harts, data.signals);
+  const core = new HartCore({ memory: data.memory, hartId: data.hartId, ramSize: data.ramSize, mode: data.boot.mode, bus, time: () => signals.nowTicks() });
+  const hart = new Hart({ engine: core, signals, sbi, boot: data.boot, memory: data.memory, ramSize: data.ramSize, batch: data.batch });
+  hart.resetForBoot();
+  const exit = hart.run();
+  parentPort?.postMessage({ type: 'exit', hartId: data.hartId, exit, instret: core.instret } satisfies HartWorkerMessage);
+} catch (err) {
+  parentPort?.postMessage({ type: 'error', hartId: data.hartId, message: err instanceof Error ? `${err.name}: ${err.message}` : String(err) } satisfies HartWorkerMessage);
+}
+
