@@ -1,0 +1,358 @@
+// A whole `-M virt`-shaped machine in this process: guest RAM (a memfd
+// mapped into the harts' shared WebAssembly.Memory), the platform devices
+// (state in SharedArrayBuffers), one worker_thread per hart, and the console
+// pump. The main thread owns only console I/O and the machine's lifecycle;
+// every MMIO access and SBI call is served on the hart's own thread.
+//
+// Boot follows the RISC-V Linux boot protocol (Documentation/arch/riscv/
+// boot.rst): the kernel Image at RAM_BASE + text_offset (0x8020_0000 on
+// rv64), the initrd after the kernel's image_size, the DTB near the top of
+// RAM, and either
+//  - builtin SBI: hart 0 enters the kernel in S-mode with a0 = hartid,
+//    a1 = DTB; the SBI is ours (platform/sbi.ts), other harts start by HSM;
+//  - firmware: OpenSBI's fw_dynamic.bin at RAM_BASE; every hart starts in
+//    M-mode there with a0 = hartid, a1 = DTB, a2 = struct fw_dynamic_info.
+
+import { Worker } from 'node:worker_threads';
+import { closeFd, ConfigError, createLogger, memfdCreate, mmapFixedOver, type Logger } from '@vmm/core';
+import { KERNEL_LOAD, MAX_HARTS, RAM_BASE, WASM_RAM_OFFSET } from './layout.ts';
+import { HSM, RUN, HartSignals } from './signals.ts';
+import { createHartMemory } from './hart/wasm.ts';
+import { buildVirtDtb } from './platform/dtb.ts';
+import { createPlatform, createPlatformState, type Platform, type PlatformState } from './platform/index.ts';
+
+export interface MachineConfig {
+  harts: number;
+  memBytes: number;
+  kernel: Uint8Array;
+  initrd?: Uint8Array;
+  append: string;
+  bios: { kind: 'builtin' } | { kind: 'firmware'; image: Uint8Array };
+  /** Receives the DTB the guest gets (`--dump-dtb`). */
+  dtbOut?: (dtb: Uint8Array) => void;
+  console: { input: NodeJS.ReadableStream | null; output: (bytes: Uint8Array) => void };
+  logger?: Logger;
+  /** Guest RAM created by the caller (a memfd of memBytes); by default the machine creates and owns one. */
+  ramFd?: number;
+  /** Entropy for chosen/rng-seed; default 32 random bytes. */
+  rngSeed?: Uint8Array;
+}
+
+export type MachineExit = { reason: 'poweroff' | 'reset' | 'fail' | 'error'; code: number; message?: string };
+
+export interface Machine {
+  /** Resolves once the machine has stopped and every hart worker has ended. */
+  readonly exited: Promise<MachineExit>;
+  /** Ask every hart to stop, join the workers; resolves `exited` (poweroff, "stopped by host") if nothing else did. */
+  stop(): Promise<void>;
+  pause(): void;
+  resume(): void;
+  /** The guest RAM memfd (MAP_SHARED by everyone who serves this guest). */
+  readonly ramFd: number;
+  /** Where things were put in guest-physical memory. */
+  readonly layout: BootLayout;
+  /** The main thread's view of the platform (PLIC lines, virtio slots, console rings). */
+  readonly platform: Platform;
+  readonly platformState: PlatformState;
+  readonly memory: WebAssembly.Memory;
+}
+
+export class MachineConfigError extends ConfigError {
+  constructor(message: string) {
+    super(message, 'ERR_MACHINE_CONFIG');
+  }
+}
+
+// ─── Image header (boot.rst, "RISC-V Linux Kernel Image Header") ─────────────
+const IMAGE_HEADER_BYTES = 64;
+const IMAGE_MAGIC = 'RISCV\0\0\0'; // offset 48, deprecated but still written
+const IMAGE_MAGIC2 = 0x0543_5352; // "RSC\x05" little-endian, offset 56
+const RV64_TEXT_OFFSET = 0x20_0000;
+
+export interface KernelImageInfo {
+  textOffset: number;
+  /** Effective size of the kernel in memory, including BSS (image_size). */
+  imageSize: number;
+}
+
+export function parseKernelImage(kernel: Uint8Array): KernelImageInfo {
+  if (kernel.length < IMAGE_HEADER_BYTES) throw new MachineConfigError(`kernel is ${kernel.length} bytes: too short for a RISC-V Image header`);
+  const dv = new DataView(kernel.buffer, kernel.byteOffset, kernel.byteLength);
+  const magic = new TextDecoder('latin1').decode(kernel.subarray(48, 56));
+  const magic2 = dv.getUint32(56, true);
+  if (magic !== IMAGE_MAGIC && magic2 !== IMAGE_MAGIC2) {
+    throw new MachineConfigError(`kernel is not a RISC-V Image: header magic ${JSON.stringify(magic)} / 0x${magic2.toString(16)}, want "RISCV\\0\\0\\0" / "RSC\\x05"`);
+  }
+  const textOffset = Number(dv.getBigUint64(8, true));
+  if (textOffset !== RV64_TEXT_OFFSET) throw new MachineConfigError(`kernel is not an RV64 Image: text_offset 0x${textOffset.toString(16)}, want 0x${RV64_TEXT_OFFSET.toString(16)}`);
+  let imageSize = Number(dv.getBigUint64(16, true));
+  if (imageSize === 0) imageSize = kernel.length; // headers before 0.2 may leave it zero
+  if (imageSize < kernel.length) throw new MachineConfigError(`kernel Image header says image_size ${imageSize} but the file has ${kernel.length} bytes`);
+  return { textOffset, imageSize };
+}
+
+// ─── placement ──────────────────────────────────────────────────────────────
+const MiB = 1024 * 1024;
+const alignUp = (n: number, a: number): number => Math.ceil(n / a) * a;
+const alignDown = (n: number, a: number): number => Math.floor(n / a) * a;
+/** OpenSBI's fw_dynamic_info (include/sbi/fw_dynamic.h), version 2. */
+const FW_DYNAMIC_INFO_MAGIC = 0x4942_534fn;
+const FW_DYNAMIC_INFO_VERSION = 2n;
+const FW_DYNAMIC_INFO_NEXT_MODE_S = 1n;
+const FW_DYNAMIC_INFO_BYTES = 48;
+
+export interface BootLayout {
+  kernel: { start: number; end: number };
+  initrd?: { start: number; end: number };
+  dtb: { start: number; end: number };
+  firmware?: { start: number; end: number };
+  fwDynamicInfo?: number;
+}
+
+/**
+ * Where kernel, initrd, DTB (and firmware) go. The DTB sits 2 MiB-aligned
+ * within its size of the end of RAM or of 3 GiB, whichever is lower (as QEMU
+ * does, so a 32-bit address reaches it and OpenSBI can grow it in place);
+ * the initrd starts at the first 2 MiB boundary after the kernel's image_size.
+ */
+export function planBoot(cfg: Pick<MachineConfig, 'memBytes' | 'kernel' | 'initrd' | 'bios'>, dtbBytes: number): BootLayout {
+  const info = parseKernelImage(cfg.kernel);
+  const ramEnd = RAM_BASE + cfg.memBytes;
+  const kernel = { start: RAM_BASE + info.textOffset, end: RAM_BASE + info.textOffset + info.imageSize };
+  let firmware: BootLayout['firmware'];
+  if (cfg.bios.kind === 'firmware') {
+    if (cfg.bios.image.length === 0 || RAM_BASE + cfg.bios.image.length > kernel.start) {
+      throw new MachineConfigError(`firmware image of ${cfg.bios.image.length} bytes does not fit below the kernel at 0x${kernel.start.toString(16)}`);
+    }
+    firmware = { start: RAM_BASE, end: RAM_BASE + cfg.bios.image.length };
+  }
+  let next = alignUp(kernel.end, 2 * MiB);
+  let initrd: BootLayout['initrd'];
+  if (cfg.initrd) {
+    initrd = { start: next, end: next + cfg.initrd.length };
+    next = alignUp(initrd.end, 8);
+  }
+  const infoBytes = cfg.bios.kind === 'firmware' ? FW_DYNAMIC_INFO_BYTES : 0;
+  const top = Math.min(ramEnd, RAM_BASE + 3 * 1024 * MiB);
+  const dtbStart = alignDown(top - dtbBytes, 2 * MiB);
+  const need = next + infoBytes + dtbBytes;
+  if (dtbStart - infoBytes < next || dtbStart + dtbBytes > ramEnd) {
+    const sizes = `kernel image_size ${info.imageSize}${cfg.initrd ? ` + initrd ${cfg.initrd.length}` : ''} + DTB ${dtbBytes} bytes`;
+    throw new MachineConfigError(`${sizes} do not fit in memBytes ${cfg.memBytes} (need at least ${alignUp(need - RAM_BASE, 2 * MiB) + 2 * MiB})`);
+  }
+  return {
+    kernel,
+    ...(initrd ? { initrd } : {}),
+    dtb: { start: dtbStart, end: dtbStart + dtbBytes },
+    ...(firmware ? { firmware, fwDynamicInfo: dtbStart - infoBytes } : {}),
+  };
+}
+
+function encodeFwDynamicInfo(bootHart: number): Uint8Array {
+  const out = new Uint8Array(FW_DYNAMIC_INFO_BYTES);
+  const dv = new DataView(out.buffer);
+  [FW_DYNAMIC_INFO_MAGIC, FW_DYNAMIC_INFO_VERSION, BigInt(KERNEL_LOAD), FW_DYNAMIC_INFO_NEXT_MODE_S, 0n, BigInt(bootHart)].forEach((v, i) => dv.setBigUint64(i * 8, v, true));
+  return out;
+}
+
+// ─── hart workers ───────────────────────────────────────────────────────────
+
+/** How a hart enters the guest. */
+export interface HartBoot {
+  pc: bigint;
+  priv: 'M' | 'S';
+  a0: bigint;
+  a1: bigint;
+  a2: bigint;
+}
+
+/** What each hart worker receives (structured-cloned). */
+export interface MachineHartData {
+  hartId: number;
+  memory: WebAssembly.Memory;
+  ramSize: number;
+  mode: 'builtin' | 'firmware';
+  platform: PlatformState;
+  /** null: the hart starts STOPPED and waits for an SBI HSM hart_start. */
+  boot: HartBoot | null;
+}
+
+/** The worker module a hart runs in (set by the hart core; overridable for tests). */
+export let hartWorkerUrl: URL | null = null;
+export function setHartWorkerUrl(url: URL): void {
+  hartWorkerUrl = url;
+}
+
+/** How long harts get to notice RUN.STOPPING before their workers are terminated. */
+const STOP_GRACE_MS = 5000;
+
+function validate(cfg: MachineConfig): void {
+  if (!Number.isInteger(cfg.harts) || cfg.harts < 1 || cfg.harts > MAX_HARTS) throw new MachineConfigError(`harts must be an integer 1..${MAX_HARTS}, got ${cfg.harts}`);
+  if (!Number.isInteger(cfg.memBytes) || cfg.memBytes < 16 * MiB || cfg.memBytes % (2 * MiB) !== 0) {
+    throw new MachineConfigError(`memBytes must be a multiple of 2 MiB and at least 16 MiB, got ${cfg.memBytes}`);
+  }
+  if (WASM_RAM_OFFSET + cfg.memBytes > 4 * 1024 * MiB) throw new MachineConfigError(`memBytes ${cfg.memBytes} exceeds what a 4 GiB wasm memory holds above its ${WASM_RAM_OFFSET}-byte state area`);
+}
+
+export function startMachine(cfg: MachineConfig): Machine {
+  validate(cfg);
+  const log = cfg.logger ?? createLogger('machine');
+  const seed = cfg.rngSeed ?? crypto.getRandomValues(new Uint8Array(32));
+  // The DTB's size does not depend on where the initrd lands: build it once to size it, then for real.
+  const dtbCfg = { harts: cfg.harts, memBytes: cfg.memBytes, bootargs: cfg.append, rngSeed: seed };
+  const probe = buildVirtDtb({ ...dtbCfg, ...(cfg.initrd ? { initrd: { start: 0, end: 0 } } : {}) });
+  const layout = planBoot(cfg, probe.length);
+  const dtb = buildVirtDtb({ ...dtbCfg, ...(layout.initrd ? { initrd: layout.initrd } : {}) });
+  if (dtb.length !== probe.length) throw new Error(`DTB size changed from ${probe.length} to ${dtb.length} bytes`);
+  cfg.dtbOut?.(dtb);
+
+  const ownsFd = cfg.ramFd === undefined;
+  const ramFd = cfg.ramFd ?? memfdCreate('vmm-guest-ram', cfg.memBytes);
+  const memory = createHartMemory(cfg.memBytes);
+  mmapFixedOver(memory.buffer, WASM_RAM_OFFSET, ramFd, cfg.memBytes);
+  const ram = new Uint8Array(memory.buffer, WASM_RAM_OFFSET, cfg.memBytes);
+  const put = (paddr: number, bytes: Uint8Array): void => ram.set(bytes, paddr - RAM_BASE);
+  put(layout.kernel.start, cfg.kernel);
+  ram.fill(0, layout.kernel.start + cfg.kernel.length - RAM_BASE, layout.kernel.end - RAM_BASE); // BSS of a reused memfd
+  if (cfg.initrd && layout.initrd) put(layout.initrd.start, cfg.initrd);
+  put(layout.dtb.start, dtb);
+  if (cfg.bios.kind === 'firmware' && layout.firmware && layout.fwDynamicInfo !== undefined) {
+    put(layout.firmware.start, cfg.bios.image);
+    put(layout.fwDynamicInfo, encodeFwDynamicInfo(0));
+  }
+  log.info({ harts: cfg.harts, memBytes: cfg.memBytes, bios: cfg.bios.kind, kernel: hex(layout.kernel.start), initrd: layout.initrd && hex(layout.initrd.start), dtb: hex(layout.dtb.start) }, 'machine: boot layout');
+
+  const state = createPlatformState({ harts: cfg.harts, memBytes: cfg.memBytes });
+  const platform = createPlatform(state, 0);
+  const signals = new HartSignals(cfg.harts, state.signals);
+  const boots: (HartBoot | null)[] = [];
+  for (let h = 0; h < cfg.harts; h++) {
+    if (cfg.bios.kind === 'firmware') {
+      // Every hart runs the firmware from reset; OpenSBI elects the boot hart (fw_dynamic_info.boot_hart = 0).
+      signals.setHsmState(h, HSM.STARTED);
+      boots.push({ pc: BigInt(RAM_BASE), priv: 'M', a0: BigInt(h), a1: BigInt(layout.dtb.start), a2: BigInt(layout.fwDynamicInfo!) });
+    } else {
+      boots.push(h === 0 ? { pc: BigInt(layout.kernel.start), priv: 'S', a0: 0n, a1: BigInt(layout.dtb.start), a2: 0n } : null);
+    }
+  }
+
+  const url = hartWorkerUrl;
+  if (!url) throw new MachineConfigError('no hart worker registered (setHartWorkerUrl): the hart core is not available');
+
+  let resolveExit!: (e: MachineExit) => void;
+  const exited = new Promise<MachineExit>((r) => { resolveExit = r; });
+  let final: MachineExit | null = null;
+  const workers: Worker[] = [];
+  const running = new Set<number>();
+  let killTimer: NodeJS.Timeout | null = null;
+  const finish = (e: MachineExit): void => {
+    if (final) return;
+    final = e;
+    signals.setRunState(RUN.STOPPING);
+    // Harts poll the run state between instruction batches; a worker that does not come back is terminated.
+    killTimer = setTimeout(() => { for (const w of workers) void w.terminate(); }, STOP_GRACE_MS);
+    killTimer.unref();
+  };
+
+  // Console: guest → host (drain the TX ring whenever its tail moves).
+  let pumping = true;
+  const drain = (): void => {
+    const bytes = platform.console.tx.pop();
+    if (bytes.length > 0) cfg.console.output(bytes);
+  };
+  const txPump = (async () => {
+    while (pumping) {
+      drain();
+      const cell = platform.console.tx.tailCell();
+      if (platform.console.tx.length > 0) continue;
+      const w = Atomics.waitAsync(cell.array, cell.index, cell.value, 100);
+      if (w.async) await w.value;
+    }
+    drain();
+  })();
+
+  // Console: host → guest (the RX ring, then re-evaluate the UART's RX interrupt).
+  let backlog: Uint8Array[] = [];
+  let rxTimer: NodeJS.Timeout | null = null;
+  const feed = (): void => {
+    while (backlog.length > 0) {
+      const head = backlog[0]!;
+      const n = platform.console.rx.push(head);
+      if (n < head.length) {
+        backlog[0] = head.subarray(n);
+        break;
+      }
+      backlog.shift();
+    }
+    platform.uart.rxNotify();
+    if (backlog.length > 0 && !rxTimer) rxTimer = setTimeout(() => { rxTimer = null; feed(); }, 10);
+  };
+  const onData = (chunk: Buffer | string): void => {
+    backlog.push(typeof chunk === 'string' ? Buffer.from(chunk) : new Uint8Array(chunk));
+    feed();
+  };
+  cfg.console.input?.on('data', onData);
+
+  // Lifecycle: an exit request (finisher, SRST), every hart stopped, or a worker failure.
+  void platform.exit.wait().then((e) => finish({ reason: e.reason, code: e.code }));
+  const hsmWatch = setInterval(() => {
+    let anyRunning = false;
+    for (let h = 0; h < cfg.harts; h++) if (signals.hsmState(h) !== HSM.STOPPED) anyRunning = true;
+    if (!anyRunning) finish({ reason: 'poweroff', code: 0, message: 'every hart is stopped (SBI HSM)' });
+  }, 100);
+  hsmWatch.unref();
+
+  const allEnded = new Promise<void>((resolveEnded) => {
+    for (let h = 0; h < cfg.harts; h++) {
+      const data: MachineHartData = { hartId: h, memory, ramSize: cfg.memBytes, mode: cfg.bios.kind, platform: state, boot: boots[h]! };
+      const w = new Worker(url, { workerData: data, name: `hart${h}` });
+      running.add(h);
+      w.on('error', (err) => {
+        log.error({ hart: h, err }, 'machine: hart worker failed');
+        finish({ reason: 'error', code: 1, message: `hart ${h}: ${err instanceof Error ? err.message : String(err)}` });
+      });
+      w.on('exit', (code) => {
+        running.delete(h);
+        if (code !== 0 && !final) finish({ reason: 'error', code: 1, message: `hart ${h} worker exited with code ${code}` });
+        if (running.size === 0) resolveEnded();
+      });
+      workers.push(w);
+    }
+  });
+
+  void allEnded.then(async () => {
+    clearInterval(hsmWatch);
+    if (killTimer) clearTimeout(killTimer);
+    if (rxTimer) clearTimeout(rxTimer);
+    cfg.console.input?.off('data', onData);
+    backlog = [];
+    const e = platform.exit.get();
+    if (!final) finish(e ? { reason: e.reason, code: e.code } : { reason: 'error', code: 1, message: 'every hart worker ended without an exit request' });
+    platform.console.close();
+    pumping = false;
+    await txPump;
+    if (ownsFd) closeFd(ramFd);
+    log.info({ exit: final }, 'machine: stopped');
+    resolveExit(final!);
+  });
+
+  return {
+    exited,
+    ramFd,
+    layout,
+    platform,
+    platformState: state,
+    memory,
+    pause: () => signals.setRunState(RUN.PAUSED),
+    resume: () => { if (!final) signals.setRunState(RUN.RUNNING); },
+    async stop() {
+      finish({ reason: 'poweroff', code: 0, message: 'stopped by host' });
+      platform.console.close(); // a hart blocked on a full console ring must not hold up the stop
+      await exited;
+    },
+  };
+}
+
+function hex(n: number): string {
+  return `0x${n.toString(16)}`;
+}
