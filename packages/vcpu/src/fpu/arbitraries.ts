@@ -78,10 +78,83 @@ function nearArb(f: Format, a: bigint): fc.Arbitrary<bigint> {
     });
 }
 
+const signArb = fc.integer({ min: 0, max: 1 });
+
+/** Two odd significands of k and j bits with k + j in {P+1, P+2}: their exact
+ *  product has P+1 bits about half the time, i.e. lies exactly halfway
+ *  between two floats (a rounding tie). */
+function tieProductArb(f: Format): fc.Arbitrary<[bigint, bigint]> {
+  const P = f.frac + 1;
+  const oddSig = (k: number): fc.Arbitrary<bigint> =>
+    fc.bigInt({ min: 0n, max: mask(Math.max(k - 2, 0)) }).map((v) => k === 1 ? 1n : (1n << BigInt(k - 1)) | (v << 1n) | 1n);
+  return fc.tuple(fc.integer({ min: 1, max: P }), fc.integer({ min: 0, max: 1 })).chain(([k, extra]) => {
+    const j = Math.min(P + 1 - k + extra, P);
+    return fc.tuple(oddSig(k), oddSig(j), signArb, signArb, expArb(f), fc.integer({ min: -(f.frac + 3), max: f.frac + 3 }))
+      .map(([x, y, sx, sy, ex, dy]): [bigint, bigint] => {
+        // Normal operands with those significands; the second one's exponent
+        // mirrors the first around the bias so products stay in range often.
+        const eb = Math.min(Math.max(2 * bias(f) - ex + dy, 1), expMax(f) - 1);
+        const ea = Math.min(Math.max(ex, 1), expMax(f) - 1);
+        return [pack(f, sx, ea, x << BigInt(P - k)), pack(f, sy, eb, y << BigInt(P - j))];
+      });
+  });
+}
+
+/** One operand near 1 and one near the smallest normal: products and
+ *  quotients land on both sides of the underflow threshold, where tininess
+ *  after rounding differs from tininess before rounding. */
+function thresholdPairArb(f: Format): fc.Arbitrary<[bigint, bigint]> {
+  const b = bias(f);
+  const nearFrac = fc.oneof(fc.bigInt({ min: 0n, max: 16n }), fc.bigInt({ min: 0n, max: 16n }).map((d) => mask(f.frac) - d));
+  const near1 = fc.tuple(signArb, fc.constantFrom(b - 1, b), nearFrac).map(([s, e, fr]) => pack(f, s, e, fr));
+  const nearMin = fc.tuple(signArb, fc.constantFrom(0, 1, 2), nearFrac).map(([s, e, fr]) => pack(f, s, e, fr));
+  // (1 + d ulp) * (1 - d' ulp) 2^emin with d' = d lands in the window
+  // (1 - ulp/2, 1) 2^emin: not tiny after rounding to nearest, tiny toward zero.
+  const exact = fc.tuple(fc.bigInt({ min: 1n, max: 1n << BigInt(f.frac >> 1) }), fc.bigInt({ min: -1n, max: 1n }), signArb, signArb)
+    .map(([d, dd, s1, s2]) => [pack(f, s1, b, d), pack(f, s2, 0, (1n << BigInt(f.frac)) - d - dd)] as const);
+  return fc.tuple(fc.oneof(fc.tuple(near1, nearMin), exact), fc.boolean())
+    .map(([[x, y], swap]): [bigint, bigint] => (swap ? [y, x] : [x, y]));
+}
+
+/** A sparse significand and a power of two: products and quotients are exact
+ *  shifts, which in the subnormal range cut off bits and give subnormal ties. */
+function pow2PairArb(f: Format): fc.Arbitrary<[bigint, bigint]> {
+  return fc.tuple(floatArb(f), signArb, expArb(f), fc.boolean())
+    .map(([x, s, e, swap]): [bigint, bigint] => (swap ? [pack(f, s, e, 0n), x] : [x, pack(f, s, e, 0n)]));
+}
+
+/** Encodes m * 2^e2 exactly (m > 0), or undefined when not representable. */
+function encodeExact(f: Format, sign: number, m: bigint, e2: number): bigint | undefined {
+  const P = f.frac + 1;
+  const emin = 1 - bias(f);
+  const L = m.toString(2).length;
+  const E = e2 + L - 1;
+  if (L > P || E > bias(f)) return undefined;
+  if (E >= emin) return pack(f, sign, E + bias(f), (m << BigInt(P - L)) - (1n << BigInt(f.frac)));
+  if (e2 < emin - f.frac) return undefined;
+  return pack(f, sign, 0, m << BigInt(e2 - (emin - f.frac)));
+}
+
+/** x and 2^±t such that x / 2^t = x * 2^-t = m * 2^(emin - F - 1) with m odd:
+ *  exactly halfway between two subnormals (a subnormal rounding tie). */
+function subnormalTiePairArb(f: Format): fc.Arbitrary<[bigint, bigint]> {
+  const emin = 1 - bias(f);
+  return fc.tuple(fc.integer({ min: 1, max: f.frac + 1 }), fc.bigInt({ min: 0n, max: mask(f.frac + 1) }), fc.integer({ min: 1, max: bias(f) - 1 }), signArb, signArb, fc.boolean())
+    .map(([L, v, t, s1, s2, divide]): [bigint, bigint] => {
+      const m = ((v & mask(L)) | (1n << BigInt(L - 1))) | 1n;
+      const x = encodeExact(f, s1, m, emin - f.frac - 1 + t) ?? pack(f, s1, bias(f), 0n);
+      return [x, pack(f, s2, bias(f) + (divide ? t : -t), 0n)];
+    });
+}
+
 export function pairArb(f: Format): fc.Arbitrary<[bigint, bigint]> {
   return fc.oneof(
+    subnormalTiePairArb(f),
     fc.tuple(floatArb(f), floatArb(f)),
     floatArb(f).chain((a) => nearArb(f, a).map((b): [bigint, bigint] => [a, b])),
+    tieProductArb(f),
+    thresholdPairArb(f),
+    pow2PairArb(f),
   );
 }
 
@@ -90,9 +163,10 @@ export function pairArb(f: Format): fc.Arbitrary<[bigint, bigint]> {
 export function tripleArb(f: Format): fc.Arbitrary<[bigint, bigint, bigint]> {
   return fc.oneof(
     fc.tuple(floatArb(f), floatArb(f), floatArb(f)),
-    fc.tuple(floatArb(f), floatArb(f)).chain(([a, b]) => {
+    pairArb(f).chain(([a, b]) => {
       const p = refMul(a, b, RTZ, f).bits;
-      return fc.oneof(nearArb(f, p), floatArb(f)).map((c): [bigint, bigint, bigint] => [a, b, c]);
+      const tiny = fc.tuple(signArb, fc.bigInt({ min: 0n, max: mask(f.frac) })).map(([s, fr]) => pack(f, s, 0, fr));
+      return fc.oneof(nearArb(f, p), floatArb(f), tiny).map((c): [bigint, bigint, bigint] => [a, b, c]);
     }),
   );
 }
@@ -124,4 +198,13 @@ export function intArb(bits: 32 | 64, signed: boolean): fc.Arbitrary<bigint> {
     fc.tuple(fc.integer({ min: 1, max: bits }), fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), fc.boolean())
       .map(([k, v, neg]) => clamp((neg ? -1n : 1n) * (v & mask(k)))),
   );
+}
+
+/** binary64 values around binary32's underflow and overflow thresholds, for
+ *  FCVT.S.D. */
+export function f64NearF32LimitsArb(): fc.Arbitrary<bigint> {
+  const F64f: Format = { name: 'f64', frac: 52, exp: 11 };
+  const near = fc.oneof(fc.bigInt({ min: 0n, max: 1n << 32n }), fc.bigInt({ min: 0n, max: 1n << 32n }).map((d) => mask(52) - d));
+  return fc.tuple(signArb, fc.constantFrom(1023 - 127, 1023 - 126, 1023 - 150, 1023 - 149, 1023 - 148, 1023 + 127, 1023 + 128), near, fracArb(F64f))
+    .chain(([s, e, fr, rnd]) => fc.constantFrom(pack(F64f, s, e, fr), pack(F64f, s, e, rnd)));
 }

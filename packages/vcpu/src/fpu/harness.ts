@@ -7,7 +7,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import asc from 'assemblyscript/asc';
 
-export const FPU_SOURCE = fileURLToPath(new URL('../../assembly/fpu.ts', import.meta.url));
+/** The library under test. VMM_FPU_SOURCE may name another copy (used to
+ *  check that the tests catch deliberately broken variants). */
+export const FPU_SOURCE = process.env.VMM_FPU_SOURCE ?? fileURLToPath(new URL('../../assembly/fpu.ts', import.meta.url));
 
 export class FpuBuildError extends Error {
   readonly code = 'FPU_BUILD_FAILED';
