@@ -1,7 +1,7 @@
 // Runs one program on both sides, compares, and minimises a divergence to
 // the shortest failing prefix and then a small failing subset of groups.
 
-import { runSnippet } from '../index.ts';
+import { runSnippet } from '../hart/snippet.ts';
 import { SCRATCH_SIZE } from './generator.ts';
 import type { Program } from './generator.ts';
 import { assemble, describeOffset, OUT_SIZE, toElf, BASE } from './image.ts';
@@ -29,7 +29,16 @@ function budget(img: Image): number {
   return img.bodyInsns + 1000;
 }
 
-function ours(img: Image): { out: Uint8Array } | { exit: string } {
+/** What one side produced: the output region, or how it stopped before the dump's ECALL. */
+export type SideResult = { out: Uint8Array } | { exit: string };
+
+export interface CheckOptions {
+  /** Our side (default: runSnippet on a bare U-mode hart). Tests substitute a faulty one to check detection. */
+  ours?: (img: Image) => SideResult;
+}
+
+/** Our side: runSnippet on the image, read the output region back from guest RAM. */
+export function runOurs(img: Image): SideResult {
   const r = runSnippet({ ram: img.segment, entry: BigInt(img.entry), maxInstructions: budget(img), privilege: 'U' });
   if (r.exit.kind !== 'ecall') {
     const why = r.exit.kind === 'trap' ? `trap cause ${r.exit.cause} tval 0x${r.exit.tval.toString(16)}` : 'instruction limit';
@@ -53,11 +62,11 @@ function compare(expected: Uint8Array, got: Uint8Array): Difference[] {
 }
 
 /** Run the program (restricted to `keep` groups) on both sides; null when they agree. */
-export async function check(program: Program, keep?: number[]): Promise<Divergence | null> {
+export async function check(program: Program, keep?: number[], opts: CheckOptions = {}): Promise<Divergence | null> {
   const img = assemble(program, keep);
   const groups = keep ?? program.groups.map((_, i) => i);
   const ref = runQemu(toElf(img), OUT_SIZE);
-  const mine = ours(img);
+  const mine = (opts.ours ?? runOurs)(img);
   const expected = await ref;
   if ('exit' in mine) return { seed: program.seed, groups, exit: mine.exit, diffs: [] };
   const diffs = compare(expected, mine.out);
@@ -69,14 +78,14 @@ export async function check(program: Program, keep?: number[]): Promise<Divergen
  * group is where the two sides first disagree), then greedily drop earlier
  * groups that are not needed to reproduce it. Bounded by `maxRuns` checks.
  */
-export async function minimise(program: Program, d: Divergence, maxRuns = 300): Promise<Divergence> {
+export async function minimise(program: Program, d: Divergence, maxRuns = 300, opts: CheckOptions = {}): Promise<Divergence> {
   let runs = 0;
   let best = d;
   let lo = 0, hi = d.groups.length; // prefix of length hi fails; length lo is assumed to pass
   while (hi - lo > 1 && runs < maxRuns) {
     const mid = (lo + hi) >> 1;
     runs++;
-    const r = await check(program, d.groups.slice(0, mid));
+    const r = await check(program, d.groups.slice(0, mid), opts);
     if (r) { hi = mid; best = r; } else lo = mid;
   }
   let keep = d.groups.slice(0, hi);
@@ -87,7 +96,7 @@ export async function minimise(program: Program, d: Divergence, maxRuns = 300): 
       const start = Math.max(0, end - chunk);
       const trial = [...keep.slice(0, start), ...keep.slice(end)];
       runs++;
-      const r = await check(program, trial);
+      const r = await check(program, trial, opts);
       if (r) { keep = trial; best = r; }
       end = start;
     }

@@ -229,8 +229,10 @@ export const CLASSES: Record<string, (g: Rng) => Group> = {
     if (k === 4) {
       // fscsr with a value whose frm field is valid, or clearing bits (always leaves a valid frm).
       const t = g.pick(WRITABLE_NZ);
-      const v = (g.range(0, 4) << 5) | g.int(32);
-      return simple('zicsr.fp', E.opImm('addi', t, 0, v), E.csr(g.pick(['csrrw', 'csrrs']), rd(g), 3, t));
+      // csrrs may only set fflags bits: OR-ing frm bits into a valid frm can make it 5–7.
+      const set = g.chance(0.5);
+      const v = (set ? 0 : g.range(0, 4) << 5) | g.int(32);
+      return simple('zicsr.fp', E.opImm('addi', t, 0, v), E.csr(set ? 'csrrs' : 'csrrw', rd(g), 3, t));
     }
     if (k === 5) return simple('zicsr.fp', E.csr('csrrc', rd(g), g.pick([2, 3]), g.pick(ALL)));
     return simple('zicsr.fp', E.csr('csrrs', rd(g), g.pick([1, 2, 3]), 0)); // frflags/frrm/frcsr

@@ -5,7 +5,7 @@ export { assemble, toElf, describeOffset, BASE as DIFFTEST_BASE, OUT_SIZE as DIF
 export type { Image, ListedInsn } from './image.ts';
 export { writeElf } from './elf.ts';
 export { runQemu, QemuError } from './qemu.ts';
-export { check, minimise, formatDivergence } from './check.ts';
-export type { Divergence, Difference } from './check.ts';
+export { check, minimise, formatDivergence, runOurs } from './check.ts';
+export type { Divergence, Difference, CheckOptions, SideResult } from './check.ts';
 export { EncodeError } from './encode.ts';
 export type { Insn } from './encode.ts';
