@@ -4,22 +4,24 @@
 // reads a JSON script that the test placed in the kernel Image right after
 // its 64-byte header and drives the real device models over the real bus.
 
-import { workerData } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { RAM_BASE, WASM_RAM_OFFSET, MMIO } from './layout.ts';
 import { RUN } from './signals.ts';
-import { createPlatform } from './platform/index.ts';
-import type { MachineHartData } from './machine.ts';
+import { createPlatform, type PlatformState } from './platform/index.ts';
+import type { HartWorkerData, HartWorkerMessage } from './hart/hart-worker.ts';
 
-interface Script { uart?: string; echo?: number; finisher?: number; throw?: string; hang?: boolean; checkDtb?: boolean }
+interface Script { uart?: string; echo?: number; finisher?: number; throw?: string; report?: string; fatal?: boolean; checkDtb?: boolean }
 
-const d = workerData as MachineHartData;
-const p = createPlatform(d.platform, d.hartId);
+const d = workerData as HartWorkerData;
+const p = createPlatform(d.platform as PlatformState, d.hartId);
 const ram = new Uint8Array(d.memory.buffer, WASM_RAM_OFFSET, d.ramSize);
 const cell = p.signals.irqCell(d.hartId);
 const idle = (): void => { while (p.signals.runState() !== RUN.STOPPING) Atomics.wait(cell.array, cell.index, Atomics.load(cell.array, cell.index), 50); };
 
-if (d.boot === null || d.boot.priv !== 'S') {
+const done = (): void => parentPort?.postMessage({ type: 'exit', hartId: d.hartId, exit: { kind: 'stopping' }, instret: 0n } satisfies HartWorkerMessage);
+if (d.hartId !== 0) {
   idle();
+  done();
 } else {
   const at = Number(d.boot.pc) - RAM_BASE + 64;
   const end = ram.indexOf(0, at);
@@ -39,6 +41,12 @@ if (d.boot === null || d.boot.priv !== 'S') {
     put(`echo:${got}\n`);
   }
   if (script.throw) throw new Error(script.throw);
-  if (script.finisher !== undefined) p.bus.store(MMIO.test.base, 4, BigInt(script.finisher), d.hartId);
-  idle();
+  if (script.report) parentPort?.postMessage({ type: 'error', hartId: d.hartId, message: script.report } satisfies HartWorkerMessage);
+  if (script.fatal) {
+    parentPort?.postMessage({ type: 'exit', hartId: d.hartId, exit: { kind: 'fatal', cause: 2n, tval: 0x13n, pc: d.boot.pc, priv: 1 }, instret: 5n } satisfies HartWorkerMessage);
+  } else {
+    if (script.finisher !== undefined) p.bus.store(MMIO.test.base, 4, BigInt(script.finisher), d.hartId);
+    idle();
+    done();
+  }
 }

@@ -111,6 +111,11 @@ describe('machine lifecycle (stand-in hart worker)', () => {
     expect(e.message).toMatch(/hart 0: boom/);
   });
 
+  it('a hart reporting an error or an unhandled trap ends the machine with reason error', async () => {
+    expect(await startMachine(config({ report: 'core failed' }).cfg).exited).toMatchObject({ reason: 'error', message: 'hart 0: core failed' });
+    expect(await startMachine(config({ fatal: true }).cfg).exited).toMatchObject({ reason: 'error', message: 'hart 0: unhandled trap, cause 0x2 tval 0x13 at pc 0x80200000 (priv 1)' });
+  });
+
   it('stop() ends a running machine', async () => {
     const fd = memfdCreate('t', 64 * MiB);
     const m = startMachine(config({ uart: 'x' }, { ramFd: fd }).cfg);

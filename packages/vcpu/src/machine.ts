@@ -18,6 +18,8 @@ import { closeFd, ConfigError, createLogger, memfdCreate, mmapFixedOver, type Lo
 import { KERNEL_LOAD, MAX_HARTS, RAM_BASE, WASM_RAM_OFFSET } from './layout.ts';
 import { HSM, RUN, HartSignals } from './signals.ts';
 import { createHartMemory } from './hart/wasm.ts';
+import type { HartBoot } from './hart/hart.ts';
+import type { HartWorkerData, HartWorkerMessage } from './hart/hart-worker.ts';
 import { buildVirtDtb } from './platform/dtb.ts';
 import { createPlatform, createPlatformState, type Platform, type PlatformState } from './platform/index.ts';
 
@@ -157,28 +159,9 @@ function encodeFwDynamicInfo(bootHart: number): Uint8Array {
 
 // ─── hart workers ───────────────────────────────────────────────────────────
 
-/** How a hart enters the guest. */
-export interface HartBoot {
-  pc: bigint;
-  priv: 'M' | 'S';
-  a0: bigint;
-  a1: bigint;
-  a2: bigint;
-}
-
-/** What each hart worker receives (structured-cloned). */
-export interface MachineHartData {
-  hartId: number;
-  memory: WebAssembly.Memory;
-  ramSize: number;
-  mode: 'builtin' | 'firmware';
-  platform: PlatformState;
-  /** null: the hart starts STOPPED and waits for an SBI HSM hart_start. */
-  boot: HartBoot | null;
-}
-
-/** The worker module a hart runs in (set by the hart core; overridable for tests). */
-export let hartWorkerUrl: URL | null = null;
+/** The worker module each hart runs in (the hart core's entry, HART_WORKER_URL). */
+let hartWorkerUrl = new URL('./hart/hart-worker.ts', import.meta.url);
+/** Replace the hart worker module (tests: a stand-in hart speaking the same HartWorkerData/HartWorkerMessage contract). */
 export function setHartWorkerUrl(url: URL): void {
   hartWorkerUrl = url;
 }
@@ -225,19 +208,18 @@ export function startMachine(cfg: MachineConfig): Machine {
   const state = createPlatformState({ harts: cfg.harts, memBytes: cfg.memBytes });
   const platform = createPlatform(state, 0);
   const signals = new HartSignals(cfg.harts, state.signals);
-  const boots: (HartBoot | null)[] = [];
+  const boots: HartBoot[] = [];
   for (let h = 0; h < cfg.harts; h++) {
     if (cfg.bios.kind === 'firmware') {
       // Every hart runs the firmware from reset; OpenSBI elects the boot hart (fw_dynamic_info.boot_hart = 0).
       signals.setHsmState(h, HSM.STARTED);
-      boots.push({ pc: BigInt(RAM_BASE), priv: 'M', a0: BigInt(h), a1: BigInt(layout.dtb.start), a2: BigInt(layout.fwDynamicInfo!) });
+      boots.push({ mode: 'firmware', pc: BigInt(RAM_BASE), a0: BigInt(h), a1: BigInt(layout.dtb.start), a2: BigInt(layout.fwDynamicInfo!) });
     } else {
-      boots.push(h === 0 ? { pc: BigInt(layout.kernel.start), priv: 'S', a0: 0n, a1: BigInt(layout.dtb.start), a2: 0n } : null);
+      // Hart 0 enters the kernel; the others stay HSM STOPPED until the kernel's hart_start.
+      boots.push({ mode: 'builtin', pc: BigInt(layout.kernel.start), a0: BigInt(h), a1: BigInt(layout.dtb.start), a2: 0n });
     }
   }
-
   const url = hartWorkerUrl;
-  if (!url) throw new MachineConfigError('no hart worker registered (setHartWorkerUrl): the hart core is not available');
 
   let resolveExit!: (e: MachineExit) => void;
   const exited = new Promise<MachineExit>((r) => { resolveExit = r; });
@@ -304,9 +286,22 @@ export function startMachine(cfg: MachineConfig): Machine {
 
   const allEnded = new Promise<void>((resolveEnded) => {
     for (let h = 0; h < cfg.harts; h++) {
-      const data: MachineHartData = { hartId: h, memory, ramSize: cfg.memBytes, mode: cfg.bios.kind, platform: state, boot: boots[h]! };
+      const data: HartWorkerData = { hartId: h, harts: cfg.harts, memory, ramSize: cfg.memBytes, signals: state.signals, platform: state, boot: boots[h]! };
       const w = new Worker(url, { workerData: data, name: `hart${h}` });
       running.add(h);
+      w.on('message', (m: HartWorkerMessage) => {
+        if (m.type === 'error') {
+          log.error({ hart: h, message: m.message }, 'machine: hart failed');
+          finish({ reason: 'error', code: 1, message: `hart ${h}: ${m.message}` });
+        } else if (m.exit.kind === 'fatal') {
+          const x = m.exit;
+          const message = `hart ${h}: unhandled trap, cause 0x${x.cause.toString(16)} tval 0x${x.tval.toString(16)} at pc 0x${x.pc.toString(16)} (priv ${x.priv})`;
+          log.error({ hart: h, instret: m.instret }, message);
+          finish({ reason: 'error', code: 1, message });
+        } else {
+          log.debug({ hart: h, exit: m.exit.kind, instret: m.instret }, 'machine: hart ended');
+        }
+      });
       w.on('error', (err) => {
         log.error({ hart: h, err }, 'machine: hart worker failed');
         finish({ reason: 'error', code: 1, message: `hart ${h}: ${err instanceof Error ? err.message : String(err)}` });
