@@ -325,6 +325,9 @@ export function startMachine(cfg: MachineConfig): Machine {
     if (!final) finish(e ? { reason: e.reason, code: e.code } : { reason: 'error', code: 1, message: 'every hart worker ended without an exit request' });
     platform.console.close();
     pumping = false;
+    // A pending Atomics.waitAsync does not keep the event loop alive: wake the pump now that no hart can.
+    const cell = platform.console.tx.tailCell();
+    Atomics.notify(cell.array, cell.index);
     await txPump;
     if (ownsFd) closeFd(ramFd);
     log.info({ exit: final }, 'machine: stopped');
