@@ -12,3 +12,6 @@ export type { HartBoot, HartExit, HartState, HartOptions } from "./hart/hart.ts"
 export type { HartWorkerData, HartWorkerMessage } from "./hart/hart-worker.ts";
 /** The hart worker entry, for `new Worker(HART_WORKER_URL, { workerData: HartWorkerData })`. */
 export const HART_WORKER_URL = new URL("./hart/hart-worker.ts", import.meta.url);
+export * from "./platform/index.ts";
+export { startMachine, MachineConfigError, parseKernelImage, planBoot, setHartWorkerUrl } from "./machine.ts";
+export type { Machine, MachineConfig, MachineExit, BootLayout, KernelImageInfo } from "./machine.ts";
