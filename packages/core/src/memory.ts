@@ -158,6 +158,19 @@ export class GuestMemory {
     return r;
   }
 
+  /** Swap the whole region list (vhost-user SET_MEM_TABLE) while keeping this object, which others hold. */
+  replaceRegions(regions: readonly GuestRegion[]): void {
+    const old = this.regions;
+    this.regions = [];
+    this.last = undefined;
+    try {
+      for (const r of regions) this.addRegion(r);
+    } catch (e) {
+      this.regions = old;
+      throw e;
+    }
+  }
+
   clear(): void {
     this.regions = [];
     this.last = undefined;

@@ -1,0 +1,187 @@
+// One abstraction for every device process (STYLE.md §8): spawn a back-end
+// executable, wait for its ready handshake, observe its health (exit or
+// signal), stop it with SIGTERM then SIGKILL after a grace period, restart it.
+//
+// Handshake: the child calls reportReady() once its socket is listening,
+// which sends {type: 'vmm-ready'} over the Node IPC channel execa opens.
+// A child that exits or stays silent past the deadline fails start().
+
+import { execa, type ResultPromise } from 'execa';
+import type { Logger } from 'pino';
+import { VmmError } from './errors.ts';
+import { createLogger } from './logger.ts';
+
+export interface DeviceProcessOptions {
+  /** Name used in logs and errors (e.g. "blk0"). */
+  name: string;
+  /** Executable (default: this Node binary) and its arguments (e.g. the backend's .ts entry point and flags). */
+  command?: string;
+  args: string[];
+  env?: Record<string, string>;
+  /** How long start() waits for the ready handshake (default 10 s). */
+  readyTimeoutMs?: number;
+  /** How long stop() waits after SIGTERM before SIGKILL (default 3 s). */
+  stopGraceMs?: number;
+  /** Where the child's stdout/stderr go (default: inherited, so its pino logs reach ours). */
+  stdio?: 'inherit' | 'ignore';
+  log?: Logger;
+}
+
+export interface ExitInfo {
+  code: number | null;
+  signal: string | null;
+}
+
+export class DeviceProcessError extends VmmError {
+  constructor(message: string, code: string) {
+    super(message, 'transient', code);
+  }
+}
+
+type Child = ResultPromise<{ ipc: true; reject: false }>;
+
+export class DeviceProcess {
+  readonly name: string;
+  private readonly opts: DeviceProcessOptions;
+  private readonly log: Logger;
+  private child: Child | null = null;
+  private exitPromise: Promise<ExitInfo> | null = null;
+  private stopping = false;
+  /** Information the child sent with its ready message. */
+  readyInfo: Record<string, unknown> = {};
+  /** Last exit observed (health). */
+  lastExit: ExitInfo | null = null;
+  /** Called when the process exits without stop() having been asked (a crash, a kill from outside). */
+  onUnexpectedExit: ((info: ExitInfo) => void) | undefined;
+  restarts = 0;
+
+  constructor(opts: DeviceProcessOptions) {
+    this.name = opts.name;
+    this.opts = opts;
+    this.log = opts.log ?? createLogger('device-process', opts.name);
+  }
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  get running(): boolean {
+    return this.child !== null && this.lastExit === null;
+  }
+
+  /** Spawn and wait for the ready handshake. */
+  async start(): Promise<void> {
+    if (this.running) throw new DeviceProcessError(`${this.name} is already running (pid ${this.pid})`, 'ERR_DEVICE_PROCESS_RUNNING');
+    this.lastExit = null;
+    this.stopping = false;
+    const stdio = this.opts.stdio ?? 'inherit';
+    const child = execa(this.opts.command ?? process.execPath, this.opts.args, {
+      ipc: true,
+      reject: false,
+      stdin: 'ignore',
+      stdout: stdio,
+      stderr: stdio,
+      env: this.opts.env,
+      // Own process group is not needed: we signal the pid we spawned, nothing else.
+      cleanup: true,
+    }) as Child;
+    this.child = child;
+    this.exitPromise = child.then((r) => {
+      const info: ExitInfo = { code: r.exitCode ?? null, signal: r.signal ?? null };
+      this.lastExit = info;
+      if (this.child === child) {
+        if (this.stopping) this.log.info(info, 'device process stopped');
+        else {
+          this.log.error(info, 'device process exited unexpectedly');
+          this.onUnexpectedExit?.(info);
+        }
+      }
+      return info;
+    });
+    const timeout = this.opts.readyTimeoutMs ?? 10_000;
+    await new Promise<void>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined = undefined;
+      const onMessage = (m: unknown) => {
+        if (typeof m === 'object' && m !== null && (m as { type?: unknown }).type === 'vmm-ready') {
+          this.readyInfo = m as Record<string, unknown>;
+          done();
+          resolve();
+        }
+      };
+      const done = () => {
+        clearTimeout(timer);
+        child.off('message', onMessage);
+      };
+      timer = setTimeout(() => {
+        done();
+        reject(new DeviceProcessError(`${this.name} sent no ready handshake within ${timeout} ms`, 'ERR_DEVICE_PROCESS_READY_TIMEOUT'));
+        child.kill('SIGKILL');
+      }, timeout);
+      child.on('message', onMessage);
+      void this.exitPromise!.then((info) => {
+        done();
+        reject(new DeviceProcessError(`${this.name} exited before it was ready (code ${info.code}, signal ${info.signal})`, 'ERR_DEVICE_PROCESS_EXITED'));
+      });
+    });
+    this.log.info({ pid: child.pid, ...this.readyInfo }, 'device process ready');
+  }
+
+  /** Resolves when the current process exits. */
+  exited(): Promise<ExitInfo> {
+    if (this.exitPromise === null) throw new DeviceProcessError(`${this.name} was never started`, 'ERR_DEVICE_PROCESS_NOT_STARTED');
+    return this.exitPromise;
+  }
+
+  /** Send a signal (fault injection: 'SIGKILL' to crash it, 'SIGSTOP' to stall it). */
+  kill(signal: NodeJS.Signals = 'SIGKILL'): void {
+    this.child?.kill(signal);
+  }
+
+  /** SIGTERM, then SIGKILL if it has not exited after the grace period. */
+  async stop(): Promise<ExitInfo> {
+    if (this.child === null || this.exitPromise === null) throw new DeviceProcessError(`${this.name} was never started`, 'ERR_DEVICE_PROCESS_NOT_STARTED');
+    if (this.lastExit) return this.lastExit;
+    this.stopping = true;
+    const child = this.child;
+    child.kill('SIGTERM');
+    const grace = this.opts.stopGraceMs ?? 3000;
+    let timer: NodeJS.Timeout | undefined;
+    const killed = new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        this.log.warn({ pid: child.pid, graceMs: grace }, 'no exit after SIGTERM; SIGKILL');
+        child.kill('SIGKILL');
+        resolve();
+      }, grace);
+    });
+    const info = await Promise.race([this.exitPromise, killed.then(() => this.exitPromise!)]);
+    clearTimeout(timer);
+    return info;
+  }
+
+  /** stop() if running, then start() again. */
+  async restart(): Promise<void> {
+    if (this.running) await this.stop();
+    this.restarts++;
+    await this.start();
+  }
+}
+
+/** In a device process: tell the parent DeviceProcess we are ready (socket listening). */
+export function reportReady(info: Record<string, unknown> = {}): void {
+  process.send?.({ type: 'vmm-ready', ...info });
+}
+
+/**
+ * In a device process: on SIGTERM run `cleanup` then exit 0, so stop() ends
+ * cleanly; also drop the IPC channel so it does not keep the process alive.
+ */
+export function installDeviceProcessSignals(cleanup: () => void): void {
+  process.channel?.unref();
+  process.once('SIGTERM', () => {
+    try {
+      cleanup();
+    } finally {
+      process.exit(0);
+    }
+  });
+}

@@ -1,0 +1,83 @@
+// A tiny test device for protocol tests: copies each request's readable
+// bytes into its writable segments (up to the writable length) and completes
+// with the number of bytes written. Requests whose first byte is 0xFF are
+// held (never completed) until a request with first byte 0xFE releases them,
+// so a test can kill the process with requests in flight.
+import type { DeviceContext, VirtioDeviceBackend, VirtqueueHandle } from '../device.ts';
+import { VIRTIO_F_VERSION_1 } from '../device.ts';
+import type { GuestMemory } from '../memory.ts';
+import type { DescriptorChain } from '../virtqueue.ts';
+
+export const ECHO_HOLD = 0xff;
+export const ECHO_RELEASE = 0xfe;
+
+export class EchoDevice implements VirtioDeviceBackend {
+  readonly features = VIRTIO_F_VERSION_1 | (1n << 0n);
+  readonly numQueues: number;
+  private config = new Uint8Array(16);
+  private held: { q: VirtqueueHandle; c: DescriptorChain }[] = [];
+  activations = 0;
+  resets = 0;
+
+  constructor(numQueues = 2) {
+    this.numQueues = numQueues;
+    new DataView(this.config.buffer).setUint32(0, 0xec40_0000 + numQueues, true);
+  }
+
+  readConfig(): Uint8Array {
+    return this.config;
+  }
+
+  writeConfig(offset: number, data: Uint8Array): void {
+    if (offset + data.length > this.config.length) throw new RangeError(`config write ${offset}+${data.length}`);
+    this.config.set(data, offset);
+  }
+
+  activate(_ctx: DeviceContext): void {
+    this.activations++;
+  }
+
+  processQueue(q: VirtqueueHandle): void {
+    for (let c = q.pop(); c !== null; c = q.pop()) {
+      const first = c.readableLen > 0 ? q.mem.readU8(c.readable[0]!.addr) : 0;
+      if (first === ECHO_HOLD) {
+        this.held.push({ q, c });
+        continue;
+      }
+      if (first === ECHO_RELEASE) {
+        for (const h of this.held.splice(0)) h.q.complete(h.c.head, echo(h.q.mem, h.c));
+      }
+      q.complete(c.head, echo(q.mem, c));
+    }
+  }
+
+  reset(): void {
+    this.resets++;
+    this.held = [];
+  }
+}
+
+function echo(mem: GuestMemory, c: DescriptorChain): number {
+  const src: Uint8Array[] = c.readable.flatMap((s) => mem.slices(s.addr, s.len, 'read'));
+  let si = 0;
+  let so = 0;
+  let written = 0;
+  for (const w of c.writable) {
+    for (const dst of mem.slices(w.addr, w.len, 'write')) {
+      let d = 0;
+      while (d < dst.length && si < src.length) {
+        const s = src[si]!;
+        const n = Math.min(dst.length - d, s.length - so);
+        dst.set(s.subarray(so, so + n), d);
+        d += n;
+        so += n;
+        written += n;
+        if (so === s.length) {
+          si++;
+          so = 0;
+        }
+      }
+    }
+  }
+  return written;
+}

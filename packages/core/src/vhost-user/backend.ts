@@ -1,0 +1,572 @@
+// vhost-user back-end server (QEMU docs/interop/vhost-user.rst): listens on
+// a unix socket, serves one front-end at a time, keeps the protocol state
+// (features, memory regions, vrings with their eventfds, inflight region) and
+// drives a transport-independent VirtioDeviceBackend (STYLE.md §4-6).
+//
+// A malformed or unknown message is logged, the connection is closed and the
+// server accepts the next front-end: the process never dies of a peer's bug.
+
+import { existsSync, unlinkSync } from 'node:fs';
+import type { Logger } from 'pino';
+import {
+  VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, type VirtioDeviceBackend, type VirtqueueHandle,
+} from '../device.ts';
+import { VmmError } from '../errors.ts';
+import { closeFd, eventfdRead, eventfdWrite, fdSize, memfdCreate, mmapShared, unixAccept, unixListen, watchReadable, type FdWatch } from '../ffi.ts';
+import { createLogger } from '../logger.ts';
+import { GuestMemory } from '../memory.ts';
+import { SplitQueue, VirtqueueError, MAX_QUEUE_SIZE, type DescriptorChain } from '../virtqueue.ts';
+import {
+  configPayload, hasReply, inflightPayload, memTable, singleRegion, u64, validateRequest, vringAddr, vringState, VhostUserProtocolError,
+  type Message, type VringAddr,
+} from './codec.ts';
+import { VhostUserConnection } from './connection.ts';
+import { InflightQueue, inflightQueueStride, inflightRegionSize } from './inflight.ts';
+import {
+  FLAG_NEED_REPLY, FLAG_REPLY, MAX_MEM_SLOTS, MAX_MEM_TABLE_REGIONS, pf, ProtocolFeature, Req, reqName, VERSION, VHOST_USER_F_PROTOCOL_FEATURES,
+  VRING_IDX_MASK, VRING_NOFD_MASK,
+} from './protocol.ts';
+
+/** Protocol features this back-end implements. */
+export const BACKEND_PROTOCOL_FEATURES =
+  pf(ProtocolFeature.MQ) | pf(ProtocolFeature.REPLY_ACK) | pf(ProtocolFeature.CONFIG) | pf(ProtocolFeature.INFLIGHT_SHMFD) |
+  pf(ProtocolFeature.RESET_DEVICE) | pf(ProtocolFeature.CONFIGURE_MEM_SLOTS) | pf(ProtocolFeature.STATUS);
+
+/** Ring-layout features implemented by core's virtqueue, offered on top of the device's own. */
+const RING_FEATURES = VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX;
+const VIRTIO_CONFIG_S_NEEDS_RESET = 0x40;
+
+export interface VhostUserBackendOptions {
+  socketPath: string;
+  log?: Logger;
+  /** Restrict the protocol features offered (tests, compatibility). */
+  protocolFeatures?: bigint;
+}
+
+interface Vring {
+  index: number;
+  num: number;
+  addr: VringAddr | null;
+  base: number;
+  kickFd: number;
+  callFd: number;
+  errFd: number;
+  kickWatch: FdWatch | null;
+  enabled: boolean;
+  started: boolean;
+  handle: BackendQueue | null;
+}
+
+function newVring(index: number): Vring {
+  return { index, num: 0, addr: null, base: 0, kickFd: -1, callFd: -1, errFd: -1, kickWatch: null, enabled: false, started: false, handle: null };
+}
+
+/** The VirtqueueHandle a device sees: a split ring plus inflight tracking and batched call notification. */
+class BackendQueue implements VirtqueueHandle {
+  readonly index: number;
+  readonly size: number;
+  readonly mem: GuestMemory;
+  readonly q: SplitQueue;
+  private readonly inflight: InflightQueue | null;
+  private resubmit: number[];
+  private readonly owner: VhostUserBackend;
+  private readonly vring: Vring;
+  private flushScheduled = false;
+  private popped = new Set<number>();
+  dead = false;
+  broken = false;
+
+  constructor(owner: VhostUserBackend, vring: Vring, mem: GuestMemory, q: SplitQueue, inflight: InflightQueue | null, resubmit: number[]) {
+    this.owner = owner;
+    this.vring = vring;
+    this.index = vring.index;
+    this.size = q.size;
+    this.mem = mem;
+    this.q = q;
+    this.inflight = inflight;
+    this.resubmit = resubmit;
+  }
+
+  get inFlight(): number {
+    return this.popped.size;
+  }
+
+  pop(): DescriptorChain | null {
+    if (this.dead || this.broken) return null;
+    while (this.resubmit.length > 0) {
+      const head = this.resubmit.shift()!;
+      try {
+        const c = this.q.parse(head);
+        this.popped.add(head);
+        return c;
+      } catch (e) {
+        this.owner.log.warn({ err: e, queue: this.index, head }, 'dropping an unparsable inflight chain');
+        this.inflight?.afterUsed(head, this.q.usedIdx);
+      }
+    }
+    for (;;) {
+      try {
+        const c = this.q.pop();
+        if (c === null) return null;
+        this.inflight?.begin(c.head);
+        this.popped.add(c.head);
+        return c;
+      } catch (e) {
+        if (!(e instanceof VirtqueueError)) throw e;
+        this.owner.log.warn({ err: e, queue: this.index }, 'malformed descriptor chain');
+        if (e.head !== undefined && e.head < this.size) {
+          // Give the chain back untouched so the driver's request completes (with nothing written).
+          this.q.pushUsed(e.head, 0);
+          this.scheduleFlush();
+        } else {
+          // The ring itself is inconsistent (avail.idx): stop using it until the driver resets the device.
+          this.broken = true;
+          this.owner.markNeedsReset();
+          return null;
+        }
+      }
+    }
+  }
+
+  complete(head: number, writtenLen: number): void {
+    if (this.dead) return;
+    if (!this.popped.delete(head)) throw new VmmError(`queue ${this.index}: completing head ${head} that is not in flight`, 'guest', 'ERR_VIRTQ_NOT_IN_FLIGHT');
+    this.inflight?.beforeUsed(head);
+    this.q.pushUsed(head, writtenLen);
+    this.inflight?.afterUsed(head, this.q.usedIdx);
+    this.scheduleFlush();
+    if (this.popped.size === 0) this.owner.queueIdle(this);
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    queueMicrotask(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
+  }
+
+  /** Signal the call eventfd if the driver wants it (§2.7.10). */
+  flush(): void {
+    if (this.dead) return;
+    if (this.q.needsNotification() && this.vring.callFd >= 0) eventfdWrite(this.vring.callFd);
+  }
+}
+
+interface Waiter {
+  handle: BackendQueue;
+  resolve: () => void;
+}
+
+export class VhostUserBackend {
+  readonly log: Logger;
+  readonly socketPath: string;
+  private readonly device: VirtioDeviceBackend;
+  private readonly protocolFeaturesOffered: bigint;
+  private listenFd = -1;
+  private listenWatch: FdWatch | null = null;
+  private conn: VhostUserConnection | null = null;
+  private chain: Promise<void> = Promise.resolve();
+  // Protocol state of the current connection.
+  private features = 0n;
+  private protocolFeatures = 0n;
+  private featuresSet = false;
+  private readonly mem = new GuestMemory();
+  private vrings: Vring[] = [];
+  private inflightBuf: ArrayBuffer | null = null;
+  private inflightQueueSize = 0;
+  private status = 0;
+  private activated = false;
+  private idleWaiters: Waiter[] = [];
+  /** Connections served so far (for tests and logs). */
+  connections = 0;
+  /** Called after each connection ends, with the error that ended it if any. */
+  onDisconnect: ((error?: Error) => void) | undefined;
+
+  constructor(device: VirtioDeviceBackend, opts: VhostUserBackendOptions) {
+    this.device = device;
+    this.socketPath = opts.socketPath;
+    this.log = opts.log ?? createLogger('vhost-user-backend', opts.socketPath);
+    this.protocolFeaturesOffered = opts.protocolFeatures ?? BACKEND_PROTOCOL_FEATURES;
+    this.vrings = Array.from({ length: device.numQueues }, (_, i) => newVring(i));
+  }
+
+  get offeredFeatures(): bigint {
+    return this.device.features | RING_FEATURES | VHOST_USER_F_PROTOCOL_FEATURES;
+  }
+
+  /** Bind the socket (replacing a stale one) and start accepting front-ends. */
+  listen(): void {
+    if (existsSync(this.socketPath)) unlinkSync(this.socketPath);
+    this.listenFd = unixListen(this.socketPath);
+    this.listenWatch = watchReadable(this.listenFd, () => this.onAcceptable());
+    this.log.info({ socket: this.socketPath }, 'listening');
+  }
+
+  /** Stop serving: drop the connection, close and unlink the socket. */
+  close(): void {
+    this.listenWatch?.close();
+    this.listenWatch = null;
+    this.conn?.close();
+    if (this.listenFd >= 0) closeFd(this.listenFd);
+    this.listenFd = -1;
+    if (existsSync(this.socketPath)) unlinkSync(this.socketPath);
+  }
+
+  private onAcceptable(): void {
+    if (this.conn !== null) return;
+    const fd = unixAccept(this.listenFd);
+    if (fd === null) return;
+    this.connections++;
+    this.log.info({ connection: this.connections }, 'front-end connected');
+    // One front-end at a time: stop watching the listening socket until this one leaves.
+    this.listenWatch?.close();
+    this.listenWatch = null;
+    this.conn = new VhostUserConnection(fd, {
+      onMessage: (m) => {
+        this.chain = this.chain.then(() => this.handle(m));
+      },
+      onClose: (error) => this.onClose(error),
+    });
+  }
+
+  private onClose(error?: Error): void {
+    if (error) this.log.error({ err: error, code: (error as VmmError).code }, 'connection closed on error');
+    else this.log.info('front-end disconnected');
+    this.conn = null;
+    this.resetState();
+    this.chain = Promise.resolve();
+    if (this.listenFd >= 0) {
+      this.listenWatch = watchReadable(this.listenFd, () => this.onAcceptable());
+      // A front-end may already be waiting in the backlog.
+      this.onAcceptable();
+    }
+    this.onDisconnect?.(error);
+  }
+
+  private resetState(): void {
+    for (const v of this.vrings) this.stopRing(v, true);
+    this.vrings = Array.from({ length: this.device.numQueues }, (_, i) => newVring(i));
+    if (this.activated) this.device.reset();
+    this.activated = false;
+    this.features = 0n;
+    this.protocolFeatures = 0n;
+    this.featuresSet = false;
+    this.mem.clear();
+    this.inflightBuf = null;
+    this.status = 0;
+    for (const w of this.idleWaiters) w.resolve();
+    this.idleWaiters = [];
+  }
+
+  markNeedsReset(): void {
+    this.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+  }
+
+  queueIdle(h: BackendQueue): void {
+    const [ready, rest] = [this.idleWaiters.filter((w) => w.handle === h), this.idleWaiters.filter((w) => w.handle !== h)];
+    this.idleWaiters = rest;
+    for (const w of ready) w.resolve();
+  }
+
+  private async handle(m: Message): Promise<void> {
+    const conn = this.conn;
+    if (conn === null || conn.isClosed) {
+      for (const f of m.fds) closeFd(f);
+      return;
+    }
+    try {
+      validateRequest(m);
+    } catch (e) {
+      for (const f of m.fds) closeFd(f);
+      conn.close(e as Error);
+      return;
+    }
+    const needAck = (m.flags & FLAG_NEED_REPLY) !== 0 && (this.protocolFeatures & pf(ProtocolFeature.REPLY_ACK)) !== 0n && !hasReply(m.request);
+    try {
+      this.log.debug({ req: reqName(m.request), size: m.payload.length, fds: m.fds.length }, 'request');
+      const reply = await this.dispatch(m);
+      if (conn.isClosed) return;
+      if (reply !== undefined) {
+        try {
+          conn.send(m.request, VERSION | FLAG_REPLY, reply.payload, reply.fds);
+        } finally {
+          if (reply.closeFds) for (const f of reply.fds ?? []) closeFd(f);
+        }
+      } else if (needAck) conn.send(m.request, VERSION | FLAG_REPLY, u64.encode(0n));
+    } catch (e) {
+      const err = e as VmmError;
+      if (needAck && !(e instanceof VhostUserProtocolError) && !conn.isClosed) {
+        this.log.warn({ err, req: reqName(m.request) }, 'request failed; reporting it with REPLY_ACK');
+        conn.send(m.request, VERSION | FLAG_REPLY, u64.encode(1n));
+        return;
+      }
+      conn.close(err);
+    }
+  }
+
+  private vring(indexField: number | bigint): Vring {
+    const i = Number(indexField);
+    const v = this.vrings[i];
+    if (v === undefined) throw new VhostUserProtocolError(`vring index ${i} out of range (device has ${this.vrings.length})`, 'ERR_VHOST_USER_VRING_INDEX');
+    return v;
+  }
+
+  private async dispatch(m: Message): Promise<{ payload: Uint8Array; fds?: number[]; closeFds?: boolean } | undefined> {
+    const p = m.payload;
+    switch (m.request) {
+      case Req.GET_FEATURES:
+        return { payload: u64.encode(this.offeredFeatures) };
+      case Req.SET_FEATURES: {
+        const f = u64.decode(p);
+        const extra = f & ~this.offeredFeatures;
+        if (extra !== 0n) throw new VhostUserProtocolError(`SET_FEATURES acks features 0x${extra.toString(16)} that were not offered`, 'ERR_VHOST_USER_FEATURES');
+        this.features = f;
+        this.featuresSet = true;
+        // Without VHOST_USER_F_PROTOCOL_FEATURES rings start enabled (spec "Ring states").
+        if ((f & VHOST_USER_F_PROTOCOL_FEATURES) === 0n) for (const v of this.vrings) v.enabled = true;
+        return undefined;
+      }
+      case Req.GET_PROTOCOL_FEATURES:
+        return { payload: u64.encode(this.protocolFeaturesOffered) };
+      case Req.SET_PROTOCOL_FEATURES: {
+        const f = u64.decode(p);
+        const extra = f & ~this.protocolFeaturesOffered;
+        if (extra !== 0n) throw new VhostUserProtocolError(`SET_PROTOCOL_FEATURES acks 0x${extra.toString(16)} that were not offered`, 'ERR_VHOST_USER_FEATURES');
+        this.protocolFeatures = f;
+        return undefined;
+      }
+      case Req.SET_OWNER:
+        return undefined;
+      case Req.RESET_OWNER:
+      case Req.RESET_DEVICE: {
+        for (const v of this.vrings) this.stopRing(v, true);
+        if (this.activated) this.device.reset();
+        this.activated = false;
+        this.features = 0n;
+        this.featuresSet = false;
+        this.status = 0;
+        this.vrings = Array.from({ length: this.device.numQueues }, (_, i) => newVring(i));
+        return undefined;
+      }
+      case Req.GET_QUEUE_NUM:
+        return { payload: u64.encode(BigInt(this.device.numQueues)) };
+      case Req.GET_MAX_MEM_SLOTS:
+        return { payload: u64.encode(BigInt(MAX_MEM_SLOTS)) };
+      case Req.SET_MEM_TABLE: {
+        const regions = memTable.decode(p);
+        const mem = new GuestMemory();
+        try {
+          regions.forEach((r, i) => mem.addRegion(GuestMemory.mapVhostUserRegion({ ...r, fd: m.fds[i]! })));
+        } finally {
+          // mapVhostUserRegion closes the fds it used; close any left if it threw part-way.
+          for (let i = mem.regionList.length + 1; i < m.fds.length; i++) closeFd(m.fds[i]!);
+        }
+        // Replace the regions inside the same GuestMemory object, which devices and started rings hold.
+        // Old mappings are not unmapped: a device may still be finishing I/O into them, and started
+        // rings keep views of them (the same memfd pages when the front-end re-sends its table).
+        this.mem.replaceRegions(mem.regionList);
+        return undefined;
+      }
+      case Req.ADD_MEM_REG: {
+        const r = singleRegion.decode(p);
+        if (this.mem.regionList.length >= MAX_MEM_SLOTS) {
+          closeFd(m.fds[0]!);
+          throw new VhostUserProtocolError(`ADD_MEM_REG beyond ${MAX_MEM_SLOTS} slots`, 'ERR_VHOST_USER_MEM_SLOTS');
+        }
+        this.mem.addRegion(GuestMemory.mapVhostUserRegion({ ...r, fd: m.fds[0]! }));
+        return undefined;
+      }
+      case Req.REM_MEM_REG: {
+        for (const f of m.fds) closeFd(f);
+        const r = singleRegion.decode(p);
+        const gpa = Number(r.guestPhysAddr);
+        const found = this.mem.regionList.find((x) => x.gpa === gpa && BigInt(x.size) === r.memorySize && x.userAddr === r.userAddr);
+        if (!found) throw new VmmError(`REM_MEM_REG: no region at gpa 0x${r.guestPhysAddr.toString(16)} size 0x${r.memorySize.toString(16)}`, 'protocol', 'ERR_VHOST_USER_NO_REGION');
+        this.mem.removeRegion(found.gpa, found.size);
+        return undefined;
+      }
+      case Req.SET_VRING_NUM: {
+        const s = vringState.decode(p);
+        const v = this.vring(s.index);
+        if (s.num === 0 || s.num > MAX_QUEUE_SIZE || (s.num & (s.num - 1)) !== 0) throw new VhostUserProtocolError(`SET_VRING_NUM ${s.num} for vring ${s.index} is not a power of 2 ≤ ${MAX_QUEUE_SIZE}`, 'ERR_VHOST_USER_VRING_NUM');
+        v.num = s.num;
+        return undefined;
+      }
+      case Req.SET_VRING_ADDR: {
+        const a = vringAddr.decode(p);
+        this.vring(a.index).addr = a;
+        return undefined;
+      }
+      case Req.SET_VRING_BASE: {
+        const s = vringState.decode(p);
+        this.vring(s.index).base = s.num & 0xffff;
+        return undefined;
+      }
+      case Req.GET_VRING_BASE: {
+        const s = vringState.decode(p);
+        const v = this.vring(s.index);
+        // Stop the ring (spec "Starting and stopping rings"), waiting for requests still in the device so the index returned covers them.
+        const h = v.handle;
+        if (h && h.inFlight > 0) await new Promise<void>((resolve) => this.idleWaiters.push({ handle: h, resolve }));
+        const base = h ? h.q.lastAvail : v.base;
+        this.stopRing(v, false);
+        v.base = base;
+        return { payload: vringState.encode({ index: v.index, num: base }) };
+      }
+      case Req.SET_VRING_KICK:
+      case Req.SET_VRING_CALL:
+      case Req.SET_VRING_ERR: {
+        const val = u64.decode(p);
+        const v = this.vring(val & VRING_IDX_MASK);
+        const fd = (val & VRING_NOFD_MASK) !== 0n ? -1 : m.fds[0]!;
+        if (m.request === Req.SET_VRING_CALL) {
+          if (v.callFd >= 0) closeFd(v.callFd);
+          v.callFd = fd;
+        } else if (m.request === Req.SET_VRING_ERR) {
+          if (v.errFd >= 0) closeFd(v.errFd);
+          v.errFd = fd;
+        } else {
+          this.stopRing(v, false);
+          v.kickFd = fd;
+          this.startRing(v);
+        }
+        return undefined;
+      }
+      case Req.SET_VRING_ENABLE: {
+        const s = vringState.decode(p);
+        const v = this.vring(s.index);
+        v.enabled = s.num !== 0;
+        if (v.enabled && v.started) this.kick(v);
+        return undefined;
+      }
+      case Req.GET_CONFIG: {
+        const c = configPayload.decode(p);
+        const cfg = this.device.readConfig();
+        if (c.offset + c.size > cfg.length) throw new VmmError(`GET_CONFIG ${c.offset}+${c.size} beyond the ${cfg.length}-byte config space`, 'protocol', 'ERR_VHOST_USER_CONFIG_RANGE');
+        return { payload: configPayload.encode({ offset: c.offset, flags: c.flags, data: cfg.subarray(c.offset, c.offset + c.size) }) };
+      }
+      case Req.SET_CONFIG: {
+        const c = configPayload.decode(p);
+        if (!this.device.writeConfig) throw new VmmError('SET_CONFIG: this device has no writable configuration', 'protocol', 'ERR_VHOST_USER_CONFIG_RO');
+        this.device.writeConfig(c.offset, c.data);
+        return undefined;
+      }
+      case Req.GET_INFLIGHT_FD: {
+        const i = inflightPayload.decode(p);
+        if (i.numQueues === 0 || i.numQueues > this.device.numQueues || i.queueSize === 0 || i.queueSize > MAX_QUEUE_SIZE) {
+          throw new VmmError(`GET_INFLIGHT_FD for ${i.numQueues} queues of ${i.queueSize}`, 'protocol', 'ERR_VHOST_USER_INFLIGHT');
+        }
+        const size = inflightRegionSize(i.numQueues, i.queueSize);
+        // A fresh memfd reads as zeros: every queue's version is 0 until its ring starts. The front-end keeps it; we close ours once sent.
+        const fd = memfdCreate('vhost-user-inflight', size);
+        return { payload: inflightPayload.encode({ mmapSize: BigInt(size), mmapOffset: 0n, numQueues: i.numQueues, queueSize: i.queueSize }), fds: [fd], closeFds: true };
+      }
+      case Req.SET_INFLIGHT_FD: {
+        const i = inflightPayload.decode(p);
+        const fd = m.fds[0]!;
+        try {
+          const need = inflightRegionSize(i.numQueues, i.queueSize);
+          if (i.queueSize === 0 || i.numQueues === 0 || Number(i.mmapSize) < need || Number(i.mmapOffset) + Number(i.mmapSize) > fdSize(fd)) {
+            throw new VmmError(`SET_INFLIGHT_FD: ${i.numQueues} queues of ${i.queueSize} need ${need} bytes, region is ${i.mmapSize} at ${i.mmapOffset}`, 'protocol', 'ERR_VHOST_USER_INFLIGHT');
+          }
+          this.inflightBuf = mmapShared(fd, Number(i.mmapOffset) + Number(i.mmapSize));
+          this.inflightOffset = Number(i.mmapOffset);
+          this.inflightQueueSize = i.queueSize;
+        } finally {
+          closeFd(fd);
+        }
+        return undefined;
+      }
+      case Req.SET_STATUS:
+        this.status = Number(u64.decode(p) & 0xffn);
+        return undefined;
+      case Req.GET_STATUS:
+        return { payload: u64.encode(BigInt(this.status)) };
+      default:
+        throw new VhostUserProtocolError(`unsupported request ${reqName(m.request)}`, 'ERR_VHOST_USER_UNKNOWN_REQUEST');
+    }
+  }
+
+  private inflightOffset = 0;
+
+  /** Start a ring once it has a size, addresses, memory and a kick fd ("Starting and stopping rings"). */
+  private startRing(v: Vring): void {
+    if (v.kickFd < 0 || v.addr === null || v.num === 0 || this.mem.regionList.length === 0) {
+      if (v.kickFd >= 0) this.log.warn({ vring: v.index }, 'kick fd set before the ring was configured; waiting');
+      return;
+    }
+    const eventIdx = (this.features & VIRTIO_F_EVENT_IDX) !== 0n;
+    const desc = this.mem.userToGuest(v.addr.desc, 16 * v.num);
+    const avail = this.mem.userToGuest(v.addr.avail, 6 + 2 * v.num);
+    const used = this.mem.userToGuest(v.addr.used, 6 + 8 * v.num);
+    let q = new SplitQueue(this.mem, { size: v.num, desc, avail, used, eventIdx }, v.base);
+    let inflight: InflightQueue | null = null;
+    let resubmit: number[] = [];
+    const stride = inflightQueueStride(this.inflightQueueSize);
+    if (this.inflightBuf && this.inflightOffset + (v.index + 1) * stride <= this.inflightBuf.byteLength) {
+      if (this.inflightQueueSize !== v.num) throw new VmmError(`inflight region is for queues of ${this.inflightQueueSize}, vring ${v.index} has ${v.num}`, 'protocol', 'ERR_VHOST_USER_INFLIGHT');
+      inflight = new InflightQueue(this.inflightBuf, this.inflightOffset + v.index * inflightQueueStride(v.num), v.num);
+      const rec = inflight.recover(q.usedIdx);
+      if (rec !== null) {
+        resubmit = rec.resubmit;
+        if (resubmit.length > 0 || rec.lastAvail !== v.base) {
+          this.log.info({ vring: v.index, resubmit: resubmit.length, lastAvail: rec.lastAvail, base: v.base }, 'resuming from the inflight region');
+          q = new SplitQueue(this.mem, { size: v.num, desc, avail, used, eventIdx }, rec.lastAvail);
+        }
+      }
+    }
+    if (!this.activated) {
+      this.device.activate({ mem: this.mem, features: this.features, log: this.log });
+      this.activated = true;
+    }
+    v.handle = new BackendQueue(this, v, this.mem, q, inflight, resubmit);
+    v.started = true;
+    const kickFd = v.kickFd;
+    v.kickWatch = watchReadable(kickFd, () => {
+      eventfdRead(kickFd);
+      this.kick(v);
+    });
+    // A restarted ring may hold work already (resubmissions, or kicks sent while we were away): treat the start as a kick.
+    queueMicrotask(() => this.kick(v));
+  }
+
+  private kick(v: Vring): void {
+    const h = v.handle;
+    if (!v.started || !v.enabled || h === null || h.dead) return;
+    try {
+      this.device.processQueue(h);
+    } catch (e) {
+      this.log.error({ err: e, vring: v.index }, 'device failed processing a queue');
+      if (v.errFd >= 0) eventfdWrite(v.errFd);
+    }
+    h.flush();
+  }
+
+  private stopRing(v: Vring, closeCall: boolean): void {
+    v.kickWatch?.close();
+    v.kickWatch = null;
+    if (v.handle) {
+      v.handle.flush();
+      v.handle.dead = true;
+    }
+    v.handle = null;
+    v.started = false;
+    if (v.kickFd >= 0) {
+      closeFd(v.kickFd);
+      v.kickFd = -1;
+    }
+    if (closeCall) {
+      if (v.callFd >= 0) closeFd(v.callFd);
+      if (v.errFd >= 0) closeFd(v.errFd);
+      v.callFd = -1;
+      v.errFd = -1;
+    }
+  }
+
+  /** Negotiated state, for tests and diagnostics. */
+  get state(): { features: bigint; protocolFeatures: bigint; featuresSet: boolean; regions: number; status: number } {
+    return { features: this.features, protocolFeatures: this.protocolFeatures, featuresSet: this.featuresSet, regions: this.mem.regionList.length, status: this.status };
+  }
+}

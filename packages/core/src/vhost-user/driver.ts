@@ -1,0 +1,161 @@
+// A minimal virtio driver on top of VhostUserFrontend: owns a guest-RAM
+// memfd, lays out split rings in it, and drives real I/O through any
+// vhost-user back-end (ours or qemu-storage-daemon's) — for protocol tests
+// and benchmarks; the orchestrator's guest does this job in a real VM.
+
+import { bufferAddress, closeFd, eventfdCreate, eventfdRead, eventfdWrite, memfdCreate, mmapShared, waitReadable } from '../ffi.ts';
+import { GuestMemory, guestAddress, type GuestAddress } from '../memory.ts';
+import { DriverQueue, splitQueueLayout, type DriverBuffer } from '../virtqueue.ts';
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '../device.ts';
+import { VmmError } from '../errors.ts';
+import type { VhostUserFrontend } from './frontend.ts';
+import { BACKEND_PROTOCOL_FEATURES } from './backend.ts';
+
+export interface DriverOptions {
+  queues: number;
+  queueSize: number;
+  /** Negotiate VIRTIO_F_EVENT_IDX when the back-end offers it (default true). */
+  eventIdx?: boolean;
+  /** Device-specific feature bits to accept if offered. */
+  deviceFeatures?: bigint;
+  /** Protocol features to accept if offered (default: everything our back-end implements). */
+  protocolFeatures?: bigint;
+  /** Guest RAM size (default 64 MiB) and its guest-physical base (default 0x8000_0000). */
+  ramSize?: number;
+  ramBase?: number;
+  /** Set up the inflight region (default: when INFLIGHT_SHMFD is negotiated). */
+  inflight?: boolean;
+  /** Max entries per indirect table (default 0: no indirect area). */
+  indirectMax?: number;
+}
+
+export interface Completion {
+  head: number;
+  len: number;
+}
+
+export class DriverQueueHandle {
+  readonly index: number;
+  readonly dq: DriverQueue;
+  readonly kickFd: number;
+  readonly callFd: number;
+  kicks = 0;
+
+  constructor(index: number, dq: DriverQueue, kickFd: number, callFd: number) {
+    this.index = index;
+    this.dq = dq;
+    this.kickFd = kickFd;
+    this.callFd = callFd;
+  }
+
+  /** Add a chain and publish it; kicks when the device asked for it. Returns the head, or null when the ring is full. */
+  submit(bufs: DriverBuffer[], indirect = false): number | null {
+    const head = this.dq.add(bufs, indirect);
+    if (head === null) return null;
+    this.dq.publish();
+    if (this.dq.kickNeeded()) {
+      eventfdWrite(this.kickFd);
+      this.kicks++;
+    }
+    return head;
+  }
+
+  /** Used entries available now (no waiting). */
+  poll(): Completion[] {
+    const out: Completion[] = [];
+    for (let u = this.dq.popUsed(); u !== null; u = this.dq.popUsed()) out.push(u);
+    return out;
+  }
+
+  /** Wait for at least one used entry (the call eventfd), then return all available. */
+  async wait(): Promise<Completion[]> {
+    for (;;) {
+      const got = this.poll();
+      if (got.length > 0) return got;
+      await waitReadable(this.callFd);
+      eventfdRead(this.callFd);
+    }
+  }
+}
+
+export class VhostUserDriver {
+  readonly frontend: VhostUserFrontend;
+  readonly mem: GuestMemory;
+  readonly memfd: number;
+  readonly ramBase: number;
+  readonly ramSize: number;
+  readonly queues: DriverQueueHandle[] = [];
+  features = 0n;
+  private next: number;
+
+  private constructor(frontend: VhostUserFrontend, memfd: number, mem: GuestMemory, ramBase: number, ramSize: number) {
+    this.frontend = frontend;
+    this.memfd = memfd;
+    this.mem = mem;
+    this.ramBase = ramBase;
+    this.ramSize = ramSize;
+    this.next = ramBase;
+  }
+
+  /** Negotiate, send the memory table, set up inflight and `queues` rings, and enable them. */
+  static async start(frontend: VhostUserFrontend, o: DriverOptions): Promise<VhostUserDriver> {
+    const ramSize = o.ramSize ?? 64 << 20;
+    const ramBase = o.ramBase ?? 0x8000_0000;
+    const memfd = memfdCreate('vmm-driver-ram', ramSize);
+    const buf = mmapShared(memfd, ramSize);
+    // The region's "user address" is where this process mapped it, as QEMU reports its own mapping.
+    const userAddr = BigInt(bufferAddress(buf));
+    const mem = GuestMemory.fromBuffers([{ gpa: ramBase, buffer: buf, userAddr }]);
+    const d = new VhostUserDriver(frontend, memfd, mem, ramBase, ramSize);
+    const wanted = VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | ((o.eventIdx ?? true) ? VIRTIO_F_EVENT_IDX : 0n) | (o.deviceFeatures ?? 0n);
+    const neg = await frontend.negotiate(wanted, o.protocolFeatures ?? BACKEND_PROTOCOL_FEATURES);
+    d.features = neg.features;
+    await frontend.setMemTable([{ fd: memfd, guestPhysAddr: BigInt(ramBase), memorySize: BigInt(ramSize), userAddr, mmapOffset: 0n }]);
+    if ((o.inflight ?? true) && (neg.protocolFeatures & (1n << 12n)) !== 0n) await frontend.setupInflight(o.queues, o.queueSize);
+    const eventIdx = (neg.features & VIRTIO_F_EVENT_IDX) !== 0n;
+    for (let i = 0; i < o.queues; i++) {
+      const l = splitQueueLayout(d.alloc(splitQueueLayout(0, o.queueSize).end + 16, 4096), o.queueSize);
+      const indirect = o.indirectMax ? { area: d.alloc(o.queueSize * 16 * o.indirectMax, 16), maxEntries: o.indirectMax } : undefined;
+      const dq = new DriverQueue(mem, { size: o.queueSize, desc: l.desc, avail: l.avail, used: l.used, eventIdx }, indirect);
+      const kick = eventfdCreate();
+      const call = eventfdCreate();
+      const ua = (gpa: number) => userAddr + BigInt(gpa - ramBase);
+      await frontend.setVringNum(i, o.queueSize);
+      await frontend.setVringBase(i, 0);
+      await frontend.setVringAddr({ index: i, flags: 0, desc: ua(l.desc), used: ua(l.used), avail: ua(l.avail), log: 0n });
+      await frontend.setVringCall(i, call);
+      await frontend.setVringKick(i, kick);
+      if (neg.protocolFeatures !== 0n || (neg.features & (1n << 30n)) !== 0n) await frontend.setVringEnable(i, true);
+      d.queues.push(new DriverQueueHandle(i, dq, kick, call));
+    }
+    return d;
+  }
+
+  /** Bump-allocate guest RAM (never freed; tests and benchmarks allocate their buffers once). */
+  alloc(len: number, align = 8): GuestAddress {
+    const a = Math.ceil(this.next / align) * align;
+    if (a + len > this.ramBase + this.ramSize) throw new VmmError(`driver RAM exhausted allocating ${len} bytes`, 'config', 'ERR_DRIVER_RAM');
+    this.next = a + len;
+    return guestAddress(a);
+  }
+
+  queue(i: number): DriverQueueHandle {
+    const q = this.queues[i];
+    if (!q) throw new RangeError(`queue ${i} of ${this.queues.length}`);
+    return q;
+  }
+
+  /** Reconnect the front-end (e.g. to a restarted back-end) and replay; ring bases come from the used rings. */
+  async reconnect(socketPath?: string): Promise<void> {
+    await this.frontend.reconnect({ socketPath, mem: this.mem });
+  }
+
+  close(): void {
+    this.frontend.close();
+    for (const q of this.queues) {
+      closeFd(q.kickFd);
+      closeFd(q.callFd);
+    }
+    closeFd(this.memfd);
+  }
+}
