@@ -23,7 +23,7 @@ import {
 import { VhostUserConnection } from './connection.ts';
 import { InflightQueue, inflightQueueStride, inflightRegionSize } from './inflight.ts';
 import {
-  FLAG_NEED_REPLY, FLAG_REPLY, MAX_MEM_SLOTS, MAX_MEM_TABLE_REGIONS, pf, ProtocolFeature, Req, reqName, VERSION, VHOST_USER_F_PROTOCOL_FEATURES,
+  FLAG_NEED_REPLY, FLAG_REPLY, MAX_MEM_SLOTS, pf, ProtocolFeature, Req, reqName, VERSION, VHOST_USER_F_PROTOCOL_FEATURES,
   VRING_IDX_MASK, VRING_NOFD_MASK,
 } from './protocol.ts';
 

@@ -283,7 +283,7 @@ function check(rule: Rule | undefined, m: Message, what: string): void {
   const name = reqName(m.request);
   if (rule === undefined) throw new VhostUserProtocolError(`unsupported ${what} ${name}`, 'ERR_VHOST_USER_UNKNOWN_REQUEST');
   const s = rule.size;
-  let bad: string | null = null;
+  let bad: string | null;
   if (typeof s === 'number') bad = m.payload.length === s ? null : `payload ${m.payload.length} bytes, expected ${s}`;
   else if (Array.isArray(s)) bad = m.payload.length >= s[0] && m.payload.length <= s[1] ? null : `payload ${m.payload.length} bytes, expected ${s[0]}..${s[1]}`;
   else bad = s(m.payload);
