@@ -95,13 +95,20 @@ if [ -f /vmm/exec.sh ]; then
   echo "@@vmm-exec-end-$nonce@@ $rc"
   finish $rc
 fi
+# Interactive: a login shell on the console's real tty (cttyhack) in its
+# own session (setsid), so it has job control and Ctrl-C. PID 1 only gets
+# signals it handles: busybox poweroff/halt send USR2/USR1, reboot TERM.
+trap 'finish 0' USR1 USR2
+trap 'sync; reboot -f' TERM
 echo "vmm guest: busybox shell; 'poweroff' to stop the machine"
-setsid cttyhack sh -l
+setsid cttyhack sh -l < /dev/console > /dev/console 2>&1 &
+shell=$!
+while kill -0 $shell 2>/dev/null; do wait $shell; done
 finish 0
 `;
 
 const enc = new TextEncoder();
-const BUILDER_VERSION = '1';
+const BUILDER_VERSION = '2';
 
 export interface BuiltInitramfs {
   path: string;

@@ -1,0 +1,73 @@
+// Shared by the end-to-end tests: the guest kit, a bounded QEMU run of it
+// (the reference machine), and a bounded `vmm` run.
+import { spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { buildInitramfs, ensureGuestKit, type GuestKit } from '@vmm/orchestrator';
+
+export const VMM_CLI = fileURLToPath(new URL('../packages/orchestrator/src/cli.ts', import.meta.url));
+
+export async function kitAndInitramfs(): Promise<{ kit: GuestKit; initramfs: string }> {
+  const kit = await ensureGuestKit();
+  const { path } = await buildInitramfs(kit);
+  return { kit, initramfs: path };
+}
+
+export function requireQemu(): void {
+  try {
+    execFileSync('qemu-system-riscv64', ['--version'], { stdio: 'ignore' });
+  } catch {
+    throw new Error('qemu-system-riscv64 is missing: run scripts/setup.sh (Debian package qemu-system-misc)');
+  }
+}
+
+export interface ProcResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  timedOut: boolean;
+}
+
+/**
+ * Runs a command with a hard deadline (SIGKILL after `timeoutMs`). `script`
+ * feeds stdin: each step waits until stdout contains `waitFor`, then writes `send`.
+ */
+export function runBounded(cmd: string, args: string[], opts: { timeoutMs: number; script?: { waitFor: string; send: string }[]; env?: NodeJS.ProcessEnv }): Promise<ProcResult> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env: opts.env ?? process.env });
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    const steps = [...(opts.script ?? [])];
+    let searchFrom = 0;
+    const advance = (): void => {
+      while (steps.length > 0) {
+        const i = stdout.indexOf(steps[0]!.waitFor, searchFrom);
+        if (i < 0) return;
+        searchFrom = i + steps[0]!.waitFor.length;
+        child.stdin.write(steps.shift()!.send);
+      }
+    };
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString('utf8');
+      advance();
+    });
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
+    // stdin stays open until the child exits: QEMU's stdio chardev drops
+    // the guest's serial output once it has read EOF on stdin.
+    child.stdin.on('error', () => {});
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, opts.timeoutMs);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr, timedOut });
+    });
+  });
+}
+
+export function qemuArgs(kit: GuestKit, initrd: string, smp: number, append: string): string[] {
+  return ['-M', 'virt', '-m', '512M', '-smp', String(smp), '-bios', kit.opensbi.fwDynamic, '-kernel', kit.kernel, '-initrd', initrd, '-append', append, '-nographic', '-no-reboot'];
+}
