@@ -35,6 +35,8 @@ describe('vmm run flags', () => {
       [['--mem', '12X'], /--mem "12X"/],
       [['--mem', '16M'], /--mem "16M".*64M/],
       [['--mem', '100000G'], /--mem "100000G"/],
+      [['--mem', '65M'], /--mem "65M".*2M/],
+      [['--mem', '8G'], /--mem "8G"/],
       [['--log-level', 'loud'], /--log-level "loud"/],
       [['--frobnicate'], /--frobnicate/],
       [['--smp'], /--smp/],

@@ -2,7 +2,7 @@
 // UsageError naming the flag and the value; the entry point prints it on
 // one line and exits 2.
 import { parseArgs } from 'node:util';
-import { MAX_HARTS } from '@vmm/vcpu';
+import { MAX_HARTS, WASM_RAM_OFFSET } from '@vmm/vcpu';
 
 export class UsageError extends Error {
   readonly code = 'ERR_USAGE';
@@ -29,7 +29,8 @@ export interface RunOptions {
 }
 
 export const MIN_MEM = 64 * 1024 * 1024;
-export const MAX_MEM = 16 * 1024 * 1024 * 1024;
+/** Guest RAM lives in a 4 GiB wasm memory above the harts' state area (layout.ts WASM_RAM_OFFSET). */
+export const MAX_MEM = 4 * 1024 * 1024 * 1024 - WASM_RAM_OFFSET;
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** "512M", "1G", "65536K", "1.5G"; a bare number means MiB (as QEMU's -m). */
@@ -85,8 +86,9 @@ export function parseRunArgs(argv: string[]): RunOptions {
   if (v.mem !== undefined) {
     const b = parseSize(v.mem);
     if (b === null) throw new UsageError(`--mem ${JSON.stringify(v.mem)}: expected a size such as 512M or 1G`);
-    if (b < MIN_MEM || b > MAX_MEM) throw new UsageError(`--mem ${JSON.stringify(v.mem)}: must be between 64M and 16G`);
-    if (b % 4096 !== 0) throw new UsageError(`--mem ${JSON.stringify(v.mem)}: must be a multiple of 4K`);
+    if (b < MIN_MEM || b > MAX_MEM) throw new UsageError(`--mem ${JSON.stringify(v.mem)}: must be between 64M and ${MAX_MEM / 2 ** 20}M`);
+    // The kernel maps RAM with 2 MiB pages first; the machine requires whole 2 MiB units.
+    if (b % (2 * 2 ** 20) !== 0) throw new UsageError(`--mem ${JSON.stringify(v.mem)}: must be a multiple of 2M`);
     memBytes = b;
   }
 
@@ -129,7 +131,7 @@ Debian guest kit's kernel and initramfs, the serial console on this terminal.
 
 options:
   --smp N            number of harts, 1-${MAX_HARTS} (default 1)
-  --mem SIZE         guest RAM, K/M/G suffix, 64M-16G (default 512M)
+  --mem SIZE         guest RAM, K/M/G suffix, 64M-4080M, whole 2M (default 512M)
   --kernel PATH      kernel Image (default: the guest kit's Debian kernel)
   --initrd PATH      initramfs (default: the guest kit's busybox initramfs)
   --append STR       extra kernel command-line arguments

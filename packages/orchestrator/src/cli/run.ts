@@ -3,33 +3,14 @@
 // and turn the machine's exit into the process's exit status.
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
-import { createLogger, type Logger } from '@vmm/core';
-import * as vcpu from '@vmm/vcpu';
+import { createLogger } from '@vmm/core';
+import { startMachine, type Machine, type MachineConfig, type MachineExit } from '@vmm/vcpu';
 import { stderrReporter } from '../guestkit/download.ts';
 import { GuestKitError } from '../guestkit/errors.ts';
 import { ExecOutputFilter, buildExecArchive, buildInitramfs } from '../guestkit/initramfs.ts';
 import { checkKernelImage, ensureGuestKit, type GuestKit } from '../guestkit/kit.ts';
 import { UsageError, kernelCmdline, type RunOptions } from './args.ts';
 import { attachHostConsole, type HostConsole } from './console.ts';
-
-/** What vmm needs of the machine layer (`startMachine` in @vmm/vcpu). */
-export interface MachineConfigLike {
-  harts: number;
-  memBytes: number;
-  kernel: Uint8Array;
-  initrd?: Uint8Array;
-  append: string;
-  bios: { kind: 'builtin' } | { kind: 'firmware'; image: Uint8Array };
-  dtbOut?: (dtb: Uint8Array) => void;
-  console: { input: NodeJS.ReadableStream | null; output: (bytes: Uint8Array) => void };
-  logger?: Logger;
-}
-export type MachineExitLike = { reason: 'poweroff' | 'reset' | 'fail' | 'error'; code: number; message?: string };
-export interface MachineLike {
-  exited: Promise<MachineExitLike>;
-  stop(): Promise<void>;
-}
-type StartMachine = (cfg: MachineConfigLike) => MachineLike;
 
 /** A failure to report on one line with a non-zero status (not a usage error). */
 export class RunError extends Error {
@@ -68,14 +49,6 @@ function checkInitrd(bytes: Uint8Array, path: string): void {
     starts(0x02, 0x21, 0x4c, 0x18) || // lz4 legacy
     starts(0x5d, 0x00, 0x00); // lzma
   if (!ok) throw new RunError('ERR_BAD_INITRD', `--initrd ${path} is neither a newc cpio archive nor a compressed one`);
-}
-
-function machineStarter(): StartMachine {
-  const start = (vcpu as unknown as { startMachine?: StartMachine }).startMachine;
-  if (typeof start !== 'function') {
-    throw new RunError('ERR_NO_MACHINE', 'the machine layer is not available (@vmm/vcpu exports no startMachine yet)');
-  }
-  return start;
 }
 
 export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
@@ -119,15 +92,14 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
     throw new RunError('ERR_TOO_BIG', `kernel (${(kernel.length / 2 ** 20).toFixed(1)} MiB) and initrd (${(initrd.length / 2 ** 20).toFixed(1)} MiB) do not fit in --mem ${o.memBytes / 2 ** 20}M`);
   }
 
-  let bios: MachineConfigLike['bios'] = { kind: 'builtin' };
+  let bios: MachineConfig['bios'] = { kind: 'builtin' };
   if (o.bios.kind === 'opensbi') bios = { kind: 'firmware', image: await readInput('--bios', kit!.opensbi.fwDynamic) };
   else if (o.bios.kind === 'file') bios = { kind: 'firmware', image: await readInput('--bios', o.bios.path) };
 
-  const start = machineStarter();
   let dtb: Uint8Array | null = null;
   let hostConsole: HostConsole | null = null;
   let quitRequested = false;
-  let machine: MachineLike | null = null;
+  let machine: Machine | null = null;
   const interactive = o.exec === null && o.dumpDtb === null;
 
   const onSignal = (sig: NodeJS.Signals): void => {
@@ -149,7 +121,7 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
         (s) => io.stdout.write(s),
       );
     }
-    machine = start({
+    machine = startMachine({
       harts: o.smp,
       memBytes: o.memBytes,
       kernel,
@@ -204,7 +176,7 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
   }
 }
 
-function execStatus(exit: MachineExitLike, filter: ExecOutputFilter, interrupted: boolean, io: RunIo): number {
+function execStatus(exit: MachineExit, filter: ExecOutputFilter, interrupted: boolean, io: RunIo): number {
   if (filter.state === 'after' && filter.status !== null) {
     // The finisher carries the same status (0x3333 | code << 16); the marker line is the primary source.
     return filter.status & 0xff;
