@@ -1,13 +1,14 @@
 // Typed errors of the block backend (STYLE.md §7). Each has a stable `code`;
-// the message names the bad value so a person can act on it.
+// the message names the bad value so a person can act on it. Image errors
+// are 'config' errors at open (refuse to start) and become an IOERR status
+// for the one request when met during I/O.
+
+import { VmmError } from '@vmm/core';
 
 /** A problem with an image file: corrupt or unsupported metadata, or an I/O failure on it. */
-export class ImageError extends Error {
-  readonly code: string;
+export class ImageError extends VmmError {
   constructor(code: string, message: string) {
-    super(message);
-    this.name = 'ImageError';
-    this.code = code;
+    super(message, 'config', code);
   }
 }
 
@@ -15,7 +16,6 @@ export class ImageError extends Error {
 export class ImageCorruptError extends ImageError {
   constructor(message: string) {
     super('ERR_IMAGE_CORRUPT', message);
-    this.name = 'ImageCorruptError';
   }
 }
 
@@ -23,7 +23,6 @@ export class ImageCorruptError extends ImageError {
 export class ImageUnsupportedError extends ImageError {
   constructor(message: string) {
     super('ERR_IMAGE_UNSUPPORTED', message);
-    this.name = 'ImageUnsupportedError';
   }
 }
 
@@ -31,7 +30,6 @@ export class ImageUnsupportedError extends ImageError {
 export class ImageReadOnlyError extends ImageError {
   constructor(message: string) {
     super('ERR_IMAGE_READONLY', message);
-    this.name = 'ImageReadOnlyError';
   }
 }
 
@@ -39,15 +37,12 @@ export class ImageReadOnlyError extends ImageError {
 export class ImageRangeError extends ImageError {
   constructor(message: string) {
     super('ERR_IMAGE_RANGE', message);
-    this.name = 'ImageRangeError';
   }
 }
 
 /** A bad command line or option value for vmm-blk: refuse to start, say which. */
-export class BlkConfigError extends Error {
-  readonly code = 'ERR_BLK_CONFIG';
+export class BlkConfigError extends VmmError {
   constructor(message: string) {
-    super(message);
-    this.name = 'BlkConfigError';
+    super(message, 'config', 'ERR_BLK_CONFIG');
   }
 }
