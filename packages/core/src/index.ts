@@ -5,6 +5,7 @@ export * from './memory.ts';
 export * from './virtqueue.ts';
 export * from './device.ts';
 export * from './device-process.ts';
+export * from './virtio-device.ts';
 export { VhostUserBackend, BACKEND_PROTOCOL_FEATURES, type VhostUserBackendOptions } from './vhost-user/backend.ts';
 export { VhostUserFrontend, VhostUserClosedError, type FrontendOptions, type FrontendRegion } from './vhost-user/frontend.ts';
 export { VhostUserDriver, DriverQueueHandle, type DriverOptions, type Completion } from './vhost-user/driver.ts';

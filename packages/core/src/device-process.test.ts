@@ -1,0 +1,47 @@
+import { describe, expect, it } from 'vitest';
+import { DeviceProcess, DeviceProcessError } from './device-process.ts';
+import { createLogger } from './logger.ts';
+
+const log = createLogger('test', 'device-process', 'silent');
+// A child that reports ready and then idles; on SIGTERM it exits 0 only if asked to.
+// The handler goes in before the handshake: the parent may signal as soon as it reads it.
+const script = (handleTerm: boolean) => `
+${handleTerm ? "process.on('SIGTERM', () => process.exit(0));" : "process.on('SIGTERM', () => {});"}
+process.send({ type: 'vmm-ready', socket: '/nowhere' });
+process.channel.unref();
+setInterval(() => {}, 1000);
+`;
+
+describe('DeviceProcess', () => {
+  it('starts on the ready handshake, stops with SIGTERM, restarts', async () => {
+    const p = new DeviceProcess({ name: 't', args: ['-e', script(true)], log });
+    await p.start();
+    expect(p.running).toBe(true);
+    expect(p.readyInfo.socket).toBe('/nowhere');
+    const pid = p.pid;
+    await p.restart();
+    expect(p.pid).not.toBe(pid);
+    expect(p.restarts).toBe(1);
+    expect(await p.stop()).toEqual({ code: 0, signal: null });
+    expect(p.running).toBe(false);
+  });
+  it('escalates to SIGKILL when SIGTERM is ignored', async () => {
+    const p = new DeviceProcess({ name: 't', args: ['-e', script(false)], stopGraceMs: 200, log });
+    await p.start();
+    expect(await p.stop()).toEqual({ code: null, signal: 'SIGKILL' });
+  });
+  it('reports an unexpected exit (health)', async () => {
+    const p = new DeviceProcess({ name: 't', args: ['-e', script(true)], log });
+    await p.start();
+    const seen = new Promise((resolve) => (p.onUnexpectedExit = resolve));
+    p.kill('SIGKILL');
+    expect(await seen).toEqual({ code: null, signal: 'SIGKILL' });
+  });
+  it('fails start() when the child exits before it is ready, or never says so', async () => {
+    const early = new DeviceProcess({ name: 't', args: ['-e', 'process.exit(3)'], log });
+    await expect(early.start()).rejects.toMatchObject({ code: 'ERR_DEVICE_PROCESS_EXITED' });
+    const silent = new DeviceProcess({ name: 't', args: ['-e', 'setInterval(() => {}, 1000)'], readyTimeoutMs: 300, log });
+    await expect(silent.start()).rejects.toBeInstanceOf(DeviceProcessError);
+    expect(await silent.exited()).toEqual({ code: null, signal: 'SIGKILL' });
+  });
+});
