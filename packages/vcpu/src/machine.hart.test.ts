@@ -1,0 +1,109 @@
+// The machine with the real hart core: hand-assembled "kernels" (a RISC-V
+// Image header followed by RV64 code) exercise the boot protocol registers,
+// the UART, SBI DBCN and HSM (a second hart started by hart_start), and the
+// finisher's exit code — in builtin-SBI mode and under Debian's OpenSBI
+// fw_dynamic.
+
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { createLogger } from '@vmm/core';
+import { A, assemble, li, REG } from './hart/asm.ts';
+import { KERNEL_LOAD, MMIO } from './layout.ts';
+import { startMachine, type MachineConfig } from './machine.ts';
+import { SBI_EXT } from './platform/sbi.ts';
+
+const MiB = 1024 * 1024;
+const { t0, t1, t2, a0, a1, a2, a6, a7, s0 } = REG;
+const HART1_OFFSET = 0x400; // from the Image start
+const FLAG_OFFSET = 0x800;
+
+function header(imageSize: number): number[] {
+  // code0: j 64 (over the header); text_offset 2 MiB; image_size; version 0.2; magics (boot.rst).
+  const h = new Uint8Array(64);
+  const dv = new DataView(h.buffer);
+  dv.setUint32(0, A.jal(0, 64), true);
+  dv.setBigUint64(8, 0x20_0000n, true);
+  dv.setBigUint64(16, BigInt(imageSize), true);
+  dv.setUint32(32, 2, true);
+  h.set(new TextEncoder().encode('RISCV\0\0\0'), 48);
+  dv.setUint32(56, 0x0543_5352, true);
+  return [...h];
+}
+
+const putc = (c: string): number[] => [...li(t0, BigInt(c.charCodeAt(0))), A.sb(t0, t2, 0)];
+const sbi = (eid: number, fid: number): number[] => [...li(a7, BigInt(eid)), ...li(a6, BigInt(fid)), A.ecall()];
+
+/**
+ * Hart 0: check a1 points at a DTB, print "A" on the UART and "B" through SBI
+ * DBCN, start hart 1 with opaque 0x77, wait for hart 1 to store its opaque,
+ * then report it through the finisher as a failure code (so a wrong value shows).
+ * Hart 1: print "C", store a1 (opaque) to the flag, sleep.
+ */
+function testKernel(): Uint8Array {
+  const flag = BigInt(KERNEL_LOAD + FLAG_OFFSET);
+  const main = assemble([
+    A.lwu(t0, a1, 0), ...li(t1, 0xedfe_0dd0n), A.bne(t0, t1, 0), // hang (branch to self) if no DTB magic
+    ...li(t2, BigInt(MMIO.uart0.base)),
+    ...putc('A'),
+    ...li(a0, 0x42n), ...sbi(SBI_EXT.DBCN, 2),
+    ...li(a0, 1n), ...li(a1, BigInt(KERNEL_LOAD + HART1_OFFSET)), ...li(a2, 0x77n), ...sbi(SBI_EXT.HSM, 0),
+    ...li(s0, flag),
+    A.ld(t0, s0, 0), A.beq(t0, 0, -4),
+    A.slli(t0, t0, 16), A.ori(t0, t0, 0x333), ...li(t1, 0x3000n), A.add(t0, t0, t1),
+    ...li(t1, BigInt(MMIO.test.base)), A.sw(t0, t1, 0),
+    A.wfi(), A.jal(0, -4),
+  ]);
+  const hart1 = assemble([
+    ...li(t2, BigInt(MMIO.uart0.base)), ...putc('C'),
+    ...li(s0, flag), A.sd(a1, s0, 0),
+    A.wfi(), A.jal(0, -4),
+  ]);
+  const img = new Uint8Array(FLAG_OFFSET + 8);
+  img.set(header(4 * MiB));
+  img.set(main, 64);
+  img.set(hart1, HART1_OFFSET);
+  return img;
+}
+
+function run(over: Partial<MachineConfig>): Promise<{ exit: unknown; out: string }> {
+  const chunks: Buffer[] = [];
+  const m = startMachine({
+    harts: 2,
+    memBytes: 64 * MiB,
+    kernel: testKernel(),
+    append: 'console=ttyS0',
+    bios: { kind: 'builtin' },
+    console: { input: null, output: (b) => chunks.push(Buffer.from(b)) },
+    logger: createLogger('machine-test', undefined, 'silent'),
+    ...over,
+  });
+  return m.exited.then((exit) => ({ exit, out: Buffer.concat(chunks).toString() }));
+}
+
+function openSbiFwDynamic(): Uint8Array {
+  const root = join(homedir(), '.cache/vmm/guest');
+  const dir = existsSync(root) ? readdirSync(root).find((d) => d.startsWith('opensbi_')) : undefined;
+  const path = dir && join(root, dir, 'tree/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin');
+  if (!path || !existsSync(path)) throw new Error(`OpenSBI fw_dynamic.bin not found under ${root}: run scripts/setup.sh (pnpm guest fetch)`);
+  return readFileSync(path);
+}
+
+describe('machine with the RV64 hart core', () => {
+  it('builtin SBI: boot registers, UART, DBCN, HSM hart_start with opaque, finisher exit code', async () => {
+    const { exit, out } = await run({});
+    expect(out).toBe('ABC');
+    expect(exit).toEqual({ reason: 'fail', code: 0x77 });
+  });
+
+  it('firmware: OpenSBI fw_dynamic boots the same payload in S-mode on 2 harts', async () => {
+    const { exit, out } = await run({ bios: { kind: 'firmware', image: openSbiFwDynamic() } });
+    expect(out).toContain('OpenSBI v1.6');
+    expect(out).toMatch(/Platform HART Count\s+: 2/);
+    expect(out).toMatch(/Domain0 Next Address\s+: 0x0*80200000/);
+    expect(out).toMatch(/Domain0 Next Mode\s+: S-mode/);
+    expect(out.endsWith('ABC')).toBe(true);
+    expect(exit).toEqual({ reason: 'fail', code: 0x77 });
+  });
+});
