@@ -124,6 +124,15 @@ export function fstore(name: 'fsw' | 'fsd', rs2: number, rs1: number, imm: numbe
   return { word: sType(0x27, name === 'fsw' ? 2 : 3, rs1, rs2, imm), size: 4, asm: `${name} ${f(rs2)}, ${imm}(${x(rs1)})` };
 }
 
+const fenceSet = (b: number): string => ['i', 'o', 'r', 'w'].filter((_, k) => b & (8 >> k)).join('');
+/** FENCE with non-empty predecessor/successor sets (ISA §2.7), FENCE.TSO, or FENCE.I (Zifencei, §3). */
+export function fence(kind: 'fence' | 'fence.tso' | 'fence.i', pred = 0xf, succ = 0xf): Insn {
+  if (kind === 'fence.i') return { word: 0x0000100f, size: 4, asm: 'fence.i' };
+  if (kind === 'fence.tso') return { word: 0x8330000f, size: 4, asm: 'fence.tso' };
+  check(pred > 0 && pred < 16 && succ > 0 && succ < 16, `fence sets ${pred}/${succ}`);
+  return { word: i32((pred << 24) | (succ << 20) | 0x0f), size: 4, asm: `fence ${fenceSet(pred)}, ${fenceSet(succ)}` };
+}
+
 export const ECALL: Insn = { word: 0x73, size: 4, asm: 'ecall' };
 
 // -------------------------------------------------------------------- Zicsr

@@ -81,6 +81,7 @@ export const F32_EDGES: readonly bigint[] = [
   0x00000000, 0x80000000, 0x3f800000, 0xbf800000, 0x7f800000, 0xff800000, 0x7fc00000, 0xffc00000, 0x7f800001, 0x7fa00000,
   0x00000001, 0x807fffff, 0x00800000, 0x7f7fffff, 0xff7fffff, 0x4f000000, 0xcf000000, 0xcf000001, 0x4f800000, 0x5f000000,
   0xdf000000, 0x5f800000, 0x3f000000, 0xbf000000, 0x3fc00000, 0x40200000, 0xc0200000, 0x4b000001, 0x4a800001, 0x3effffff,
+  0x33800000, 0x3f800001, 0x3f7fffff, 0x34000000,
 ].map(boxS);
 /** Doubles: the same classes plus values whose narrowing to single is a tie. */
 export const F64_EDGES: readonly bigint[] = [
@@ -91,6 +92,7 @@ export const F64_EDGES: readonly bigint[] = [
   0xc3e0_0000_0000_0000n, 0x43f0_0000_0000_0000n, 0x3fe0_0000_0000_0000n, 0xbfe0_0000_0000_0000n, 0x3ff8_0000_0000_0000n,
   0x4004_0000_0000_0000n, 0xc004_0000_0000_0000n, 0x3ff0_0000_1000_0000n, 0x3ff0_0000_3000_0000n, 0x4330_0000_0000_0001n,
   0x4320_0000_0000_0001n, 0x47ef_ffff_f000_0000n, 0x3810_0000_0000_0000n, 0x36a0_0000_0000_0000n, 0x3fd5_5555_5555_5555n,
+  0x3ca0_0000_0000_0000n, 0x3ff0_0000_0000_0001n, 0x3fef_ffff_ffff_ffffn, 0x3cb0_0000_0000_0000n, 0x0008_0000_0000_0000n,
 ];
 
 /** A register value: an integer edge, a float edge (for moves/conversions), a small number or random bits. */
@@ -102,9 +104,11 @@ function value(rng: Rng): bigint {
   if (k < 7) return u64(BigInt(rng.range(-100, 100)));
   return rng.u64();
 }
-function fvalue(rng: Rng): bigint {
+/** Initial f register value; f0–f15 lean to doubles and f16–f31 to NaN-boxed singles (see fr()). */
+function fvalue(rng: Rng, reg: number): bigint {
   const k = rng.int(10);
-  if (k < 4) return rng.pick(F64_EDGES);
+  const dbl = reg < 16 ? 6 : 2;
+  if (k < dbl) return rng.pick(F64_EDGES);
   if (k < 8) return rng.pick(F32_EDGES);
   if (k < 9) return boxS(rng.u32());
   return rng.u64(); // mostly an unboxed single: reads as the canonical NaN (ISA §12.2)
@@ -192,29 +196,41 @@ export const CLASSES: Record<string, (g: Rng) => Group> = {
   },
   'f.arith': (g) => {
     const fmt = fmtOf(g);
-    return simple('f.arith', E.farith(g.pick(E.FARITH), fmt, g.int(32), g.int(32), g.int(32), g.pick(VALID_RMS)));
+    return simple('f.arith', E.farith(g.pick(E.FARITH), fmt, fr(g, fmt), fr(g, fmt), fr(g, fmt), g.pick(VALID_RMS)));
   },
-  'f.sqrt': (g) => simple('f.sqrt', E.fsqrt(fmtOf(g), g.int(32), g.int(32), g.pick(VALID_RMS))),
-  'f.fma': (g) => simple('f.fma', E.fma(g.pick(E.FMAS), fmtOf(g), g.int(32), g.int(32), g.int(32), g.int(32), g.pick(VALID_RMS))),
+  'f.sqrt': (g) => {
+    const fmt = fmtOf(g);
+    return simple('f.sqrt', E.fsqrt(fmt, fr(g, fmt), fr(g, fmt), g.pick(VALID_RMS)));
+  },
+  'f.fma': (g) => {
+    const fmt = fmtOf(g);
+    return simple('f.fma', E.fma(g.pick(E.FMAS), fmt, fr(g, fmt), fr(g, fmt), fr(g, fmt), fr(g, fmt), g.pick(VALID_RMS)));
+  },
   'f.sgnj-minmax': (g) => {
-    const a = g.int(32);
-    return simple('f.sgnj-minmax', E.fsgnjMinMax(g.pick(E.FSGNJ_MINMAX), fmtOf(g), g.int(32), a, g.chance(0.2) ? a : g.int(32)));
+    const fmt = fmtOf(g), a = fr(g, fmt);
+    return simple('f.sgnj-minmax', E.fsgnjMinMax(g.pick(E.FSGNJ_MINMAX), fmt, fr(g, fmt), a, g.chance(0.2) ? a : fr(g, fmt)));
   },
   'f.cmp': (g) => {
-    const a = g.int(32);
-    return simple('f.cmp', g.chance(0.8) ? E.fcmp(g.pick(E.FCMPS), fmtOf(g), rd(g), a, g.chance(0.2) ? a : g.int(32)) : E.fclass(fmtOf(g), rd(g), a));
+    const fmt = fmtOf(g), a = fr(g, fmt);
+    return simple('f.cmp', g.chance(0.8) ? E.fcmp(g.pick(E.FCMPS), fmt, rd(g), a, g.chance(0.2) ? a : fr(g, fmt)) : E.fclass(fmt, rd(g), a));
   },
   'f.cvt-int': (g) => {
     const kind = g.pick(E.INT_KINDS), fmt = fmtOf(g), rm = g.pick(VALID_RMS);
-    return simple('f.cvt-int', g.chance(0.5) ? E.fcvtToInt(kind, fmt, rd(g), g.int(32), rm) : E.fcvtFromInt(kind, fmt, g.int(32), g.pick(ALL), rm));
+    return simple('f.cvt-int', g.chance(0.5) ? E.fcvtToInt(kind, fmt, rd(g), fr(g, fmt), rm) : E.fcvtFromInt(kind, fmt, fr(g, fmt), g.pick(ALL), rm));
   },
-  'f.cvt-ff': (g) => simple('f.cvt-ff', E.fcvtFF(g.chance(0.5) ? 's' : 'd', g.int(32), g.int(32), g.pick(VALID_RMS))),
-  'f.mv': (g) => simple('f.mv', g.chance(0.5) ? E.fmvToX(fmtOf(g), rd(g), g.int(32)) : E.fmvFromX(fmtOf(g), g.int(32), g.pick(ALL))),
+  'f.cvt-ff': (g) => {
+    const to = g.chance(0.5) ? 's' : 'd';
+    return simple('f.cvt-ff', E.fcvtFF(to, fr(g, to), fr(g, to === 's' ? 'd' : 's'), g.pick(VALID_RMS)));
+  },
+  'f.mv': (g) => {
+    const fmt = fmtOf(g);
+    return simple('f.mv', g.chance(0.5) ? E.fmvToX(fmt, rd(g), fr(g, fmt)) : E.fmvFromX(fmt, fr(g, fmt), g.pick(ALL)));
+  },
   'f.mem': (g) => {
     const d = g.chance(0.5);
     const [base, off] = scratchAddr(g, d ? 8 : 4);
-    if (g.chance(0.5)) return simple('f.mem', E.fload(d ? 'fld' : 'flw', g.int(32), base, off));
-    return simple('f.mem', E.fstore(d ? 'fsd' : 'fsw', g.int(32), base, off));
+    if (g.chance(0.5)) return simple('f.mem', E.fload(d ? 'fld' : 'flw', fr(g, d ? 'd' : 's'), base, off));
+    return simple('f.mem', E.fstore(d ? 'fsd' : 'fsw', fr(g, d ? 'd' : 's'), base, off));
   },
   'zicsr.fp': (g) => {
     const k = g.int(7);
@@ -285,6 +301,10 @@ export const CLASSES: Record<string, (g: Rng) => Group> = {
     const t = g.pick(WRITABLE_NZ), name = g.pick(['c.jr', 'c.jalr'] as const);
     return jump('c.jump', 10, g.int(4), (pc, target) => [E.auipc(t, 0), E.opImm('addi', t, t, target - pc), E.cJr(name, t)]);
   },
+  'misc.fence': (g) => {
+    const k = g.int(3);
+    return simple('misc.fence', k === 0 ? E.fence('fence.i') : k === 1 ? E.fence('fence.tso') : E.fence('fence', g.range(1, 15), g.range(1, 15)));
+  },
   'c.nop': () => simple('c.nop', { word: 0x0001, size: 2, asm: 'c.nop' }),
 };
 
@@ -307,6 +327,17 @@ function imm12(g: Rng): number {
 }
 function fmtOf(g: Rng): E.Fmt {
   return g.chance(0.5) ? 's' : 'd';
+}
+/**
+ * An f register for an operand of format fmt: mostly from the half that
+ * holds that format (f0–f15 doubles, f16–f31 singles), so most operations
+ * see real values of their format; sometimes any register, so a single
+ * operation also meets unboxed values (canonical NaN, ISA §12.2) and doubles
+ * meet boxed singles (NaNs).
+ */
+function fr(g: Rng, fmt: E.Fmt): number {
+  if (g.chance(0.2)) return g.int(32);
+  return (fmt === 'd' ? 0 : 16) + g.int(16);
 }
 /** A divisor register: often x0 (division by zero) to hit the ISA §7.2 special cases. */
 function divisor(g: Rng, name: string): number {
@@ -334,11 +365,11 @@ export function generate(opts: GenerateOptions): Program {
   const names = opts.classes ?? CLASS_NAMES;
   for (const n of names) if (!(n in CLASSES)) throw new RangeError(`unknown instruction class ${n}`);
   const x = Array.from({ length: 32 }, (_, i) => (i === 0 ? 0n : value(g)));
-  const f = Array.from({ length: 32 }, () => fvalue(g));
+  const f = Array.from({ length: 32 }, (_, i) => fvalue(g, i));
   const fcsr = (g.range(0, 4) << 5) | g.int(32);
   const scratch = new Uint8Array(SCRATCH_SIZE);
   const dv = new DataView(scratch.buffer);
-  for (let o = 0; o < SCRATCH_SIZE; o += 8) dv.setBigUint64(o, g.chance(0.5) ? value(g) : fvalue(g), true);
+  for (let o = 0; o < SCRATCH_SIZE; o += 8) dv.setBigUint64(o, g.chance(0.5) ? value(g) : fvalue(g, g.int(32)), true);
   const groups: Group[] = [];
   for (let i = 0; i < opts.groups; i++) groups.push(CLASSES[g.pick(names)]!(g));
   return { seed: opts.seed, x, f, fcsr, scratch, groups };
