@@ -183,6 +183,8 @@ export class VhostUserBackend {
   connections = 0;
   /** Called after each connection ends, with the error that ended it if any. */
   onDisconnect: ((error?: Error) => void) | undefined;
+  /** Called after each request was handled (diagnostics, tests): its name and whether it succeeded. */
+  onRequest: ((name: string, ok: boolean) => void) | undefined;
 
   constructor(device: VirtioDeviceBackend, opts: VhostUserBackendOptions) {
     this.device = device;
@@ -287,6 +289,7 @@ export class VhostUserBackend {
     try {
       this.log.debug({ req: reqName(m.request), size: m.payload.length, fds: m.fds.length }, 'request');
       const reply = await this.dispatch(m);
+      this.onRequest?.(reqName(m.request), true);
       if (conn.isClosed) return;
       if (reply !== undefined) {
         try {
@@ -297,6 +300,7 @@ export class VhostUserBackend {
       } else if (needAck) conn.send(m.request, VERSION | FLAG_REPLY, u64.encode(0n));
     } catch (e) {
       const err = e as VmmError;
+      this.onRequest?.(reqName(m.request), false);
       if (needAck && !(e instanceof VhostUserProtocolError) && !conn.isClosed) {
         this.log.warn({ err, req: reqName(m.request) }, 'request failed; reporting it with REPLY_ACK');
         conn.send(m.request, VERSION | FLAG_REPLY, u64.encode(1n));
