@@ -41,6 +41,8 @@ export interface VhostUserBackendOptions {
   log?: Logger;
   /** Restrict the protocol features offered (tests, compatibility). */
   protocolFeatures?: bigint;
+  /** How long GET_VRING_BASE waits for the device to finish a ring's requests (default 5 s). */
+  drainTimeoutMs?: number;
 }
 
 interface Vring {
@@ -164,6 +166,7 @@ export class VhostUserBackend {
   readonly socketPath: string;
   private readonly device: VirtioDeviceBackend;
   private readonly protocolFeaturesOffered: bigint;
+  private readonly drainTimeoutMs: number;
   private listenFd = -1;
   private listenWatch: FdWatch | null = null;
   private conn: VhostUserConnection | null = null;
@@ -191,6 +194,7 @@ export class VhostUserBackend {
     this.socketPath = opts.socketPath;
     this.log = opts.log ?? createLogger('vhost-user-backend', opts.socketPath);
     this.protocolFeaturesOffered = opts.protocolFeatures ?? BACKEND_PROTOCOL_FEATURES;
+    this.drainTimeoutMs = opts.drainTimeoutMs ?? 5000;
     this.vrings = Array.from({ length: device.numQueues }, (_, i) => newVring(i));
   }
 
@@ -413,7 +417,16 @@ export class VhostUserBackend {
         const v = this.vring(s.index);
         // Stop the ring (spec "Starting and stopping rings"), waiting for requests still in the device so the index returned covers them.
         const h = v.handle;
-        if (h && h.inFlight > 0) await new Promise<void>((resolve) => this.idleWaiters.push({ handle: h, resolve }));
+        if (h && h.inFlight > 0) {
+          // Bounded: a device that never completes (a hung disk) must not hang the front-end's stop forever; its requests stay in the inflight region.
+          let timer: NodeJS.Timeout | undefined;
+          const drained = await Promise.race([
+            new Promise<boolean>((resolve) => this.idleWaiters.push({ handle: h, resolve: () => resolve(true) })),
+            new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), this.drainTimeoutMs))),
+          ]);
+          clearTimeout(timer);
+          if (!drained) this.log.warn({ vring: v.index, inFlight: h.inFlight }, 'GET_VRING_BASE: requests still in the device; stopping the ring anyway');
+        }
         const base = h ? h.q.lastAvail : v.base;
         this.stopRing(v, false);
         v.base = base;
