@@ -1,9 +1,12 @@
 // `pnpm bench NAME [args]` runs bench/NAME.ts; `pnpm bench` lists the benchmarks.
-// Each benchmark is a module exporting `main(args: string[]): Promise<void> | void`
-// (see bench/README.md); it prints its figures and, last, one JSON line
-// `{"bench":NAME,...,"ratio":R}` against a reference measured in the same run.
+// A benchmark either exports `main(args: string[]): Promise<void> | void`
+// (imported and called here) or is a plain script (run as a child process
+// with the same Node and args); see bench/README.md. It prints its figures
+// and, last, one JSON line `{"bench":NAME,...,"ratio":R}` against a
+// reference measured in the same run.
 
-import { readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import path from 'node:path';
 
@@ -27,7 +30,14 @@ export function listBenches(dir = here): string[] {
 export async function runBench(name: string, args: string[], dir = here): Promise<void> {
   const known = listBenches(dir);
   if (!known.includes(name)) throw new BenchNotFoundError(name, known);
-  const mod = (await import(pathToFileURL(path.join(dir, `${name}.ts`)).href)) as { main?: (a: string[]) => unknown };
+  const file = path.join(dir, `${name}.ts`);
+  // Decide before importing: importing a plain script would run its top level here.
+  if (!/export\s+(async\s+)?function\s+main\b|export\s*\{[^}]*\bmain\b/.test(readFileSync(file, 'utf8'))) {
+    const r = spawnSync(process.execPath, [file, ...args], { stdio: 'inherit' });
+    if (r.status !== 0) throw new Error(`bench/${name}.ts exited with ${r.status ?? r.signal}`);
+    return;
+  }
+  const mod = (await import(pathToFileURL(file).href)) as { main?: (a: string[]) => unknown };
   if (typeof mod.main !== 'function') throw new Error(`bench/${name}.ts does not export main(args)`);
   await mod.main(args);
 }
