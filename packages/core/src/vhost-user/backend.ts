@@ -229,12 +229,15 @@ export class VhostUserBackend {
     // One front-end at a time: stop watching the listening socket until this one leaves.
     this.listenWatch?.close();
     this.listenWatch = null;
-    this.conn = new VhostUserConnection(fd, {
+    const conn: VhostUserConnection = new VhostUserConnection(fd, {
+      // Messages are handled one at a time, in order, each bound to the connection it came from:
+      // a message still queued when its connection drops must never be answered on the next one.
       onMessage: (m) => {
-        this.chain = this.chain.then(() => this.handle(m));
+        this.chain = this.chain.then(() => this.handle(conn, m));
       },
       onClose: (error) => this.onClose(error),
     });
+    this.conn = conn;
   }
 
   private onClose(error?: Error): void {
@@ -276,9 +279,8 @@ export class VhostUserBackend {
     for (const w of ready) w.resolve();
   }
 
-  private async handle(m: Message): Promise<void> {
-    const conn = this.conn;
-    if (conn === null || conn.isClosed) {
+  private async handle(conn: VhostUserConnection, m: Message): Promise<void> {
+    if (conn !== this.conn || conn.isClosed) {
       for (const f of m.fds) closeFd(f);
       return;
     }

@@ -7,13 +7,14 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { DeviceProcess } from '../device-process.ts';
 import { VIRTIO_F_EVENT_IDX } from '../device.ts';
-import { closeFd, eventfdCreate } from '../ffi.ts';
+import { closeFd, eventfdCreate, memfdCreate } from '../ffi.ts';
+import { BACKEND_PROTOCOL_FEATURES } from './backend.ts';
 import { createLogger } from '../logger.ts';
 import { ECHO_HOLD, ECHO_RELEASE } from '../testing/echo-device.ts';
 import { u64 } from './codec.ts';
 import { VhostUserDriver, type DriverQueueHandle } from './driver.ts';
 import { VhostUserClosedError, VhostUserFrontend } from './frontend.ts';
-import { Req, VRING_NOFD_MASK } from './protocol.ts';
+import { pf as protocolFeatureBit, ProtocolFeature, Req, VRING_NOFD_MASK } from './protocol.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-vu-'));
 const sock = join(dir, 'echo.sock');
@@ -34,8 +35,10 @@ afterEach(() => {
   for (const d of open.splice(0)) d.close();
 });
 
-async function driver(opts: { eventIdx: boolean; queues?: number; indirectMax?: number }): Promise<VhostUserDriver> {
-  const d = await VhostUserDriver.start(VhostUserFrontend.connect(sock, { log }), { queues: opts.queues ?? 2, queueSize: 16, eventIdx: opts.eventIdx, indirectMax: opts.indirectMax });
+async function driver(opts: { eventIdx: boolean; queues?: number; indirectMax?: number; protocolFeatures?: bigint }): Promise<VhostUserDriver> {
+  const d = await VhostUserDriver.start(VhostUserFrontend.connect(sock, { log }), {
+    queues: opts.queues ?? 2, queueSize: 16, eventIdx: opts.eventIdx, indirectMax: opts.indirectMax, protocolFeatures: opts.protocolFeatures,
+  });
   open.push(d);
   return d;
 }
@@ -57,9 +60,12 @@ async function collect(q: DriverQueueHandle, n: number): Promise<Map<number, num
 }
 
 describe('vhost-user front-end ↔ back-end (echo device in a child process)', () => {
+  // EVENT_IDX on with memory slots (ADD_MEM_REG) and REPLY_ACK; off with a plain SET_MEM_TABLE and no acks.
   for (const eventIdx of [true, false]) {
-    it(`negotiates and echoes on two queues with EVENT_IDX ${eventIdx ? 'on' : 'off'}`, async () => {
-      const d = await driver({ eventIdx, indirectMax: 4 });
+    it(`negotiates and echoes on two queues with EVENT_IDX ${eventIdx ? 'on, ADD_MEM_REG, REPLY_ACK' : 'off, SET_MEM_TABLE, no REPLY_ACK'}`, async () => {
+      const protocolFeatures = eventIdx ? BACKEND_PROTOCOL_FEATURES : BACKEND_PROTOCOL_FEATURES & ~(protocolFeatureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS) | protocolFeatureBit(ProtocolFeature.REPLY_ACK));
+      const d = await driver({ eventIdx, indirectMax: 4, protocolFeatures });
+      expect(d.frontend.protocolFeatures).toBe(protocolFeatures);
       expect((d.features & VIRTIO_F_EVENT_IDX) !== 0n).toBe(eventIdx);
       expect(await d.frontend.getQueueNum()).toBe(2);
       expect(await d.frontend.getMaxMemSlots()).toBe(32);
@@ -85,6 +91,23 @@ describe('vhost-user front-end ↔ back-end (echo device in a child process)', (
       }
     });
   }
+
+  it('adds and removes a memory region, keeps status, and resets the device', async () => {
+    const d = await driver({ eventIdx: true, queues: 1 });
+    const extra = memfdCreate('extra', 0x10000);
+    const region = { fd: extra, guestPhysAddr: 0x1_0000_0000n, memorySize: 0x10000n, userAddr: 0x1_0000_0000n, mmapOffset: 0n };
+    await d.frontend.addMemReg(region);
+    await d.frontend.remMemReg(region);
+    // Removing it twice is refused (REPLY_ACK carries the failure) and the connection survives.
+    await expect(d.frontend.remMemReg(region)).rejects.toMatchObject({ code: 'ERR_VHOST_USER_NACK' });
+    closeFd(extra);
+    await d.frontend.setStatus(0x0f);
+    expect(await d.frontend.getStatus()).toBe(0x0f);
+    const r = echoRequest(d, d.queue(0), new Uint8Array([5, 6, 7]), 8);
+    expect((await collect(d.queue(0), 1)).get(r.head)).toBe(3);
+    await d.frontend.resetDevice();
+    expect(await d.frontend.getStatus()).toBe(0);
+  });
 
   it('with EVENT_IDX a burst posted before the device runs needs a single kick', async () => {
     const d = await driver({ eventIdx: true, queues: 1 });
