@@ -186,7 +186,7 @@ function execStatus(exit: MachineExit, filter: ExecOutputFilter, interrupted: bo
     io.stderr.write('vmm: interrupted before the command finished\n');
     return 130;
   }
-  const why = exit.reason === 'error' ? `machine error: ${exit.message ?? exit.code}` : `the machine stopped (${exit.reason}, code ${exit.code})`;
+  const why = exit.reason === 'error' ? `machine error: ${exit.message ?? exit.code}` : `the machine stopped (${exit.reason}, code ${exit.code}${exit.message ? `: ${exit.message}` : ''})`;
   io.stderr.write(`vmm: ${why} before the --exec command ${filter.state === 'before' ? 'started' : 'finished'}; last console lines:\n${tail}\n`);
   return exit.reason === 'fail' && exit.code ? exit.code : 1;
 }

@@ -1,0 +1,141 @@
+// The `vmm` and `pnpm guest` command lines as a user meets them: help,
+// bad flags (one line naming flag and value, status 2), missing or corrupt
+// inputs (one line, non-zero), and --dump-dtb checked with dtc.
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { GuestKit } from '@vmm/orchestrator';
+import { VMM_CLI, kitAndInitramfs, runBounded } from './guest-helpers.ts';
+
+const GUEST_CLI = fileURLToPath(new URL('../packages/orchestrator/src/guestkit/cli.ts', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'vmm-cli-'));
+let kit: GuestKit;
+
+beforeAll(async () => {
+  ({ kit } = await kitAndInitramfs());
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const vmm = (...args: string[]) => runBounded(process.execPath, [VMM_CLI, ...args], { timeoutMs: 120_000 });
+const oneLine = (s: string): string => {
+  const lines = s.trimEnd().split('\n');
+  expect(lines, s).toHaveLength(1);
+  return lines[0]!;
+};
+
+describe('vmm command line', () => {
+  it('--help lists every flag and exits 0', async () => {
+    const r = await vmm('run', '--help');
+    expect(r.code).toBe(0);
+    for (const f of ['--smp', '--mem', '--kernel', '--initrd', '--append', '--bios', '--dump-dtb', '--exec', '--verbose', '--log-level', 'Ctrl-A x']) expect(r.stdout).toContain(f);
+    expect((await vmm('--help')).code).toBe(0);
+  });
+
+  it('rejects bad values and unknown flags with one line and status 2', async () => {
+    const cases: [string[], string[]][] = [
+      [['run', '--smp', '0'], ['--smp', '"0"']],
+      [['run', '--smp', '9'], ['--smp', '"9"']],
+      [['run', '--mem', '12X'], ['--mem', '"12X"']],
+      [['run', '--mem', '1M'], ['--mem', '"1M"']],
+      [['run', '--log-level', 'loud'], ['--log-level', '"loud"']],
+      [['run', '--no-such-flag'], ['--no-such-flag']],
+      [['run', '--smp'], ['--smp']],
+      [['fly'], ['fly']],
+    ];
+    for (const [argv, words] of cases) {
+      const r = await vmm(...argv);
+      expect(r.code, argv.join(' ')).toBe(2);
+      const line = oneLine(r.stderr);
+      for (const w of words) expect(line).toContain(w);
+      expect(r.stdout).toBe('');
+    }
+  });
+
+  it('a missing kernel or initrd: one line naming the file, status 1', async () => {
+    const r = await vmm('run', '--kernel', join(dir, 'nope'), '--initrd', join(dir, 'nope.cpio'));
+    expect(r.code).toBe(1);
+    expect(oneLine(r.stderr)).toContain(join(dir, 'nope'));
+    const r2 = await vmm('run', '--kernel', kit.kernel, '--initrd', join(dir, 'nope.cpio'));
+    expect(r2.code).toBe(1);
+    expect(oneLine(r2.stderr)).toContain('nope.cpio');
+  });
+
+  it('a corrupt kernel or initrd: one line saying what is wrong, status 1', async () => {
+    const junk = join(dir, 'junk');
+    writeFileSync(junk, new Uint8Array(4096).fill(0x5a));
+    const r = await vmm('run', '--kernel', junk, '--initrd', junk);
+    expect(r.code).toBe(1);
+    expect(oneLine(r.stderr)).toMatch(/--kernel .*junk is not a RISC-V Linux Image/);
+    const r2 = await vmm('run', '--kernel', kit.kernel, '--initrd', junk);
+    expect(r2.code).toBe(1);
+    expect(oneLine(r2.stderr)).toMatch(/--initrd .*junk is neither a newc cpio/);
+  });
+
+  it('an initrd that does not fit in --mem: one line, status 1', async () => {
+    const big = join(dir, 'big.cpio');
+    const bytes = new Uint8Array(60 * 2 ** 20);
+    bytes.set(new TextEncoder().encode('070701'));
+    writeFileSync(big, bytes);
+    const r = await vmm('run', '--mem', '64M', '--initrd', big);
+    expect(r.code).toBe(1);
+    expect(oneLine(r.stderr)).toMatch(/do not fit in --mem 64M/);
+  });
+
+  it('--dump-dtb writes the device tree the guest would get (checked with dtc) and exits 0', async () => {
+    const out = join(dir, 'virt.dtb');
+    const r = await vmm('run', '--smp', '2', '--mem', '256M', '--append', 'foo=bar', '--dump-dtb', out);
+    expect(r.code, r.stderr).toBe(0);
+    let dts: string;
+    try {
+      dts = execFileSync('dtc', ['-q', '-I', 'dtb', '-O', 'dts', out], { encoding: 'utf8' });
+    } catch (e) {
+      throw new Error(`dtc failed (missing? run scripts/setup.sh, Debian package device-tree-compiler): ${(e as Error).message}`, { cause: e });
+    }
+    expect(dts).toContain('compatible = "riscv-virtio"');
+    expect(dts).toMatch(/cpu@0\s*{/);
+    expect(dts).toMatch(/cpu@1\s*{/);
+    expect(dts).not.toMatch(/cpu@2\s*{/);
+    expect(dts).toMatch(/bootargs = "console=ttyS0 earlycon=sbi foo=bar"/);
+    expect(dts).toMatch(/memory@80000000\s*{[^}]*reg = <0x00 0x80000000 0x00 0x10000000>/);
+    expect(dts).toContain('linux,initrd-start');
+  });
+});
+
+describe('pnpm guest command line', () => {
+  const guest = (...args: string[]) => runBounded(process.execPath, [GUEST_CLI, ...args], { timeoutMs: 300_000 });
+
+  it('--help exits 0; an unknown command exits 2 with one line', async () => {
+    const h = await guest('--help');
+    expect(h.code).toBe(0);
+    expect(h.stdout).toContain('fetch [--update]');
+    const r = await guest('frobnicate');
+    expect(r.code).toBe(2);
+    expect(oneLine(r.stderr)).toContain('frobnicate');
+  });
+
+  it('fetch with the lock and a warm cache touches no network', async () => {
+    // An unroutable mirror: any network access would fail the command.
+    const r = await runBounded(process.execPath, [GUEST_CLI, 'fetch'], { timeoutMs: 60_000, env: { ...process.env, VMM_DEBIAN_MIRROR: 'http://127.0.0.1:9' } });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain(`ready: kernel ${kit.kernelVersion}`);
+    expect(r.stderr).not.toContain('fetching');
+  });
+
+  it('build --exec writes a base archive followed by the command archive', async () => {
+    const out = join(dir, 'x.cpio');
+    const r = await guest('build', '--exec', 'echo hi', '-o', out);
+    expect(r.code, r.stderr).toBe(0);
+    const bytes = readFileSync(out);
+    const list = execFileSync('cpio', ['-t', '--quiet'], { input: bytes }).toString();
+    expect(list).toContain('init');
+    expect(list).toContain('bin/busybox');
+    // GNU cpio stops at the first trailer; the appended archive follows the
+    // base's trailer, the last-but-one (busybox itself contains the string).
+    const second = bytes.indexOf('070701', bytes.lastIndexOf('TRAILER!!!', bytes.lastIndexOf('TRAILER!!!') - 1));
+    const tail = execFileSync('cpio', ['-t', '--quiet'], { input: bytes.subarray(second) }).toString();
+    expect(tail.trim().split('\n')).toEqual(['vmm', 'vmm/exec.sh', 'vmm/nonce']);
+  });
+});
