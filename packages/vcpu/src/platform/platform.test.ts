@@ -220,6 +220,29 @@ describe('ns16550a UART', () => {
     expect(p.bus.load(U + 5, 1, 0)! & 1n).toBe(0n);
   });
 
+  it('a hart blocked on a full console ring does not block the main thread’s RX path', async () => {
+    const { p, state } = platform(1);
+    const total = p.console.tx.capacity + 1000;
+    const src = `
+      const { workerData, parentPort } = require('node:worker_threads');
+      import(workerData.url).then(({ createPlatform }) => {
+        const q = createPlatform(workerData.state, 0);
+        for (let i = 0; i < workerData.total; i++) q.bus.store(0x10000000, 1, BigInt(i & 0x7f), 0);
+        parentPort.postMessage('done');
+      });`;
+    const w = new Worker(src, { eval: true, workerData: { state, total, url: new URL('./index.ts', import.meta.url).href } });
+    const done = new Promise<void>((resolve, reject) => { w.once('message', () => resolve()); w.once('error', reject); });
+    // Wait until the writer has filled the ring and is blocked on it.
+    while (p.console.tx.free > 0) await new Promise((r) => setTimeout(r, 5));
+    p.console.rx.push(Buffer.from('x'));
+    p.uart.rxNotify(); // must not wait for the blocked writer
+    let got = 0;
+    const drain = async (): Promise<void> => { while (got < total) { got += p.console.tx.pop().length; await new Promise((r) => setImmediate(r)); } };
+    await Promise.all([drain(), done]);
+    await w.terminate();
+    expect(got).toBe(total);
+  });
+
   it('loopback mode reflects MCR outputs in MSR', () => {
     const { p } = platform(1);
     expect(p.bus.load(U + 6, 1, 0)).toBe(0xb0n);

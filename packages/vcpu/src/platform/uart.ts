@@ -86,6 +86,19 @@ export class Uart16550 implements MmioDevice {
     if (size > 4) return false;
     if (offset >= 8) return offset < this.size;
     const v = Number(value & 0xffn);
+    if (offset === 0 && (Atomics.load(this.s, S_LCR) & LCR_DLAB) === 0) {
+      // THR: hand the byte to the console before taking the UART lock. The
+      // console may block this hart while its ring is full, and the main
+      // thread that drains it also takes the UART lock (rxNotify): holding
+      // the lock across the wait could deadlock the two.
+      if ((Atomics.load(this.s, S_MCR) & MCR_LOOP) === 0) this.console.writeByte(v);
+      this.lock.with(() => {
+        // Transmission completes at once: THR is empty again, which is a THRE interrupt when enabled.
+        this.s[S_THR_IPENDING] = 1;
+        this.update();
+      });
+      return true;
+    }
     this.lock.with(() => this.writeReg(offset, v));
     return true;
   }
@@ -142,15 +155,7 @@ export class Uart16550 implements MmioDevice {
     const dlab = (s[S_LCR]! & LCR_DLAB) !== 0;
     switch (offset) {
       case 0:
-        if (dlab) {
-          s[S_DLL] = v;
-          return;
-        }
-        s[S_THR_IPENDING] = 0;
-        if ((s[S_MCR]! & MCR_LOOP) === 0) this.console.writeByte(v);
-        // Transmit completes at once: THR empty again.
-        s[S_THR_IPENDING] = 1;
-        this.update();
+        if (dlab) s[S_DLL] = v; // THR writes are handled in write()
         return;
       case 1: {
         if (dlab) {
