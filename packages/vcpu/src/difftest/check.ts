@@ -6,7 +6,7 @@ import { SCRATCH_SIZE } from './generator.ts';
 import type { Program } from './generator.ts';
 import { assemble, describeOffset, OUT_SIZE, toElf, BASE } from './image.ts';
 import type { Image } from './image.ts';
-import { runQemu } from './qemu.ts';
+import { QemuError, runQemu } from './qemu.ts';
 
 export interface Difference {
   /** x5, f12, fcsr or mem[scratch+0x18]. */
@@ -66,8 +66,12 @@ export async function check(program: Program, keep?: number[], opts: CheckOption
   const img = assemble(program, keep);
   const groups = keep ?? program.groups.map((_, i) => i);
   const ref = runQemu(toElf(img), OUT_SIZE);
+  ref.catch(() => undefined); // handled below; keeps a throw from our side from leaving it unhandled
   const mine = (opts.ours ?? runOurs)(img);
-  const expected = await ref;
+  // qemu rejecting a program (SIGILL, no dump) is a generator bug: name the seed.
+  const expected = await ref.catch((e: unknown) => {
+    throw new QemuError(`seed ${program.seed} (${groups.length} groups): ${e instanceof Error ? e.message : String(e)}`);
+  });
   if ('exit' in mine) return { seed: program.seed, groups, exit: mine.exit, diffs: [] };
   const diffs = compare(expected, mine.out);
   return diffs.length ? { seed: program.seed, groups, diffs } : null;
