@@ -636,12 +636,132 @@ function sqrtG(a: u64, rm: u32, F: i32): u64 {
 }
 
 // ---------------------------------------------------------------------------
+// Round-to-nearest-even fast paths. Wasm's native +, *, / are IEEE operations
+// rounded to nearest-even (and, in binary64 then binary32, double rounding is
+// innocuous for +, -, *, / since 53 >= 2*24 + 2: Figueroa, "When is double
+// rounding innocuous?", 1995). So for rm = RNE the result is the native one;
+// what remains is to compute the flags exactly. Each fast path covers only
+// finite results that are clear of the underflow threshold and of overflow
+// (where UF/OF would need care) and returns NOFAST otherwise; the integer
+// paths above then handle the case.
+
+const NOFAST: u64 = 0xffffffffffffffff; // never a result of ours (not canonical)
+const ABS64: u64 = 0x7fffffffffffffff;
+const MIN_NORMAL64: u64 = 0x0010000000000000;
+const INF64: u64 = 0x7ff0000000000000;
+const FRAC64: u64 = 0x000fffffffffffff;
+const MIN_NORMAL32: u32 = 0x00800000;
+
+/** Significand of a finite binary64 as an integer, with trailing zeros
+ *  removed (its odd part). Caller guarantees nonzero. */
+// @ts-ignore: decorator
+@inline function oddSig64(a: u64): u64 {
+  const sig = (a & FRAC64) | ((a & INF64) != 0 ? FRAC64 + 1 : 0);
+  return sig >> ctz(sig);
+}
+
+/** Addition: Fast2Sum (Dekker 1971) gives the exact rounding error of the
+ *  native sum when |big| >= |small|; NX iff it is nonzero. A sum of floats
+ *  that is tiny is exact (both are multiples of the least subnormal), so UF
+ *  never occurs here. */
+// @ts-ignore: decorator
+@inline function addFast64(a: u64, b: u64): u64 {
+  const x = reinterpret<f64>(a);
+  const y = reinterpret<f64>(b);
+  const sum = x + y;
+  if (!isFinite<f64>(sum)) return NOFAST; // NaN/inf operands or overflow
+  const xBig = (a & ABS64) >= (b & ABS64);
+  const big = xBig ? x : y;
+  const small = xBig ? y : x;
+  if (small - (sum - big) != 0) fflags |= NX;
+  return reinterpret<u64>(sum);
+}
+
+// @ts-ignore: decorator
+@inline function addFast32(a: u32, b: u32): u64 {
+  const x = <f64>reinterpret<f32>(a);
+  const y = <f64>reinterpret<f32>(b);
+  const sum = x + y; // binary64 sum of binary32 values: never overflows
+  const r = <f32>sum;
+  if (!isFinite<f32>(r)) return NOFAST;
+  const xBig = (a & 0x7fffffff) >= (b & 0x7fffffff);
+  const big = xBig ? x : y;
+  const small = xBig ? y : x;
+  // Inexact if the binary64 sum was, or if narrowing it changed it.
+  if (small - (sum - big) != 0 || <f64>r != sum) fflags |= NX;
+  return <u64>reinterpret<u32>(r);
+}
+
+/** Multiplication with a normal result: the product of the significands' odd
+ *  parts is exactly representable iff it is below 2^53. */
+// @ts-ignore: decorator
+@inline function mulFast64(a: u64, b: u64): u64 {
+  const p = reinterpret<u64>(reinterpret<f64>(a) * reinterpret<f64>(b));
+  const ap = p & ABS64;
+  // Strictly above the smallest normal: the exact product is not tiny.
+  if (ap <= MIN_NORMAL64 || ap >= INF64) return NOFAST;
+  const oa = oddSig64(a);
+  const ob = oddSig64(b);
+  const bits = 128 - <i32>clz(oa) - <i32>clz(ob);
+  if (bits > 54 || oa * ob >= (<u64>1 << 53)) fflags |= NX;
+  return p;
+}
+
+// @ts-ignore: decorator
+@inline function mulFast32(a: u32, b: u32): u64 {
+  // The binary64 product of two binary32 values is exact (48-bit significand,
+  // exponent within binary64's normal range).
+  const p = <f64>reinterpret<f32>(a) * <f64>reinterpret<f32>(b);
+  if (!(abs<f64>(p) >= <f64>reinterpret<f32>(MIN_NORMAL32))) return NOFAST; // tiny, zero or NaN
+  const r = <f32>p;
+  if (!isFinite<f32>(r)) return NOFAST;
+  if (<f64>r != p) fflags |= NX;
+  return <u64>reinterpret<u32>(r);
+}
+
+/** Division with a normal result: a/b = (oa/ob) * 2^k is representable iff
+ *  the odd part ob divides oa (else the reduced fraction has an odd
+ *  denominator and is not a dyadic rational at all). */
+// @ts-ignore: decorator
+@inline function divFast64(a: u64, b: u64): u64 {
+  const q = reinterpret<u64>(reinterpret<f64>(a) / reinterpret<f64>(b));
+  const aq = q & ABS64;
+  if (aq <= MIN_NORMAL64 || aq >= INF64) return NOFAST; // also 0/x, x/0, x/inf, NaN
+  if (oddSig64(a) % oddSig64(b) != 0) fflags |= NX;
+  return q;
+}
+
+// @ts-ignore: decorator
+@inline function divFast32(a: u32, b: u32): u64 {
+  const x = <f64>reinterpret<f32>(a);
+  const y = <f64>reinterpret<f32>(b);
+  const r = <f32>(x / y);
+  const ar = reinterpret<u32>(r) & 0x7fffffff;
+  if (ar <= MIN_NORMAL32 || ar >= 0x7f800000) return NOFAST;
+  // r * y is exact in binary64 (24x24 bits), so it equals x iff r is exact.
+  if (<f64>r * y != x) fflags |= NX;
+  return <u64>reinterpret<u32>(r);
+}
+
+// ---------------------------------------------------------------------------
 // Exported contract (raw IEEE bit patterns in and out)
 
-export function f32_add(a: u32, b: u32, rm: u32): u32 { return <u32>addG(a, b, rm, 23, false); }
-export function f32_sub(a: u32, b: u32, rm: u32): u32 { return <u32>addG(a, b, rm, 23, true); }
-export function f32_mul(a: u32, b: u32, rm: u32): u32 { return <u32>mulG(a, b, rm, 23); }
-export function f32_div(a: u32, b: u32, rm: u32): u32 { return <u32>divG(a, b, rm, 23); }
+export function f32_add(a: u32, b: u32, rm: u32): u32 {
+  if (rm == 0) { const r = addFast32(a, b); if (r != NOFAST) return <u32>r; }
+  return <u32>addG(a, b, rm, 23, false);
+}
+export function f32_sub(a: u32, b: u32, rm: u32): u32 {
+  if (rm == 0) { const r = addFast32(a, b ^ 0x80000000); if (r != NOFAST) return <u32>r; }
+  return <u32>addG(a, b, rm, 23, true);
+}
+export function f32_mul(a: u32, b: u32, rm: u32): u32 {
+  if (rm == 0) { const r = mulFast32(a, b); if (r != NOFAST) return <u32>r; }
+  return <u32>mulG(a, b, rm, 23);
+}
+export function f32_div(a: u32, b: u32, rm: u32): u32 {
+  if (rm == 0) { const r = divFast32(a, b); if (r != NOFAST) return <u32>r; }
+  return <u32>divG(a, b, rm, 23);
+}
 export function f32_sqrt(a: u32, rm: u32): u32 { return <u32>sqrtG(a, rm, 23); }
 /** (±a·b) ± c with one rounding. FMADD: (false,false), FMSUB: (false,true),
  *  FNMSUB: (true,false), FNMADD: (true,true). */
@@ -655,10 +775,22 @@ export function f32_lt(a: u32, b: u32): bool { return ltG(a, b, 23, false); }
 export function f32_le(a: u32, b: u32): bool { return ltG(a, b, 23, true); }
 export function f32_classify(a: u32): u32 { return classG(a, 23); }
 
-export function f64_add(a: u64, b: u64, rm: u32): u64 { return addG(a, b, rm, 52, false); }
-export function f64_sub(a: u64, b: u64, rm: u32): u64 { return addG(a, b, rm, 52, true); }
-export function f64_mul(a: u64, b: u64, rm: u32): u64 { return mulG(a, b, rm, 52); }
-export function f64_div(a: u64, b: u64, rm: u32): u64 { return divG(a, b, rm, 52); }
+export function f64_add(a: u64, b: u64, rm: u32): u64 {
+  if (rm == 0) { const r = addFast64(a, b); if (r != NOFAST) return r; }
+  return addG(a, b, rm, 52, false);
+}
+export function f64_sub(a: u64, b: u64, rm: u32): u64 {
+  if (rm == 0) { const r = addFast64(a, b ^ 0x8000000000000000); if (r != NOFAST) return r; }
+  return addG(a, b, rm, 52, true);
+}
+export function f64_mul(a: u64, b: u64, rm: u32): u64 {
+  if (rm == 0) { const r = mulFast64(a, b); if (r != NOFAST) return r; }
+  return mulG(a, b, rm, 52);
+}
+export function f64_div(a: u64, b: u64, rm: u32): u64 {
+  if (rm == 0) { const r = divFast64(a, b); if (r != NOFAST) return r; }
+  return divG(a, b, rm, 52);
+}
 export function f64_sqrt(a: u64, rm: u32): u64 { return sqrtG(a, rm, 52); }
 export function f64_fma(a: u64, b: u64, c: u64, rm: u32, negProduct: bool, negAddend: bool): u64 {
   return fmaG(a, b, c, rm, 52, negProduct, negAddend);

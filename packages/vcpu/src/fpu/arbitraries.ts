@@ -139,7 +139,10 @@ function encodeExact(f: Format, sign: number, m: bigint, e2: number): bigint | u
  *  exactly halfway between two subnormals (a subnormal rounding tie). */
 function subnormalTiePairArb(f: Format): fc.Arbitrary<[bigint, bigint]> {
   const emin = 1 - bias(f);
-  return fc.tuple(fc.integer({ min: 1, max: f.frac + 1 }), fc.bigInt({ min: 0n, max: mask(f.frac + 1) }), fc.integer({ min: 1, max: bias(f) - 1 }), signArb, signArb, fc.boolean())
+  // m = 2^P - 1 gives (1 - 2^-P) 2^emin: a tie that rounds (to even) up to the
+  // smallest normal although the value is tiny even after rounding.
+  const v = fc.oneof({ arbitrary: fc.bigInt({ min: 0n, max: mask(f.frac + 1) }), weight: 3 }, fc.constant(mask(f.frac + 1)));
+  return fc.tuple(fc.integer({ min: 1, max: f.frac + 1 }), v, fc.integer({ min: 1, max: bias(f) - 1 }), signArb, signArb, fc.boolean())
     .map(([L, v, t, s1, s2, divide]): [bigint, bigint] => {
       const m = ((v & mask(L)) | (1n << BigInt(L - 1))) | 1n;
       const x = encodeExact(f, s1, m, emin - f.frac - 1 + t) ?? pack(f, s1, bias(f), 0n);
