@@ -3,7 +3,7 @@
 // vhost-user back-end (ours or qemu-storage-daemon's) — for protocol tests
 // and benchmarks; the orchestrator's guest does this job in a real VM.
 
-import { bufferAddress, closeFd, eventfdCreate, eventfdRead, eventfdWrite, memfdCreate, mmapShared, waitReadable } from '../ffi.ts';
+import { bufferAddress, closeFd, eventfdCreate, eventfdRead, eventfdWrite, memfdCreate, mmapShared, watchReadable, type FdWatch } from '../ffi.ts';
 import { GuestMemory, guestAddress, type GuestAddress } from '../memory.ts';
 import { DriverQueue, splitQueueLayout, type DriverBuffer } from '../virtqueue.ts';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '../device.ts';
@@ -72,9 +72,32 @@ export class DriverQueueHandle {
     for (;;) {
       const got = this.poll();
       if (got.length > 0) return got;
-      await waitReadable(this.callFd);
-      eventfdRead(this.callFd);
+      if (this.signalled) {
+        this.signalled = false;
+        continue;
+      }
+      await new Promise<void>((resolve) => {
+        this.waiter = resolve;
+        // One persistent watch per queue (not one per wait): it drains the eventfd on every signal.
+        this.watch ??= watchReadable(this.callFd, () => {
+          eventfdRead(this.callFd);
+          const w = this.waiter;
+          this.waiter = null;
+          if (w) w();
+          else this.signalled = true;
+        });
+      });
     }
+  }
+
+  private signalled = false;
+  private waiter: (() => void) | null = null;
+  private watch: FdWatch | null = null;
+
+  /** Stop watching the call eventfd (the driver closes the fds). */
+  close(): void {
+    this.watch?.close();
+    this.watch = null;
   }
 }
 
@@ -153,6 +176,7 @@ export class VhostUserDriver {
   close(): void {
     this.frontend.close();
     for (const q of this.queues) {
+      q.close();
       closeFd(q.kickFd);
       closeFd(q.callFd);
     }
