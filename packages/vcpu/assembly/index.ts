@@ -185,6 +185,8 @@ let fKey: u64 = 0;
 // ─── register helpers ─────────────────────────────────────────────────────
 @inline function X(r: u32): u64 { return load<u64>(xb + (<usize>r << 3)); }
 @inline function setX(r: u32, v: u64): void { if (r != 0) store<u64>(xb + (<usize>r << 3), v); }
+@inline function XR(b: usize, r: u32): u64 { return load<u64>(b + (<usize>r << 3)); }
+@inline function setXR(b: usize, r: u32, v: u64): void { if (r != 0) store<u64>(b + (<usize>r << 3), v); }
 @inline function F(r: u32): u64 { return load<u64>(fb + (<usize>r << 3)); }
 @inline function setF(r: u32, v: u64): void { store<u64>(fb + (<usize>r << 3), v); mstatus |= MS_FS; }
 // NaN-boxing (ISA §12.2): a single-precision operand not boxed in ones reads as the canonical NaN.
@@ -936,6 +938,7 @@ export function run(n: i32): i32 {
   exitReason = EXIT_LIMIT;
   batchN = n;
   let left = n;
+  const xr = xb;
   if (mode != MODE_SNIPPET && takeInterrupt()) { batchLeft = left; return exitReason; }
   while (left > 0) {
     left--;
@@ -962,23 +965,23 @@ export function run(n: i32): i32 {
     const rs2 = (insn >> 20) & 31;
     const f3 = (insn >> 12) & 7;
     switch (insn & 0x7f) {
-      case 0x37: setX(rd, <u64><i64><i32>(insn & 0xfffff000)); break; // LUI
-      case 0x17: setX(rd, cur + <u64><i64><i32>(insn & 0xfffff000)); break; // AUIPC
+      case 0x37: setXR(xr, rd, <u64><i64><i32>(insn & 0xfffff000)); break; // LUI
+      case 0x17: setXR(xr, rd, cur + <u64><i64><i32>(insn & 0xfffff000)); break; // AUIPC
       case 0x6f: { // JAL
         const imm = ((<i32>insn >> 31) << 20) | <i32>(((insn >> 12) & 0xff) << 12) | <i32>(((insn >> 20) & 1) << 11) | <i32>(((insn >> 21) & 0x3ff) << 1);
-        setX(rd, npc);
+        setXR(xr, rd, npc);
         npc = cur + <u64><i64>imm;
         break;
       }
       case 0x67: { // JALR
         if (f3 != 0) { ill = true; break; }
-        const t = (X(rs1) + <u64><i64>(<i32>insn >> 20)) & ~1;
-        setX(rd, npc);
+        const t = (XR(xr, rs1) + <u64><i64>(<i32>insn >> 20)) & ~1;
+        setXR(xr, rd, npc);
         npc = t;
         break;
       }
       case 0x63: { // BRANCH
-        const a = X(rs1), b = X(rs2);
+        const a = XR(xr, rs1), b = XR(xr, rs2);
         let take: bool;
         switch (f3) {
           case 0: take = a == b; break;
@@ -996,7 +999,7 @@ export function run(n: i32): i32 {
         break;
       }
       case 0x03: { // LOAD
-        const va = X(rs1) + <u64><i64>(<i32>insn >> 20);
+        const va = XR(xr, rs1) + <u64><i64>(<i32>insn >> 20);
         let v: u64;
         switch (f3) {
           case 0: v = <u64><i64><i8>loadN(va, 1); break;
@@ -1008,18 +1011,18 @@ export function run(n: i32): i32 {
           case 6: v = loadN(va, 4); break;
           default: { ill = true; v = 0; }
         }
-        if (ev == EV_NONE && !ill) setX(rd, v);
+        if (ev == EV_NONE && !ill) setXR(xr, rd, v);
         break;
       }
       case 0x23: { // STORE
         const imm = ((<i32>insn >> 25) << 5) | <i32>((insn >> 7) & 0x1f);
-        const va = X(rs1) + <u64><i64>imm;
+        const va = XR(xr, rs1) + <u64><i64>imm;
         if (f3 > 3) { ill = true; break; }
-        storeN(va, 1 << f3, X(rs2));
+        storeN(va, 1 << f3, XR(xr, rs2));
         break;
       }
       case 0x13: { // OP-IMM
-        const a = X(rs1);
+        const a = XR(xr, rs1);
         const imm = <u64><i64>(<i32>insn >> 20);
         let r: u64;
         switch (f3) {
@@ -1038,22 +1041,22 @@ export function run(n: i32): i32 {
           case 6: r = a | imm; break;
           default: r = a & imm;
         }
-        if (!ill) setX(rd, r);
+        if (!ill) setXR(xr, rd, r);
         break;
       }
       case 0x1b: { // OP-IMM-32
-        const a = <u32>X(rs1);
+        const a = <u32>XR(xr, rs1);
         let r: u32 = 0;
         if (f3 == 0) r = a + <u32>(<i32>insn >> 20);
         else if (f3 == 1 && (insn >> 25) == 0) r = a << rs2;
         else if (f3 == 5 && (insn >> 25) == 0) r = a >>> rs2;
         else if (f3 == 5 && (insn >> 25) == 0x20) r = <u32>(<i32>a >> <i32>rs2);
         else { ill = true; break; }
-        setX(rd, sext32(<u64>r));
+        setXR(xr, rd, sext32(<u64>r));
         break;
       }
       case 0x33: { // OP
-        const a = X(rs1), b = X(rs2);
+        const a = XR(xr, rs1), b = XR(xr, rs2);
         const f7 = insn >> 25;
         let r: u64 = 0;
         if (f7 == 0) {
@@ -1083,11 +1086,11 @@ export function run(n: i32): i32 {
             default: r = b == 0 ? a : a % b;
           }
         } else { ill = true; break; }
-        setX(rd, r);
+        setXR(xr, rd, r);
         break;
       }
       case 0x3b: { // OP-32
-        const a = X(rs1), b = X(rs2);
+        const a = XR(xr, rs1), b = XR(xr, rs2);
         const f7 = insn >> 25;
         let r: u64 = 0;
         if (f7 == 0) {
@@ -1110,7 +1113,7 @@ export function run(n: i32): i32 {
           }
           if (ill) break;
         } else { ill = true; break; }
-        setX(rd, r);
+        setXR(xr, rd, r);
         break;
       }
       case 0x0f: { // MISC-MEM: FENCE, FENCE.I (Zifencei: no decoded-instruction cache to drop beyond the fetch page)
@@ -1123,19 +1126,19 @@ export function run(n: i32): i32 {
         if (f3 != 2 && f3 != 3) { ill = true; break; }
         const w = f3 == 2;
         const size = w ? 4 : 8;
-        const va = X(rs1);
+        const va = XR(xr, rs1);
         if (f5 == 0x02) { // LR
           if (rs2 != 0) { ill = true; break; }
           const h = amoHost(va, size, ACC_LOAD);
           if (ev != EV_NONE) break;
           const v = w ? sext32(<u64>atomic.load<u32>(h)) : atomic.load<u64>(h);
           resAddr = h; resVal = v; resValid = true;
-          setX(rd, v);
+          setXR(xr, rd, v);
           break;
         }
         const h = amoHost(va, size, ACC_STORE);
         if (ev != EV_NONE) break;
-        const b = X(rs2);
+        const b = XR(xr, rs2);
         if (f5 == 0x03) { // SC: compare-exchange against the value LR saw
           let ok = false;
           if (resValid && resAddr == h) {
@@ -1143,7 +1146,7 @@ export function run(n: i32): i32 {
             else ok = atomic.cmpxchg<u64>(h, resVal, b) == resVal;
           }
           resValid = false;
-          setX(rd, ok ? 0 : 1);
+          setXR(xr, rd, ok ? 0 : 1);
           break;
         }
         let old: u64;
@@ -1193,7 +1196,7 @@ export function run(n: i32): i32 {
             default: { ill = true; old = 0; }
           }
         }
-        if (!ill) setX(rd, old);
+        if (!ill) setXR(xr, rd, old);
         break;
       }
       case 0x73: { // SYSTEM
@@ -1249,19 +1252,19 @@ export function run(n: i32): i32 {
         const old = csrRead(csr);
         if (csrBad) { ill = true; break; }
         if (writes) {
-          const src = f3 >= 5 ? <u64>rs1 : X(rs1);
+          const src = f3 >= 5 ? <u64>rs1 : XR(xr, rs1);
           const op = f3 & 3;
           const nv = op == 1 ? src : op == 2 ? old | src : old & ~src;
           csrWrite(csr, nv);
           if (csrBad) { ill = true; break; }
           ev = EV_IRQ;
         }
-        setX(rd, old);
+        setXR(xr, rd, old);
         break;
       }
       case 0x07: { // LOAD-FP
         if (!fpOn() || (f3 != 2 && f3 != 3)) { ill = true; break; }
-        const va = X(rs1) + <u64><i64>(<i32>insn >> 20);
+        const va = XR(xr, rs1) + <u64><i64>(<i32>insn >> 20);
         if (f3 == 2) { const v = loadN(va, 4); if (ev == EV_NONE) setF32(rd, <u32>v); }
         else { const v = loadN(va, 8); if (ev == EV_NONE) setF(rd, v); }
         break;
@@ -1269,7 +1272,7 @@ export function run(n: i32): i32 {
       case 0x27: { // STORE-FP
         if (!fpOn() || (f3 != 2 && f3 != 3)) { ill = true; break; }
         const imm = ((<i32>insn >> 25) << 5) | <i32>((insn >> 7) & 0x1f);
-        const va = X(rs1) + <u64><i64>imm;
+        const va = XR(xr, rs1) + <u64><i64>imm;
         storeN(va, f3 == 2 ? 4 : 8, F(rs2));
         break;
       }

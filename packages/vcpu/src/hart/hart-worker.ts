@@ -19,6 +19,8 @@ export interface HartWorkerData {
   /** Passed as is to createPlatform (a PlatformState from @vmm/vcpu's platform). */
   platform: unknown;
   boot: HartBoot;
+  /** The compiled hart core (loadHartModule() in the parent; a Module can be posted). Default: loaded in the worker. */
+  module?: WebAssembly.Module;
   /** Instructions per batch (default 16384). */
   batch?: number;
 }
@@ -34,7 +36,7 @@ try {
   };
   const { bus, sbi } = createPlatform(data.platform, data.hartId);
   const signals = new HartSignals(data.harts, data.signals);
-  const core = new HartCore({ memory: data.memory, hartId: data.hartId, ramSize: data.ramSize, mode: data.boot.mode, bus, time: () => signals.nowTicks() });
+  const core = new HartCore({ memory: data.memory, hartId: data.hartId, ramSize: data.ramSize, mode: data.boot.mode, bus, module: data.module, time: () => signals.nowTicks() });
   const hart = new Hart({ engine: core, signals, sbi, boot: data.boot, memory: data.memory, ramSize: data.ramSize, batch: data.batch });
   hart.resetForBoot();
   const exit = hart.run();

@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { WASM_RAM_OFFSET, MAX_HARTS } from '../layout.ts';
 import type { AccessSize, PhysBus } from '../bus.ts';
+import { wasmIsStale } from '../../scripts/build-wasm.ts';
 import { ENGINE_MODE, type EngineExit, type EngineMode, type ExecutionEngine, type Priv } from '../engine.ts';
 
 const BUILD_SCRIPT = fileURLToPath(new URL('../../scripts/build-wasm.ts', import.meta.url));
@@ -40,7 +41,7 @@ let cachedModule: WebAssembly.Module | undefined;
  */
 export function loadHartModule(): WebAssembly.Module {
   if (cachedModule) return cachedModule;
-  execFileSync(process.execPath, [BUILD_SCRIPT], { stdio: ['ignore', 'ignore', 'inherit'] });
+  if (wasmIsStale()) execFileSync(process.execPath, [BUILD_SCRIPT], { stdio: ['ignore', 'ignore', 'inherit'] });
   cachedModule = new WebAssembly.Module(readFileSync(HART_WASM_URL));
   return cachedModule;
 }
@@ -77,6 +78,8 @@ export interface HartCoreOptions {
   mode: EngineMode;
   /** MMIO (everything outside RAM). Without one, every non-RAM access is an access fault. */
   bus?: PhysBus;
+  /** The compiled core (e.g. posted to a worker); default: loadHartModule(). */
+  module?: WebAssembly.Module;
   /** The `time` CSR in TIMEBASE_HZ ticks (HartSignals.nowTicks). Default: 0. */
   time?: () => bigint;
 }
@@ -115,7 +118,7 @@ export class HartCore implements ExecutionEngine {
         hostTime: time,
       },
     };
-    const inst = new WebAssembly.Instance(loadHartModule(), imports);
+    const inst = new WebAssembly.Instance(opts.module ?? loadHartModule(), imports);
     this.e = inst.exports as unknown as CoreExports;
     this.e.init(hartId, ENGINE_MODE[opts.mode], ramSize);
     scratchBox.v = new BigUint64Array(memory.buffer, this.e.scratchAddr(), 1);

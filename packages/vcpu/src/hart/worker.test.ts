@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { Worker } from 'node:worker_threads';
 import { memfdCreate, mmapFixedOver, mmapShared, closeFd } from '@vmm/core';
 import { A, li, REG } from './asm.ts';
-import { createHartMemory } from './wasm.ts';
+import { createHartMemory, loadHartModule } from './wasm.ts';
 import type { HartWorkerData, HartWorkerMessage } from './hart-worker.ts';
 import type { HartBoot } from './hart.ts';
 import { RAM_BASE, WASM_RAM_OFFSET } from '../layout.ts';
@@ -56,7 +56,7 @@ function startHarts(harts: number, program: Uint8Array, boot: (h: number) => Har
   ramView.set(program);
   const platform = createPlatformState({ harts, memBytes: ramSize });
   const exits = Array.from({ length: harts }, (_, h) => new Promise<HartWorkerMessage>((resolve, reject) => {
-    const data: HartWorkerData = { hartId: h, harts, memory, ramSize, signals: platform.signals, platform, boot: boot(h) };
+    const data: HartWorkerData = { hartId: h, harts, memory, ramSize, signals: platform.signals, platform, boot: boot(h), module: loadHartModule() };
     const w = new Worker(WORKER_URL, { workerData: data });
     w.once('message', (m: HartWorkerMessage) => { resolve(m); void w.terminate(); });
     w.once('error', reject);
