@@ -24,6 +24,13 @@ export const REG = {
 
 export const MAGIC = 0x7472_6976; // "virt"
 export const VENDOR_ID = 0x554d_4551; // "QEMU", as QEMU's virtio-mmio reports; drivers do not care
+/**
+ * VendorID while the host asks the guest to release the device (device_del).
+ * virtio-mmio has no hot-unplug signal of its own; the guest helper in our
+ * initramfs polls VendorID of bound slots and unbinds the driver when it
+ * reads this, which resets the device (status 0): the host then removes it.
+ */
+export const VENDOR_ID_EJECT = 0x5443_4a45; // "EJCT"
 /** Device status bits (virtio 1.2 §2.1). */
 export const STATUS = { ACKNOWLEDGE: 1, DRIVER: 2, DRIVER_OK: 4, FEATURES_OK: 8, DEVICE_NEEDS_RESET: 64, FAILED: 128 } as const;
 export const INT = { USED_BUFFER: 1, CONFIG_CHANGE: 2 } as const;
@@ -35,7 +42,7 @@ export const CONFIG_BYTES = 256;
 const W = {
   present: 0, deviceId: 1, devFeatLo: 2, devFeatHi: 3, devFeatSel: 4, drvFeatLo: 5, drvFeatHi: 6, drvFeatSel: 7,
   queueSel: 8, status: 9, intStatus: 10, configGen: 11, numQueues: 12, queueNumMax: 13, changes: 14, resets: 15,
-  configWrites: 16,
+  configWrites: 16, eject: 17,
 } as const;
 const Q_BASE = 32; // per-queue records start here
 const Q_STRIDE = 12; // num, ready, descLo, descHi, drvLo, drvHi, devLo, devHi, kickFd, (pad)
@@ -89,8 +96,12 @@ export class VirtioMmioState {
     Atomics.store(w, W.present, 1);
   }
 
+  /** Ask the guest to let go of the device (see VENDOR_ID_EJECT). */
+  requestEject(): void { Atomics.store(this.w, W.eject, 1); }
+
   unplug(): void {
     Atomics.store(this.w, W.present, 0);
+    Atomics.store(this.w, W.eject, 0);
     this.resetRegisters();
   }
 
@@ -165,7 +176,7 @@ export class VirtioMmioState {
       case REG.MagicValue: return MAGIC;
       case REG.Version: return 2;
       case REG.DeviceID: return present ? w[W.deviceId]! : 0; // 0: an empty slot (§4.2.3.1.1)
-      case REG.VendorID: return VENDOR_ID;
+      case REG.VendorID: return Atomics.load(w, W.eject) ? VENDOR_ID_EJECT : VENDOR_ID;
       case REG.DeviceFeatures: {
         const sel = w[W.devFeatSel]!;
         return sel === 0 ? w[W.devFeatLo]! >>> 0 : sel === 1 ? w[W.devFeatHi]! >>> 0 : 0;

@@ -1,0 +1,3 @@
+export * from './disk-spec.ts';
+export * from './vhost-blk.ts';
+export * from './vm.ts';

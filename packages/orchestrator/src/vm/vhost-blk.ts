@@ -1,0 +1,266 @@
+// One virtio-blk disk of a running VM: a `vmm-blk` device process, our
+// vhost-user front-end to it, and the virtio-mmio transport slot the guest
+// sees. The orchestrator plays QEMU's part (vhost-user spec, "front-end"):
+// it watches the transport's registers (a cold path) and, when the driver
+// sets DRIVER_OK, hands the back-end the RAM memfd, the rings and the
+// kick/call eventfds. After that the data path is vCPU thread → kick
+// eventfd → vmm-blk → call eventfd → PLIC line, with no hop through here
+// except the irqfd wake-up.
+//
+// Supervision: if the process dies (any signal, any exit), it is started
+// again on the same socket and the front-end replays memory, features,
+// inflight region and rings; each ring restarts at the used index read
+// from guest RAM, and the back-end resubmits what the inflight region says
+// was in flight (vhost-user "Inflight I/O tracking"). The guest sees a
+// delay, never an error.
+
+import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import {
+  closeFd, DeviceProcess, eventfdCreate, eventfdRead, protocolFeatureBit, VHOST_USER_F_PROTOCOL_FEATURES, VhostUserFrontend,
+  VhostUserProtocolFeature, VmmError, watchReadable, type FdWatch, type Logger,
+} from '@vmm/core';
+import { VIRTIO_INT, VIRTIO_STATUS, type IrqFn, type VirtioMmioState } from '@vmm/vcpu';
+import type { DiskSpec } from './disk-spec.ts';
+
+const VIRTIO_ID_BLOCK = 2; // virtio 1.2 §5
+const QUEUE_SIZE_MAX = 256;
+const BLK_CONFIG_BYTES = 60; // struct virtio_blk_config up to write_zeroes_may_unmap + padding (§5.2.4)
+/** What our virtio-mmio transport can carry: device-specific bits, INDIRECT_DESC, EVENT_IDX, VERSION_1. */
+const TRANSPORT_FEATURES = ((1n << 24n) - 1n) | (1n << 28n) | (1n << 29n) | (1n << 32n);
+const WANTED_PROTOCOL = [
+  VhostUserProtocolFeature.MQ, VhostUserProtocolFeature.REPLY_ACK, VhostUserProtocolFeature.CONFIG,
+  VhostUserProtocolFeature.INFLIGHT_SHMFD, VhostUserProtocolFeature.RESET_DEVICE,
+].reduce((acc, b) => acc | protocolFeatureBit(b), 0n);
+
+/** Give up on a back-end that crashes this many times within RESTART_WINDOW_MS. */
+const MAX_RESTARTS_IN_WINDOW = 5;
+const RESTART_WINDOW_MS = 10_000;
+
+// The vmm-blk entry point sits beside the package's index (its `bin`).
+const BLK_MAIN = fileURLToPath(new URL('./main.ts', import.meta.resolve('@vmm/virtio-blk')));
+
+export interface VhostBlkContext {
+  ramFd: number;
+  ramBase: number;
+  memBytes: number;
+  transport: VirtioMmioState;
+  irq: IrqFn;
+  /** Read a little-endian u16 of guest RAM (the used ring's idx on restart). */
+  readGuestU16(gpa: bigint): number;
+  runDir: string;
+  log: Logger;
+  logLevel: string;
+  emit(event: string, data: Record<string, unknown>): void;
+}
+
+export type BackendState = 'starting' | 'running' | 'restarting' | 'failed' | 'stopped';
+
+export class VhostBlkError extends VmmError {
+  constructor(message: string, code = 'ERR_VHOST_BLK') {
+    super(message, 'config', code);
+  }
+}
+
+export class VhostBlkDevice {
+  readonly spec: DiskSpec;
+  readonly socketPath: string;
+  state: BackendState = 'starting';
+  /** Fault injection: hold each used-buffer interrupt this long. */
+  delayCallsMs = 0;
+  private readonly ctx: VhostBlkContext;
+  private readonly proc: DeviceProcess;
+  private fe: VhostUserFrontend | null = null;
+  private offered = 0n;
+  private readonly kickFds: number[] = [];
+  private readonly callFds: number[] = [];
+  private readonly watches: FdWatch[] = [];
+  private ringsRunning = false;
+  private lastResets = 0;
+  private ops: Promise<void> = Promise.resolve();
+  private readonly crashes: number[] = [];
+  private closed = false;
+
+  private constructor(spec: DiskSpec, ctx: VhostBlkContext) {
+    this.spec = spec;
+    this.ctx = ctx;
+    this.socketPath = join(ctx.runDir, `${spec.id}.sock`);
+    const args = [BLK_MAIN, '--socket', this.socketPath, '--image', spec.file, '--queues', String(spec.queues), '--id', spec.id, '--log-level', ctx.logLevel];
+    if (spec.format) args.push('--format', spec.format);
+    if (spec.readOnly) args.push('--readonly');
+    if (spec.serial) args.push('--serial', spec.serial);
+    this.proc = new DeviceProcess({ name: spec.id, args, log: ctx.log, stdio: 'inherit' });
+    this.proc.onUnexpectedExit = (info) => this.enqueue(() => this.recover(info));
+  }
+
+  /** Start the process, connect, and put the device into its transport slot. Fails with the back-end's own message. */
+  static async start(spec: DiskSpec, ctx: VhostBlkContext): Promise<VhostBlkDevice> {
+    const dev = new VhostBlkDevice(spec, ctx);
+    try {
+      await dev.proc.start();
+      await dev.connect();
+      const config = await dev.fe!.getConfig(0, BLK_CONFIG_BYTES);
+      for (let q = 0; q < spec.queues; q++) {
+        dev.kickFds.push(eventfdCreate());
+        const call = eventfdCreate();
+        dev.callFds.push(call);
+        const w = watchReadable(call, () => dev.onCall(call));
+        w.unref();
+        dev.watches.push(w);
+      }
+      ctx.transport.plug(VIRTIO_ID_BLOCK, dev.offered & TRANSPORT_FEATURES, spec.queues, QUEUE_SIZE_MAX, config, dev.kickFds);
+      dev.lastResets = ctx.transport.resets;
+      dev.state = 'running';
+      void dev.watchTransport();
+      return dev;
+    } catch (e) {
+      await dev.close();
+      const why = dev.proc.lastExit ? ` (vmm-blk exited with code ${dev.proc.lastExit.code})` : '';
+      throw new VhostBlkError(`disk ${spec.id} (${spec.file}): ${(e as Error).message}${why}`);
+    }
+  }
+
+  get pid(): number | undefined { return this.proc.pid; }
+  get restarts(): number { return this.proc.restarts; }
+  get process(): DeviceProcess { return this.proc; }
+
+  private async connect(): Promise<void> {
+    const fe = VhostUserFrontend.connect(this.socketPath, { log: this.ctx.log });
+    this.fe = fe;
+    this.offered = await fe.getFeatures();
+    if (this.offered & VHOST_USER_F_PROTOCOL_FEATURES) {
+      await fe.setProtocolFeatures((await fe.getProtocolFeatures()) & WANTED_PROTOCOL);
+    }
+    await fe.setOwner();
+  }
+
+  private hasProtocol(bit: number): boolean {
+    return ((this.fe?.protocolFeatures ?? 0n) & protocolFeatureBit(bit)) !== 0n;
+  }
+
+  private onCall(fd: number): void {
+    if (eventfdRead(fd) === null) return;
+    const raise = () => this.ctx.transport.raise(VIRTIO_INT.USED_BUFFER, this.ctx.irq);
+    if (this.delayCallsMs > 0) setTimeout(raise, this.delayCallsMs);
+    else raise();
+  }
+
+  /** Serialize everything that talks to the back-end. */
+  private enqueue(op: () => Promise<void>): void {
+    this.ops = this.ops.then(op).catch((e: unknown) => {
+      this.ctx.log.error({ device: this.spec.id, err: (e as Error).message }, 'vhost-user front-end operation failed');
+    });
+  }
+
+  /** Wake on every register change the guest makes and reconcile the back-end with it. */
+  private async watchTransport(): Promise<void> {
+    const { array, index } = this.ctx.transport.changeCell();
+    let seen = Atomics.load(array, index);
+    this.enqueue(() => this.reconcile());
+    while (!this.closed) {
+      const w = Atomics.waitAsync(array, index, seen);
+      if (w.async) await w.value;
+      seen = Atomics.load(array, index);
+      if (!this.closed) this.enqueue(() => this.reconcile());
+    }
+  }
+
+  private async reconcile(): Promise<void> {
+    const t = this.ctx.transport;
+    if (this.closed || this.state !== 'running') return;
+    const resets = t.resets;
+    if (resets !== this.lastResets) {
+      this.lastResets = resets;
+      if (this.ringsRunning) await this.resetBackend();
+    }
+    if (!this.ringsRunning && (t.status & VIRTIO_STATUS.DRIVER_OK)) await this.startRings();
+  }
+
+  private async startRings(): Promise<void> {
+    const t = this.ctx.transport;
+    const fe = this.fe!;
+    await fe.setFeatures(t.driverFeatures() | (this.offered & VHOST_USER_F_PROTOCOL_FEATURES));
+    await fe.setMemTable([{
+      guestPhysAddr: BigInt(this.ctx.ramBase), memorySize: BigInt(this.ctx.memBytes),
+      // Our convention: the front-end's "user address" of guest RAM is its guest-physical address.
+      userAddr: BigInt(this.ctx.ramBase), mmapOffset: 0n, fd: this.ctx.ramFd,
+    }]);
+    if (this.hasProtocol(VhostUserProtocolFeature.INFLIGHT_SHMFD)) await fe.setupInflight(this.spec.queues, QUEUE_SIZE_MAX);
+    for (let q = 0; q < this.spec.queues; q++) {
+      const qc = t.queue(q);
+      if (!qc.ready) continue;
+      // The order QEMU's vhost_virtqueue_start uses.
+      await fe.setVringNum(q, qc.num);
+      await fe.setVringBase(q, 0);
+      await fe.setVringAddr({ index: q, flags: 0, desc: qc.desc, avail: qc.driver, used: qc.device, log: 0n });
+      await fe.setVringKick(q, this.kickFds[q]!);
+      await fe.setVringCall(q, this.callFds[q]!);
+      if (this.offered & VHOST_USER_F_PROTOCOL_FEATURES) await fe.setVringEnable(q, true);
+    }
+    this.ringsRunning = true;
+    this.ctx.log.info({ device: this.spec.id, features: `0x${t.driverFeatures().toString(16)}` }, 'rings started');
+  }
+
+  /** The driver reset the device: stop the rings and start a fresh vhost-user session (fresh inflight state). */
+  private async resetBackend(): Promise<void> {
+    const fe = this.fe!;
+    for (let q = 0; q < this.spec.queues; q++) {
+      try { await fe.getVringBase(q); } catch { /* ring never started */ }
+    }
+    fe.close();
+    this.fe = null;
+    this.ringsRunning = false;
+    await this.connect();
+  }
+
+  private async recover(info: { code: number | null; signal: string | null }): Promise<void> {
+    if (this.closed) return;
+    const now = Date.now();
+    this.crashes.push(now);
+    while (this.crashes.length && this.crashes[0]! < now - RESTART_WINDOW_MS) this.crashes.shift();
+    if (this.crashes.length > MAX_RESTARTS_IN_WINDOW) {
+      this.state = 'failed';
+      this.ctx.transport.needsReset(this.ctx.irq);
+      this.ctx.log.error({ device: this.spec.id, ...info }, 'back-end keeps crashing; giving up');
+      this.ctx.emit('BACKEND_FAILED', { device: this.spec.id, restarts: this.proc.restarts, ...info });
+      return;
+    }
+    this.state = 'restarting';
+    const t0 = performance.now();
+    this.fe?.disconnect();
+    this.proc.restarts++;
+    await this.proc.start();
+    if (this.ringsRunning && this.fe) {
+      const bases = new Map<number, number>();
+      for (let q = 0; q < this.spec.queues; q++) {
+        const qc = this.ctx.transport.queue(q);
+        if (qc.ready) bases.set(q, this.ctx.readGuestU16(qc.device + 2n));
+      }
+      await this.fe.reconnect({ bases });
+    } else {
+      this.fe?.close();
+      await this.connect();
+    }
+    this.state = 'running';
+    const ms = Math.round((performance.now() - t0) * 10) / 10;
+    this.ctx.log.warn({ device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, ms, ...info }, 'back-end restarted');
+    this.ctx.emit('BACKEND_RESTARTED', { device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, recovery_ms: ms });
+    // Kicks that arrived while it was down are still counted in the kick eventfds.
+  }
+
+  /** Remove from the slot, stop the process, release every fd. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.state = 'stopped';
+    const { array, index } = this.ctx.transport.changeCell();
+    Atomics.notify(array, index);
+    await this.ops;
+    this.ctx.transport.unplug();
+    this.fe?.close();
+    this.fe = null;
+    for (const w of this.watches) w.close();
+    for (const fd of [...this.kickFds, ...this.callFds]) closeFd(fd);
+    if (this.proc.running) await this.proc.stop();
+  }
+}

@@ -1,0 +1,219 @@
+// A running VM as the orchestrator sees it: the machine (harts, platform)
+// plus one device process per disk, and the VmControl the management API
+// drives. Disks sit in the DTB's virtio-mmio slots: the ones given at boot
+// are plugged before the harts run; device_add plugs an empty slot at run
+// time (the guest's helper rebinds the slot), device_del asks the guest to
+// release the device first.
+
+import { readFileSync } from 'node:fs';
+import type { Logger } from '@vmm/core';
+import { IRQ, MMIO, RAM_BASE, VirtioMmioState, WASM_RAM_OFFSET, type Machine } from '@vmm/vcpu';
+import { QmpError, type BlockInfo, type ProcessInfo, type RunStatus, type VmControl } from '../api/control.ts';
+import { parseDeviceAdd, type DiskSpec } from './disk-spec.ts';
+import { VhostBlkDevice } from './vhost-blk.ts';
+
+export interface VmOptions {
+  runDir: string;
+  log: Logger;
+  logLevel: string;
+  /** Where events go (the API hub). */
+  emit: (event: string, data: Record<string, unknown>) => void;
+}
+
+interface Slot {
+  index: number;
+  transport: VirtioMmioState;
+  device: VhostBlkDevice | null;
+  removing: boolean;
+}
+
+function rssBytes(pid: number | undefined): number | null {
+  if (pid === undefined) return null;
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : null;
+  } catch {
+    return null;
+  }
+}
+
+export class Vm implements VmControl {
+  readonly machine: Machine;
+  private readonly opts: VmOptions;
+  private readonly slots: Slot[];
+  private paused = false;
+  private shutdown = false;
+  private readonly ram: DataView;
+
+  constructor(machine: Machine, opts: VmOptions) {
+    this.machine = machine;
+    this.opts = opts;
+    this.ram = new DataView(machine.memory.buffer as ArrayBuffer, WASM_RAM_OFFSET, machine.platformState.memBytes);
+    this.slots = machine.platformState.virtio.map((buf, index) => ({ index, transport: new VirtioMmioState(buf), device: null, removing: false }));
+    void machine.exited.then(() => { this.shutdown = true; });
+  }
+
+  /** Plug the boot disks; call while the harts are paused so the guest finds them at probe time. */
+  async addBootDisks(specs: DiskSpec[]): Promise<void> {
+    if (specs.length > this.slots.length) throw new QmpError('GenericError', `${specs.length} disks, but the machine has ${this.slots.length} virtio-mmio slots`);
+    // Linux probes the DTB's virtio_mmio nodes in the order QEMU lists them
+    // (highest address first), so the first disk goes to the last slot: vda.
+    for (const spec of specs) await this.plug(spec);
+  }
+
+  private freeSlot(): Slot {
+    for (let i = this.slots.length - 1; i >= 0; i--) {
+      const s = this.slots[i]!;
+      if (!s.device && !s.transport.present) return s;
+    }
+    throw new QmpError('GenericError', `no free virtio-mmio slot (all ${this.slots.length} in use)`);
+  }
+
+  private findDisk(id: string): Slot {
+    const s = this.slots.find((x) => x.device?.spec.id === id);
+    if (!s) throw new QmpError('DeviceNotFound', `Device '${id}' not found`);
+    return s;
+  }
+
+  private async plug(spec: DiskSpec): Promise<Slot> {
+    if (this.slots.some((x) => x.device?.spec.id === spec.id)) throw new QmpError('GenericError', `Duplicate device ID '${spec.id}'`);
+    const slot = this.freeSlot();
+    const plic = this.machine.platform.plic;
+    const source = IRQ.virtioFirst + slot.index;
+    slot.device = await VhostBlkDevice.start(spec, {
+      ramFd: this.machine.ramFd,
+      ramBase: RAM_BASE,
+      memBytes: this.machine.platformState.memBytes,
+      transport: slot.transport,
+      irq: (level) => plic.setLevel(source, level),
+      readGuestU16: (gpa) => this.ram.getUint16(Number(gpa) - RAM_BASE, true),
+      runDir: this.opts.runDir,
+      log: this.opts.log,
+      logLevel: this.opts.logLevel,
+      emit: this.opts.emit,
+    });
+    this.watchRemoval(slot);
+    this.opts.log.info({ device: spec.id, slot: slot.index, mmio: `0x${(MMIO.virtio.base + slot.index * MMIO.virtio.size).toString(16)}` }, 'disk plugged');
+    return slot;
+  }
+
+  /** After device_del: once the guest has reset the device (driver unbound), take it out. */
+  private watchRemoval(slot: Slot): void {
+    const { array, index } = slot.transport.changeCell();
+    const loop = async (): Promise<void> => {
+      let seen = Atomics.load(array, index);
+      const resets0 = slot.transport.resets;
+      while (slot.device) {
+        if (slot.removing && (slot.transport.resets !== resets0 || slot.transport.status === 0)) {
+          const id = slot.device.spec.id;
+          const dev = slot.device;
+          slot.device = null;
+          slot.removing = false;
+          await dev.close();
+          this.opts.emit('DEVICE_DELETED', { device: id, path: `/machine/peripheral/${id}` });
+          return;
+        }
+        const w = Atomics.waitAsync(array, index, seen, 1000);
+        if (w.async) await w.value;
+        seen = Atomics.load(array, index);
+      }
+    };
+    void loop();
+  }
+
+  status(): RunStatus {
+    if (this.shutdown) return 'shutdown';
+    return this.paused ? 'paused' : 'running';
+  }
+
+  async stop(): Promise<void> {
+    if (this.shutdown) throw new QmpError('GenericError', 'the VM has shut down');
+    this.machine.pause();
+    if (!this.paused) this.opts.emit('STOP', {});
+    this.paused = true;
+  }
+
+  async cont(): Promise<void> {
+    if (this.shutdown) throw new QmpError('GenericError', 'the VM has shut down');
+    this.machine.resume();
+    if (this.paused) this.opts.emit('RESUME', {});
+    this.paused = false;
+  }
+
+  async reset(): Promise<void> {
+    throw new QmpError('GenericError', 'system_reset is not supported yet: reboot from inside the guest, or quit and start again');
+  }
+
+  async powerdown(): Promise<void> {
+    throw new QmpError('GenericError', 'system_powerdown needs a power-button device this machine does not have (as on QEMU riscv virt); use quit');
+  }
+
+  async quit(): Promise<void> {
+    this.opts.emit('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
+    await this.close();
+  }
+
+  /** Stop every device process and the machine. */
+  async close(): Promise<void> {
+    this.shutdown = true;
+    await Promise.all(this.slots.map(async (s) => { const d = s.device; s.device = null; await d?.close(); }));
+    await this.machine.stop();
+  }
+
+  queryBlock(): BlockInfo[] {
+    return this.disks().map((d) => ({ device: d.spec.id, file: d.spec.file, format: d.spec.format ?? 'raw', readOnly: d.spec.readOnly }));
+  }
+
+  disks(): VhostBlkDevice[] {
+    return this.slots.flatMap((s) => (s.device ? [s.device] : []));
+  }
+
+  queryProcesses(): ProcessInfo[] {
+    const me: ProcessInfo = { pid: process.pid, role: 'vmm', id: 'orchestrator+machine', restarts: 0, rssBytes: rssBytes(process.pid), state: this.shutdown ? 'stopped' : 'running' };
+    return [me, ...this.disks().map((d): ProcessInfo => ({
+      pid: d.pid ?? -1,
+      role: 'blk',
+      id: d.spec.id,
+      restarts: d.restarts,
+      rssBytes: rssBytes(d.pid),
+      state: d.state === 'starting' ? 'running' : d.state,
+    }))];
+  }
+
+  async deviceAdd(args: Record<string, unknown>): Promise<void> {
+    const spec = parseDeviceAdd(args);
+    await this.plug(spec);
+  }
+
+  async deviceDel(id: string): Promise<void> {
+    const slot = this.findDisk(id);
+    if (slot.removing) throw new QmpError('GenericError', `Device '${id}' is already in the process of unplug`);
+    slot.removing = true;
+    // The guest releases it (its helper sees VendorID "EJCT" and unbinds the
+    // driver, which resets the device); watchRemoval then completes.
+    slot.transport.requestEject();
+  }
+
+  async injectFault(args: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const kind = String(args.kind);
+    const id = String(args.device ?? args.id ?? '');
+    const dev = this.findDisk(id).device!;
+    switch (kind) {
+      case 'kill': {
+        const pid = dev.pid;
+        dev.process.kill('SIGKILL');
+        return { device: id, pid };
+      }
+      case 'pause': dev.process.kill('SIGSTOP'); return { device: id, pid: dev.pid };
+      case 'resume': dev.process.kill('SIGCONT'); return { device: id, pid: dev.pid };
+      case 'delay-calls': {
+        const ms = Number(args.ms ?? 0);
+        if (!Number.isFinite(ms) || ms < 0 || ms > 60_000) throw new QmpError('GenericError', `inject-fault delay-calls: ms=${String(args.ms)} must be 0..60000`);
+        dev.delayCallsMs = ms;
+        return { device: id, ms };
+      }
+      default:
+        throw new QmpError('GenericError', `inject-fault: unknown kind '${kind}' (kill, pause, resume, delay-calls)`);
+    }
+  }
+}
