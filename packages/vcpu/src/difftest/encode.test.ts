@@ -12,6 +12,11 @@ import { assemble, BASE } from './image.ts';
 import * as E from './encode.ts';
 
 function gas(lines: string[]): Uint8Array {
+  try {
+    execFileSync('riscv64-linux-gnu-as', ['--version']);
+  } catch {
+    throw new Error('riscv64-linux-gnu-as not found: install the Debian package binutils-riscv64-linux-gnu (scripts/setup.sh)');
+  }
   const dir = mkdtempSync(path.join(tmpdir(), 'difftest-as-'));
   try {
     const src = ['.option norelax', '.option norvc', ...lines].join('\n') + '\n';
