@@ -11,6 +11,7 @@ import type { HartWorkerData, HartWorkerMessage } from './hart-worker.ts';
 import type { HartBoot } from './hart.ts';
 import { RAM_BASE, WASM_RAM_OFFSET } from '../layout.ts';
 import { createPlatformState } from '../platform/index.ts';
+import { HartSignals, RUN } from '../signals.ts';
 
 const BASE = BigInt(RAM_BASE);
 const ramSize = 4 << 20;
@@ -61,7 +62,7 @@ function startHarts(harts: number, program: Uint8Array, boot: (h: number) => Har
     w.once('message', (m: HartWorkerMessage) => { resolve(m); void w.terminate(); });
     w.once('error', reject);
   }));
-  return { exits: Promise.all(exits), ram: new DataView(ramView.buffer), close: () => closeFd(fd) };
+  return { exits: Promise.all(exits), ram: new DataView(ramView.buffer), signals: new HartSignals(harts, platform.signals), close: () => closeFd(fd) };
 }
 
 describe('hart workers', () => {
@@ -126,5 +127,27 @@ describe('hart workers', () => {
       expect(m.ram.getBigUint64(Number(FLAG) + 16, true)).toBe((1n << 63n) | 5n); // scause = supervisor timer
     } finally { m.close(); }
   });
-});
 
+  it('pauses and resumes on the machine run state, then stops', async () => {
+    const CNT = 0x10000n;
+    const p = new Prog().emit(...li(s0, BASE + CNT)).label('spin').emit(A.ld(t0, s0, 0), A.addi(t0, t0, 1), A.sd(t0, s0, 0)).ref('spin', (o) => A.jal(0, o));
+    const m = startHarts(1, p.bytes(), () => ({ mode: 'firmware', pc: BASE, a0: 0n, a1: 0n, a2: 0n }));
+    const count = () => m.ram.getBigUint64(Number(CNT), true);
+    const waitForProgress = async () => { const c = count(); while (count() === c) await new Promise((r) => setTimeout(r, 5)); };
+    try {
+      await waitForProgress();
+      m.signals.setRunState(RUN.PAUSED);
+      // The hart finishes its current batch, then sleeps: the counter settles and stays.
+      let settled = count();
+      for (;;) { await new Promise((r) => setTimeout(r, 20)); const c = count(); if (c === settled) break; settled = c; }
+      await new Promise((r) => setTimeout(r, 50));
+      expect(count()).toBe(settled);
+      m.signals.setRunState(RUN.RUNNING);
+      await waitForProgress();
+      expect(count()).toBeGreaterThan(settled);
+      m.signals.setRunState(RUN.STOPPING);
+      const [e] = await m.exits;
+      expect(e).toMatchObject({ type: 'exit', exit: { kind: 'stopping' } });
+    } finally { m.close(); }
+  });
+});
