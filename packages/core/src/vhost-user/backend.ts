@@ -9,13 +9,14 @@
 import { existsSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import {
-  VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, type VirtioDeviceBackend, type VirtqueueHandle,
+  VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, type VirtioDeviceBackend,
 } from '../device.ts';
 import { VmmError } from '../errors.ts';
 import { closeFd, eventfdRead, eventfdWrite, fdSize, memfdCreate, mmapShared, unixAccept, unixListen, watchReadable, type FdWatch } from '../ffi.ts';
 import { createLogger } from '../logger.ts';
 import { GuestMemory } from '../memory.ts';
-import { SplitQueue, VirtqueueError, MAX_QUEUE_SIZE, type DescriptorChain } from '../virtqueue.ts';
+import { SplitQueue, MAX_QUEUE_SIZE } from '../virtqueue.ts';
+import { QueueHandle } from '../queue-handle.ts';
 import {
   configPayload, hasReply, inflightPayload, memTable, singleRegion, u64, validateRequest, vringAddr, vringState, VhostUserProtocolError,
   type Message, type VringAddr,
@@ -56,108 +57,15 @@ interface Vring {
   kickWatch: FdWatch | null;
   enabled: boolean;
   started: boolean;
-  handle: BackendQueue | null;
+  handle: QueueHandle | null;
 }
 
 function newVring(index: number): Vring {
   return { index, num: 0, addr: null, base: 0, kickFd: -1, callFd: -1, errFd: -1, kickWatch: null, enabled: false, started: false, handle: null };
 }
 
-/** The VirtqueueHandle a device sees: a split ring plus inflight tracking and batched call notification. */
-class BackendQueue implements VirtqueueHandle {
-  readonly index: number;
-  readonly size: number;
-  readonly mem: GuestMemory;
-  readonly q: SplitQueue;
-  private readonly inflight: InflightQueue | null;
-  private resubmit: number[];
-  private readonly owner: VhostUserBackend;
-  private readonly vring: Vring;
-  private flushScheduled = false;
-  private popped = new Set<number>();
-  dead = false;
-  broken = false;
-
-  constructor(owner: VhostUserBackend, vring: Vring, mem: GuestMemory, q: SplitQueue, inflight: InflightQueue | null, resubmit: number[]) {
-    this.owner = owner;
-    this.vring = vring;
-    this.index = vring.index;
-    this.size = q.size;
-    this.mem = mem;
-    this.q = q;
-    this.inflight = inflight;
-    this.resubmit = resubmit;
-  }
-
-  get inFlight(): number {
-    return this.popped.size;
-  }
-
-  pop(): DescriptorChain | null {
-    if (this.dead || this.broken) return null;
-    while (this.resubmit.length > 0) {
-      const head = this.resubmit.shift()!;
-      try {
-        const c = this.q.parse(head);
-        this.popped.add(head);
-        return c;
-      } catch (e) {
-        this.owner.log.warn({ err: e, queue: this.index, head }, 'dropping an unparsable inflight chain');
-        this.inflight?.afterUsed(head, this.q.usedIdx);
-      }
-    }
-    for (;;) {
-      try {
-        const c = this.q.pop();
-        if (c === null) return null;
-        this.inflight?.begin(c.head);
-        this.popped.add(c.head);
-        return c;
-      } catch (e) {
-        if (!(e instanceof VirtqueueError)) throw e;
-        this.owner.log.warn({ err: e, queue: this.index }, 'malformed descriptor chain');
-        if (e.head !== undefined && e.head < this.size) {
-          // Give the chain back untouched so the driver's request completes (with nothing written).
-          this.q.pushUsed(e.head, 0);
-          this.scheduleFlush();
-        } else {
-          // The ring itself is inconsistent (avail.idx): stop using it until the driver resets the device.
-          this.broken = true;
-          this.owner.markNeedsReset();
-          return null;
-        }
-      }
-    }
-  }
-
-  complete(head: number, writtenLen: number): void {
-    if (this.dead) return;
-    if (!this.popped.delete(head)) throw new VmmError(`queue ${this.index}: completing head ${head} that is not in flight`, 'guest', 'ERR_VIRTQ_NOT_IN_FLIGHT');
-    this.inflight?.beforeUsed(head);
-    this.q.pushUsed(head, writtenLen);
-    this.inflight?.afterUsed(head, this.q.usedIdx);
-    this.scheduleFlush();
-    if (this.popped.size === 0) this.owner.queueIdle(this);
-  }
-
-  private scheduleFlush(): void {
-    if (this.flushScheduled) return;
-    this.flushScheduled = true;
-    queueMicrotask(() => {
-      this.flushScheduled = false;
-      this.flush();
-    });
-  }
-
-  /** Signal the call eventfd if the driver wants it (§2.7.10). */
-  flush(): void {
-    if (this.dead) return;
-    if (this.q.needsNotification() && this.vring.callFd >= 0) eventfdWrite(this.vring.callFd);
-  }
-}
-
 interface Waiter {
-  handle: BackendQueue;
+  handle: QueueHandle;
   resolve: () => void;
 }
 
@@ -273,7 +181,7 @@ export class VhostUserBackend {
     this.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
   }
 
-  queueIdle(h: BackendQueue): void {
+  queueIdle(h: QueueHandle): void {
     const [ready, rest] = [this.idleWaiters.filter((w) => w.handle === h), this.idleWaiters.filter((w) => w.handle !== h)];
     this.idleWaiters = rest;
     for (const w of ready) w.resolve();
@@ -540,7 +448,19 @@ export class VhostUserBackend {
       this.device.activate({ mem: this.mem, features: this.features, log: this.log });
       this.activated = true;
     }
-    v.handle = new BackendQueue(this, v, this.mem, q, inflight, resubmit);
+    v.handle = new QueueHandle({
+      index: v.index,
+      mem: this.mem,
+      queue: q,
+      inflight,
+      resubmit,
+      log: this.log,
+      notify: () => {
+        if (v.callFd >= 0) eventfdWrite(v.callFd);
+      },
+      onIdle: (h) => this.queueIdle(h),
+      onBroken: () => this.markNeedsReset(),
+    });
     v.started = true;
     const kickFd = v.kickFd;
     v.kickWatch = watchReadable(kickFd, () => {

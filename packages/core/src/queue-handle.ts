@@ -1,0 +1,122 @@
+// The VirtqueueHandle a device sees, shared by every transport (the
+// vhost-user back-end, the in-process harness): a split ring plus optional
+// inflight tracking and batched, EVENT_IDX-aware notification.
+
+import type { Logger } from 'pino';
+import type { VirtqueueHandle } from './device.ts';
+import { VmmError } from './errors.ts';
+import type { GuestMemory } from './memory.ts';
+import type { InflightQueue } from './vhost-user/inflight.ts';
+import { VirtqueueError, type DescriptorChain, type SplitQueue } from './virtqueue.ts';
+
+export interface QueueHandleOptions {
+  index: number;
+  mem: GuestMemory;
+  queue: SplitQueue;
+  /** Inflight tracking (vhost-user INFLIGHT_SHMFD) and the heads to resubmit first. */
+  inflight?: InflightQueue | null;
+  resubmit?: number[];
+  log: Logger;
+  /** Signal the driver (write the call eventfd, raise the interrupt). */
+  notify: () => void;
+  /** Every popped chain has completed. */
+  onIdle?: (h: QueueHandle) => void;
+  /** The ring is inconsistent (avail.idx ran away): the device needs a reset. */
+  onBroken?: () => void;
+}
+
+export class QueueHandle implements VirtqueueHandle {
+  readonly index: number;
+  readonly size: number;
+  readonly mem: GuestMemory;
+  readonly q: SplitQueue;
+  private readonly inflight: InflightQueue | null;
+  private readonly resubmit: number[];
+  private readonly o: QueueHandleOptions;
+  private flushScheduled = false;
+  private readonly popped = new Set<number>();
+  /** Set when the ring was stopped or the device reset: later completions are dropped. */
+  dead = false;
+  broken = false;
+  notifications = 0;
+
+  constructor(o: QueueHandleOptions) {
+    this.o = o;
+    this.index = o.index;
+    this.size = o.queue.size;
+    this.mem = o.mem;
+    this.q = o.queue;
+    this.inflight = o.inflight ?? null;
+    this.resubmit = [...(o.resubmit ?? [])];
+  }
+
+  get inFlight(): number {
+    return this.popped.size;
+  }
+
+  pop(): DescriptorChain | null {
+    if (this.dead || this.broken) return null;
+    while (this.resubmit.length > 0) {
+      const head = this.resubmit.shift()!;
+      try {
+        const c = this.q.parse(head);
+        this.popped.add(head);
+        return c;
+      } catch (e) {
+        this.o.log.warn({ err: e, queue: this.index, head }, 'dropping an unparsable inflight chain');
+        this.inflight?.afterUsed(head, this.q.usedIdx);
+      }
+    }
+    for (;;) {
+      try {
+        const c = this.q.pop();
+        if (c === null) return null;
+        this.inflight?.begin(c.head);
+        this.popped.add(c.head);
+        return c;
+      } catch (e) {
+        if (!(e instanceof VirtqueueError)) throw e;
+        this.o.log.warn({ err: e, queue: this.index }, 'malformed descriptor chain');
+        if (e.head !== undefined && e.head < this.size) {
+          // Give the chain back untouched so the driver's request completes (with nothing written).
+          this.q.pushUsed(e.head, 0);
+          this.scheduleFlush();
+        } else {
+          // The ring itself is inconsistent: stop using it until the driver resets the device.
+          this.broken = true;
+          this.o.onBroken?.();
+          return null;
+        }
+      }
+    }
+  }
+
+  complete(head: number, writtenLen: number): void {
+    if (this.dead) return;
+    if (!this.popped.delete(head)) throw new VmmError(`queue ${this.index}: completing head ${head} that is not in flight`, 'guest', 'ERR_VIRTQ_NOT_IN_FLIGHT');
+    this.inflight?.beforeUsed(head);
+    this.q.pushUsed(head, writtenLen);
+    this.inflight?.afterUsed(head, this.q.usedIdx);
+    this.scheduleFlush();
+    if (this.popped.size === 0) this.o.onIdle?.(this);
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    // Completions in the same turn share one notification.
+    queueMicrotask(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
+  }
+
+  /** Notify the driver if it wants it (virtio 1.2 §2.7.10). */
+  flush(): void {
+    if (this.dead) return;
+    if (this.q.needsNotification()) {
+      this.notifications++;
+      this.o.notify();
+    }
+  }
+}
