@@ -116,6 +116,12 @@ describe('machine lifecycle (stand-in hart worker)', () => {
     expect(await startMachine(config({ fatal: true }).cfg).exited).toMatchObject({ reason: 'error', message: 'hart 0: unhandled trap, cause 0x2 tval 0x13 at pc 0x80200000 (priv 1)' });
   });
 
+  it('refuses a RAM memfd smaller than memBytes', () => {
+    const fd = memfdCreate('small', 32 * MiB);
+    expect(() => startMachine(config({}, { ramFd: fd }).cfg)).toThrow(`ramFd ${fd} holds 33554432 bytes, less than memBytes 67108864`);
+    closeFd(fd);
+  });
+
   it('stop() ends a running machine', async () => {
     const fd = memfdCreate('t', 64 * MiB);
     const m = startMachine(config({ uart: 'x' }, { ramFd: fd }).cfg);

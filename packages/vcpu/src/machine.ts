@@ -14,7 +14,7 @@
 //    M-mode there with a0 = hartid, a1 = DTB, a2 = struct fw_dynamic_info.
 
 import { Worker } from 'node:worker_threads';
-import { closeFd, ConfigError, createLogger, memfdCreate, mmapFixedOver, type Logger } from '@vmm/core';
+import { closeFd, ConfigError, createLogger, fdSize, memfdCreate, mmapFixedOver, type Logger } from '@vmm/core';
 import { KERNEL_LOAD, MAX_HARTS, RAM_BASE, WASM_RAM_OFFSET } from './layout.ts';
 import { HSM, RUN, HartSignals } from './signals.ts';
 import { createHartMemory } from './hart/wasm.ts';
@@ -189,6 +189,10 @@ export function startMachine(cfg: MachineConfig): Machine {
   if (dtb.length !== probe.length) throw new Error(`DTB size changed from ${probe.length} to ${dtb.length} bytes`);
   cfg.dtbOut?.(dtb);
 
+  if (cfg.ramFd !== undefined && fdSize(cfg.ramFd) < cfg.memBytes) {
+    // Touching a page past the end of a shared file mapping is SIGBUS, not an error we could report.
+    throw new MachineConfigError(`ramFd ${cfg.ramFd} holds ${fdSize(cfg.ramFd)} bytes, less than memBytes ${cfg.memBytes}`);
+  }
   const ownsFd = cfg.ramFd === undefined;
   const ramFd = cfg.ramFd ?? memfdCreate('vmm-guest-ram', cfg.memBytes);
   const memory = createHartMemory(cfg.memBytes);
