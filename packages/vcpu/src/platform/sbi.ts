@@ -182,7 +182,7 @@ export class Sbi implements SbiHandler {
       for (;;) {
         const v = Atomics.load(cell.array, cell.index);
         if ((v & REQ.TLB_FLUSH) === 0) break;
-        if (s.hsmState(h) !== HSM.STARTED || s.runState() === RUN.STOPPING) break;
+        if (s.hsmState(h) !== HSM.STARTED || s.runState() !== RUN.RUNNING) break; // parked, paused or stopping: it flushes before running again
         if ((s.irq(regs.hartId) & REQ.TLB_FLUSH) !== 0) break;
         Atomics.wait(cell.array, cell.index, v, 0.1); // the hart clears the bit without a notify: poll
       }
