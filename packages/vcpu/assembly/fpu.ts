@@ -744,18 +744,78 @@ const MIN_NORMAL32: u32 = 0x00800000;
 }
 
 // ---------------------------------------------------------------------------
+// binary32 through binary64 in every rounding mode. A binary64 product of two
+// binary32 values is exact, and a binary64 sum rounded to odd (RNE sum, then,
+// if the TwoSum error is nonzero and the last bit even, one ulp toward the
+// exact value) can be rounded again to binary32 in any mode, with the same
+// result, inexactness and tininess as rounding the exact value once (Boldo &
+// Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms
+// using rounding to odd", IEEE TC 2008; needs 53 >= 24 + 2). All values here
+// are multiples of 2^-298 below 2^257 in magnitude, so the binary64 steps
+// never overflow or lose bits to underflow.
+
+/** x + y rounded to odd in binary64, as bits. The sum must be nonzero. */
+// @ts-ignore: decorator
+@inline function addRoundOdd(x: f64, y: f64): u64 {
+  const s = x + y;
+  const bb = s - x;
+  const err = (x - (s - bb)) + (y - bb); // Knuth's TwoSum: exact error
+  let bits = reinterpret<u64>(s);
+  if (err != 0 && (bits & 1) == 0) {
+    // Step one ulp toward the exact value x + y = s + err.
+    if ((err > 0) == (s > 0)) bits++; else bits--;
+  }
+  return bits;
+}
+
+// @ts-ignore: decorator
+@inline function finite32(a: u32): bool { return (a & 0x7fffffff) < 0x7f800000; }
+
+/** binary32 a + b (b already negated for a subtraction), finite operands and
+ *  a nonzero sum only (an exact zero sum's sign depends on rm). */
+function addOdd32(a: u32, b: u32, rm: u32): u64 {
+  if (!finite32(a) || !finite32(b)) return NOFAST;
+  const x = <f64>reinterpret<f32>(a);
+  const y = <f64>reinterpret<f32>(b);
+  if (x + y == 0) return NOFAST;
+  return cvtG(addRoundOdd(x, y), rm, 52, 23);
+}
+
+function mulOdd32(a: u32, b: u32, rm: u32): u64 {
+  if (!finite32(a) || !finite32(b)) return NOFAST;
+  const p = <f64>reinterpret<f32>(a) * <f64>reinterpret<f32>(b); // exact, signed zero included
+  return cvtG(reinterpret<u64>(p), rm, 52, 23);
+}
+
+function fmaOdd32(a: u32, b: u32, c: u32, rm: u32, negProduct: bool, negAddend: bool): u64 {
+  if (!finite32(a) || !finite32(b) || !finite32(c)) return NOFAST;
+  let x = <f64>reinterpret<f32>(a) * <f64>reinterpret<f32>(b); // exact
+  if (negProduct) x = -x;
+  let y = <f64>reinterpret<f32>(c);
+  if (negAddend) y = -y;
+  if (x + y == 0) return NOFAST;
+  return cvtG(addRoundOdd(x, y), rm, 52, 23);
+}
+
+// ---------------------------------------------------------------------------
 // Exported contract (raw IEEE bit patterns in and out)
 
 export function f32_add(a: u32, b: u32, rm: u32): u32 {
   if (rm == 0) { const r = addFast32(a, b); if (r != NOFAST) return <u32>r; }
+  const r = addOdd32(a, b, rm);
+  if (r != NOFAST) return <u32>r;
   return <u32>addG(a, b, rm, 23, false);
 }
 export function f32_sub(a: u32, b: u32, rm: u32): u32 {
   if (rm == 0) { const r = addFast32(a, b ^ 0x80000000); if (r != NOFAST) return <u32>r; }
+  const r = addOdd32(a, b ^ 0x80000000, rm);
+  if (r != NOFAST) return <u32>r;
   return <u32>addG(a, b, rm, 23, true);
 }
 export function f32_mul(a: u32, b: u32, rm: u32): u32 {
   if (rm == 0) { const r = mulFast32(a, b); if (r != NOFAST) return <u32>r; }
+  const r = mulOdd32(a, b, rm);
+  if (r != NOFAST) return <u32>r;
   return <u32>mulG(a, b, rm, 23);
 }
 export function f32_div(a: u32, b: u32, rm: u32): u32 {
@@ -766,6 +826,8 @@ export function f32_sqrt(a: u32, rm: u32): u32 { return <u32>sqrtG(a, rm, 23); }
 /** (±a·b) ± c with one rounding. FMADD: (false,false), FMSUB: (false,true),
  *  FNMSUB: (true,false), FNMADD: (true,true). */
 export function f32_fma(a: u32, b: u32, c: u32, rm: u32, negProduct: bool, negAddend: bool): u32 {
+  const r = fmaOdd32(a, b, c, rm, negProduct, negAddend);
+  if (r != NOFAST) return <u32>r;
   return <u32>fmaG(a, b, c, rm, 23, negProduct, negAddend);
 }
 export function f32_min(a: u32, b: u32): u32 { return <u32>minMaxG(a, b, 23, false); }
