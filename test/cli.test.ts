@@ -102,6 +102,17 @@ describe('vmm command line', () => {
     expect(dts).toMatch(/memory@80000000\s*{[^}]*reg = <0x00 0x80000000 0x00 0x10000000>/);
     expect(dts).toContain('linux,initrd-start');
   });
+
+  it('interactive: Ctrl-A x stops the machine and vmm exits 0', async () => {
+    const r = await runBounded(process.execPath, [VMM_CLI, 'run'], {
+      timeoutMs: 600_000,
+      // Wait for the kernel's first early-console line, then type the escape.
+      script: [{ waitFor: 'Linux version', send: '\x01x' }],
+    });
+    expect(r.timedOut, r.stdout.slice(-2000)).toBe(false);
+    expect(r.stdout).toContain('Linux version');
+    expect(r.code, r.stderr).toBe(0);
+  });
 });
 
 describe('pnpm guest command line', () => {
