@@ -1,7 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { compareDebVersions, newest, parsePackages, parseRelease } from './debian.ts';
 import { GuestKitError } from './errors.ts';
-import { parseDeb822Sources, parseOneLineSources, pickDebianMirror } from './sources.ts';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { debianMirror, parseDeb822Sources, parseOneLineSources, pickDebianMirror, readAptSources } from './sources.ts';
 
 describe('Debian metadata', () => {
   it('reads the SHA256 section of a clearsigned InRelease', () => {
@@ -78,5 +81,31 @@ describe('apt sources', () => {
     const s = parseOneLineSources('# x\ndeb [signed-by=/k.gpg arch=amd64] http://a.invalid/debian trixie main\ndeb-src http://b.invalid/debian trixie main\n', 'sources.list');
     expect(s).toEqual([{ uri: 'http://a.invalid/debian', suites: ['trixie'], components: ['main'], file: 'sources.list' }]);
     expect(pickDebianMirror(s)).toBe('http://a.invalid/debian');
+  });
+});
+
+describe('apt configuration on disk', () => {
+  it('reads sources.list and sources.list.d/*.list|*.sources, ignoring other suffixes', () => {
+    const root = mkdtempSync(join(tmpdir(), 'vmm-apt-'));
+    try {
+      mkdirSync(join(root, 'sources.list.d'));
+      writeFileSync(join(root, 'sources.list.d', 'a.sources.disabled-by-someone'), 'Types: deb\nURIs: http://wrong.invalid/debian\nSuites: trixie\nComponents: main\n');
+      writeFileSync(join(root, 'sources.list.d', 'debian.sources'), 'Types: deb\nURIs: http://right.invalid/debian\nSuites: bookworm\nComponents: main\n');
+      expect(readAptSources(root).map((s) => s.uri)).toEqual(['http://right.invalid/debian']);
+      const saved = process.env.VMM_DEBIAN_MIRROR;
+      delete process.env.VMM_DEBIAN_MIRROR;
+      try {
+        expect(debianMirror(root)).toBe('http://right.invalid/debian');
+        rmSync(join(root, 'sources.list.d', 'debian.sources'));
+        expect(() => debianMirror(root)).toThrow(/no Debian archive found/);
+        process.env.VMM_DEBIAN_MIRROR = 'http://override.invalid/debian/';
+        expect(debianMirror(root)).toBe('http://override.invalid/debian');
+      } finally {
+        if (saved === undefined) delete process.env.VMM_DEBIAN_MIRROR;
+        else process.env.VMM_DEBIAN_MIRROR = saved;
+      }
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });
