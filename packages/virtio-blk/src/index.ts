@@ -6,3 +6,5 @@ export { Qcow2Image, openImage, type ImageFormat, type OpenImageOptions, type Qc
 export { parseQcow2Header, type Qcow2Header } from './qcow2-header.ts';
 export { parseRequest, executeRequest, type BlkRequest, type BlkLimits, type ChainBuffers, type DwzRange, type ExecuteResult, type RejectedChain } from './request.ts';
 export { BlkDevice, type BlkDeviceOptions } from './device.ts';
+export { BlkClient, type BlkClientOptions, type BlkBuffer } from './client.ts';
+export { parseBlkArgs, type BlkOptions } from './main.ts';
