@@ -51,6 +51,18 @@ describe('eventfd', () => {
     expect(seen).toBe(3n);
     closeFd(fd);
   });
+  it('refuses to watch what epoll cannot watch, or an fd watched twice, with typed errors (koffi would abort the process)', () => {
+    const m = memfdCreate('not-pollable', 4096);
+    expect(() => watchReadable(m, () => {})).toThrow(SyscallError);
+    closeFd(m);
+    expect(() => watchReadable(m, () => {})).toThrow(SyscallError);
+    const fd = eventfdCreate();
+    const w = watchReadable(fd, () => {});
+    expect(() => watchReadable(fd, () => {})).toThrow(expect.objectContaining({ code: 'ERR_FD_WATCHED' }));
+    w.close();
+    watchReadable(fd, () => {}).close();
+    closeFd(fd);
+  });
   it('reports errors on a closed fd with a typed error', () => {
     const fd = eventfdCreate();
     closeFd(fd);

@@ -42,6 +42,8 @@ const fcntl_ = libc.func('int fcntl(int fd, int cmd, ...)');
 const dup_ = libc.func('int dup(int fd)');
 const lseek_ = libc.func('long lseek(int fd, long offset, int whence)');
 const poll_ = libc.func('int poll(uintptr_t fds, unsigned long nfds, int timeout)');
+const epoll_create1 = libc.func('int epoll_create1(int flags)');
+const epoll_ctl = libc.func('int epoll_ctl(int epfd, int op, int fd, uintptr_t event)');
 
 const PROT_READ_WRITE = 0x1 | 0x2;
 const MAP_SHARED = 0x01;
@@ -61,6 +63,7 @@ const SOCK_CLOEXEC = 0o2000000;
 const F_GETFL = 3;
 const F_SETFL = 4;
 const O_NONBLOCK = 0o4000;
+const O_CLOEXEC = 0o2000000;
 const MSG_DONTWAIT = 0x40;
 const MSG_NOSIGNAL = 0x4000;
 const MSG_CTRUNC = 0x8;
@@ -308,6 +311,25 @@ export function pollFds(reqs: PollRequest[], timeoutMs: number): PollResult[] {
   return out;
 }
 
+const watched = new Set<number>();
+let probeEpfd = -1;
+const EPOLL_CTL_ADD = 1;
+const EPOLL_CTL_DEL = 2;
+const OFF_EPOLL_EVENT = 2048; // 12-byte packed struct epoll_event in scratch
+
+/** Throws SyscallError unless epoll can watch `fd` (the check libuv's uv_poll_init makes). */
+function checkPollable(fd: number): void {
+  if (probeEpfd < 0) {
+    probeEpfd = epoll_create1(O_CLOEXEC) as number;
+    if (probeEpfd < 0) throw new SyscallError('epoll_create1', errno());
+  }
+  scratch.fill(0, OFF_EPOLL_EVENT, OFF_EPOLL_EVENT + 12);
+  scratchView.setUint32(OFF_EPOLL_EVENT, POLLIN, true); // EPOLLIN == POLLIN
+  // Sound: a 12-byte epoll_event in scratch; the probe epoll fd is ours and holds nothing else.
+  if ((epoll_ctl(probeEpfd, EPOLL_CTL_ADD, fd, scratchAddr + OFF_EPOLL_EVENT) as number) !== 0) throw new SyscallError(`cannot watch fd ${fd} (epoll_ctl)`, errno());
+  epoll_ctl(probeEpfd, EPOLL_CTL_DEL, fd, scratchAddr + OFF_EPOLL_EVENT);
+}
+
 export interface FdWatch {
   /** Stop watching (idempotent). The fd itself is not closed. */
   close(): void;
@@ -321,13 +343,21 @@ export interface FdWatch {
  * The fd must stay open until close() is called.
  */
 export function watchReadable(fd: number, onReadable: () => void): FdWatch {
+  // koffi.node.poll aborts the whole process (a fatal N-API error) when
+  // uv_poll_init fails, so rule out every failure first: an fd epoll cannot
+  // watch (a regular file or memfd: EPERM; a closed fd: EBADF), and an fd this
+  // loop already watches (EEXIST).
+  if (watched.has(fd)) throw new VmmError(`fd ${fd} is already watched on this thread`, 'transient', 'ERR_FD_WATCHED');
+  checkPollable(fd);
   const h = koffi.node.poll(fd, { readable: true, disconnect: true }, () => onReadable());
+  watched.add(fd);
   let closed = false;
   return {
     close() {
       if (closed) return;
       closed = true;
       h.close();
+      watched.delete(fd);
     },
     unref() {
       h.unref();

@@ -56,6 +56,8 @@ describe('GuestMemory', () => {
     a.writeU32(0x8000_2000, 0xdeadbeef);
     expect(b.readU32(0x8000_2000)).toBe(0xdeadbeef);
     expect(() => b.readU8(0x8000_0000)).toThrow(GuestMemoryError);
+    // A region larger than its file is refused (mapping it would SIGBUS on access).
+    expect(() => GuestMemory.mapVhostUserRegion({ guestPhysAddr: 0n, memorySize: 0x8000n, userAddr: 0n, mmapOffset: 0n, fd: memfdDup(fd) })).toThrow(/exceeds its fd/);
     closeFd(fd);
   });
   it('an IOMMU translator sits inside the interface and faults on a miss', () => {

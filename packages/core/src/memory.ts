@@ -11,7 +11,7 @@
 // the same range error as any other unmapped address.
 
 import { VmmError } from './errors.ts';
-import { closeFd, mmapShared } from './ffi.ts';
+import { closeFd, fdSize, mmapShared } from './ffi.ts';
 
 export type GuestAddress = number & { readonly __brand: 'GuestAddress' };
 
@@ -121,6 +121,11 @@ export class GuestMemory {
       const off = Number(d.mmapOffset);
       if (size <= 0 || !Number.isSafeInteger(size) || !Number.isSafeInteger(off) || gpa + size > Number.MAX_SAFE_INTEGER) {
         throw new GuestMemoryError(`vhost-user region gpa ${hex(d.guestPhysAddr)} size ${hex(d.memorySize)} offset ${hex(d.mmapOffset)} is invalid`, d.guestPhysAddr, size);
+      }
+      // mmap does not check the file's size; touching pages past its end would SIGBUS the whole process.
+      const fileSize = fdSize(d.fd);
+      if (off + size > fileSize) {
+        throw new GuestMemoryError(`vhost-user region offset 0x${off.toString(16)} + size 0x${size.toString(16)} exceeds its fd's ${fileSize} bytes`, d.guestPhysAddr, size, 'ERR_GUEST_MEMORY_CONFIG');
       }
       const buf = mmapShared(d.fd, off + size);
       return makeRegion(gpa, buf, off, size, d.userAddr, off);

@@ -122,9 +122,11 @@ export class VhostUserBackend {
   close(): void {
     this.listenWatch?.close();
     this.listenWatch = null;
-    this.conn?.close();
-    if (this.listenFd >= 0) closeFd(this.listenFd);
+    // Forget the listening fd before dropping the connection, so onClose does not re-arm a watch on it.
+    const lfd = this.listenFd;
     this.listenFd = -1;
+    this.conn?.close();
+    if (lfd >= 0) closeFd(lfd);
     if (existsSync(this.socketPath)) unlinkSync(this.socketPath);
   }
 
