@@ -311,3 +311,22 @@ describe('traps and delegation (privileged 1.12 §3.1.8, §3.3.1)', () => {
     expect(core.priv).toBe(3);
   });
 });
+
+describe('FP loads, stores and flags', () => {
+  it('FLW NaN-boxes, FSD stores raw bits, fflags accrue into fcsr', () => {
+    const r = runSnippet({
+      ram: assemble([
+        ...li(sp, BASE + 0x800n), ...li(t0, 0x3f80_0000n), A.sw(t0, sp, 0), A.flw(1, sp, 0), A.fsd(1, sp, 8),
+        ...li(t0, 0x3ff0_0000_0000_0000n), A.fmv_d_x(2, t0), A.fmv_d_x(3, 0),
+        ((0x0d << 25) | (3 << 20) | (2 << 15) | (7 << 12) | (4 << 7) | 0x53) >>> 0, // fdiv.d f4, f2, f3
+        A.ecall(),
+      ]),
+      entry: BASE, maxInstructions: 100,
+    });
+    expect(r.exit).toEqual({ kind: 'ecall' });
+    expect(r.f[1]).toBe(0xffff_ffff_3f80_0000n);
+    expect(new DataView(r.ram.buffer).getBigUint64(0x808, true)).toBe(0xffff_ffff_3f80_0000n);
+    expect(r.f[4]).toBe(0x7ff0_0000_0000_0000n); // +inf
+    expect(r.fcsr & 0x1f).toBe(0x08); // DZ
+  });
+});

@@ -150,4 +150,22 @@ describe('hart workers', () => {
       expect(e).toMatchObject({ type: 'exit', exit: { kind: 'stopping' } });
     } finally { m.close(); }
   });
+
+  it('firmware boot: M-mode programs the CLINT through the bus, MTIP wakes WFI, the finisher stops the machine', async () => {
+    const FLAG = 0x10000n;
+    const p = new Prog()
+      .emit(...li(s0, BASE + FLAG)).la(t0, 'handler').emit(A.csrrw(0, 0x305, t0))
+      .emit(...li(t0, 0x200bff8n), A.ld(t1, t0, 0), ...li(t2, 20_000n), A.add(t1, t1, t2)) // mtime + 2 ms
+      .emit(...li(t0, 0x2004000n), A.sd(t1, t0, 0)) // mtimecmp[0]
+      .emit(A.addi(t0, 0, 0x80), A.csrrw(0, 0x304, t0), A.csrrwi(0, 0x300, 8)) // mie.MTIE, mstatus.MIE
+      .label('idle').emit(A.wfi()).ref('idle', (o) => A.jal(0, o))
+      .label('handler').emit(A.csrrs(t0, 0x342, 0), A.sd(t0, s0, 0), ...li(a0, 0x100000n), ...li(a1, 0x5555n), A.sw(a1, a0, 0))
+      .label('end').ref('end', (o) => A.jal(0, o));
+    const m = startHarts(1, p.bytes(), () => ({ mode: 'firmware', pc: BASE, a0: 0n, a1: 0n, a2: 0n }));
+    try {
+      const [e] = await m.exits;
+      expect(e).toMatchObject({ type: 'exit', exit: { kind: 'stopping' } });
+      expect(m.ram.getBigUint64(Number(FLAG), true)).toBe((1n << 63n) | 7n); // mcause = machine timer
+    } finally { m.close(); }
+  });
 });
