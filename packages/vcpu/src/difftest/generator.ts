@@ -168,6 +168,20 @@ export const CLASSES: Record<string, (g: Rng) => Group> = {
     const t = g.pick(WRITABLE_NZ), r = rd(g);
     return jump('rv64i.jalr', 8, g.int(4), (pc, target) => [E.auipc(t, 0), E.jalr(r, t, target - pc)]);
   },
+  'rv64i.misaligned': (g) => {
+    // Misaligned scalar and FP loads/stores: our hart performs them (as qemu does), so the values must agree.
+    // (ISA §2.6 lets an implementation trap instead; misaligned AMOs/LR/SC must trap on both, and are not generated.)
+    const k = g.int(4);
+    const sizes: Record<string, number> = { lh: 2, lhu: 2, lw: 4, lwu: 4, ld: 8, sh: 2, sw: 4, sd: 8, flw: 4, fld: 8, fsw: 4, fsd: 8 };
+    const name = k === 0 ? g.pick(['lh', 'lhu', 'lw', 'lwu', 'ld']) : k === 1 ? g.pick(['sh', 'sw', 'sd']) : k === 2 ? g.pick(['flw', 'fld']) : g.pick(['fsw', 'fsd']);
+    const size = sizes[name]!;
+    const off = g.range(-2048, 2047 - size);
+    const o = off % size === 0 ? off + 1 : off;
+    if (k === 0) return simple('rv64i.misaligned', E.load(name, rd(g), GP, o));
+    if (k === 1) return simple('rv64i.misaligned', E.store(name, g.pick(ALL), GP, o));
+    if (k === 2) return simple('rv64i.misaligned', E.fload(name as 'flw' | 'fld', fr(g, name === 'fld' ? 'd' : 's'), GP, o));
+    return simple('rv64i.misaligned', E.fstore(name as 'fsw' | 'fsd', fr(g, name === 'fsd' ? 'd' : 's'), GP, o));
+  },
   'm.op': (g) => {
     const name = g.pick(['mul', 'mulh', 'mulhsu', 'mulhu', 'div', 'divu', 'rem', 'remu']);
     return simple('m.op', E.op(name, rd(g), g.pick(ALL), divisor(g, name)));
