@@ -10,7 +10,8 @@ if (!socketPath) {
   process.exit(2);
 }
 const log = createLogger('echo-backend', socketPath);
-const backend = new VhostUserBackend(new EchoDevice(Number(queues ?? 2)), { socketPath, log });
+const drainTimeoutMs = process.env.ECHO_DRAIN_MS ? Number(process.env.ECHO_DRAIN_MS) : undefined;
+const backend = new VhostUserBackend(new EchoDevice(Number(queues ?? 2)), { socketPath, log, drainTimeoutMs });
 backend.onDisconnect = (err) => log.info({ connections: backend.connections, error: err?.message }, 'ready for the next front-end');
 backend.listen();
 installDeviceProcessSignals(() => backend.close());

@@ -359,6 +359,8 @@ export class VhostUserBackend {
         } else {
           this.stopRing(v, false);
           v.kickFd = fd;
+          // NOFD asks the back-end to poll the ring instead; we only serve kicks (the ring stays stopped).
+          if (fd < 0) this.log.warn({ vring: v.index }, 'SET_VRING_KICK without an fd (polling mode) is not supported; ring stays stopped');
           this.startRing(v);
         }
         return undefined;

@@ -19,7 +19,7 @@ import { pf as protocolFeatureBit, ProtocolFeature, Req, VRING_NOFD_MASK } from 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-vu-'));
 const sock = join(dir, 'echo.sock');
 const log = createLogger('test', 'vhost-user', 'warn');
-const proc = new DeviceProcess({ name: 'echo', args: [join(import.meta.dirname, '../testing/echo-backend.ts'), sock, '2'], env: { VMM_LOG_LEVEL: 'warn' }, log });
+const proc = new DeviceProcess({ name: 'echo', args: [join(import.meta.dirname, '../testing/echo-backend.ts'), sock, '2'], env: { VMM_LOG_LEVEL: 'warn', ECHO_DRAIN_MS: '300' }, log });
 const open: VhostUserDriver[] = [];
 
 beforeAll(async () => {
@@ -107,6 +107,34 @@ describe('vhost-user front-end ↔ back-end (echo device in a child process)', (
     expect((await collect(d.queue(0), 1)).get(r.head)).toBe(3);
     await d.frontend.resetDevice();
     expect(await d.frontend.getStatus()).toBe(0);
+  });
+
+  it('stops a ring with GET_VRING_BASE and restarts it where it stopped (pause/resume)', async () => {
+    const d = await driver({ eventIdx: true, queues: 1 });
+    const q = d.queue(0);
+    for (let i = 0; i < 5; i++) {
+      const r = echoRequest(d, q, new Uint8Array([i]), 4);
+      expect((await collect(q, 1)).get(r.head)).toBe(1);
+    }
+    expect(await d.frontend.getVringBase(0)).toBe(5);
+    // Stopped: a request posted now is not served (the back-end closed the kick fd; nothing pops it).
+    const pending = echoRequest(d, q, new Uint8Array([1, 2]), 4);
+    expect(q.poll()).toEqual([]);
+    // Restart from the returned base with a fresh kick fd; the back-end treats the start as a kick and serves what is pending.
+    await d.frontend.setVringBase(0, 5);
+    await d.frontend.setVringKick(0, q.kickFd);
+    expect((await collect(q, 1)).get(pending.head)).toBe(2);
+    expect(await d.frontend.getVringBase(0)).toBe(6);
+  });
+
+  it('GET_VRING_BASE waits for requests in the device, up to its drain bound', async () => {
+    const d = await driver({ eventIdx: true, queues: 1 });
+    const q = d.queue(0);
+    echoRequest(d, q, new Uint8Array([ECHO_HOLD]), 4);
+    const probe = echoRequest(d, q, new Uint8Array([3]), 4);
+    expect((await collect(q, 1)).get(probe.head)).toBe(1);
+    // The held request never completes: the back-end answers after its drain bound, with both popped.
+    expect(await d.frontend.getVringBase(0)).toBe(2);
   });
 
   it('with EVENT_IDX a burst posted before the device runs needs a single kick', async () => {
