@@ -13,7 +13,7 @@ export const CTL_USAGE = `usage: vmm ctl (--qmp PATH | --api PORT [--token-file 
   Arguments are key=value; values that parse as JSON (numbers, true, false, objects) are sent as such.
   Prints the command's "return" as JSON; an error prints its class and description and exits 1.`;
 
-export class UsageError extends Error {
+export class CtlUsageError extends Error {
   readonly code = 'ERR_USAGE';
 }
 
@@ -22,7 +22,7 @@ export function parseCommandArgs(pairs: string[]): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const p of pairs) {
     const eq = p.indexOf('=');
-    if (eq <= 0) throw new UsageError(`vmm ctl: argument '${p}' is not key=value`);
+    if (eq <= 0) throw new CtlUsageError(`vmm ctl: argument '${p}' is not key=value`);
     const raw = p.slice(eq + 1);
     let value: unknown = raw;
     if (/^(-?\d+(\.\d+)?|true|false|null|\{.*\}|\[.*\])$/.test(raw)) {
@@ -96,7 +96,7 @@ export async function runCtl(argv: string[], out: (s: string) => void, err: (s: 
   if (values.help) { out(CTL_USAGE); return 0; }
   const [command, ...rest] = positionals;
   try {
-    if (!command) throw new UsageError(`vmm ctl: no command given\n${CTL_USAGE}`);
+    if (!command) throw new CtlUsageError(`vmm ctl: no command given\n${CTL_USAGE}`);
     const args = parseCommandArgs(rest);
     const request = { execute: command, ...(rest.length ? { arguments: args } : {}) };
     let reply: Record<string, unknown>;
@@ -104,12 +104,12 @@ export async function runCtl(argv: string[], out: (s: string) => void, err: (s: 
       reply = await viaQmp(values.qmp, request);
     } else if (values.api) {
       const port = Number(values.api);
-      if (!Number.isInteger(port) || port <= 0 || port > 65535) throw new UsageError(`vmm ctl: --api ${values.api} is not a port number`);
+      if (!Number.isInteger(port) || port <= 0 || port > 65535) throw new CtlUsageError(`vmm ctl: --api ${values.api} is not a port number`);
       const token = values['token-file'] ? readFileSync(values['token-file'], 'utf8').trim() : process.env.VMM_API_TOKEN;
-      if (!token) throw new UsageError('vmm ctl: --api needs --token-file F or VMM_API_TOKEN');
+      if (!token) throw new CtlUsageError('vmm ctl: --api needs --token-file F or VMM_API_TOKEN');
       reply = await viaWebSocket(port, token, request);
     } else {
-      throw new UsageError('vmm ctl: say where the VM is: --qmp PATH or --api PORT');
+      throw new CtlUsageError('vmm ctl: say where the VM is: --qmp PATH or --api PORT');
     }
     if ('error' in reply) {
       const e = reply.error as { class: string; desc: string };
@@ -120,6 +120,6 @@ export async function runCtl(argv: string[], out: (s: string) => void, err: (s: 
     return 0;
   } catch (e) {
     err((e as Error).message);
-    return e instanceof UsageError ? 2 : 1;
+    return e instanceof CtlUsageError ? 2 : 1;
   }
 }

@@ -1,3 +1,4 @@
 export * from './disk-spec.ts';
 export * from './vhost-blk.ts';
 export * from './vm.ts';
+export * from './attach.ts';

@@ -1,0 +1,36 @@
+import { readFile } from 'node:fs/promises';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createLogger } from '@vmm/core';
+import { startMachine } from '@vmm/vcpu';
+import { ensureGuestKit } from '../guestkit/kit.ts';
+import { buildInitramfs, buildExecArchive, ExecOutputFilter } from '../guestkit/initramfs.ts';
+import { Vm } from './vm.ts';
+import { parseDiskFlag } from './disk-spec.ts';
+
+const cmd = process.argv[2] ?? 'cat /proc/partitions';
+const disks = process.argv.slice(3);
+const kit = await ensureGuestKit({});
+const kernel = new Uint8Array(await readFile(kit.kernel));
+let initrd = new Uint8Array(await readFile((await buildInitramfs(kit)).path));
+const x = buildExecArchive(cmd);
+const both = new Uint8Array(initrd.length + x.archive.length); both.set(initrd); both.set(x.archive, initrd.length); initrd = both;
+const filter = new ExecOutputFilter(x.markers, (t) => process.stdout.write(t));
+const log = createLogger('vmm', 'try');
+const m = startMachine({ harts: 1, memBytes: 512 << 20, kernel, initrd, append: 'console=ttyS0 quiet panic=-1', bios: { kind: 'builtin' },
+  console: { input: null, output: (b) => { filter.push(b); if (process.env.V) process.stderr.write(b); } }, logger: log });
+m.pause();
+const vm = new Vm(m, { runDir: mkdtempSync(join(tmpdir(), 'vmm-run-')), log, logLevel: 'info', emit: (e, d) => log.info({ event: e, ...d }, 'event') });
+await vm.addBootDisks(disks.map((d, i) => parseDiskFlag(d, i)));
+m.resume();
+const kills = Number(process.env.KILLS ?? 0);
+let killed = 0;
+const timer = kills ? setInterval(() => { const d = vm.disks()[0]; if (!d || d.state !== 'running' || !(d as any).ringsRunning) return; if (killed >= kills) return; killed++; void vm.injectFault({ kind: 'kill', device: d.spec.id }).then((r) => log.warn(r, 'KILL')); }, Number(process.env.KILL_MS ?? 1500)) : null;
+const t0 = Date.now();
+const exit = await m.exited;
+if (timer) clearInterval(timer);
+console.error('killed', killed);
+console.error('exit', exit, 'status', filter.status, 'secs', (Date.now() - t0) / 1000);
+await vm.close();
+process.exit(0);
