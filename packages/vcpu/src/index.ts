@@ -15,3 +15,4 @@ export const HART_WORKER_URL = new URL("./hart/hart-worker.ts", import.meta.url)
 export * from "./platform/index.ts";
 export { startMachine, MachineConfigError, parseKernelImage, planBoot, setHartWorkerUrl } from "./machine.ts";
 export type { Machine, MachineConfig, MachineExit, BootLayout, KernelImageInfo } from "./machine.ts";
+export { VirtioMmioState, INT as VIRTIO_INT, STATUS as VIRTIO_STATUS, type IrqFn, type KickFn, type QueueConfig } from "./virtio-mmio/transport.ts";
