@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
-  configPayload, decodeHeader, encodeHeader, inflightPayload, memTable, singleRegion, validateReply, validateRequest, vringAddr, vringState, u64,
+  configPayload, decodeHeader, encodeHeader, inflightPayload, logPayload, memTable, singleRegion, validateReply, validateRequest, vringAddr, vringState, u64,
   VhostUserProtocolError, type Message,
 } from './codec.ts';
 import { FLAG_NEED_REPLY, FLAG_REPLY, Req, VERSION, VRING_NOFD_MASK } from './protocol.ts';
@@ -30,6 +30,7 @@ describe('vhost-user codec', () => {
     expect([c.offset, c.size, [...c.data]]).toEqual([4, 3, [1, 2, 3]]);
     const i = { mmapSize: 4096n, mmapOffset: 0n, numQueues: 2, queueSize: 128 };
     expect(inflightPayload.decode(inflightPayload.encode(i))).toEqual(i);
+    expect(logPayload.decode(logPayload.encode({ mmapSize: 1n << 40n, mmapOffset: 4096n }))).toEqual({ mmapSize: 1n << 40n, mmapOffset: 4096n });
   });
 
   it('rejects bad headers', () => {

@@ -208,6 +208,19 @@ export const inflightPayload = {
   },
 };
 
+/** SET_LOG_BASE (with LOG_SHMFD): u64 mmap_size, u64 mmap_offset; one fd. Decoded for completeness: we do not offer dirty logging (no live migration yet). */
+export const logPayload = {
+  encode(l: { mmapSize: bigint; mmapOffset: bigint }): Uint8Array {
+    const p = new Uint8Array(16);
+    dv(p).setBigUint64(0, l.mmapSize, true);
+    dv(p).setBigUint64(8, l.mmapOffset, true);
+    return p;
+  },
+  decode(p: Uint8Array): { mmapSize: bigint; mmapOffset: bigint } {
+    return { mmapSize: dv(p).getBigUint64(0, true), mmapOffset: dv(p).getBigUint64(8, true) };
+  },
+};
+
 // --- per-request validation --------------------------------------------------
 
 type Rule = { size: number | ((p: Uint8Array) => string | null) | [number, number]; fds: [number, number] | ((p: Uint8Array) => number) };
