@@ -20,12 +20,17 @@
 //                                           stateBase()+SCRATCH), else access fault
 //   mmioStore(paddr: f64, size: i32, v: i64): i32   0 = ok, else access fault
 //   hostTime(): i64                         the `time` CSR (10 MHz ticks)
-//   abort(...)                              AssemblyScript's abort (unused with --noAssert)
 //
-// Exports: init(hartId, mode, ramSize), run(n) → exit reason (EXIT_*),
-// state accessors (pc, priv, CSRs by number, x/f via memory at xBase()/fBase()),
-// setIrqLines(bits) for the interrupt lines polled by the host between
-// batches, flushTlb(), trap information for the last exit.
+// Exports: init(hartId, mode, ramSize) and reset(); run(n) → EXIT_* after at
+// most n instructions (EXIT_LIMIT, EXIT_ECALL with pc at the ECALL, EXIT_WFI
+// with pc past the WFI, EXIT_TRAP with exitCauseOf()/exitTvalOf()); pc,
+// privilege and CSRs by number (hostCsrRead/hostCsrOk/hostCsrWrite, no
+// privilege checks); x/f registers live in memory at xBase()/fBase();
+// setIrqLines(bits) = interrupt lines sampled by the host between batches
+// (mip positions), raiseSoftBits(bits) latches SSIP edges, wfiWake() is the
+// WFI wake-up condition, flushTlb() serves REQ.TLB_FLUSH, expandCompressed()
+// exposes the RVC expander for tests. Interrupts are checked at the start of
+// every run() and after any CSR write or xRET; WFI never blocks inside wasm.
 //
 // Boot modes: MODE_FIRMWARE (traps delivered to M-mode as hardware does),
 // MODE_BUILTIN (an ECALL from S-mode exits to the host SBI; a trap that would
