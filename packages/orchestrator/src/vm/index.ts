@@ -2,3 +2,4 @@ export * from './disk-spec.ts';
 export * from './vhost-blk.ts';
 export * from './vm.ts';
 export * from './attach.ts';
+export * from './guest-hotplug.ts';

@@ -63,13 +63,13 @@ export class VhostBlkError extends VmmError {
 }
 
 export class VhostBlkDevice {
-  readonly spec: DiskSpec;
+  spec: DiskSpec;
   readonly socketPath: string;
   state: BackendState = 'starting';
   /** Fault injection: hold each used-buffer interrupt this long. */
   delayCallsMs = 0;
   private readonly ctx: VhostBlkContext;
-  private readonly proc: DeviceProcess;
+  private proc: DeviceProcess;
   private fe: VhostUserFrontend | null = null;
   private offered = 0n;
   private readonly kickFds: number[] = [];
@@ -85,12 +85,72 @@ export class VhostBlkDevice {
     this.spec = spec;
     this.ctx = ctx;
     this.socketPath = join(ctx.runDir, `${spec.id}.sock`);
-    const args = [BLK_MAIN, '--socket', this.socketPath, '--image', spec.file, '--queues', String(spec.queues), '--id', spec.id, '--log-level', ctx.logLevel];
+    this.proc = this.makeProcess(spec);
+  }
+
+  private makeProcess(spec: DiskSpec): DeviceProcess {
+    const args = [BLK_MAIN, '--socket', this.socketPath, '--image', spec.file, '--queues', String(spec.queues), '--id', spec.id, '--log-level', this.ctx.logLevel];
     if (spec.format) args.push('--format', spec.format);
     if (spec.readOnly) args.push('--readonly');
     if (spec.serial) args.push('--serial', spec.serial);
-    this.proc = new DeviceProcess({ name: spec.id, args, log: ctx.log, stdio: 'inherit' });
-    this.proc.onUnexpectedExit = (info) => this.enqueue(() => this.recover(info));
+    const proc = new DeviceProcess({ name: spec.id, args, log: this.ctx.log, stdio: 'inherit' });
+    proc.onUnexpectedExit = (info) => this.enqueue(() => this.recover(info));
+    return proc;
+  }
+
+  /**
+   * Hot-swap the back-end behind the guest's device: start a new process
+   * (same or another image of the same size), stop the old one, and replay
+   * the session into the new one. Requests in flight in the old process are
+   * resubmitted from the inflight region, so the guest notices nothing.
+   */
+  replace(spec: DiskSpec): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.enqueue(async () => {
+        try {
+          if (spec.queues !== this.spec.queues) throw new VhostBlkError(`disk ${spec.id}: a replacement must keep queues=${this.spec.queues}`);
+          const old = this.proc;
+          this.state = 'restarting';
+          this.fe?.disconnect();
+          await old.stop();
+          const next = this.makeProcess(spec);
+          next.restarts = old.restarts;
+          try {
+            await next.start();
+          } catch (e) {
+            // Keep the guest's disk: go back to the old image.
+            this.proc = this.makeProcess(this.spec);
+            this.proc.restarts = old.restarts;
+            await this.proc.start();
+            await this.resume();
+            throw e;
+          }
+          this.proc = next;
+          this.spec = spec;
+          await this.resume();
+          this.ctx.emit('BACKEND_REPLACED', { device: spec.id, pid: next.pid, file: spec.file });
+          resolve();
+        } catch (e) {
+          reject(e as Error);
+        }
+      });
+    });
+  }
+
+  /** Reconnect to the (new) process and bring back the session the guest had. */
+  private async resume(): Promise<void> {
+    if (this.ringsRunning && this.fe) {
+      const bases = new Map<number, number>();
+      for (let q = 0; q < this.spec.queues; q++) {
+        const qc = this.ctx.transport.queue(q);
+        if (qc.ready) bases.set(q, this.ctx.readGuestU16(qc.device + 2n));
+      }
+      await this.fe.reconnect({ bases });
+    } else {
+      this.fe?.close();
+      await this.connect();
+    }
+    this.state = 'running';
   }
 
   /** Start the process, connect, and put the device into its transport slot. Fails with the back-end's own message. */
@@ -230,18 +290,7 @@ export class VhostBlkDevice {
     this.fe?.disconnect();
     this.proc.restarts++;
     await this.proc.start();
-    if (this.ringsRunning && this.fe) {
-      const bases = new Map<number, number>();
-      for (let q = 0; q < this.spec.queues; q++) {
-        const qc = this.ctx.transport.queue(q);
-        if (qc.ready) bases.set(q, this.ctx.readGuestU16(qc.device + 2n));
-      }
-      await this.fe.reconnect({ bases });
-    } else {
-      this.fe?.close();
-      await this.connect();
-    }
-    this.state = 'running';
+    await this.resume();
     const ms = Math.round((performance.now() - t0) * 10) / 10;
     this.ctx.log.warn({ device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, ms, ...info }, 'back-end restarted');
     this.ctx.emit('BACKEND_RESTARTED', { device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, recovery_ms: ms });

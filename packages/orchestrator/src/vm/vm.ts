@@ -180,8 +180,17 @@ export class Vm implements VmControl {
     }))];
   }
 
+  /**
+   * device_add driver=virtio-blk id=ID file=F [format=…] [readonly=…]: a new
+   * disk in a free slot. With replace=true and the id of an existing disk:
+   * a new back-end process (same or new image) behind the same device.
+   */
   async deviceAdd(args: Record<string, unknown>): Promise<void> {
     const spec = parseDeviceAdd(args);
+    if (args.replace === true || args.replace === 'on' || args.replace === 'true') {
+      await this.findDisk(spec.id).device!.replace(spec);
+      return;
+    }
     await this.plug(spec);
   }
 

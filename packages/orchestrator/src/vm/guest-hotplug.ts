@@ -1,0 +1,35 @@
+// The guest's half of virtio-mmio hot-plug, for the stock Debian kernel
+// (no PCIe hot-plug, no virtio-mmio command-line devices): a busybox shell
+// loop that the initramfs starts when the kernel command line says
+// `vmm.hotplug=1` (vmm adds it when a management API is enabled).
+//
+// Every DTB virtio_mmio slot is a platform device. An empty slot reads
+// DeviceID 0, so virtio_mmio's probe declines it and it stays unbound. When
+// the host plugs a device into the slot, DeviceID turns non-zero: the helper
+// binds the slot to the virtio-mmio driver, which probes it like a boot-time
+// device (/dev/vdX appears). For removal the host sets VendorID to "EJCT"
+// (transport VENDOR_ID_EJECT): the helper unbinds the driver, which flushes
+// and resets the device; the host sees the reset and completes device_del.
+
+export const HOTPLUG_HELPER_PATH = '/sbin/vmm-hotplug';
+
+export const HOTPLUG_HELPER = `#!/bin/sh
+drv=/sys/bus/platform/drivers/virtio-mmio
+while :; do
+  for dev in /sys/bus/platform/devices/*.virtio_mmio; do
+    [ -e "$dev" ] || continue
+    name=\${dev##*/}
+    base=$((0x\${name%%.*}))
+    if [ -e "$dev/driver" ]; then
+      if [ "$(devmem $((base + 0xc)) 32)" = 0x54434A45 ]; then
+        echo "vmm-hotplug: releasing $name" > /dev/kmsg
+        echo "$name" > $drv/unbind
+      fi
+    elif [ "$(devmem $((base + 0x8)) 32)" != 0x00000000 ]; then
+      echo "vmm-hotplug: binding $name" > /dev/kmsg
+      echo "$name" > $drv/bind 2>/dev/null
+    fi
+  done
+  sleep 1
+done
+`;
