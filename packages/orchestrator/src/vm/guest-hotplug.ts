@@ -25,7 +25,7 @@ while :; do
         echo "vmm-hotplug: releasing $name" > /dev/kmsg
         echo "$name" > $drv/unbind
       fi
-    elif [ "$(devmem $((base + 0x8)) 32)" != 0x00000000 ]; then
+    elif [ "$(devmem $((base + 0x8)) 32)" != 0x00000000 ] && [ "$(devmem $((base + 0xc)) 32)" != 0x54434A45 ]; then
       echo "vmm-hotplug: binding $name" > /dev/kmsg
       echo "$name" > $drv/bind 2>/dev/null
     fi
