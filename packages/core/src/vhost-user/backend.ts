@@ -167,7 +167,14 @@ export class VhostUserBackend {
   private resetState(): void {
     for (const v of this.vrings) this.stopRing(v, true);
     this.vrings = Array.from({ length: this.device.numQueues }, (_, i) => newVring(i));
-    if (this.activated) this.device.reset();
+    if (this.activated) {
+      // A device bug must not stop the server from accepting the next front-end.
+      try {
+        this.device.reset();
+      } catch (e) {
+        this.log.error({ err: e }, 'device reset failed');
+      }
+    }
     this.activated = false;
     this.features = 0n;
     this.protocolFeatures = 0n;
