@@ -182,6 +182,13 @@ function execStatus(exit: MachineExit, filter: ExecOutputFilter, interrupted: bo
     return filter.status & 0xff;
   }
   const tail = filter.transcript.replace(/\r/g, '').trimEnd().split('\n').slice(-15).join('\n');
+  if (!interrupted && exit.message === undefined && (exit.reason === 'fail' || exit.reason === 'poweroff')) {
+    // The guest powered off through the finisher (only /init does that in
+    // --exec mode) but its console never showed the markers: the status is
+    // still the command's, its output was lost on the way out.
+    io.stderr.write(`vmm: warning: the command's output never reached the console (no end marker); exit status ${exit.code} from the guest's finisher\n`);
+    return exit.reason === 'fail' ? exit.code & 0xff : 0;
+  }
   if (interrupted) {
     io.stderr.write('vmm: interrupted before the command finished\n');
     return 130;
