@@ -1003,20 +1003,28 @@ export function run(n: i32): i32 {
         }
         break;
       }
-      case 0x03: { // LOAD
+      case 0x03: { // LOAD: one TLB probe, then the width/extension by funct3
+        if (f3 == 7) { ill = true; break; }
         const va = XR(xr, rs1) + <u64><i64>(<i32>insn >> 20);
+        const size = 1 << (f3 & 3);
+        const h = tlbHost(ACC_LOAD, va, <u64>size);
         let v: u64;
-        switch (f3) {
-          case 0: v = <u64><i64><i8>loadN(va, 1); break;
-          case 1: v = <u64><i64><i16>loadN(va, 2); break;
-          case 2: v = <u64><i64><i32>loadN(va, 4); break;
-          case 3: v = loadN(va, 8); break;
-          case 4: v = loadN(va, 1); break;
-          case 5: v = loadN(va, 2); break;
-          case 6: v = loadN(va, 4); break;
-          default: { ill = true; v = 0; }
+        if (h != 0) {
+          switch (f3) {
+            case 0: v = <u64><i64>load<i8>(h); break;
+            case 1: v = <u64><i64>load<i16>(h); break;
+            case 2: v = <u64><i64>load<i32>(h); break;
+            case 3: v = load<u64>(h); break;
+            case 4: v = <u64>load<u8>(h); break;
+            case 5: v = <u64>load<u16>(h); break;
+            default: v = <u64>load<u32>(h);
+          }
+        } else {
+          v = loadSlow(va, size);
+          if (ev != EV_NONE) break;
+          if (f3 < 3) v = f3 == 0 ? <u64><i64><i8>v : f3 == 1 ? <u64><i64><i16>v : <u64><i64><i32>v;
         }
-        if (ev == EV_NONE && !ill) setXR(xr, rd, v);
+        setXR(xr, rd, v);
         break;
       }
       case 0x23: { // STORE
