@@ -30,7 +30,7 @@ describe('vmm command line', () => {
   it('--help lists every flag and exits 0', async () => {
     const r = await vmm('run', '--help');
     expect(r.code).toBe(0);
-    for (const f of ['--smp', '--mem', '--kernel', '--initrd', '--append', '--bios', '--dump-dtb', '--exec', '--verbose', '--log-level', 'Ctrl-A x']) expect(r.stdout).toContain(f);
+    for (const f of ['--smp', '--mem', '--kernel', '--initrd', '--append', '--bios', '--dump-dtb', '--exec', '--verbose', '--log-level', '--disk', '--api-port', '--qmp', 'Ctrl-A x']) expect(r.stdout).toContain(f);
     expect((await vmm('--help')).code).toBe(0);
   });
 
@@ -143,6 +143,7 @@ describe('pnpm guest command line', () => {
     const list = execFileSync('cpio', ['-t', '--quiet'], { input: bytes }).toString();
     expect(list).toContain('init');
     expect(list).toContain('bin/busybox');
+    expect(list).toContain('sbin/vmm-hotplug');
     // GNU cpio stops at the first trailer; the appended archive follows the
     // base's trailer, the last-but-one (busybox itself contains the string).
     const second = bytes.indexOf('070701', bytes.lastIndexOf('TRAILER!!!', bytes.lastIndexOf('TRAILER!!!') - 1));

@@ -15,6 +15,13 @@ describe('vmm run flags', () => {
     expect(kernelCmdline(o)).toBe('console=ttyS0 earlycon=sbi panic=-1 quiet foo=1');
     expect(kernelCmdline({ ...o, verbose: true })).not.toContain('quiet');
     expect(parseRunArgs(['--bios', '/x/fw.bin']).bios).toEqual({ kind: 'file', path: '/x/fw.bin' });
+    const d = parseRunArgs(['--disk', 'a.img', '--disk', 'b.qcow2,format=qcow2,readonly,id=data', '--api-port', '0', '--qmp', '/tmp/q.sock']);
+    expect(d.disks.map((x) => [x.file, x.format, x.readOnly, x.id])).toEqual([
+      ['a.img', undefined, false, 'disk0'],
+      ['b.qcow2', 'qcow2', true, 'data'],
+    ]);
+    expect(d).toMatchObject({ apiPort: 0, qmp: '/tmp/q.sock' });
+    expect(kernelCmdline(d)).toBe('console=ttyS0 earlycon=sbi vmm.hotplug=1');
   });
 
   it('parses sizes with K/M/G suffixes, bare numbers as MiB', () => {
@@ -38,6 +45,8 @@ describe('vmm run flags', () => {
       [['--mem', '65M'], /--mem "65M".*2M/],
       [['--mem', '8G'], /--mem "8G"/],
       [['--log-level', 'loud'], /--log-level "loud"/],
+      [['--disk', 'a.img,bogus=1'], /--disk a\.img,bogus=1/],
+      [['--api-port', '70000'], /--api-port "70000"/],
       [['--frobnicate'], /--frobnicate/],
       [['--smp'], /--smp/],
       [['stray'], /stray/],

@@ -3,6 +3,7 @@
 // one line and exits 2.
 import { parseArgs } from 'node:util';
 import { MAX_HARTS, WASM_RAM_OFFSET } from '@vmm/vcpu';
+import { parseDiskFlag, type DiskSpec } from '../vm/disk-spec.ts';
 
 export class UsageError extends Error {
   readonly code = 'ERR_USAGE';
@@ -26,6 +27,12 @@ export interface RunOptions {
   verbose: boolean;
   logLevel: string;
   help: boolean;
+  /** Boot disks (`--disk FILE[,format=…][,readonly][,id=…][,queues=N][,serial=…]`), served by vmm-blk processes. */
+  disks: DiskSpec[];
+  /** WebSocket management API port on 127.0.0.1 (0 = any), or null. */
+  apiPort: number | null;
+  /** QMP unix socket path, or null. */
+  qmp: string | null;
 }
 
 export const MIN_MEM = 64 * 1024 * 1024;
@@ -61,6 +68,9 @@ export function parseRunArgs(argv: string[]): RunOptions {
         verbose: { type: 'boolean', short: 'v' },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
+        disk: { type: 'string', multiple: true },
+        'api-port': { type: 'string' },
+        qmp: { type: 'string' },
       },
     });
   } catch (e) {
@@ -100,6 +110,20 @@ export function parseRunArgs(argv: string[]): RunOptions {
   const logLevel = v['log-level'] ?? 'warn';
   if (!LOG_LEVELS.includes(logLevel)) throw new UsageError(`--log-level ${JSON.stringify(logLevel)}: expected one of ${LOG_LEVELS.join(', ')}`);
 
+  const disks = (v.disk ?? []).map((d, i) => {
+    try {
+      return parseDiskFlag(d, i);
+    } catch (e) {
+      // The message names the flag and its value ("--disk x.img,foo: unknown option 'foo' …").
+      throw new UsageError((e as Error).message);
+    }
+  });
+  let apiPort: number | null = null;
+  if (v['api-port'] !== undefined) {
+    if (!/^\d+$/.test(v['api-port']) || Number(v['api-port']) > 65535) throw new UsageError(`--api-port ${JSON.stringify(v['api-port'])}: expected a TCP port 0-65535 (0 = any free port)`);
+    apiPort = Number(v['api-port']);
+  }
+
   return {
     smp,
     memBytes,
@@ -112,12 +136,17 @@ export function parseRunArgs(argv: string[]): RunOptions {
     verbose: v.verbose === true,
     logLevel,
     help: v.help === true,
+    disks,
+    apiPort,
+    qmp: nonEmpty('qmp', v.qmp),
   };
 }
 
 /** The kernel command line: console on the UART, SBI early console, `quiet` for --exec unless --verbose, then the user's. */
-export function kernelCmdline(o: Pick<RunOptions, 'exec' | 'verbose' | 'append'>): string {
+export function kernelCmdline(o: Pick<RunOptions, 'exec' | 'verbose' | 'append'> & Partial<Pick<RunOptions, 'apiPort' | 'qmp'>>): string {
   const parts = ['console=ttyS0', 'earlycon=sbi'];
+  // A management API can hot-plug disks: the initramfs then runs the guest's hot-plug helper.
+  if ((o.apiPort ?? null) !== null || (o.qmp ?? null) !== null) parts.push('vmm.hotplug=1');
   // panic=-1: a guest that panics resets at once, so vmm exits instead of hanging.
   if (o.exec !== null) parts.push('panic=-1', ...(o.verbose ? [] : ['quiet']));
   if (o.append.trim()) parts.push(o.append.trim());
@@ -143,6 +172,10 @@ options:
                      exit with its status
   --verbose, -v      with --exec: no quiet, full console on stderr
   --log-level LEVEL  fatal|error|warn|info|debug|trace|silent (default warn), logs on stderr
+  --disk SPEC        a virtio-blk disk (repeatable): FILE[,format=raw|qcow2][,readonly]
+                     [,id=NAME][,queues=N][,serial=S], served by a vmm-blk process
+  --api-port N       WebSocket management API on 127.0.0.1:N (0 = any free port)
+  --qmp PATH         QMP on a unix socket at PATH
   --help, -h         this text
 
 console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A h shows help;

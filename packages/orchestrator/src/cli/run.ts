@@ -11,6 +11,7 @@ import { ExecOutputFilter, buildExecArchive, buildInitramfs } from '../guestkit/
 import { checkKernelImage, ensureGuestKit, type GuestKit } from '../guestkit/kit.ts';
 import { UsageError, kernelCmdline, type RunOptions } from './args.ts';
 import { attachHostConsole, type HostConsole } from './console.ts';
+import { attachVm, type AttachedVm } from '../vm/attach.ts';
 
 /** A failure to report on one line with a non-zero status (not a usage error). */
 export class RunError extends Error {
@@ -100,6 +101,7 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
   let hostConsole: HostConsole | null = null;
   let quitRequested = false;
   let machine: Machine | null = null;
+  let attached: AttachedVm | null = null;
   const interactive = o.exec === null && o.dumpDtb === null;
 
   const onSignal = (sig: NodeJS.Signals): void => {
@@ -151,6 +153,17 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
       await writeFile(o.dumpDtb, dtb);
       return 0;
     }
+    if (o.disks.length > 0 || o.apiPort !== null || o.qmp !== null) {
+      // Disks are plugged while the harts are paused, so the guest finds them at probe time.
+      attached = await attachVm(machine, {
+        disks: o.disks,
+        apiPort: o.apiPort,
+        qmpPath: o.qmp,
+        log: logger,
+        logLevel: o.logLevel,
+        announce: (line) => io.stderr.write(`${line}${interactive ? '\r' : ''}\n`),
+      });
+    }
     const exit = await machine.exited;
     logger.info({ exit }, 'machine exited');
     if (filter) return execStatus(exit, filter, quitRequested, io);
@@ -168,7 +181,11 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
         return 1;
     }
     return 1;
+  } catch (e) {
+    await machine?.stop().catch(() => {});
+    throw e;
   } finally {
+    await attached?.close().catch((e: unknown) => logger.warn({ err: e }, 'closing the VM attachments failed'));
     hostConsole?.restore();
     process.off('SIGTERM', onSignal);
     process.off('SIGHUP', onSignal);

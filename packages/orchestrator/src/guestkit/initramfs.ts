@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CpioWriter, writeCpio } from './cpio.ts';
 import { GuestKitError } from './errors.ts';
+import { HOTPLUG_HELPER, HOTPLUG_HELPER_PATH } from '../vm/guest-hotplug.ts';
 import type { GuestKit } from './kit.ts';
 
 const run = promisify(execFile);
@@ -83,6 +84,9 @@ for m in $(cat /lib/modules/load-order); do
   insmod /lib/modules/$kver/$m.ko || echo "init: insmod $m failed"
 done
 hostname vmm
+# With a management API, vmm adds vmm.hotplug=1: start the guest half of
+# virtio-mmio hot-plug (vm/guest-hotplug.ts).
+case " $(cat /proc/cmdline) " in *" vmm.hotplug=1 "*) ${HOTPLUG_HELPER_PATH} & ;; esac
 # finish STATUS: power off through the sifive,test1 finisher (0x5555 = pass,
 # 0x3333 | code << 16 = fail with code), as QEMU's hw/misc/sifive_test.c.
 finish() {
@@ -136,7 +140,7 @@ export async function buildInitramfs(kit: GuestKit): Promise<BuiltInitramfs> {
   const kernelPkg = kit.packages.find((p) => p.role === 'kernel')!;
   const bbPkg = kit.packages.find((p) => p.role === 'busybox')!;
   const key = createHash('sha256')
-    .update(JSON.stringify({ v: BUILDER_VERSION, init: INIT_SCRIPT, order, kernel: kernelPkg.sha256, busybox: bbPkg.sha256 }))
+    .update(JSON.stringify({ v: BUILDER_VERSION, init: INIT_SCRIPT, hotplug: HOTPLUG_HELPER, order, kernel: kernelPkg.sha256, busybox: bbPkg.sha256 }))
     .digest('hex')
     .slice(0, 20);
   const dir = join(kit.cacheDir, 'initramfs');
@@ -153,6 +157,7 @@ export async function buildInitramfs(kit: GuestKit): Promise<BuiltInitramfs> {
   w.add({ type: 'file', path: 'bin/busybox', data: await readFile(kit.busybox), mode: 0o755 });
   w.add({ type: 'symlink', path: 'bin/sh', target: 'busybox' });
   w.add({ type: 'file', path: 'init', data: enc.encode(INIT_SCRIPT), mode: 0o755 });
+  w.add({ type: 'file', path: HOTPLUG_HELPER_PATH.slice(1), data: enc.encode(HOTPLUG_HELPER), mode: 0o755 });
   w.add({ type: 'file', path: 'etc/profile', data: enc.encode('export PS1="\\h:\\w\\$ "\n') });
   w.add({ type: 'file', path: 'etc/passwd', data: enc.encode('root:x:0:0:root:/root:/bin/sh\n') });
   w.add({ type: 'file', path: 'etc/group', data: enc.encode('root:x:0:\n') });
