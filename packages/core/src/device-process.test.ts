@@ -44,4 +44,17 @@ describe('DeviceProcess', () => {
     await expect(silent.start()).rejects.toBeInstanceOf(DeviceProcessError);
     expect(await silent.exited()).toEqual({ code: null, signal: 'SIGKILL' });
   });
+  it('carries control messages to the child', async () => {
+    // The child echoes a control message back in its exit code.
+    const child = `
+process.on('message', (m) => { if (m.type === 'vmm-control') process.exit(m.code); });
+process.send({ type: 'vmm-ready' });
+setInterval(() => {}, 1000);
+`;
+    const p = new DeviceProcess({ name: 't', args: ['-e', child], log });
+    await p.start();
+    expect(p.send({ code: 42 })).toBe(true);
+    expect(await p.exited()).toEqual({ code: 42, signal: null });
+    expect(p.send({ code: 1 })).toBe(false);
+  });
 });

@@ -132,6 +132,17 @@ export class DeviceProcess {
     return this.exitPromise;
   }
 
+  /**
+   * Send a control message to the running child over its IPC channel (fault
+   * injection, for instance); the child handles it with onControlMessage().
+   * false if no child is running.
+   */
+  send(message: Record<string, unknown>): boolean {
+    if (!this.child || this.lastExit) return false;
+    this.child.send({ type: 'vmm-control', ...message });
+    return true;
+  }
+
   /** Send a signal (fault injection: 'SIGKILL' to crash it, 'SIGSTOP' to stall it). */
   kill(signal: NodeJS.Signals = 'SIGKILL'): void {
     this.child?.kill(signal);
@@ -169,6 +180,15 @@ export class DeviceProcess {
 /** In a device process: tell the parent DeviceProcess we are ready (socket listening). */
 export function reportReady(info: Record<string, unknown> = {}): void {
   process.send?.({ type: 'vmm-ready', ...info });
+}
+
+/** In a device process: handle control messages the parent sends with DeviceProcess.send(). */
+export function onControlMessage(handler: (message: Record<string, unknown>) => void): void {
+  process.on('message', (m: unknown) => {
+    if (typeof m === 'object' && m !== null && (m as { type?: unknown }).type === 'vmm-control') handler(m as Record<string, unknown>);
+  });
+  // Listening must not keep the process alive on its own.
+  process.channel?.unref();
 }
 
 /**
