@@ -37,9 +37,13 @@ async function main(argv: string[]): Promise<number> {
     },
   });
   const cmd = positionals[0];
-  if (values.help || cmd === undefined || cmd === 'help') {
+  if (values.help || cmd === 'help') {
     process.stdout.write(HELP);
-    return cmd === undefined && !values.help ? 2 : 0;
+    return 0;
+  }
+  if (cmd === undefined) {
+    process.stderr.write(HELP);
+    return 2;
   }
   if (positionals.length > 1) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[1])}`);
   const reporter = stderrReporter();
