@@ -14,6 +14,7 @@
 // was in flight (vhost-user "Inflight I/O tracking"). The guest sees a
 // delay, never an error.
 
+import { closeSync, openSync, readSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import {
@@ -54,6 +55,19 @@ export interface VhostBlkContext {
   emit(event: string, data: Record<string, unknown>): void;
 }
 
+function isQcow2(spec: DiskSpec): boolean {
+  if (spec.format) return spec.format === 'qcow2';
+  try {
+    const fd = openSync(spec.file, 'r');
+    const magic = Buffer.alloc(4);
+    readSync(fd, magic, 0, 4, 0);
+    closeSync(fd);
+    return magic.toString('latin1') === 'QFI\xfb';
+  } catch {
+    return true; // unknown: no spare
+  }
+}
+
 export type BackendState = 'starting' | 'running' | 'restarting' | 'failed' | 'stopped';
 
 export class VhostBlkError extends VmmError {
@@ -64,7 +78,8 @@ export class VhostBlkError extends VmmError {
 
 export class VhostBlkDevice {
   spec: DiskSpec;
-  readonly socketPath: string;
+  /** The socket of the process currently serving the disk. */
+  socketPath: string;
   state: BackendState = 'starting';
   /** Fault injection: hold each used-buffer interrupt this long. */
   delayCallsMs = 0;
@@ -80,16 +95,26 @@ export class VhostBlkDevice {
   private ops: Promise<void> = Promise.resolve();
   private readonly crashes: number[] = [];
   private closed = false;
+  /**
+   * A warm spare: a second vmm-blk process, started and waiting on its own
+   * socket, so that recovering from a crash costs a reconnect and a replay
+   * rather than a Node start-up. Only for raw images: a qcow2 spare would
+   * hold metadata read before the crashed process changed it.
+   */
+  private spare: { proc: DeviceProcess; socket: string; ready: boolean } | null = null;
+  private spareSeq = 0;
+  private readonly spareAllowed: boolean;
 
   private constructor(spec: DiskSpec, ctx: VhostBlkContext) {
     this.spec = spec;
     this.ctx = ctx;
     this.socketPath = join(ctx.runDir, `${spec.id}.sock`);
-    this.proc = this.makeProcess(spec);
+    this.proc = this.makeProcess(spec, this.socketPath);
+    this.spareAllowed = !isQcow2(spec);
   }
 
-  private makeProcess(spec: DiskSpec): DeviceProcess {
-    const args = [BLK_MAIN, '--socket', this.socketPath, '--image', spec.file, '--queues', String(spec.queues), '--id', spec.id, '--log-level', this.ctx.logLevel];
+  private makeProcess(spec: DiskSpec, socketPath: string): DeviceProcess {
+    const args = [BLK_MAIN, '--socket', socketPath, '--image', spec.file, '--queues', String(spec.queues), '--id', spec.id, '--log-level', this.ctx.logLevel];
     if (spec.format) args.push('--format', spec.format);
     if (spec.readOnly) args.push('--readonly');
     if (spec.serial) args.push('--serial', spec.serial);
@@ -113,13 +138,14 @@ export class VhostBlkDevice {
           this.state = 'restarting';
           this.fe?.disconnect();
           await old.stop();
-          const next = this.makeProcess(spec);
+          this.dropSpare();
+          const next = this.makeProcess(spec, this.socketPath);
           next.restarts = old.restarts;
           try {
             await next.start();
           } catch (e) {
             // Keep the guest's disk: go back to the old image.
-            this.proc = this.makeProcess(this.spec);
+            this.proc = this.makeProcess(this.spec, this.socketPath);
             this.proc.restarts = old.restarts;
             await this.proc.start();
             await this.resume();
@@ -128,6 +154,7 @@ export class VhostBlkDevice {
           this.proc = next;
           this.spec = spec;
           await this.resume();
+          this.startSpare();
           this.ctx.emit('BACKEND_REPLACED', { device: spec.id, pid: next.pid, file: spec.file });
           resolve();
         } catch (e) {
@@ -145,7 +172,7 @@ export class VhostBlkDevice {
         const qc = this.ctx.transport.queue(q);
         if (qc.ready) bases.set(q, this.ctx.readGuestU16(qc.device + 2n));
       }
-      await this.fe.reconnect({ bases });
+      await this.fe.reconnect({ bases, socketPath: this.socketPath });
     } else {
       this.fe?.close();
       await this.connect();
@@ -172,6 +199,7 @@ export class VhostBlkDevice {
       dev.lastResets = ctx.transport.resets;
       dev.state = 'running';
       void dev.watchTransport();
+      dev.startSpare();
       return dev;
     } catch (e) {
       await dev.close();
@@ -198,8 +226,22 @@ export class VhostBlkDevice {
     return ((this.fe?.protocolFeatures ?? 0n) & protocolFeatureBit(bit)) !== 0n;
   }
 
+  /** Used-buffer notifications seen from the back-end (each may cover several requests). */
+  completions = 0;
+  private completionWaiters: ((at: number) => void)[] = [];
+
+  /** Resolves (with performance.now()) at the back-end's next used-buffer notification. */
+  nextCompletion(): Promise<number> {
+    return new Promise((resolve) => this.completionWaiters.push(resolve));
+  }
+
   private onCall(fd: number): void {
     if (eventfdRead(fd) === null) return;
+    this.completions++;
+    if (this.completionWaiters.length) {
+      const at = performance.now();
+      for (const w of this.completionWaiters.splice(0)) w(at);
+    }
     const raise = () => this.ctx.transport.raise(VIRTIO_INT.USED_BUFFER, this.ctx.irq);
     if (this.delayCallsMs > 0) setTimeout(raise, this.delayCallsMs);
     else raise();
@@ -288,9 +330,19 @@ export class VhostBlkDevice {
     this.state = 'restarting';
     const t0 = performance.now();
     this.fe?.disconnect();
-    this.proc.restarts++;
-    await this.proc.start();
+    const spare = this.spare;
+    if (spare?.ready && spare.proc.running) {
+      this.spare = null;
+      spare.proc.restarts = this.proc.restarts + 1;
+      spare.proc.onUnexpectedExit = (i) => this.enqueue(() => this.recover(i));
+      this.proc = spare.proc;
+      this.socketPath = spare.socket;
+    } else {
+      this.proc.restarts++;
+      await this.proc.start();
+    }
     await this.resume();
+    this.startSpare();
     const ms = Math.round((performance.now() - t0) * 10) / 10;
     this.ctx.log.warn({ device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, ms, ...info }, 'back-end restarted');
     this.ctx.emit('BACKEND_RESTARTED', { device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, recovery_ms: ms });
@@ -310,6 +362,39 @@ export class VhostBlkDevice {
     this.fe = null;
     for (const w of this.watches) w.close();
     for (const fd of [...this.kickFds, ...this.callFds]) closeFd(fd);
+    this.dropSpare();
     if (this.proc.running) await this.proc.stop();
+  }
+
+  private startSpare(): void {
+    if (!this.spareAllowed || this.closed || this.spare) return;
+    const socket = join(this.ctx.runDir, `${this.spec.id}-${++this.spareSeq}.sock`);
+    const proc = this.makeProcess(this.spec, socket);
+    const entry = { proc, socket, ready: false };
+    // An idle spare that dies is simply replaced; the guest never used it.
+    proc.onUnexpectedExit = () => {
+      if (this.spare !== entry) return;
+      this.spare = null;
+      setTimeout(() => this.startSpare(), 500).unref();
+    };
+    this.spare = entry;
+    proc.start().then(
+      () => { entry.ready = true; },
+      (e: unknown) => {
+        this.ctx.log.warn({ device: this.spec.id, err: (e as Error).message }, 'warm spare did not start');
+        if (this.spare === entry) this.spare = null;
+      },
+    );
+  }
+
+  private dropSpare(): void {
+    const s = this.spare;
+    this.spare = null;
+    if (s?.proc.running) void s.proc.stop();
+  }
+
+  /** The warm spare's pid, if one is ready. */
+  get sparePid(): number | undefined {
+    return this.spare?.ready ? this.spare.proc.pid : undefined;
   }
 }

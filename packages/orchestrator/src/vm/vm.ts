@@ -164,8 +164,9 @@ export class Vm implements VmControl {
     return this.disks().map((d) => ({ device: d.spec.id, file: d.spec.file, format: d.spec.format ?? 'raw', readOnly: d.spec.readOnly }));
   }
 
+  /** Disks in the order the guest names them (slots fill from the top: vda is the highest slot). */
   disks(): VhostBlkDevice[] {
-    return this.slots.flatMap((s) => (s.device ? [s.device] : []));
+    return [...this.slots].reverse().flatMap((s) => (s.device ? [s.device] : []));
   }
 
   queryProcesses(): ProcessInfo[] {

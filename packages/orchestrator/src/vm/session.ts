@@ -1,0 +1,95 @@
+// A scripted guest session, for end-to-end tests and benchmarks: boots the
+// guest kit's kernel and initramfs with an --exec command under the same
+// calls `vmm run --disk … --qmp …` makes (startMachine, then attachVm), and
+// lets the caller react to what the command prints while it runs.
+import { mkdtempSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createLogger } from '@vmm/core';
+import { startMachine, type MachineExit } from '@vmm/vcpu';
+import { silentReporter } from '../guestkit/download.ts';
+import { buildExecArchive, buildInitramfs, ExecOutputFilter } from '../guestkit/initramfs.ts';
+import { ensureGuestKit } from '../guestkit/kit.ts';
+import { attachVm, type AttachedVm } from './attach.ts';
+import { parseDiskFlag } from './disk-spec.ts';
+
+export interface GuestSession {
+  attached: AttachedVm;
+  qmpPath: string;
+  /** Everything the command printed so far. */
+  output(): string;
+  /** Resolves when the command's output contains `text`. */
+  waitFor(text: string, timeoutMs?: number): Promise<void>;
+  /** Resolves with the machine's exit and the command's status once the guest has powered off. */
+  done: Promise<{ exit: MachineExit; status: number | null; transcript: string }>;
+}
+
+export interface GuestSessionOptions {
+  cmd: string;
+  disks: string[];
+  smp?: number;
+  memBytes?: number;
+  append?: string;
+  logLevel?: string;
+}
+
+export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSession> {
+  const kit = await ensureGuestKit({ reporter: silentReporter });
+  const kernel = new Uint8Array(await readFile(kit.kernel));
+  const base = new Uint8Array(await readFile((await buildInitramfs(kit)).path));
+  const x = buildExecArchive(o.cmd);
+  const initrd = new Uint8Array(base.length + x.archive.length);
+  initrd.set(base);
+  initrd.set(x.archive, base.length);
+  let out = '';
+  const waiters: { text: string; resolve: () => void }[] = [];
+  const filter = new ExecOutputFilter(x.markers, (t) => {
+    out += t;
+    for (const w of [...waiters]) {
+      if (out.includes(w.text)) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve();
+      }
+    }
+  });
+  const level = o.logLevel ?? 'warn';
+  const log = createLogger('vmm', 'session', level);
+  const machine = startMachine({
+    harts: o.smp ?? 1,
+    memBytes: o.memBytes ?? 512 << 20,
+    kernel,
+    initrd,
+    append: `console=ttyS0 quiet panic=-1 ${o.append ?? ''}`,
+    bios: { kind: 'builtin' },
+    console: { input: null, output: (b) => filter.push(b) },
+    logger: log,
+  });
+  const qmpPath = join(mkdtempSync(join(tmpdir(), 'vmm-session-')), 'qmp.sock');
+  const attached = await attachVm(machine, {
+    disks: o.disks.map((d, i) => parseDiskFlag(d, i)),
+    apiPort: null,
+    qmpPath,
+    log,
+    logLevel: level,
+    announce: () => {},
+  });
+  const done = machine.exited.then(async (exit) => {
+    await attached.close();
+    return { exit, status: filter.status, transcript: filter.transcript };
+  });
+  return {
+    attached,
+    qmpPath,
+    output: () => out,
+    waitFor: (text, timeoutMs = 600_000) => new Promise<void>((resolve, reject) => {
+      if (out.includes(text)) {
+        resolve();
+        return;
+      }
+      const timer = setTimeout(() => reject(new Error(`guest never printed '${text}'; output so far:\n${out.slice(-3000)}`)), timeoutMs);
+      waiters.push({ text, resolve: () => { clearTimeout(timer); resolve(); } });
+    }),
+    done,
+  };
+}
