@@ -2,7 +2,6 @@
 // the shortest failing prefix and then a small failing subset of groups.
 
 import { runSnippet } from '../hart/snippet.ts';
-import { SCRATCH_SIZE } from './generator.ts';
 import type { Program } from './generator.ts';
 import { assemble, describeOffset, OUT_SIZE, toElf, BASE } from './image.ts';
 import type { Image } from './image.ts';
@@ -130,4 +129,3 @@ export function formatDivergence(program: Program, d: Divergence): string {
   return lines.join('\n');
 }
 
-export { SCRATCH_SIZE };

@@ -22,7 +22,7 @@ function check(cond: boolean, what: string): void {
 
 const x = (r: number): string => `x${r}`;
 const f = (r: number): string => `f${r}`;
-export const RM_NAMES = ['rne', 'rtz', 'rdn', 'rup', 'rmm', 'rm5', 'rm6', 'dyn'] as const;
+const RM_NAMES = ['rne', 'rtz', 'rdn', 'rup', 'rmm', 'rm5', 'rm6', 'dyn'] as const;
 
 const i32 = (n: number): Insn['word'] => n >>> 0;
 
@@ -46,7 +46,6 @@ function bType(f3: number, rs1: number, rs2: number, off: number): number {
 }
 
 // ---------------------------------------------------------------- RV64I + M
-export const OP_NAMES = ['add', 'sll', 'slt', 'sltu', 'xor', 'srl', 'or', 'and'] as const;
 const OP_F3: Record<string, [number, number]> = {
   add: [0, 0], sub: [0, 0x20], sll: [1, 0], slt: [2, 0], sltu: [3, 0], xor: [4, 0], srl: [5, 0], sra: [5, 0x20], or: [6, 0], and: [7, 0],
   mul: [0, 1], mulh: [1, 1], mulhsu: [2, 1], mulhu: [3, 1], div: [4, 1], divu: [5, 1], rem: [6, 1], remu: [7, 1],
@@ -55,8 +54,6 @@ const OP32_F3: Record<string, [number, number]> = {
   addw: [0, 0], subw: [0, 0x20], sllw: [1, 0], srlw: [5, 0], sraw: [5, 0x20],
   mulw: [0, 1], divw: [4, 1], divuw: [5, 1], remw: [6, 1], remuw: [7, 1],
 };
-export const OP_ALL = Object.keys(OP_F3);
-export const OP32_ALL = Object.keys(OP32_F3);
 
 /** Register-register ALU/M op (OP and OP-32 major opcodes). */
 export function op(name: string, rd: number, rs1: number, rs2: number): Insn {
@@ -136,7 +133,7 @@ export function fence(kind: 'fence' | 'fence.tso' | 'fence.i', pred = 0xf, succ 
 export const ECALL: Insn = { word: 0x73, size: 4, asm: 'ecall' };
 
 // -------------------------------------------------------------------- Zicsr
-export const CSR_NAMES: Record<number, string> = { 1: 'fflags', 2: 'frm', 3: 'fcsr' };
+const CSR_NAMES: Record<number, string> = { 1: 'fflags', 2: 'frm', 3: 'fcsr' };
 const CSR_F3: Record<string, number> = { csrrw: 1, csrrs: 2, csrrc: 3, csrrwi: 5, csrrsi: 6, csrrci: 7 };
 export function csr(name: string, rd: number, csrNum: number, rs1OrUimm: number): Insn {
   const f3 = CSR_F3[name];
