@@ -88,6 +88,20 @@ describe('vmm run --exec (our machine)', () => {
     }
   }
 
+  it('interactive: the console reaches a shell, and guest poweroff ends vmm with 0', async () => {
+    const r = await runBounded(process.execPath, [VMM_CLI, 'run'], {
+      timeoutMs: 850_000,
+      script: [
+        { waitFor: "'poweroff' to stop the machine", send: '' },
+        { waitFor: '$ ', send: 'echo sum-$((40+2))\n' },
+        { waitFor: 'sum-42', send: 'poweroff\n' },
+      ],
+    });
+    expect(r.timedOut, r.stdout.slice(-3000)).toBe(false);
+    expect(r.stdout).toContain('sum-42');
+    expect(r.code, r.stderr.slice(-3000)).toBe(0);
+  });
+
   it('exits with the status of the command (3)', async () => {
     const r = await vmm(['--exec', 'echo out; exit 3']);
     expect(r.stdout).toBe('out\n');
