@@ -2,7 +2,7 @@ import { PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { closeFd, createLogger, memfdCreate, mmapShared, munmapBuffer } from '@vmm/core';
 import { KERNEL_LOAD, RAM_BASE } from './layout.ts';
-import { MachineConfigError, parseKernelImage, planBoot, setHartWorkerUrl, startMachine, type MachineConfig } from './machine.ts';
+import { machineDtb, MachineConfigError, parseKernelImage, planBoot, setHartWorkerUrl, startMachine, type MachineConfig } from './machine.ts';
 
 const MiB = 1024 * 1024;
 
@@ -51,6 +51,16 @@ describe('boot layout', () => {
     expect(l.firmware).toEqual({ start: RAM_BASE, end: RAM_BASE + 300_000 });
     expect(l.fwDynamicInfo).toBe(l.dtb.start - 48);
   });
+  it('machineDtb gives the DTB and layout a machine would get, initrd range included, without starting one', () => {
+    const seed = new Uint8Array(32).fill(1);
+    const { dtb, layout } = machineDtb({ harts: 2, memBytes: 128 * MiB, kernel, initrd: new Uint8Array(MiB), append: 'x', bios: { kind: 'builtin' }, rngSeed: seed });
+    expect(new DataView(dtb.buffer).getUint32(0)).toBe(0xd00d_feed);
+    expect(layout.initrd).toEqual({ start: RAM_BASE + 32 * MiB, end: RAM_BASE + 33 * MiB });
+    const start = Buffer.from(dtb).indexOf(Buffer.from([0, 0, 0, 0, 0x82, 0, 0, 0])); // linux,initrd-start as a u64
+    expect(start).toBeGreaterThan(0);
+    expect(() => machineDtb({ harts: 9, memBytes: 128 * MiB, kernel, append: '', bios: { kind: 'builtin' } })).toThrow(/got 9/);
+  });
+
   it('refuses what does not fit, naming the sizes', () => {
     expect(() => planBoot({ memBytes: 64 * MiB, kernel, initrd: new Uint8Array(40 * MiB), bios: { kind: 'builtin' } }, 3000)).toThrow(/initrd 41943040.*memBytes 67108864/);
     expect(() => planBoot({ memBytes: 64 * MiB, kernel, bios: { kind: 'firmware', image: new Uint8Array(3 * MiB) } }, 3000)).toThrow(/firmware image of 3145728 bytes/);

@@ -169,7 +169,7 @@ export function setHartWorkerUrl(url: URL): void {
 /** How long harts get to notice RUN.STOPPING before their workers are terminated. */
 const STOP_GRACE_MS = 5000;
 
-function validate(cfg: MachineConfig): void {
+function validate(cfg: Pick<MachineConfig, 'harts' | 'memBytes'>): void {
   if (!Number.isInteger(cfg.harts) || cfg.harts < 1 || cfg.harts > MAX_HARTS) throw new MachineConfigError(`harts must be an integer 1..${MAX_HARTS}, got ${cfg.harts}`);
   if (!Number.isInteger(cfg.memBytes) || cfg.memBytes < 16 * MiB || cfg.memBytes % (2 * MiB) !== 0) {
     throw new MachineConfigError(`memBytes must be a multiple of 2 MiB and at least 16 MiB, got ${cfg.memBytes}`);
@@ -177,9 +177,12 @@ function validate(cfg: MachineConfig): void {
   if (WASM_RAM_OFFSET + cfg.memBytes > 4 * 1024 * MiB) throw new MachineConfigError(`memBytes ${cfg.memBytes} exceeds what a 4 GiB wasm memory holds above its ${WASM_RAM_OFFSET}-byte state area`);
 }
 
-export function startMachine(cfg: MachineConfig): Machine {
+/**
+ * The device tree and boot layout a machine with this configuration gets,
+ * without starting it (`--dump-dtb`). Validates the configuration like startMachine.
+ */
+export function machineDtb(cfg: Pick<MachineConfig, 'harts' | 'memBytes' | 'kernel' | 'initrd' | 'append' | 'bios' | 'rngSeed'>): { dtb: Uint8Array; layout: BootLayout } {
   validate(cfg);
-  const log = cfg.logger ?? createLogger('machine');
   const seed = cfg.rngSeed ?? crypto.getRandomValues(new Uint8Array(32));
   // The DTB's size does not depend on where the initrd lands: build it once to size it, then for real.
   const dtbCfg = { harts: cfg.harts, memBytes: cfg.memBytes, bootargs: cfg.append, rngSeed: seed };
@@ -187,6 +190,13 @@ export function startMachine(cfg: MachineConfig): Machine {
   const layout = planBoot(cfg, probe.length);
   const dtb = buildVirtDtb({ ...dtbCfg, ...(layout.initrd ? { initrd: layout.initrd } : {}) });
   if (dtb.length !== probe.length) throw new Error(`DTB size changed from ${probe.length} to ${dtb.length} bytes`);
+  return { dtb, layout };
+}
+
+export function startMachine(cfg: MachineConfig): Machine {
+  validate(cfg);
+  const log = cfg.logger ?? createLogger('machine');
+  const { dtb, layout } = machineDtb(cfg);
   cfg.dtbOut?.(dtb);
 
   if (cfg.ramFd !== undefined && fdSize(cfg.ramFd) < cfg.memBytes) {
