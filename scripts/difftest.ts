@@ -1,12 +1,13 @@
 // Large-count differential run of our RV64GC hart against qemu-riscv64:
-//   pnpm exec node scripts/difftest.ts --count 10000000 --seed 1 [--groups 400] [--classes a,b] [--max-failures 10]
+//   pnpm exec node scripts/difftest.ts --count 10000000 --seed 1 [--groups 400] [--classes a,b] [--max-failures 10] [--traps N]
 // Programs get seeds S, S+1, …; each has --groups groups (≈1.3 instructions
 // each). Every distinct divergence (by instruction class and mnemonic) is
-// minimised and printed; the exit status is 1 if any was found.
+// minimised and printed; the exit status is 1 if any was found. --traps N
+// also runs N trap programs per trap kind (instructions that must trap).
 
 import { parseArgs } from 'node:util';
 // The root workspace has no @vmm/vcpu dependency link; import the package's entry point.
-import { check, generate, minimise, formatDivergence, CLASS_NAMES, assemble } from '../packages/vcpu/src/index.ts';
+import { check, checkTrap, generate, minimise, formatDivergence, CLASS_NAMES, TRAP_KIND_NAMES, assemble } from '../packages/vcpu/src/index.ts';
 import type { Divergence, Program } from '../packages/vcpu/src/index.ts';
 
 const { values } = parseArgs({
@@ -16,10 +17,13 @@ const { values } = parseArgs({
     groups: { type: 'string', default: '400' },
     classes: { type: 'string' },
     'max-failures': { type: 'string', default: '10' },
+    traps: { type: 'string', default: '0' },
   },
 });
 const count = Number(values.count), seed0 = Number(values.seed), groups = Number(values.groups);
 const maxFailures = Number(values['max-failures']);
+const traps = Number(values.traps);
+if (!Number.isInteger(traps) || traps < 0) throw new RangeError(`--traps must be a non-negative integer, got ${values.traps}`);
 for (const [k, v] of [['count', count], ['seed', seed0], ['groups', groups], ['max-failures', maxFailures]] as const) {
   if (!Number.isInteger(v) || v < 0) throw new RangeError(`--${k} must be a non-negative integer, got ${String(v)}`);
 }
@@ -58,6 +62,15 @@ while (insns < count && seen.size < maxFailures) {
     console.error(`difftest: ${insns} instructions in ${programs} programs, ${((Date.now() - t0) / 1000).toFixed(0)} s, ${seen.size} distinct divergences`);
   }
 }
+let trapProblems = 0;
+for (const kind of TRAP_KIND_NAMES) {
+  for (let k = 0; k < traps; k++) {
+    const p = await checkTrap(seed0 + k, kind);
+    if (p) { trapProblems++; console.log(p); }
+  }
+}
+if (traps) console.log(`traps: ${traps * TRAP_KIND_NAMES.length} programs, ${trapProblems} disagreements`);
+if (trapProblems) process.exitCode = 1;
 const secs = (Date.now() - t0) / 1000;
 console.log(`difftest: seeds ${seed0}..${seed - 1}, ${programs} programs, ${insns} instructions, ${secs.toFixed(1)} s (${Math.round(insns / secs)} insn/s)`);
 if (seen.size) {

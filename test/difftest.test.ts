@@ -1,11 +1,11 @@
 // Differential test of our RV64GC hart against qemu-riscv64 (Debian
 // qemu-user): a fixed seed, a few thousand generated instructions covering
 // every class (RV64I, M, A, F/D in all rounding modes, Zicsr on
-// fcsr/frm/fflags, C). Any divergence fails with the minimised program, the
+// fcsr/frm/fflags, C), and instructions that must trap. Any divergence fails with the minimised program, the
 // instruction, and the expected and actual values. Large counts: scripts/difftest.ts.
 import { describe, expect, it } from 'vitest';
 // test/ has no @vmm/vcpu dependency link; import the package's entry point.
-import { assemble, check, CLASS_NAMES, formatDivergence, generate, minimise } from '../packages/vcpu/src/index.ts';
+import { assemble, check, checkTrap, CLASS_NAMES, formatDivergence, generate, minimise, TRAP_KIND_NAMES } from '../packages/vcpu/src/index.ts';
 
 const SEED = 20261123;
 const PROGRAMS = 6;
@@ -26,5 +26,16 @@ describe('RV64GC hart vs qemu-riscv64', () => {
     expect(insns).toBeGreaterThan(3000);
     expect([...seen].sort()).toEqual([...CLASS_NAMES].sort());
     expect(reports.join('\n\n')).toBe('');
+  });
+
+  it('traps like qemu (SIGILL/SIGBUS/SIGSEGV/SIGTRAP vs cause and pc) for every trap kind', async () => {
+    const problems: string[] = [];
+    for (const kind of TRAP_KIND_NAMES) {
+      for (let k = 0; k < 4; k++) {
+        const p = await checkTrap(SEED + k, kind);
+        if (p) problems.push(p);
+      }
+    }
+    expect(problems.join('\n')).toBe('');
   });
 });

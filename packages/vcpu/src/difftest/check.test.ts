@@ -8,6 +8,8 @@ import { assemble, describeOffset, OUT_SIZE, toElf } from './image.ts';
 import { runQemu } from './qemu.ts';
 import { check, formatDivergence, minimise, runOurs } from './check.ts';
 import type { SideResult } from './check.ts';
+import { execQemu } from './qemu.ts';
+import { trapProgram } from './trap.ts';
 
 const group = (cls: string, ...insns: E.Insn[]): Group => ({ cls, size: insns.reduce((s, i) => s + i.size, 0), build: () => insns });
 const xAt = (out: Uint8Array, r: number): bigint => new DataView(out.buffer, out.byteOffset).getBigUint64(SCRATCH_SIZE + 8 * (r - 1), true);
@@ -94,5 +96,21 @@ describe('comparison and minimisation', () => {
     const d = await check(p, undefined, { ours: () => ({ exit: 'trap cause 2 at pc 0x80000100' }) });
     expect(d?.exit).toContain('cause 2');
     expect(formatDivergence(p, d!)).toContain('ours stopped early: trap cause 2');
+  });
+});
+
+describe('trap programs', () => {
+  it('end with the trapping instruction, which qemu turns into the expected signal', async () => {
+    const { program, kase } = trapProgram(3, 'c-reserved');
+    const img = assemble(program);
+    const last = img.listing.filter((l) => l.group >= 0).at(-1)!;
+    expect(last.insn).toBe(kase.insns.at(-1));
+    const q = await execQemu(toElf(img));
+    expect(q.signal).toBe('SIGILL');
+    expect(q.stdout.length).toBe(0);
+  });
+
+  it('rejects an unknown trap kind by name', () => {
+    expect(() => trapProgram(1, 'no-such-kind')).toThrow(/no-such-kind/);
   });
 });
