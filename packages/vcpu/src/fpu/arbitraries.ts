@@ -161,11 +161,41 @@ export function pairArb(f: Format): fc.Arbitrary<[bigint, bigint]> {
   );
 }
 
+/** a = 1 + 2^-x, b = 1 + 2^-y (scaled), c = -(a*b truncated) +- a few ulps:
+ *  a*b + c leaves the cross term 2^-(x+y), so the cancellation leaves the
+ *  leading bit anywhere in the 128-bit sum (including bit 63, where the
+ *  renormalization has its own branch). */
+function crossTermTripleArb(f: Format): fc.Arbitrary<[bigint, bigint, bigint]> {
+  const b0 = bias(f);
+  const sb = 1n << BigInt(f.exp + f.frac);
+  return fc.tuple(fc.integer({ min: 1, max: f.frac }), fc.integer({ min: 1, max: f.frac }), signArb, signArb,
+    fc.integer({ min: -20, max: 20 }), fc.integer({ min: -20, max: 20 }), fc.bigInt({ min: -2n, max: 2n }))
+    .map(([x, y, sa, sbb, da, db, delta]): [bigint, bigint, bigint] => {
+      const a = pack(f, sa, b0 + da, 1n << BigInt(f.frac - x));
+      const b = pack(f, sbb, b0 + db, 1n << BigInt(f.frac - y));
+      const p = refMul(a, b, RTZ, f).bits;
+      return [a, b, (((p & (sb - 1n)) + delta) & (sb - 1n)) | ((p & sb) ^ sb)];
+    });
+}
+
+/** Addend 2^k away from the product, |k| up to 130: the 128-bit alignment
+ *  shifts by amounts around 64 and 127, where its sticky logic has branches. */
+function gapTripleArb(f: Format): fc.Arbitrary<[bigint, bigint, bigint]> {
+  return fc.tuple(pairArb(f), fc.integer({ min: -130, max: 130 }), signArb, fracArb(f))
+    .map(([[a, b], k, s, fr]): [bigint, bigint, bigint] => {
+      const p = refMul(a, b, RTZ, f).bits;
+      const be = Number((p >> BigInt(f.frac)) & mask(f.exp));
+      return [a, b, pack(f, s, Math.min(Math.max(be + k, 0), expMax(f) - 1), fr)];
+    });
+}
+
 /** FMA operands; the addend is often close to minus the product, to exercise
  *  massive cancellation in the 128-bit sum. */
 export function tripleArb(f: Format): fc.Arbitrary<[bigint, bigint, bigint]> {
   return fc.oneof(
     fc.tuple(floatArb(f), floatArb(f), floatArb(f)),
+    crossTermTripleArb(f),
+    gapTripleArb(f),
     pairArb(f).chain(([a, b]) => {
       const p = refMul(a, b, RTZ, f).bits;
       const tiny = fc.tuple(signArb, fc.bigInt({ min: 0n, max: mask(f.frac) })).map(([s, fr]) => pack(f, s, 0, fr));

@@ -191,6 +191,15 @@ describe('RISC-V corner cases (hand-checked against the ISA text)', () => {
     expect(fpu.call('f32_mul', 0x3f800001, 0x3f7ffffe, RNE)).toEqual({ bits: 0x3f800000n, flags: NX });
   });
 
+  it('FMA cancellation down to a single cross term: (1+2^-31)(1+2^-32) - (1+2^-31+2^-32) = 2^-63', () => {
+    const a = 0x3ff0000000200000n; // 1 + 2^-31
+    const b = 0x3ff0000000100000n; // 1 + 2^-32
+    const c = 0xbff0000000300000n; // -(1 + 2^-31 + 2^-32)
+    expect(fpu.call('f64_fma', a, b, c, RNE, false, false)).toEqual({ bits: 0x3c00000000000000n, flags: 0 });
+    // FNMADD: -(a*b) - c = -2^-63
+    expect(fpu.call('f64_fma', a, b, c, RNE, true, true)).toEqual({ bits: 0xbc00000000000000n, flags: 0 });
+  });
+
   it('FMIN/FMAX: minimumNumber semantics, -0 < +0, both NaN -> canonical (ISA §11.8)', () => {
     expect(fpu.call('f32_min', 0x80000000, 0)).toEqual({ bits: 0x80000000n, flags: 0 });
     expect(fpu.call('f32_max', 0x80000000, 0)).toEqual({ bits: 0n, flags: 0 });
