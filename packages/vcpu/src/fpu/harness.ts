@@ -11,7 +11,7 @@ import asc from 'assemblyscript/asc';
  *  check that the tests catch deliberately broken variants). */
 export const FPU_SOURCE = process.env.VMM_FPU_SOURCE ?? fileURLToPath(new URL('../../assembly/fpu.ts', import.meta.url));
 
-export class FpuBuildError extends Error {
+class FpuBuildError extends Error {
   readonly code = 'FPU_BUILD_FAILED';
   constructor(output: string) {
     super(`asc failed to compile ${FPU_SOURCE}: ${output}`);
@@ -27,7 +27,7 @@ export const ASC_FLAGS = [
   '-O3', '--noAssert',
 ];
 
-export async function compileFpu(): Promise<Uint8Array> {
+async function compileFpu(): Promise<Uint8Array> {
   const dir = await mkdtemp(join(tmpdir(), 'vmm-fpu-'));
   try {
     const out = join(dir, 'fpu.wasm');

@@ -40,7 +40,7 @@ const signPos = (f: Format): bigint => BigInt(f.frac + f.exp);
 export function canonicalNaN(f: Format): bigint {
   return (expAllOnes(f) << BigInt(f.frac)) | (1n << BigInt(f.frac - 1));
 }
-export function infinity(f: Format, sign: number): bigint {
+function infinity(f: Format, sign: number): bigint {
   return (BigInt(sign) << signPos(f)) | (expAllOnes(f) << BigInt(f.frac));
 }
 function zero(f: Format, sign: number): bigint {
@@ -51,13 +51,13 @@ function maxFinite(f: Format, sign: number): bigint {
 }
 
 /** A decoded operand. Finite values are sign * m * 2^e exactly. */
-export type Decoded =
+type Decoded =
   | { kind: 'nan'; sign: number; signaling: boolean }
   | { kind: 'inf'; sign: number }
   | { kind: 'zero'; sign: number }
   | { kind: 'finite'; sign: number; m: bigint; e: number; subnormal: boolean };
 
-export function decode(bits: bigint, f: Format): Decoded {
+function decode(bits: bigint, f: Format): Decoded {
   const sign = Number((bits >> signPos(f)) & 1n);
   const be = (bits >> BigInt(f.frac)) & expAllOnes(f);
   const fr = bits & ((1n << BigInt(f.frac)) - 1n);
@@ -100,7 +100,7 @@ function roundToInteger(n: bigint, d: bigint, sign: number, rm: number): { q: bi
 }
 
 /** Rounds sign * n/d (n, d > 0) to format f (IEEE 754-2008 §4.3, §7.4, §7.5). */
-export function roundRational(sign: number, n: bigint, d: bigint, f: Format, rm: number): Result {
+function roundRational(sign: number, n: bigint, d: bigint, f: Format, rm: number): Result {
   const P = f.frac + 1;
   const emin = 1 - bias(f);
   const emax = bias(f);
