@@ -180,7 +180,8 @@ let rHi: u64 = 0; // high half of a 128-bit result; the low half is the return v
 }
 
 /** 128-bit shift right with jamming. */
-function shiftRightJam128(hi: u64, lo: u64, n: i32): u64 {
+// @ts-ignore: decorator
+@inline function shiftRightJam128(hi: u64, lo: u64, n: i32): u64 {
   if (n <= 0) { rHi = hi; return lo; }
   if (n < 64) {
     rHi = hi >> <u64>n;
