@@ -9,7 +9,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { HOTPLUG_HELPER, startGuestSession } from '@vmm/orchestrator';
+import { startGuestSession } from '@vmm/orchestrator';
 
 const BLOCKS = 256;
 
@@ -32,10 +32,6 @@ export async function main(argv: string[]): Promise<void> {
   writeFileSync(disk, Buffer.alloc(BLOCKS * 4096));
   writeFileSync(stop, Buffer.alloc(1 << 20));
   const cmd = `
-cat > /tmp/hp <<'HP'
-${HOTPLUG_HELPER}
-HP
-sh /tmp/hp &
 echo @@GO@@
 r=0
 while [ ! -e /sys/block/vdb ]; do r=$((r+1)); i=0; while [ $i -lt ${BLOCKS} ]; do printf "r%06d-b%06d" $r $i | dd of=/dev/vda bs=4096 seek=$i conv=notrunc,fsync 2>/dev/null || echo WERR; i=$((i+1)); [ -e /sys/block/vdb ] && break; done; done

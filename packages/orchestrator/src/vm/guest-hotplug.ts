@@ -7,9 +7,13 @@
 // DeviceID 0, so virtio_mmio's probe declines it and it stays unbound. When
 // the host plugs a device into the slot, DeviceID turns non-zero: the helper
 // binds the slot to the virtio-mmio driver, which probes it like a boot-time
-// device (/dev/vdX appears). For removal the host sets VendorID to "EJCT"
-// (transport VENDOR_ID_EJECT): the helper unbinds the driver, which flushes
-// and resets the device; the host sees the reset and completes device_del.
+// device (/dev/vdX appears). For removal the host reports a capacity of 0
+// sectors through a config-change interrupt (virtio 1.2 §4.2.2, §5.2.4), as
+// a medium being taken out; the helper sees the disk's size drop to 0 and
+// unbinds the driver, which flushes and resets the device; the host sees the
+// reset and completes device_del. (/dev/mem reads of a slot a driver has
+// claimed are refused by the kernel's IO_STRICT_DEVMEM, so the helper only
+// reads registers of unbound slots.)
 
 export const HOTPLUG_HELPER_PATH = '/sbin/vmm-hotplug';
 
@@ -19,15 +23,19 @@ while :; do
   for dev in /sys/bus/platform/devices/*.virtio_mmio; do
     [ -e "$dev" ] || continue
     name=\${dev##*/}
-    base=$((0x\${name%%.*}))
     if [ -e "$dev/driver" ]; then
-      if [ "$(devmem $((base + 0xc)) 32)" = 0x54434A45 ]; then
-        echo "vmm-hotplug: releasing $name" > /dev/kmsg
-        echo "$name" > $drv/unbind
+      for size in $dev/virtio*/block/*/size; do
+        if [ -e "$size" ] && [ "$(cat $size)" = 0 ]; then
+          echo "vmm-hotplug: releasing $name" > /dev/kmsg
+          echo "$name" > $drv/unbind
+        fi
+      done
+    else
+      base=$((0x\${name%%.*}))
+      if [ "$(devmem $((base + 0x8)) 32 2>/dev/null)" != 0x00000000 ] && [ "$(devmem $((base + 0xc)) 32 2>/dev/null)" != 0x54434A45 ]; then
+        echo "vmm-hotplug: binding $name" > /dev/kmsg
+        echo "$name" > $drv/bind 2>/dev/null
       fi
-    elif [ "$(devmem $((base + 0x8)) 32)" != 0x00000000 ] && [ "$(devmem $((base + 0xc)) 32)" != 0x54434A45 ]; then
-      echo "vmm-hotplug: binding $name" > /dev/kmsg
-      echo "$name" > $drv/bind 2>/dev/null
     fi
   done
   sleep 1

@@ -60,7 +60,8 @@ export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSe
     memBytes: o.memBytes ?? 512 << 20,
     kernel,
     initrd,
-    append: `console=ttyS0 quiet panic=-1 ${o.append ?? ''}`,
+    // vmm.hotplug=1: the initramfs starts the guest's hot-plug helper (a QMP socket is always served here).
+    append: `console=ttyS0 quiet panic=-1 vmm.hotplug=1 ${o.append ?? ''}`,
     bios: { kind: 'builtin' },
     console: { input: null, output: (b) => filter.push(b) },
     logger: log,

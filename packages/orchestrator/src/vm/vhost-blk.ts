@@ -34,9 +34,12 @@ const WANTED_PROTOCOL = [
   VhostUserProtocolFeature.INFLIGHT_SHMFD, VhostUserProtocolFeature.RESET_DEVICE,
 ].reduce((acc, b) => acc | protocolFeatureBit(b), 0n);
 
-/** Give up on a back-end that crashes this many times within RESTART_WINDOW_MS. */
-const MAX_RESTARTS_IN_WINDOW = 5;
-const RESTART_WINDOW_MS = 10_000;
+/**
+ * Give up on a back-end after this many crashes in a row with no progress in
+ * between (no request completed since the previous restart, or a start that
+ * failed): it is crash-looping, and restarting it again will not help.
+ */
+const MAX_FRUITLESS_RESTARTS = 5;
 
 // The vmm-blk entry point sits beside the package's index (its `bin`).
 const BLK_MAIN = fileURLToPath(new URL('./main.ts', import.meta.resolve('@vmm/virtio-blk')));
@@ -93,7 +96,8 @@ export class VhostBlkDevice {
   private ringsRunning = false;
   private lastResets = 0;
   private ops: Promise<void> = Promise.resolve();
-  private readonly crashes: number[] = [];
+  private fruitless = 0;
+  private progressMark = 0;
   private closed = false;
   /**
    * A warm spare: a second vmm-blk process, started and waiting on its own
@@ -315,38 +319,60 @@ export class VhostBlkDevice {
     await this.connect();
   }
 
-  private async recover(info: { code: number | null; signal: string | null }): Promise<void> {
-    if (this.closed) return;
-    const now = Date.now();
-    this.crashes.push(now);
-    while (this.crashes.length && this.crashes[0]! < now - RESTART_WINDOW_MS) this.crashes.shift();
-    if (this.crashes.length > MAX_RESTARTS_IN_WINDOW) {
+  private async recover(info: { code: number | null; signal: string | null; error?: string }): Promise<void> {
+    if (this.closed || this.state === 'failed') return;
+    if (this.completions > this.progressMark) this.fruitless = 0;
+    this.fruitless++;
+    if (this.fruitless > MAX_FRUITLESS_RESTARTS) {
       this.state = 'failed';
       this.ctx.transport.needsReset(this.ctx.irq);
-      this.ctx.log.error({ device: this.spec.id, ...info }, 'back-end keeps crashing; giving up');
+      this.ctx.log.error({ device: this.spec.id, ...info }, 'back-end keeps crashing without progress; giving up');
       this.ctx.emit('BACKEND_FAILED', { device: this.spec.id, restarts: this.proc.restarts, ...info });
       return;
     }
     this.state = 'restarting';
     const t0 = performance.now();
     this.fe?.disconnect();
-    const spare = this.spare;
-    if (spare?.ready && spare.proc.running) {
-      this.spare = null;
-      spare.proc.restarts = this.proc.restarts + 1;
-      spare.proc.onUnexpectedExit = (i) => this.enqueue(() => this.recover(i));
-      this.proc = spare.proc;
-      this.socketPath = spare.socket;
-    } else {
-      this.proc.restarts++;
-      await this.proc.start();
+    try {
+      const spare = this.spare;
+      if (spare?.ready && spare.proc.running) {
+        this.spare = null;
+        spare.proc.restarts = this.proc.restarts + 1;
+        spare.proc.onUnexpectedExit = (i) => this.enqueue(() => this.recover(i));
+        this.proc = spare.proc;
+        this.socketPath = spare.socket;
+      } else {
+        this.proc.restarts++;
+        await this.proc.start();
+      }
+      await this.resume();
+    } catch (e) {
+      // The new process failed to start or to take the session: try again, more slowly.
+      const error = (e as Error).message;
+      this.ctx.log.error({ device: this.spec.id, err: error }, 'back-end restart failed');
+      setTimeout(() => this.enqueue(() => this.recover({ code: null, signal: null, error })), 200 * this.fruitless).unref();
+      return;
     }
-    await this.resume();
+    this.progressMark = this.completions;
     this.startSpare();
     const ms = Math.round((performance.now() - t0) * 10) / 10;
     this.ctx.log.warn({ device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, ms, ...info }, 'back-end restarted');
     this.ctx.emit('BACKEND_RESTARTED', { device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, recovery_ms: ms });
     // Kicks that arrived while it was down are still counted in the kick eventfds.
+  }
+
+
+  /**
+   * Ask the guest to let go (device_del): the disk reports 0 sectors through
+   * a config change, which the guest's hot-plug helper answers by unbinding
+   * the driver (see guest-hotplug.ts).
+   */
+  requestEject(): void {
+    const t = this.ctx.transport;
+    t.requestEject();
+    const config = t.configBytes();
+    new DataView(config.buffer, config.byteOffset).setBigUint64(0, 0n, true); // capacity (§5.2.4)
+    t.updateConfig(config, this.ctx.irq);
   }
 
   /** Remove from the slot, stop the process, release every fd. */

@@ -199,9 +199,9 @@ export class Vm implements VmControl {
     const slot = this.findDisk(id);
     if (slot.removing) throw new QmpError('GenericError', `Device '${id}' is already in the process of unplug`);
     slot.removing = true;
-    // The guest releases it (its helper sees VendorID "EJCT" and unbinds the
-    // driver, which resets the device); watchRemoval then completes.
-    slot.transport.requestEject();
+    // The guest releases it (its helper sees the capacity drop to 0 and
+    // unbinds the driver, which resets the device); watchRemoval then completes.
+    slot.device!.requestEject();
   }
 
   async injectFault(args: Record<string, unknown>): Promise<Record<string, unknown>> {
