@@ -84,7 +84,7 @@ export async function runQemu(g: Guest, command: string, marker: string, timeout
     return await timed('qemu-system-riscv64', [
       '-M', 'virt', '-smp', '1', '-m', MEM, '-nographic', '-no-reboot',
       '-bios', g.kit.opensbi.fwDynamic, '-kernel', g.kit.kernel, '-initrd', initrd,
-      '-append', 'console=ttyS0 earlycon=sbi quiet',
+      '-append', 'console=ttyS0 earlycon=sbi cryptomgr.notests quiet',
     ], marker, timeoutMs, (b, emit) => {
       // Pass on only the command's output (between the exec markers), as vmm --exec does.
       filter ??= new ExecOutputFilter(x.markers, emit);

@@ -98,7 +98,7 @@ describe('vmm command line', () => {
     expect(dts).toMatch(/cpu@0\s*{/);
     expect(dts).toMatch(/cpu@1\s*{/);
     expect(dts).not.toMatch(/cpu@2\s*{/);
-    expect(dts).toMatch(/bootargs = "console=ttyS0 earlycon=sbi foo=bar"/);
+    expect(dts).toMatch(/bootargs = "console=ttyS0 earlycon=sbi cryptomgr.notests foo=bar"/);
     expect(dts).toMatch(/memory@80000000\s*{[^}]*reg = <0x00 0x80000000 0x00 0x10000000>/);
     expect(dts).toContain('linux,initrd-start');
   });

@@ -6,13 +6,13 @@ describe('vmm run flags', () => {
   it('has the documented defaults', () => {
     const o = parseRunArgs([]);
     expect(o).toMatchObject({ smp: 1, memBytes: 512 * 2 ** 20, kernel: null, initrd: null, bios: { kind: 'builtin' }, exec: null, verbose: false, logLevel: 'warn' });
-    expect(kernelCmdline(o)).toBe('console=ttyS0 earlycon=sbi');
+    expect(kernelCmdline(o)).toBe('console=ttyS0 earlycon=sbi cryptomgr.notests');
   });
 
   it('parses every flag', () => {
     const o = parseRunArgs(['--smp', '4', '--mem', '1G', '--kernel', 'k', '--initrd', 'i', '--append', 'foo=1', '--bios', 'opensbi', '--dump-dtb', 'd.dtb', '--exec', 'nproc', '--log-level', 'debug']);
     expect(o).toMatchObject({ smp: 4, memBytes: 2 ** 30, kernel: 'k', initrd: 'i', bios: { kind: 'opensbi' }, dumpDtb: 'd.dtb', exec: 'nproc', logLevel: 'debug' });
-    expect(kernelCmdline(o)).toBe('console=ttyS0 earlycon=sbi panic=-1 quiet foo=1');
+    expect(kernelCmdline(o)).toBe('console=ttyS0 earlycon=sbi cryptomgr.notests panic=-1 quiet foo=1');
     expect(kernelCmdline({ ...o, verbose: true })).not.toContain('quiet');
     expect(parseRunArgs(['--bios', '/x/fw.bin']).bios).toEqual({ kind: 'file', path: '/x/fw.bin' });
     const d = parseRunArgs(['--disk', 'a.img', '--disk', 'b.qcow2,format=qcow2,readonly,id=data', '--api-port', '0', '--qmp', '/tmp/q.sock']);
@@ -21,7 +21,7 @@ describe('vmm run flags', () => {
       ['b.qcow2', 'qcow2', true, 'data'],
     ]);
     expect(d).toMatchObject({ apiPort: 0, qmp: '/tmp/q.sock' });
-    expect(kernelCmdline(d)).toBe('console=ttyS0 earlycon=sbi vmm.hotplug=1');
+    expect(kernelCmdline(d)).toBe('console=ttyS0 earlycon=sbi cryptomgr.notests vmm.hotplug=1');
   });
 
   it('parses sizes with K/M/G suffixes, bare numbers as MiB', () => {

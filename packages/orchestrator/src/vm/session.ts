@@ -61,7 +61,7 @@ export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSe
     kernel,
     initrd,
     // vmm.hotplug=1: the initramfs starts the guest's hot-plug helper (a QMP socket is always served here).
-    append: `console=ttyS0 quiet panic=-1 vmm.hotplug=1 ${o.append ?? ''}`,
+    append: `console=ttyS0 quiet panic=-1 cryptomgr.notests vmm.hotplug=1 ${o.append ?? ''}`,
     bios: { kind: 'builtin' },
     console: { input: null, output: (b) => filter.push(b) },
     logger: log,
