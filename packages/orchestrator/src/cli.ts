@@ -1,14 +1,16 @@
-// The `vmm` command (`pnpm vmm …`). One subcommand for now: `run`.
+// The `vmm` command (`pnpm vmm …`): `run` boots a VM, `ctl` drives a running one.
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isVmmError } from '@vmm/core';
 import { RUN_HELP, UsageError, parseRunArgs } from './cli/args.ts';
 import { RunError, runVm } from './cli/run.ts';
+import { runCtl } from './api/client.ts';
 
 const HELP = `usage: pnpm vmm <command> [options]
 
 commands:
   run      boot a virtual machine (pnpm vmm run --help)
+  ctl      send a management command to a running one (pnpm vmm ctl --help)
 
 The guest kit (Debian riscv64 kernel, busybox, OpenSBI): pnpm guest --help
 `;
@@ -20,6 +22,7 @@ export async function main(argv: string[]): Promise<number> {
       (cmd === undefined ? process.stderr : process.stdout).write(HELP);
       return cmd === undefined ? 2 : 0;
     }
+    if (cmd === 'ctl') return await runCtl(rest, (s) => process.stdout.write(s + '\n'), (s) => process.stderr.write(s + '\n'));
     if (cmd !== 'run') throw new UsageError(`unknown command ${JSON.stringify(cmd)} (try: pnpm vmm run --help)`);
     const opts = parseRunArgs(rest);
     if (opts.help) {

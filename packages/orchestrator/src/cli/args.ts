@@ -70,6 +70,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
         help: { type: 'boolean', short: 'h' },
         disk: { type: 'string', multiple: true },
         'api-port': { type: 'string' },
+        api: { type: 'string' },
         qmp: { type: 'string' },
       },
     });
@@ -119,6 +120,8 @@ export function parseRunArgs(argv: string[]): RunOptions {
     }
   });
   let apiPort: number | null = null;
+  // --api PORT as the issue names it; --api-port is the same flag.
+  if (v.api !== undefined) v['api-port'] ??= v.api;
   if (v['api-port'] !== undefined) {
     if (!/^\d+$/.test(v['api-port']) || Number(v['api-port']) > 65535) throw new UsageError(`--api-port ${JSON.stringify(v['api-port'])}: expected a TCP port 0-65535 (0 = any free port)`);
     apiPort = Number(v['api-port']);
@@ -176,7 +179,7 @@ options:
   --log-level LEVEL  fatal|error|warn|info|debug|trace|silent (default warn), logs on stderr
   --disk SPEC        a virtio-blk disk (repeatable): FILE[,format=raw|qcow2][,readonly]
                      [,id=NAME][,queues=N][,serial=S], served by a vmm-blk process
-  --api-port N       WebSocket management API on 127.0.0.1:N (0 = any free port)
+  --api N            WebSocket management API on 127.0.0.1:N (0 = any free port; also --api-port)
   --qmp PATH         QMP on a unix socket at PATH
   --help, -h         this text
 
