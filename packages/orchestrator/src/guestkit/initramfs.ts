@@ -91,6 +91,11 @@ case " $(cat /proc/cmdline) " in *" vmm.hotplug=1 "*) ${HOTPLUG_HELPER_PATH} & ;
 # 0x3333 | code << 16 = fail with code), as QEMU's hw/misc/sifive_test.c.
 finish() {
   sync
+  # Drain the console before the finisher stops the machine: the 8250 driver
+  # sends from its buffer on THRE interrupts, and a finisher write does not
+  # wait for them. stty applies settings with tcsetattr(TCSADRAIN), which
+  # returns only once the tty's output has gone out.
+  stty -F /dev/console "$(stty -F /dev/console -g)" 2>/dev/null
   if [ "$1" = 0 ]; then v=0x5555; else v=$(( 0x3333 | (($1 & 0xffff) << 16) )); fi
   devmem ${FINISHER_ADDR} 32 $v
   poweroff -f
