@@ -32,6 +32,7 @@ export async function main(argv: string[]): Promise<void> {
   writeFileSync(disk, Buffer.alloc(BLOCKS * 4096));
   writeFileSync(stop, Buffer.alloc(1 << 20));
   const cmd = `
+i=0; while [ $i -lt ${BLOCKS} ]; do printf "r%06d-b%06d" 0 $i | dd of=/dev/vda bs=4096 seek=$i conv=notrunc 2>/dev/null; i=$((i+1)); done; sync
 echo @@GO@@
 r=0
 while [ ! -e /sys/block/vdb ]; do r=$((r+1)); i=0; while [ $i -lt ${BLOCKS} ]; do printf "r%06d-b%06d" $r $i | dd of=/dev/vda bs=4096 seek=$i conv=notrunc,fsync 2>/dev/null || echo WERR; i=$((i+1)); [ -e /sys/block/vdb ] && break; done; done
@@ -52,6 +53,8 @@ echo "LOST=$bad IOERRORS=$(dmesg | grep -ci 'i/o error')"
       await dev().nextCompletion();
       await new Promise((r) => setTimeout(r, 50));
       const d = dev();
+      // Steady state: a warm spare is standing by (raw images), as it would be between rare crashes.
+      for (let waited = 0; d.sparePid === undefined && waited < 5000; waited += 20) await new Promise((r) => setTimeout(r, 20));
       const oldPid = d.pid;
       const t0 = performance.now();
       await vm.injectFault({ kind: 'kill', device: 'bench' });
