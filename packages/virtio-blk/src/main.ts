@@ -6,9 +6,10 @@
 
 import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
-import { createLogger, installDeviceProcessSignals, isVmmError, reportReady, VhostUserBackend } from '@vmm/core';
+import { createLogger, installDeviceProcessSignals, isVmmError, onControlMessage, reportReady, VhostUserBackend } from '@vmm/core';
 import { BlkDevice } from './device.ts';
 import { BlkConfigError } from './errors.ts';
+import { FaultInjectingImage } from './faults.ts';
 import { openImage, Qcow2Image, type ImageFormat } from './qcow2.ts';
 
 // Reads and writes run on libuv's pool; its default of 4 threads caps the
@@ -109,7 +110,17 @@ async function main(): Promise<void> {
     process.stderr.write(`vmm-blk: ${(e as Error).message}\n`);
     process.exit(isVmmError(e) && e.kind === 'config' ? 2 : 1);
   }
-  const device = new BlkDevice(image, {
+  // Every request goes through the fault-injection layer; it is inert until
+  // the orchestrator's inject-fault arms it over the IPC channel.
+  const faulty = new FaultInjectingImage(image);
+  onControlMessage((m) => {
+    try {
+      log.warn({ fault: m }, faulty.control(m));
+    } catch (e) {
+      log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
+    }
+  });
+  const device = new BlkDevice(faulty, {
     queues: opts.queues,
     serial: opts.serial,
     discardAlignment: image instanceof Qcow2Image ? image.header.clusterSize : 4096,

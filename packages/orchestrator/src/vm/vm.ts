@@ -204,6 +204,10 @@ export class Vm implements VmControl {
     slot.device!.requestEject();
   }
 
+  private control(dev: VhostBlkDevice, message: Record<string, unknown>): void {
+    if (!dev.process.send(message)) throw new QmpError('GenericError', `disk ${dev.spec.id}: its back-end is not running`);
+  }
+
   async injectFault(args: Record<string, unknown>): Promise<Record<string, unknown>> {
     const kind = String(args.kind);
     const id = String(args.device ?? args.id ?? '');
@@ -222,8 +226,19 @@ export class Vm implements VmControl {
         dev.delayCallsMs = ms;
         return { device: id, ms };
       }
+      case 'fail-requests': {
+        const count = Number(args.count ?? 1);
+        if (!Number.isInteger(count) || count < 0 || count > 1_000_000) throw new QmpError('GenericError', `inject-fault fail-requests: count=${String(args.count)} must be 0..1000000`);
+        this.control(dev, { fault: 'fail-requests', count });
+        return { device: id, count };
+      }
+      case 'enospc': {
+        const on = !(args.on === false || args.on === 'off' || args.on === 'false');
+        this.control(dev, { fault: 'enospc', on });
+        return { device: id, on };
+      }
       default:
-        throw new QmpError('GenericError', `inject-fault: unknown kind '${kind}' (kill, pause, resume, delay-calls)`);
+        throw new QmpError('GenericError', `inject-fault: unknown kind '${kind}' (kill, pause, resume, delay-calls, fail-requests, enospc)`);
     }
   }
 }
