@@ -1,0 +1,100 @@
+// Each fault `inject-fault` offers, against a real guest (one boot for all):
+// the effect a guest would see from real hardware, and no damaged data.
+// Direct I/O in the guest (dd iflag/oflag=direct) makes one dd one request.
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { startGuestSession } from '@vmm/orchestrator';
+
+async function qmpClient(path: string) {
+  const sock = net.connect(path);
+  sock.setEncoding('utf8');
+  let buf = '';
+  const replies: Record<string, unknown>[] = [];
+  let wake: (() => void) | null = null;
+  sock.on('data', (d: string) => {
+    buf += d;
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const m = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>;
+      buf = buf.slice(nl + 1);
+      if (!('event' in m)) replies.push(m);
+      wake?.();
+    }
+  });
+  const next = async () => { while (replies.length === 0) await new Promise<void>((r) => { wake = r; }); return replies.shift()!; };
+  await next();
+  const cmd = async (execute: string, args?: Record<string, unknown>) => {
+    sock.write(JSON.stringify({ execute, ...(args ? { arguments: args } : {}) }) + '\n');
+    return next();
+  };
+  await cmd('qmp_capabilities');
+  return { cmd, close: () => sock.end() };
+}
+
+const W = (blk: number, tag: string) => `printf '${tag}' | dd of=/dev/vda bs=4096 seek=${blk} conv=sync oflag=direct 2>/dev/null`;
+const R = (blk: number) => `dd if=/dev/vda bs=4096 skip=${blk} count=1 iflag=direct 2>/dev/null | head -c 8`;
+const GUEST = `
+${W(10, 'before10')}; ${W(11, 'before11')}; ${W(12, 'before12')}
+echo @@PAUSE@@; sleep 1
+t0=$(date +%s); ${W(1, 'paused01')}; echo "PAUSE-WRITE rc=$? secs=$(( $(date +%s) - t0 ))"
+echo "PAUSE-READ $(${R(1)})"
+echo @@DELAY@@; sleep 1
+${W(2, 'delayd02')}; echo "DELAY-WRITE rc=$?"; echo "DELAY-READ $(${R(2)})"
+echo @@FAIL@@; sleep 1
+${W(10, 'failed10')}; echo "FAIL-WRITE1 rc=$?"
+${W(11, 'passed11')}; echo "FAIL-WRITE2 rc=$?"
+echo @@ENOSPC@@; sleep 1
+${W(12, 'nospace2')}; echo "ENOSPC-WRITE rc=$?"
+echo "ENOSPC-READ $(${R(11)})"
+echo @@ENOSPC-OFF@@; sleep 1
+${W(13, 'spaceok3')}; echo "ENOSPC-OFF-WRITE rc=$?"
+echo "IOERRORS=$(dmesg | grep -ci 'i/o error')"
+`;
+
+describe('inject-fault against a real guest', () => {
+  it('pause/resume stalls I/O, delay-calls slows it, fail-requests and enospc fail only what they should', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'vmm-faults-')), 'd.img');
+    writeFileSync(file, Buffer.alloc(1 << 20));
+    const g = await startGuestSession({ cmd: GUEST, disks: [`${file},format=raw,id=d0`] });
+    try {
+      const q = await qmpClient(g.qmpPath);
+      await g.waitFor('@@PAUSE@@');
+      expect(await q.cmd('inject-fault', { kind: 'pause', device: 'd0' })).toHaveProperty('return.pid');
+      await new Promise((r) => setTimeout(r, 4000));
+      expect(g.output()).not.toContain('PAUSE-WRITE'); // the write is stalled, not failed
+      expect(await q.cmd('inject-fault', { kind: 'resume', device: 'd0' })).toHaveProperty('return');
+      await g.waitFor('@@DELAY@@');
+      expect(g.output()).toMatch(/PAUSE-WRITE rc=0 secs=\d+/);
+      expect(g.output()).toContain('PAUSE-READ paused01');
+      expect(await q.cmd('inject-fault', { kind: 'delay-calls', device: 'd0', ms: 200 })).toEqual({ return: { device: 'd0', ms: 200 } });
+      await g.waitFor('@@FAIL@@');
+      expect(g.output()).toContain('DELAY-WRITE rc=0');
+      expect(g.output()).toContain('DELAY-READ delayd02');
+      await q.cmd('inject-fault', { kind: 'delay-calls', device: 'd0', ms: 0 });
+      expect(await q.cmd('inject-fault', { kind: 'fail-requests', device: 'd0', count: 1 })).toEqual({ return: { device: 'd0', count: 1 } });
+      await g.waitFor('@@ENOSPC@@');
+      expect(g.output()).toMatch(/FAIL-WRITE1 rc=[1-9]/);
+      expect(g.output()).toContain('FAIL-WRITE2 rc=0');
+      expect(await q.cmd('inject-fault', { kind: 'enospc', device: 'd0' })).toEqual({ return: { device: 'd0', on: true } });
+      await g.waitFor('@@ENOSPC-OFF@@');
+      expect(g.output()).toMatch(/ENOSPC-WRITE rc=[1-9]/);
+      expect(g.output()).toContain('ENOSPC-READ passed11');
+      await q.cmd('inject-fault', { kind: 'enospc', device: 'd0', on: false });
+      expect(await q.cmd('inject-fault', { kind: 'melt', device: 'd0' })).toHaveProperty('error.class', 'GenericError');
+      q.close();
+      const { status } = await g.done;
+      expect(status).toBe(0);
+      expect(g.output()).toContain('ENOSPC-OFF-WRITE rc=0');
+      expect(g.output()).toMatch(/IOERRORS=[1-9]/); // the injected failures were reported to the guest as I/O errors
+      // From the host: failed writes left the old data, the others landed.
+      const d = readFileSync(file);
+      const tag = (b: number) => d.subarray(b * 4096, b * 4096 + 8).toString('latin1');
+      expect([tag(1), tag(2), tag(10), tag(11), tag(12), tag(13)]).toEqual(['paused01', 'delayd02', 'before10', 'passed11', 'before12', 'spaceok3']);
+    } finally {
+      await g.attached.close();
+    }
+  });
+});
