@@ -1,12 +1,16 @@
 // Each fault `inject-fault` offers, against a real guest (one boot for all):
 // the effect a guest would see from real hardware, and no damaged data.
 // Direct I/O in the guest (dd iflag/oflag=direct) makes one dd one request.
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { fileURLToPath } from 'node:url';
 import { startGuestSession } from '@vmm/orchestrator';
+
+const VMM_CLI = fileURLToPath(new URL('../packages/orchestrator/src/cli.ts', import.meta.url));
 
 async function qmpClient(path: string) {
   const sock = net.connect(path);
@@ -84,6 +88,9 @@ describe('inject-fault against a real guest', () => {
       expect(g.output()).toContain('ENOSPC-READ passed11');
       await q.cmd('inject-fault', { kind: 'enospc', device: 'd0', on: false });
       expect(await q.cmd('inject-fault', { kind: 'melt', device: 'd0' })).toHaveProperty('error.class', 'GenericError');
+      // A back-end that cannot start fails device_add with its own message; the VM runs on.
+      const bad = await q.cmd('device_add', { driver: 'virtio-blk', id: 'nope', file: join(tmpdir(), 'no-such-image.img') });
+      expect((bad.error as { desc: string }).desc).toMatch(/cannot open image .*no-such-image.img/);
       q.close();
       const { status } = await g.done;
       expect(status).toBe(0);
@@ -96,5 +103,13 @@ describe('inject-fault against a real guest', () => {
     } finally {
       await g.attached.close();
     }
+  });
+
+  it('vmm run refuses a disk whose back-end cannot open it, with the back-end\'s message', async () => {
+    const bad = join(mkdtempSync(join(tmpdir(), 'vmm-badqcow-')), 'bad.qcow2');
+    writeFileSync(bad, Buffer.concat([Buffer.from('QFI\xfb', 'latin1'), Buffer.alloc(4096, 0x41)]));
+    const r = spawnSync(process.execPath, [VMM_CLI, 'run', '--disk', bad, '--exec', 'true'], { encoding: 'utf8', timeout: 120_000 });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/vmm: disk disk0 \(.*bad\.qcow2\): .*qcow2 version \d+ is not supported/);
   });
 });

@@ -54,6 +54,8 @@ export class DeviceProcess {
   /** Called when the process exits without stop() having been asked (a crash, a kill from outside). */
   onUnexpectedExit: ((info: ExitInfo) => void) | undefined;
   restarts = 0;
+  /** The last 4 KiB the child wrote to stderr. */
+  stderrTail = '';
 
   constructor(opts: DeviceProcessOptions) {
     this.name = opts.name;
@@ -80,12 +82,19 @@ export class DeviceProcess {
       reject: false,
       stdin: 'ignore',
       stdout: stdio,
-      stderr: stdio,
+      // stderr is forwarded line by line (so the child's logs still reach
+      // ours) and its tail kept, to say why a child died before it was ready.
+      stderr: stdio === 'inherit' ? 'pipe' : stdio,
       env: this.opts.env,
       // Own process group is not needed: we signal the pid we spawned, nothing else.
       cleanup: true,
     }) as Child;
     this.child = child;
+    this.stderrTail = '';
+    child.stderr?.on('data', (d: Buffer) => {
+      process.stderr.write(d);
+      this.stderrTail = (this.stderrTail + d.toString('utf8')).slice(-4096);
+    });
     this.exitPromise = child.then((r) => {
       const info: ExitInfo = { code: r.exitCode ?? null, signal: r.signal ?? null };
       this.lastExit = info;
@@ -120,7 +129,9 @@ export class DeviceProcess {
       child.on('message', onMessage);
       void this.exitPromise!.then((info) => {
         done();
-        reject(new DeviceProcessError(`${this.name} exited before it was ready (code ${info.code}, signal ${info.signal})`, 'ERR_DEVICE_PROCESS_EXITED'));
+        // The child's own last words: its last plain (non-JSON-log) stderr line.
+        const said = this.stderrTail.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('{')).at(-1);
+        reject(new DeviceProcessError(`${this.name} exited before it was ready (code ${info.code}, signal ${info.signal})${said ? `: ${said}` : ''}`, 'ERR_DEVICE_PROCESS_EXITED'));
       });
     });
     this.log.info({ pid: child.pid, ...this.readyInfo }, 'device process ready');

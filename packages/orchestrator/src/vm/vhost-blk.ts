@@ -207,8 +207,7 @@ export class VhostBlkDevice {
       return dev;
     } catch (e) {
       await dev.close();
-      const why = dev.proc.lastExit ? ` (vmm-blk exited with code ${dev.proc.lastExit.code})` : '';
-      throw new VhostBlkError(`disk ${spec.id} (${spec.file}): ${(e as Error).message}${why}`);
+      throw new VhostBlkError(`disk ${spec.id} (${spec.file}): ${(e as Error).message}`);
     }
   }
 
@@ -320,7 +319,8 @@ export class VhostBlkDevice {
   }
 
   private async recover(info: { code: number | null; signal: string | null; error?: string }): Promise<void> {
-    if (this.closed || this.state === 'failed') return;
+    // A process that dies during start() is start()'s failure to report, not a crash to recover from.
+    if (this.closed || this.state === 'failed' || this.state === 'starting') return;
     if (this.completions > this.progressMark) this.fruitless = 0;
     this.fruitless++;
     if (this.fruitless > MAX_FRUITLESS_RESTARTS) {
