@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { fileURLToPath } from 'node:url';
+import http from 'node:http';
 import { startGuestSession } from '@vmm/orchestrator';
 
 const VMM_CLI = fileURLToPath(new URL('../packages/orchestrator/src/cli.ts', import.meta.url));
@@ -62,8 +63,33 @@ describe('inject-fault against a real guest', () => {
   it('pause/resume stalls I/O, delay-calls slows it, fail-requests and enospc fail only what they should', async () => {
     const file = join(mkdtempSync(join(tmpdir(), 'vmm-faults-')), 'd.img');
     writeFileSync(file, Buffer.alloc(1 << 20));
-    const g = await startGuestSession({ cmd: GUEST, disks: [`${file},format=raw,id=d0`] });
+    const tokenPath = join(mkdtempSync(join(tmpdir(), 'vmm-token-')), 'token');
+    const g = await startGuestSession({ cmd: GUEST, disks: [`${file},format=raw,id=d0`], apiPort: 0, tokenPath });
     try {
+      // The WebSocket API: refused without the token, served with it.
+      const port = g.attached.apiPort!;
+      const refused = await new Promise<number>((resolve, reject) => {
+        // A WebSocket upgrade request without the token, as any client would send it.
+        const req = http.get({ host: '127.0.0.1', port, path: '/', headers: {
+          Connection: 'Upgrade', Upgrade: 'websocket', 'Sec-WebSocket-Version': '13', 'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==',
+        } }, (res) => resolve(res.statusCode ?? 0));
+        req.on('upgrade', () => resolve(101));
+        req.on('error', reject);
+      });
+      expect(refused).toBe(401);
+      const token = readFileSync(tokenPath, 'utf8').trim();
+      const apiStatus = await new Promise<Record<string, unknown>>((resolve, reject) => {
+        // Node's built-in WebSocket client, token in the query string.
+        const ws = new WebSocket(`ws://127.0.0.1:${port}/?token=${token}`);
+        let greeted = false;
+        ws.onmessage = (ev) => {
+          if (!greeted) { greeted = true; ws.send(JSON.stringify({ execute: 'query-status' })); return; }
+          ws.close();
+          resolve(JSON.parse(String(ev.data)) as Record<string, unknown>);
+        };
+        ws.onerror = () => reject(new Error('WebSocket API refused a client with the token'));
+      });
+      expect(apiStatus).toEqual({ return: { status: "running", running: true, singlestep: false } });
       const q = await qmpClient(g.qmpPath);
       await g.waitFor('@@PAUSE@@');
       expect(await q.cmd('inject-fault', { kind: 'pause', device: 'd0' })).toHaveProperty('return.pid');

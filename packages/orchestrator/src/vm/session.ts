@@ -32,6 +32,9 @@ export interface GuestSessionOptions {
   memBytes?: number;
   append?: string;
   logLevel?: string;
+  /** Also serve the WebSocket API (0 = any free port); the token goes to `tokenPath`. */
+  apiPort?: number;
+  tokenPath?: string;
 }
 
 export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSession> {
@@ -69,7 +72,8 @@ export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSe
   const qmpPath = join(mkdtempSync(join(tmpdir(), 'vmm-session-')), 'qmp.sock');
   const attached = await attachVm(machine, {
     disks: o.disks.map((d, i) => parseDiskFlag(d, i)),
-    apiPort: null,
+    apiPort: o.apiPort ?? null,
+    ...(o.tokenPath ? { tokenPath: o.tokenPath } : {}),
     qmpPath,
     log,
     logLevel: level,
