@@ -4,7 +4,7 @@
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createLogger } from '@vmm/core';
-import { startMachine, type Machine, type MachineConfig, type MachineExit } from '@vmm/vcpu';
+import { machineDtb, startMachine, type Machine, type MachineConfig, type MachineExit } from '@vmm/vcpu';
 import { stderrReporter } from '../guestkit/download.ts';
 import { GuestKitError } from '../guestkit/errors.ts';
 import { ExecOutputFilter, buildExecArchive, buildInitramfs } from '../guestkit/initramfs.ts';
@@ -97,12 +97,18 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
   if (o.bios.kind === 'opensbi') bios = { kind: 'firmware', image: await readInput('--bios', kit!.opensbi.fwDynamic) };
   else if (o.bios.kind === 'file') bios = { kind: 'firmware', image: await readInput('--bios', o.bios.path) };
 
-  let dtb: Uint8Array | null = null;
+  if (o.dumpDtb !== null) {
+    // Like QEMU's -M virt,dumpdtb=FILE: write the tree the guest would get (same layout), start nothing.
+    const { dtb } = machineDtb({ harts: o.smp, memBytes: o.memBytes, kernel, initrd, append: kernelCmdline(o), bios });
+    await writeFile(o.dumpDtb, dtb);
+    return 0;
+  }
+
   let hostConsole: HostConsole | null = null;
   let quitRequested = false;
   let machine: Machine | null = null;
   let attached: AttachedVm | null = null;
-  const interactive = o.exec === null && o.dumpDtb === null;
+  const interactive = o.exec === null;
 
   const onSignal = (sig: NodeJS.Signals): void => {
     logger.info({ sig }, 'stopping the machine');
@@ -130,29 +136,19 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
       initrd,
       append: kernelCmdline(o),
       bios,
-      dtbOut: (b) => {
-        dtb = b;
-      },
       console: {
         input: hostConsole?.input ?? null,
         output: (bytes) => {
           if (filter) {
             filter.push(bytes);
             if (o.verbose) io.stderr.write(bytes);
-          } else if (o.dumpDtb === null) {
+          } else {
             io.stdout.write(bytes);
           }
         },
       },
       logger,
     });
-    if (o.dumpDtb !== null) {
-      // Like QEMU's -M virt,dumpdtb=FILE: write the tree the guest would see, then stop.
-      await machine.stop();
-      if (!dtb) throw new RunError('ERR_NO_DTB', 'the machine produced no device tree');
-      await writeFile(o.dumpDtb, dtb);
-      return 0;
-    }
     if (o.disks.length > 0 || o.apiPort !== null || o.qmp !== null) {
       // Disks are plugged while the harts are paused, so the guest finds them at probe time.
       attached = await attachVm(machine, {
