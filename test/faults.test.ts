@@ -3,41 +3,14 @@
 // Direct I/O in the guest (dd iflag/oflag=direct) makes one dd one request.
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { fileURLToPath } from 'node:url';
 import http from 'node:http';
-import { startGuestSession } from '@vmm/orchestrator';
+import { QmpClient, startGuestSession } from '@vmm/orchestrator';
 
 const VMM_CLI = fileURLToPath(new URL('../packages/orchestrator/src/cli.ts', import.meta.url));
-
-async function qmpClient(path: string) {
-  const sock = net.connect(path);
-  sock.setEncoding('utf8');
-  let buf = '';
-  const replies: Record<string, unknown>[] = [];
-  let wake: (() => void) | null = null;
-  sock.on('data', (d: string) => {
-    buf += d;
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const m = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>;
-      buf = buf.slice(nl + 1);
-      if (!('event' in m)) replies.push(m);
-      wake?.();
-    }
-  });
-  const next = async () => { while (replies.length === 0) await new Promise<void>((r) => { wake = r; }); return replies.shift()!; };
-  await next();
-  const cmd = async (execute: string, args?: Record<string, unknown>) => {
-    sock.write(JSON.stringify({ execute, ...(args ? { arguments: args } : {}) }) + '\n');
-    return next();
-  };
-  await cmd('qmp_capabilities');
-  return { cmd, close: () => sock.end() };
-}
 
 const W = (blk: number, tag: string) => `printf '${tag}' | dd of=/dev/vda bs=4096 seek=${blk} conv=sync oflag=direct 2>/dev/null`;
 const R = (blk: number) => `dd if=/dev/vda bs=4096 skip=${blk} count=1 iflag=direct 2>/dev/null | head -c 8`;
@@ -90,7 +63,7 @@ describe('inject-fault against a real guest', () => {
         ws.onerror = () => reject(new Error('WebSocket API refused a client with the token'));
       });
       expect(apiStatus).toEqual({ return: { status: "running", running: true, singlestep: false } });
-      const q = await qmpClient(g.qmpPath);
+      const q = await QmpClient.connect(g.qmpPath);
       await g.waitFor('@@PAUSE@@');
       expect(await q.cmd('inject-fault', { kind: 'pause', device: 'd0' })).toHaveProperty('return.pid');
       await new Promise((r) => setTimeout(r, 4000));

@@ -5,52 +5,14 @@
 // and QMP over its unix socket with socat as the client.
 import { execFile, execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { startGuestSession as bootGuest } from '@vmm/orchestrator';
+import { QmpClient, startGuestSession as bootGuest } from '@vmm/orchestrator';
 
 
 const BLOCKS = 64;
 const KILLS = 10;
-
-/** A QMP client on the VM's socket that also collects events. */
-async function qmp(path: string) {
-  const sock = net.connect(path);
-  sock.setEncoding('utf8');
-  const replies: Record<string, unknown>[] = [];
-  const events: Record<string, unknown>[] = [];
-  let buf = '';
-  let wake: (() => void) | null = null;
-  sock.on('data', (d: string) => {
-    buf += d;
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const m = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>;
-      buf = buf.slice(nl + 1);
-      (('event' in m) ? events : replies).push(m);
-      wake?.();
-    }
-  });
-  const next = async () => { while (replies.length === 0) await new Promise<void>((r) => { wake = r; }); return replies.shift()!; };
-  await next();
-  const cmd = async (execute: string, args?: Record<string, unknown>) => {
-    sock.write(JSON.stringify({ execute, ...(args ? { arguments: args } : {}) }) + '\n');
-    return next();
-  };
-  await cmd('qmp_capabilities');
-  const event = async (name: string, timeoutMs = 120_000) => {
-    const t0 = Date.now();
-    for (;;) {
-      const i = events.findIndex((e) => e.event === name);
-      if (i >= 0) return events.splice(i, 1)[0]!;
-      if (Date.now() - t0 > timeoutMs) throw new Error(`no ${name} event within ${timeoutMs} ms`);
-      await new Promise<void>((r) => { wake = r; setTimeout(r, 500); });
-    }
-  };
-  return { cmd, event, events, close: () => sock.end() };
-}
 
 // Guest side. Rounds of writes over BLOCKS 4 KiB blocks, each block tagged
 // with its round and number, fsync'd; verification reads them back after
@@ -112,7 +74,7 @@ async function scenario(g: Awaited<ReturnType<typeof bootGuest>>, f: { raw: stri
     expect(lines[2]).toMatchObject({ id: 'qb', return: [{ device: 'disk0', inserted: { drv: 'raw' } }, { device: 'disk1', inserted: { drv: 'qcow2' } }] });
     expect(lines[3]).toMatchObject({ error: { class: 'CommandNotFound' } });
 
-    const q = await qmp(g.qmpPath);
+    const q = await QmpClient.connect(g.qmpPath);
     await g.waitFor('@@KILL-PHASE@@');
     expect(g.output()).toContain('hello from the host');
     expect(g.output()).toContain('EXT4-OK');

@@ -33,34 +33,83 @@ export function parseCommandArgs(pairs: string[]): Record<string, unknown> {
   return out;
 }
 
-async function viaQmp(path: string, request: object): Promise<Record<string, unknown>> {
-  const sock = net.connect(path);
-  sock.setEncoding('utf8');
-  const replies: Record<string, unknown>[] = [];
-  let buf = '';
-  let wake: (() => void) | undefined;
-  sock.on('data', (d: string) => {
-    buf += d;
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const obj = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>;
-      buf = buf.slice(nl + 1);
-      if (!('event' in obj)) replies.push(obj);
-      wake?.();
+type Json = Record<string, unknown>;
+
+/**
+ * A QMP client on a unix socket (QEMU docs/interop/qmp-spec.rst): reads the
+ * greeting, negotiates capabilities, then sends commands one at a time and
+ * keeps the events that arrive in between. `vmm ctl` and the end-to-end
+ * tests use it.
+ */
+export class QmpClient {
+  readonly events: Json[] = [];
+  greeting: Json = {};
+  private readonly sock: net.Socket;
+  private readonly replies: Json[] = [];
+  private readonly failed: Promise<never>;
+  private wake: (() => void) | undefined;
+
+  private constructor(path: string) {
+    this.sock = net.connect(path);
+    this.sock.setEncoding('utf8');
+    let buf = '';
+    this.sock.on('data', (d: string) => {
+      buf += d;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const obj = JSON.parse(buf.slice(0, nl)) as Json;
+        buf = buf.slice(nl + 1);
+        ('event' in obj ? this.events : this.replies).push(obj);
+        this.wake?.();
+      }
+    });
+    this.failed = new Promise<never>((_, reject) => this.sock.once('error', (e) => reject(new Error(`vmm ctl: cannot connect to ${path}: ${e.message}`))));
+    this.failed.catch(() => {});
+  }
+
+  static async connect(path: string): Promise<QmpClient> {
+    const c = new QmpClient(path);
+    while (c.replies.length === 0) await c.wait();
+    c.greeting = c.replies.shift()!;
+    await c.cmd('qmp_capabilities');
+    return c;
+  }
+
+  /** Resolves at the next message, or after 500 ms (so event waits can time out); rejects if the socket failed. */
+  private wait(): Promise<void> {
+    return Promise.race([new Promise<void>((r) => { this.wake = r; setTimeout(r, 500).unref(); }), this.failed]);
+  }
+
+  /** Send one command and return its reply ({return} or {error}). */
+  async cmd(execute: string, args?: Json): Promise<Json> {
+    this.sock.write(JSON.stringify({ execute, ...(args ? { arguments: args } : {}) }) + '\n');
+    while (this.replies.length === 0) await this.wait();
+    return this.replies.shift()!;
+  }
+
+  /** Wait for (and take) the next event called `name`. */
+  async event(name: string, timeoutMs = 120_000): Promise<Json> {
+    const t0 = Date.now();
+    for (;;) {
+      const i = this.events.findIndex((e) => e.event === name);
+      if (i >= 0) return this.events.splice(i, 1)[0]!;
+      if (Date.now() - t0 > timeoutMs) throw new Error(`no ${name} event within ${timeoutMs} ms`);
+      await this.wait();
     }
-  });
-  const failed = new Promise<never>((_, reject) => sock.once('error', (e) => reject(new Error(`vmm ctl: cannot connect to ${path}: ${e.message}`))));
-  const next = async (): Promise<Record<string, unknown>> => {
-    while (replies.length === 0) await Promise.race([new Promise<void>((r) => { wake = r; }), failed]);
-    return replies.shift()!;
-  };
-  await next(); // greeting
-  sock.write(JSON.stringify({ execute: 'qmp_capabilities' }) + '\n');
-  await next();
-  sock.write(JSON.stringify(request) + '\n');
-  const reply = await next();
-  sock.end();
-  return reply;
+  }
+
+  close(): void {
+    this.sock.end();
+  }
+}
+
+async function viaQmp(path: string, request: { execute: string; arguments?: Json }): Promise<Json> {
+  const c = await QmpClient.connect(path);
+  try {
+    return await c.cmd(request.execute, request.arguments);
+  } finally {
+    c.close();
+  }
 }
 
 async function viaWebSocket(port: number, token: string, request: object): Promise<Record<string, unknown>> {
