@@ -3,7 +3,7 @@
 // vhost-user-blk back-end (vmm-blk or qemu-storage-daemon) with many
 // requests in flight per queue.
 
-import { VhostUserDriver, VhostUserFrontend, type DriverQueueHandle, type GuestAddress, type Logger } from '@vmm/core';
+import { eventfdRead, VhostUserDriver, VhostUserFrontend, waitReadable, type DriverQueueHandle, type GuestAddress, type Logger } from '@vmm/core';
 import { CFG, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, bit } from './spec.ts';
 
 export interface BlkClientOptions {
@@ -27,6 +27,23 @@ interface QueueState {
   pending: Map<number, { slot: number; resolve: (status: number) => void }>;
   waiting: (() => void)[];
   pumping: boolean;
+}
+
+/**
+ * Used entries of `h`, waiting on its call eventfd when there are none. The
+ * ring is polled a second time after the first empty poll, which (with
+ * EVENT_IDX) has just published used_event: an entry the device pushed
+ * between our read of used.idx and that store may not have been signalled
+ * (virtio 1.2 §2.7.10; Linux's virtqueue_enable_cb re-checks the same way).
+ */
+async function nextCompletions(h: DriverQueueHandle): Promise<{ head: number; len: number }[]> {
+  for (;;) {
+    let got = h.poll();
+    if (got.length === 0) got = h.poll();
+    if (got.length > 0) return got;
+    await waitReadable(h.callFd);
+    eventfdRead(h.callFd);
+  }
 }
 
 export class BlkClient {
@@ -94,19 +111,21 @@ export class BlkClient {
     }
   }
 
+  /** Collect used entries while requests are pending; one pump per queue at a time. */
   async #pump(q: QueueState): Promise<void> {
     q.pumping = true;
     try {
       while (q.pending.size > 0) {
-        for (const c of await q.h.wait()) {
+        const batch = await nextCompletions(q.h);
+        for (const c of batch) {
           const p = q.pending.get(c.head);
-          if (!p) continue;
+          if (!p) throw new Error(`queue ${q.h.index}: the device completed head ${c.head}, which is not in flight`);
           q.pending.delete(c.head);
           const status = this.driver.mem.readU8(q.slotAddr + p.slot * 32 + 16);
           q.free.push(p.slot);
           p.resolve(status);
-          q.waiting.shift()?.();
         }
+        for (let n = batch.length; n > 0 && q.waiting.length > 0; n--) q.waiting.shift()!();
       }
     } finally {
       q.pumping = false;
