@@ -29,23 +29,6 @@ interface QueueState {
   pumping: boolean;
 }
 
-/**
- * Used entries of `h`, waiting on its call eventfd when there are none. The
- * ring is polled a second time after the first empty poll, which (with
- * EVENT_IDX) has just published used_event: an entry the device pushed
- * between our read of used.idx and that store may not have been signalled
- * (virtio 1.2 §2.7.10; Linux's virtqueue_enable_cb re-checks the same way).
- */
-async function nextCompletions(h: DriverQueueHandle): Promise<{ head: number; len: number }[]> {
-  for (;;) {
-    let got = h.poll();
-    if (got.length === 0) got = h.poll();
-    if (got.length > 0) return got;
-    await waitReadable(h.callFd);
-    eventfdRead(h.callFd);
-  }
-}
-
 export class BlkClient {
   readonly driver: VhostUserDriver;
   readonly capacitySectors: number;
@@ -116,7 +99,19 @@ export class BlkClient {
     q.pumping = true;
     try {
       while (q.pending.size > 0) {
-        const batch = await nextCompletions(q.h);
+        // Poll and settle in the same synchronous stretch: poll() frees the
+        // heads it returns, and a request submitted in between (after an
+        // await) could reuse a head before its old completion is settled.
+        // The second poll follows the first one's used_event store: an entry
+        // the device pushed in between may not have been signalled
+        // (virtio 1.2 §2.7.10; Linux's virtqueue_enable_cb re-checks alike).
+        let batch = q.h.poll();
+        if (batch.length === 0) batch = q.h.poll();
+        if (batch.length === 0) {
+          await waitReadable(q.h.callFd);
+          eventfdRead(q.h.callFd);
+          continue;
+        }
         for (const c of batch) {
           const p = q.pending.get(c.head);
           if (!p) throw new Error(`queue ${q.h.index}: the device completed head ${c.head}, which is not in flight`);
