@@ -128,9 +128,9 @@ export class VhostBlkDevice {
   }
 
   /**
-   * Hot-swap the back-end behind the guest's device: start a new process
-   * (same or another image of the same size), stop the old one, and replay
-   * the session into the new one. Requests in flight in the old process are
+   * Hot-swap the back-end behind the guest's device: stop the old process
+   * (SIGTERM), start a new one (same or another image of the same size) and
+   * replay the session into it; if it cannot start, go back to the old image. Requests in flight in the old process are
    * resubmitted from the inflight region, so the guest notices nothing.
    */
   replace(spec: DiskSpec): Promise<void> {
