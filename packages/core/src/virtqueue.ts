@@ -457,8 +457,12 @@ export class DriverQueue {
   popUsed(): { head: number; len: number } | null {
     const idx = Atomics.load(this.used.u16, 1);
     if (idx === this.lastUsed) {
-      if (this.eventIdx) Atomics.store(this.avail.u16, 2 + this.size, this.lastUsed);
-      return null;
+      if (!this.eventIdx) return null;
+      // Ask for an interrupt at the next entry, then look again: one the
+      // device published between our load and this store may have been
+      // judged against the old used_event and not signalled (§2.7.10).
+      Atomics.store(this.avail.u16, 2 + this.size, this.lastUsed);
+      if (Atomics.load(this.used.u16, 1) === this.lastUsed) return null;
     }
     const slot = this.lastUsed % this.size;
     const head = this.used.u32[1 + 2 * slot]!;
