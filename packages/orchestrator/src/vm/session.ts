@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { createLogger } from '@vmm/core';
 import { startMachine, type MachineExit } from '@vmm/vcpu';
 import { silentReporter } from '../guestkit/download.ts';
-import { buildExecArchive, buildInitramfs, ExecOutputFilter } from '../guestkit/initramfs.ts';
+import { buildInitramfs, ExecOutputFilter, initrdWithExec } from '../guestkit/initramfs.ts';
 import { ensureGuestKit } from '../guestkit/kit.ts';
 import { attachVm, type AttachedVm } from './attach.ts';
 import { parseDiskFlag } from './disk-spec.ts';
@@ -40,11 +40,7 @@ export interface GuestSessionOptions {
 export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSession> {
   const kit = await ensureGuestKit({ reporter: silentReporter });
   const kernel = new Uint8Array(await readFile(kit.kernel));
-  const base = new Uint8Array(await readFile((await buildInitramfs(kit)).path));
-  const x = buildExecArchive(o.cmd);
-  const initrd = new Uint8Array(base.length + x.archive.length);
-  initrd.set(base);
-  initrd.set(x.archive, base.length);
+  const x = await initrdWithExec((await buildInitramfs(kit)).path, o.cmd);
   let out = '';
   const waiters: { text: string; resolve: () => void }[] = [];
   const filter = new ExecOutputFilter(x.markers, (t) => {
@@ -62,7 +58,7 @@ export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSe
     harts: o.smp ?? 1,
     memBytes: o.memBytes ?? 512 << 20,
     kernel,
-    initrd,
+    initrd: x.initrd,
     // vmm.hotplug=1: the initramfs starts the guest's hot-plug helper (a QMP socket is always served here).
     append: `console=ttyS0 quiet panic=-1 cryptomgr.notests vmm.hotplug=1 ${o.append ?? ''}`,
     bios: { kind: 'builtin' },
