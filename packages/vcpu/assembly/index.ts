@@ -1267,7 +1267,11 @@ export function run(n: i32): i32 {
         if (writes) {
           const src = f3 >= 5 ? <u64>rs1 : XR(xr, rs1);
           const op = f3 & 3;
-          const nv = op == 1 ? src : op == 2 ? old | src : old & ~src;
+          // CSRRS/CSRRC on mip modify the software-writable bits only: the
+          // external SEIP (and, with the builtin SBI, STIP) lines must not be
+          // latched into them (privileged 1.12 §3.1.9).
+          const base = csr == 0x344 ? (old & ~MIP_WMASK) | (mipSw & MIP_WMASK) : old;
+          const nv = op == 1 ? src : op == 2 ? base | src : base & ~src;
           csrWrite(csr, nv);
           if (csrBad) { ill = true; break; }
           ev = EV_IRQ;

@@ -202,6 +202,20 @@ describe('CSRs', () => {
     expect(core.readCsr(0x144)).toBe(BigInt(MIP.STIP));
     expect(core.readCsr(0x344)).toBe(BigInt(MIP.STIP | MIP.MTIP));
   });
+
+  it('CSRRS/CSRRC on mip use only the software SEIP bit, never latch the external line', () => {
+    // OpenSBI's set_timer does csrc mip, STIP. If the PLIC's SEIP line is up
+    // at that moment, the read-modify-write must not copy it into the
+    // software bit (privileged 1.12 §3.1.9), or S-mode sees an external
+    // interrupt forever once the line drops (an interrupt storm).
+    const core = firmwareCore([...li(t0, BigInt(MIP.STIP)), A.csrrs(0, 0x344, t0), A.csrrc(a0, 0x344, t0), A.csrrs(a1, 0x344, 0), A.jal(0, 0)]);
+    core.setIrqLines(MIP.SEIP);
+    core.run(4);
+    expect(core.x(a0)).toBe(BigInt(MIP.SEIP | MIP.STIP)); // the read shows the OR of both
+    expect(core.x(a1)).toBe(BigInt(MIP.SEIP));
+    core.setIrqLines(0);
+    expect(core.readCsr(0x344)).toBe(0n);
+  });
 });
 
 describe('floating point gating', () => {
