@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createLogger } from '@vmm/core';
 import { A, assemble, li, REG } from './hart/asm.ts';
-import { KERNEL_LOAD, MMIO } from './layout.ts';
+import { KERNEL_LOAD, MMIO, RAM_BASE } from './layout.ts';
 import { startMachine, type MachineConfig } from './machine.ts';
 import { SBI_EXT } from './platform/sbi.ts';
 
@@ -67,7 +67,7 @@ function testKernel(): Uint8Array {
   return img;
 }
 
-function run(over: Partial<MachineConfig>): Promise<{ exit: unknown; out: string }> {
+function start(over: Partial<MachineConfig>): { m: ReturnType<typeof startMachine>; out: () => string } {
   const chunks: Buffer[] = [];
   const m = startMachine({
     harts: 2,
@@ -79,7 +79,33 @@ function run(over: Partial<MachineConfig>): Promise<{ exit: unknown; out: string
     logger: createLogger('machine-test', undefined, 'silent'),
     ...over,
   });
-  return m.exited.then((exit) => ({ exit, out: Buffer.concat(chunks).toString() }));
+  return { m, out: () => Buffer.concat(chunks).toString() };
+}
+
+function run(over: Partial<MachineConfig>): Promise<{ exit: unknown; out: string }> {
+  const { m, out } = start(over);
+  return m.exited.then((exit) => ({ exit, out: out() }));
+}
+
+// A boot counter in RAM outside every boot image: a reset reloads the images but keeps RAM.
+const COUNTER = BigInt(RAM_BASE + 32 * MiB);
+const countBoot = (c: string): number[] => [
+  ...li(s0, COUNTER), A.ld(t0, s0, 0), A.addi(t0, t0, 1), A.sd(t0, s0, 0),
+  ...li(t2, BigInt(MMIO.uart0.base)), ...putc(c), A.ld(t0, s0, 0),
+];
+function image(code: number[]): Uint8Array {
+  const body = assemble(code);
+  const img = new Uint8Array(64 + body.length);
+  img.set(header(4 * MiB));
+  img.set(body, 64);
+  return img;
+}
+
+/** Prints R and counts the boot; resets through the finisher (0x7777) until the third boot, which fails with the count. */
+function rebootingKernel(): Uint8Array {
+  const fail = [A.slli(t0, t0, 16), A.ori(t0, t0, 0x333), ...li(t1, 0x3000n), A.add(t0, t0, t1), ...li(t1, BigInt(MMIO.test.base)), A.sw(t0, t1, 0), A.jal(0, 0)];
+  const reset = [...li(t0, 0x7777n), ...li(t1, BigInt(MMIO.test.base)), A.sw(t0, t1, 0), A.jal(0, 0)];
+  return image([...countBoot('R'), ...li(t1, 3n), A.blt(t0, t1, 4 * (fail.length + 1)), ...fail, ...reset]);
 }
 
 function openSbiFwDynamic(): Uint8Array {
@@ -105,5 +131,34 @@ describe('machine with the RV64 hart core', () => {
     expect(out).toMatch(/Domain0 Next Mode\s+: S-mode/);
     expect(out.endsWith('ABC')).toBe(true);
     expect(exit).toEqual({ reason: 'fail', code: 0x77 });
+  });
+
+  it('a guest reset restarts the machine in place with reboot, and ends it without', async () => {
+    const r = await run({ kernel: rebootingKernel(), reboot: true, harts: 1 });
+    expect(r.out).toBe('RRR');
+    expect(r.exit).toEqual({ reason: 'fail', code: 3 });
+    const once = await run({ kernel: rebootingKernel(), harts: 1 });
+    expect(once.out).toBe('R');
+    expect(once.exit).toEqual({ reason: 'reset', code: 0 });
+  });
+
+  it('reset() from the host restarts every hart from its reset vector and runs the reset hooks', async () => {
+    const { m, out } = start({ kernel: image([...countBoot('H'), A.wfi(), A.jal(0, -4)]) });
+    const causes: string[] = [];
+    m.onReset((cause) => { causes.push(cause); });
+    const until = async (text: string) => { while (!out().includes(text)) await new Promise((r) => setTimeout(r, 10)); };
+    await until('H');
+    await m.reset();
+    await until('HH');
+    m.pause();
+    await m.reset(); // a paused machine stays paused across the reset, as on QEMU
+    await new Promise((r) => setTimeout(r, 200));
+    expect(out()).toBe('HH');
+    m.resume();
+    await until('HHH');
+    expect(causes).toEqual(['host', 'host']);
+    await m.stop();
+    await expect(m.reset()).rejects.toThrow(/stopped/);
+    expect(await m.exited).toMatchObject({ reason: 'poweroff' });
   });
 });

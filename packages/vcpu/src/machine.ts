@@ -21,7 +21,7 @@ import { createHartMemory } from './hart/wasm.ts';
 import type { HartBoot } from './hart/hart.ts';
 import type { HartWorkerData, HartWorkerMessage } from './hart/hart-worker.ts';
 import { buildVirtDtb } from './platform/dtb.ts';
-import { createPlatform, createPlatformState, type Platform, type PlatformState } from './platform/index.ts';
+import { createPlatform, createPlatformState, resetPlatformState, type Platform, type PlatformState } from './platform/index.ts';
 
 export interface MachineConfig {
   harts: number;
@@ -36,9 +36,18 @@ export interface MachineConfig {
   logger?: Logger;
   /** Guest RAM created by the caller (a memfd of memBytes); by default the machine creates and owns one. */
   ramFd?: number;
-  /** Entropy for chosen/rng-seed; default 32 random bytes. */
+  /** Entropy for chosen/rng-seed; default 32 fresh random bytes at every (re)boot. */
   rngSeed?: Uint8Array;
+  /**
+   * What a reset the guest asks for (finisher 0x7777, SBI SRST reboot) does:
+   * true restarts the machine in place, as a real board (and QEMU) does;
+   * false ends it with reason 'reset' (QEMU's -no-reboot). Default false.
+   */
+  reboot?: boolean;
 }
+
+/** Who asked for a reset: the guest (SRST, finisher) or the host (Machine.reset, QMP system_reset). */
+export type ResetCause = 'guest' | 'host';
 
 export type MachineExit = { reason: 'poweroff' | 'reset' | 'fail' | 'error'; code: number; message?: string };
 
@@ -49,6 +58,20 @@ export interface Machine {
   stop(): Promise<void>;
   pause(): void;
   resume(): void;
+  /**
+   * Reset the machine in place (QMP system_reset): the harts stop, the
+   * platform devices and virtio-mmio transports go back to their reset state,
+   * the boot images are loaded again, the reset hooks run, and the harts start
+   * from their reset vector. Guest RAM is otherwise kept, as on QEMU.
+   * Resolves once the new harts run; rejects if the machine has ended.
+   */
+  reset(): Promise<void>;
+  /**
+   * Run `hook` during every reset, after the harts have stopped and the
+   * transports were reset, before the harts start again (the orchestrator
+   * stops the device back-ends' rings here). A hook that throws ends the machine.
+   */
+  onReset(hook: (cause: ResetCause) => Promise<void> | void): void;
   /** The guest RAM memfd (MAP_SHARED by everyone who serves this guest). */
   readonly ramFd: number;
   /** Where things were put in guest-physical memory. */
@@ -196,7 +219,7 @@ export function machineDtb(cfg: Pick<MachineConfig, 'harts' | 'memBytes' | 'kern
 export function startMachine(cfg: MachineConfig): Machine {
   validate(cfg);
   const log = cfg.logger ?? createLogger('machine');
-  const { dtb, layout } = machineDtb(cfg);
+  let { dtb, layout } = machineDtb(cfg);
   cfg.dtbOut?.(dtb);
 
   if (cfg.ramFd !== undefined && fdSize(cfg.ramFd) < cfg.memBytes) {
@@ -209,14 +232,18 @@ export function startMachine(cfg: MachineConfig): Machine {
   mmapFixedOver(memory.buffer, WASM_RAM_OFFSET, ramFd, cfg.memBytes);
   const ram = new Uint8Array(memory.buffer, WASM_RAM_OFFSET, cfg.memBytes);
   const put = (paddr: number, bytes: Uint8Array): void => ram.set(bytes, paddr - RAM_BASE);
-  put(layout.kernel.start, cfg.kernel);
-  ram.fill(0, layout.kernel.start + cfg.kernel.length - RAM_BASE, layout.kernel.end - RAM_BASE); // BSS of a reused memfd
-  if (cfg.initrd && layout.initrd) put(layout.initrd.start, cfg.initrd);
-  put(layout.dtb.start, dtb);
-  if (cfg.bios.kind === 'firmware' && layout.firmware && layout.fwDynamicInfo !== undefined) {
-    put(layout.firmware.start, cfg.bios.image);
-    put(layout.fwDynamicInfo, encodeFwDynamicInfo(0));
-  }
+  /** Place the boot images (at power-on and again at every reset, as QEMU's ROM loader does). */
+  const loadImages = (): void => {
+    put(layout.kernel.start, cfg.kernel);
+    ram.fill(0, layout.kernel.start + cfg.kernel.length - RAM_BASE, layout.kernel.end - RAM_BASE); // BSS of a reused memfd
+    if (cfg.initrd && layout.initrd) put(layout.initrd.start, cfg.initrd);
+    put(layout.dtb.start, dtb);
+    if (cfg.bios.kind === 'firmware' && layout.firmware && layout.fwDynamicInfo !== undefined) {
+      put(layout.firmware.start, cfg.bios.image);
+      put(layout.fwDynamicInfo, encodeFwDynamicInfo(0));
+    }
+  };
+  loadImages();
   log.info({ harts: cfg.harts, memBytes: cfg.memBytes, bios: cfg.bios.kind, kernel: hex(layout.kernel.start), initrd: layout.initrd && hex(layout.initrd.start), dtb: hex(layout.dtb.start) }, 'machine: boot layout');
 
   const state = createPlatformState({ harts: cfg.harts, memBytes: cfg.memBytes });
@@ -225,29 +252,52 @@ export function startMachine(cfg: MachineConfig): Machine {
   const boots: HartBoot[] = [];
   for (let h = 0; h < cfg.harts; h++) {
     if (cfg.bios.kind === 'firmware') {
-      // Every hart runs the firmware from reset; OpenSBI elects the boot hart (fw_dynamic_info.boot_hart = 0).
-      signals.setHsmState(h, HSM.STARTED);
       boots.push({ mode: 'firmware', pc: BigInt(RAM_BASE), a0: BigInt(h), a1: BigInt(layout.dtb.start), a2: BigInt(layout.fwDynamicInfo!) });
     } else {
       // Hart 0 enters the kernel; the others stay HSM STOPPED until the kernel's hart_start.
       boots.push({ mode: 'builtin', pc: BigInt(layout.kernel.start), a0: BigInt(h), a1: BigInt(layout.dtb.start), a2: 0n });
     }
   }
+  // Every hart runs the firmware from reset; OpenSBI elects the boot hart (fw_dynamic_info.boot_hart = 0).
+  const firmwareHsm = (): void => { if (cfg.bios.kind === 'firmware') for (let h = 0; h < cfg.harts; h++) signals.setHsmState(h, HSM.STARTED); };
+  firmwareHsm();
   const url = hartWorkerUrl;
 
   let resolveExit!: (e: MachineExit) => void;
   const exited = new Promise<MachineExit>((r) => { resolveExit = r; });
   let final: MachineExit | null = null;
-  const workers: Worker[] = [];
-  const running = new Set<number>();
+  /** A reset in progress: who asked, and the callers of reset() waiting for the new harts. */
+  type Restart = { cause: ResetCause; waiters: { resolve: () => void; reject: (e: Error) => void }[] };
+  let restart: Restart | null = null;
+  // Read through a function: TS would otherwise narrow `restart` to its initial null inside the lifecycle IIFE below.
+  const pendingRestart = (): Restart | null => restart;
+  const resetHooks: ((cause: ResetCause) => Promise<void> | void)[] = [];
+  let paused = false;
+  let workers: Worker[] = [];
   let killTimer: NodeJS.Timeout | null = null;
+  /** Tell the harts to leave their loops; a worker that does not come back in time is terminated. */
+  const stopHarts = (): void => {
+    signals.setRunState(RUN.STOPPING);
+    if (killTimer) return;
+    const doomed = workers;
+    killTimer = setTimeout(() => { for (const w of doomed) void w.terminate(); }, STOP_GRACE_MS);
+    killTimer.unref();
+  };
   const finish = (e: MachineExit): void => {
     if (final) return;
     final = e;
-    signals.setRunState(RUN.STOPPING);
-    // Harts poll the run state between instruction batches; a worker that does not come back is terminated.
-    killTimer = setTimeout(() => { for (const w of workers) void w.terminate(); }, STOP_GRACE_MS);
-    killTimer.unref();
+    stopHarts();
+  };
+  const requestRestart = (cause: ResetCause): Promise<void> => {
+    if (final) return Promise.reject(new Error(`the machine has stopped (${final.reason})`));
+    return new Promise((resolve, reject) => {
+      if (restart) restart.waiters.push({ resolve, reject });
+      else {
+        restart = { cause, waiters: [{ resolve, reject }] };
+        log.info({ cause }, 'machine: reset');
+        stopHarts();
+      }
+    });
   };
 
   // Console: guest → host (drain the TX ring whenever its tail moves).
@@ -290,15 +340,25 @@ export function startMachine(cfg: MachineConfig): Machine {
   cfg.console.input?.on('data', onData);
 
   // Lifecycle: an exit request (finisher, SRST), every hart stopped, or a worker failure.
-  void platform.exit.wait().then((e) => finish({ reason: e.reason, code: e.code }));
+  const watchExit = (): void => {
+    void platform.exit.wait().then((e) => {
+      if (e.reason === 'reset' && cfg.reboot && !final) void requestRestart('guest').catch(() => {});
+      else finish({ reason: e.reason, code: e.code });
+    });
+  };
+  watchExit();
   const hsmWatch = setInterval(() => {
+    if (restart) return;
     let anyRunning = false;
     for (let h = 0; h < cfg.harts; h++) if (signals.hsmState(h) !== HSM.STOPPED) anyRunning = true;
     if (!anyRunning) finish({ reason: 'poweroff', code: 0, message: 'every hart is stopped (SBI HSM)' });
   }, 100);
   hsmWatch.unref();
 
-  const allEnded = new Promise<void>((resolveEnded) => {
+  /** Start one worker per hart; resolves when all of them have ended. */
+  const spawnHarts = (): Promise<void> => new Promise<void>((resolveEnded) => {
+    const running = new Set<number>();
+    workers = [];
     for (let h = 0; h < cfg.harts; h++) {
       const data: HartWorkerData = { hartId: h, harts: cfg.harts, memory, ramSize: cfg.memBytes, signals: state.signals, platform: state, boot: boots[h]! };
       const w = new Worker(url, { workerData: data, name: `hart${h}` });
@@ -322,16 +382,55 @@ export function startMachine(cfg: MachineConfig): Machine {
       });
       w.on('exit', (code) => {
         running.delete(h);
-        if (code !== 0 && !final) finish({ reason: 'error', code: 1, message: `hart ${h} worker exited with code ${code}` });
+        // A worker terminated because it did not stop in time for a reset is not a failure of the machine.
+        if (code !== 0 && !final && !restart) finish({ reason: 'error', code: 1, message: `hart ${h} worker exited with code ${code}` });
         if (running.size === 0) resolveEnded();
       });
       workers.push(w);
     }
   });
 
-  void allEnded.then(async () => {
+  /** Between two generations of harts: the system reset proper. */
+  const resetInPlace = async (cause: ResetCause): Promise<void> => {
+    resetPlatformState(state);
+    firmwareHsm();
+    if (!cfg.rngSeed) {
+      // A fresh chosen/rng-seed per boot (QEMU re-randomizes it at reset too); the size, hence the layout, is the same.
+      const again = machineDtb(cfg);
+      if (again.dtb.length !== dtb.length) throw new Error(`DTB size changed across a reset: ${dtb.length} → ${again.dtb.length} bytes`);
+      dtb = again.dtb;
+      layout = again.layout;
+    }
+    loadImages();
+    for (const hook of resetHooks) await hook(cause);
+    watchExit();
+  };
+
+  void (async () => {
+    for (;;) {
+      await spawnHarts();
+      if (killTimer) { clearTimeout(killTimer); killTimer = null; }
+      const r = pendingRestart();
+      if (!r || final) break;
+      try {
+        await resetInPlace(r.cause);
+      } catch (e) {
+        log.error({ err: e }, 'machine: reset failed');
+        finish({ reason: 'error', code: 1, message: `reset failed: ${(e as Error).message}` });
+        for (const w of r.waiters) w.reject(e as Error);
+        restart = null;
+        break;
+      }
+      restart = null;
+      if (final) {
+        for (const w of r.waiters) w.reject(new Error(`the machine stopped during the reset (${(final as MachineExit).reason})`));
+        break;
+      }
+      signals.setRunState(paused ? RUN.PAUSED : RUN.RUNNING);
+      log.info({ cause: r.cause }, 'machine: restarted after reset');
+      for (const w of r.waiters) w.resolve();
+    }
     clearInterval(hsmWatch);
-    if (killTimer) clearTimeout(killTimer);
     if (rxTimer) clearTimeout(rxTimer);
     cfg.console.input?.off('data', onData);
     backlog = [];
@@ -346,17 +445,25 @@ export function startMachine(cfg: MachineConfig): Machine {
     if (ownsFd) closeFd(ramFd);
     log.info({ exit: final }, 'machine: stopped');
     resolveExit(final!);
-  });
+  })();
 
   return {
     exited,
     ramFd,
-    layout,
+    get layout() { return layout; },
     platform,
     platformState: state,
     memory,
-    pause: () => signals.setRunState(RUN.PAUSED),
-    resume: () => { if (!final) signals.setRunState(RUN.RUNNING); },
+    pause: () => {
+      paused = true;
+      if (!final && !restart) signals.setRunState(RUN.PAUSED);
+    },
+    resume: () => {
+      paused = false;
+      if (!final && !restart) signals.setRunState(RUN.RUNNING);
+    },
+    reset: () => requestRestart('host'),
+    onReset: (hook) => { resetHooks.push(hook); },
     async stop() {
       finish({ reason: 'poweroff', code: 0, message: 'stopped by host' });
       platform.console.close(); // a hart blocked on a full console ring must not hold up the stop

@@ -51,10 +51,21 @@ export class HartSignals {
     this.i64 = new BigInt64Array(this.buffer);
     if (!buffer) {
       Atomics.store(this.i64, 1, process.hrtime.bigint());
-      for (let h = 0; h < harts; h++) {
-        Atomics.store(this.i32, this.base32(h) + I_HSM, h === 0 ? HSM.STARTED : HSM.STOPPED);
-        Atomics.store(this.i64, this.base64(h) + Q_TIMECMP, -1n); // "never": all ones, unsigned
-      }
+      this.resetHarts();
+    }
+  }
+
+  /**
+   * Every hart's record back to its power-on state: no interrupt pending,
+   * hart 0 STARTED and the others STOPPED, no timer deadline. The timebase
+   * keeps counting (mtime is not reset, as on QEMU's ACLINT) and the run state is left to the caller.
+   */
+  resetHarts(): void {
+    for (let h = 0; h < this.harts; h++) {
+      Atomics.store(this.i32, this.base32(h) + I_IRQ, 0);
+      Atomics.store(this.i32, this.base32(h) + I_HSM, h === 0 ? HSM.STARTED : HSM.STOPPED);
+      Atomics.store(this.i64, this.base64(h) + Q_TIMECMP, -1n); // "never": all ones, unsigned
+      this.setStart(h, 0n, 0n);
     }
   }
 

@@ -5,7 +5,7 @@ import { EscapeFilter } from './console.ts';
 describe('vmm run flags', () => {
   it('has the documented defaults', () => {
     const o = parseRunArgs([]);
-    expect(o).toMatchObject({ smp: 1, memBytes: 512 * 2 ** 20, kernel: null, initrd: null, bios: { kind: 'builtin' }, exec: null, verbose: false, logLevel: 'warn' });
+    expect(o).toMatchObject({ smp: 1, memBytes: 512 * 2 ** 20, kernel: null, initrd: null, bios: { kind: 'builtin' }, exec: null, verbose: false, noReboot: false, logLevel: 'warn' });
     expect(kernelCmdline(o)).toBe('console=ttyS0 earlycon=sbi cryptomgr.notests');
   });
 
@@ -14,6 +14,7 @@ describe('vmm run flags', () => {
     expect(o).toMatchObject({ smp: 4, memBytes: 2 ** 30, kernel: 'k', initrd: 'i', bios: { kind: 'opensbi' }, dumpDtb: 'd.dtb', exec: 'nproc', logLevel: 'debug' });
     expect(kernelCmdline(o)).toBe('console=ttyS0 earlycon=sbi cryptomgr.notests panic=-1 quiet foo=1');
     expect(kernelCmdline({ ...o, verbose: true })).not.toContain('quiet');
+    expect(parseRunArgs(['--no-reboot']).noReboot).toBe(true);
     expect(parseRunArgs(['--bios', '/x/fw.bin']).bios).toEqual({ kind: 'file', path: '/x/fw.bin' });
     const d = parseRunArgs(['--disk', 'a.img', '--disk', 'b.qcow2,format=qcow2,readonly,id=data', '--api-port', '0', '--qmp', '/tmp/q.sock']);
     expect(d.disks.map((x) => [x.file, x.format, x.readOnly, x.id])).toEqual([

@@ -25,6 +25,8 @@ export interface RunOptions {
   dumpDtb: string | null;
   exec: string | null;
   verbose: boolean;
+  /** A guest reboot ends vmm instead of restarting the machine (always so with --exec). */
+  noReboot: boolean;
   logLevel: string;
   help: boolean;
   /** Boot disks (`--disk FILE[,format=…][,readonly][,id=…][,queues=N][,serial=…]`), served by vmm-blk processes. */
@@ -66,6 +68,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
         'dump-dtb': { type: 'string' },
         exec: { type: 'string' },
         verbose: { type: 'boolean', short: 'v' },
+        'no-reboot': { type: 'boolean' },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         disk: { type: 'string', multiple: true },
@@ -137,6 +140,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
     dumpDtb: nonEmpty('dump-dtb', v['dump-dtb']),
     exec: nonEmpty('exec', v.exec),
     verbose: v.verbose === true,
+    noReboot: v['no-reboot'] === true,
     logLevel,
     help: v.help === true,
     disks,
@@ -176,6 +180,8 @@ options:
   --exec CMD         run CMD (busybox sh) in the guest, print only its output,
                      exit with its status
   --verbose, -v      with --exec: no quiet, full console on stderr
+  --no-reboot        a guest reboot ends vmm instead of restarting the machine
+                     (always so with --exec, where a panic must end the run)
   --log-level LEVEL  fatal|error|warn|info|debug|trace|silent (default warn), logs on stderr
   --disk SPEC        a virtio-blk disk (repeatable): FILE[,format=raw|qcow2][,readonly]
                      [,id=NAME][,queues=N][,serial=S], served by a vmm-blk process
@@ -184,5 +190,5 @@ options:
   --help, -h         this text
 
 console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A h shows help;
-'poweroff' in the guest ends vmm with status 0.
+'poweroff' in the guest ends vmm with status 0; 'reboot' restarts the machine.
 `;

@@ -136,6 +136,8 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
       initrd,
       append: kernelCmdline(o),
       bios,
+      // --exec: a reboot (panic=-1 included) ends the run, so a broken guest cannot loop.
+      reboot: o.exec === null && !o.noReboot,
       console: {
         input: hostConsole?.input ?? null,
         output: (bytes) => {
@@ -168,7 +170,7 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
       case 'poweroff':
         return 0;
       case 'reset':
-        io.stderr.write('\r\nvmm: the guest asked for a reset; vmm has no reboot, exiting\n');
+        io.stderr.write('\r\nvmm: the guest rebooted (--no-reboot): exiting\n');
         return 0;
       case 'fail':
         return exit.code || 1;

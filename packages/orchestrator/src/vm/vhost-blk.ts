@@ -257,6 +257,12 @@ export class VhostBlkDevice {
     });
   }
 
+  /** Resolves once the back-end has caught up with the transport (after a system reset: its rings are stopped). */
+  settle(): Promise<void> {
+    this.enqueue(() => this.reconcile());
+    return this.ops;
+  }
+
   /** Wake on every register change the guest makes and reconcile the back-end with it. */
   private async watchTransport(): Promise<void> {
     const { array, index } = this.ctx.transport.changeCell();

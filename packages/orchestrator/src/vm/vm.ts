@@ -51,6 +51,11 @@ export class Vm implements VmControl {
     this.ram = new DataView(machine.memory.buffer as ArrayBuffer, WASM_RAM_OFFSET, machine.platformState.memBytes);
     this.slots = machine.platformState.virtio.map((buf, index) => ({ index, transport: new VirtioMmioState(buf), device: null, removing: false }));
     void machine.exited.then(() => { this.shutdown = true; });
+    // A system reset (ours or the guest's) reset every transport; wait until each back-end has stopped its rings.
+    machine.onReset(async (cause) => {
+      await Promise.all(this.disks().map((d) => d.settle()));
+      this.opts.emit('RESET', { guest: cause === 'guest', reason: cause === 'guest' ? 'guest-reset' : 'host-qmp-system-reset' });
+    });
   }
 
   /** Plug the boot disks; call while the harts are paused so the guest finds them at probe time. */
@@ -141,7 +146,8 @@ export class Vm implements VmControl {
   }
 
   async reset(): Promise<void> {
-    throw new QmpError('GenericError', 'system_reset is not supported yet: reboot from inside the guest, or quit and start again');
+    if (this.shutdown) throw new QmpError('GenericError', 'the VM has shut down');
+    await this.machine.reset();
   }
 
   async powerdown(): Promise<void> {

@@ -14,7 +14,7 @@ import { MmioBus } from './physbus.ts';
 import { createPlicState, Plic } from './plic.ts';
 import { createRtcState, GoldfishRtc } from './rtc.ts';
 import { Sbi } from './sbi.ts';
-import { createUartState, Uart16550 } from './uart.ts';
+import { createUartState, resetUartState, Uart16550 } from './uart.ts';
 import { transportHook, VirtioMmioSlot } from './virtio-mmio.ts';
 import { VirtioMmioState } from '../virtio-mmio/transport.ts';
 
@@ -60,6 +60,21 @@ export function createPlatformState(cfg: PlatformConfig): PlatformState {
     exit: createExitState(),
     virtio: Array.from({ length: MMIO.virtio.count }, () => new VirtioMmioState().buffer),
   };
+}
+
+/**
+ * Put the platform back in its reset state for a system reset, while no hart
+ * runs: interrupt lines, HSM states and timer deadlines, the PLIC, the UART's
+ * registers, the exit slot, and every plugged virtio-mmio transport (reset as
+ * if its driver wrote 0 to Status). Kept, as on a real board: the console
+ * rings (output not yet shown, input not yet read), the RTC's wall clock and the timebase.
+ */
+export function resetPlatformState(state: PlatformState): void {
+  new HartSignals(state.harts, state.signals).resetHarts();
+  new Int32Array(state.plic).fill(0);
+  resetUartState(state.uart);
+  new Int32Array(state.exit).fill(0);
+  for (const regs of state.virtio) new VirtioMmioState(regs).systemReset();
 }
 
 export interface Platform {

@@ -55,10 +55,16 @@ const S_CELLS = 9;
 
 export function createUartState(): SharedArrayBuffer {
   const sab = new SharedArrayBuffer(S_CELLS * 4);
+  resetUartState(sab);
+  return sab;
+}
+
+/** Registers to their reset values (no hart may be using the UART). */
+export function resetUartState(sab: SharedArrayBuffer): void {
   const s = new Int32Array(sab);
+  s.fill(0);
   s[S_LCR] = 0x03; // 8N1, as after a reset
   s[S_DLL] = 0x0c; // 9600 baud at 1.8432 MHz, the reset value QEMU uses
-  return sab;
 }
 
 export class Uart16550 implements MmioDevice {

@@ -96,6 +96,15 @@ export class VirtioMmioState {
     Atomics.store(w, W.present, 1);
   }
 
+  /**
+   * A reset of the whole machine (QMP system_reset, a guest reboot): the
+   * device goes back to its initial state as if the driver had written 0 to
+   * Status (§4.2.2.1), so whoever serves it sees the reset counter move.
+   */
+  systemReset(): void {
+    if (Atomics.load(this.w, W.present)) this.writeStatus(0, () => {});
+  }
+
   /** Ask the guest to let go of the device (see VENDOR_ID_EJECT). */
   requestEject(): void { Atomics.store(this.w, W.eject, 1); }
 
