@@ -1,8 +1,9 @@
-// System reset end to end: `vmm run --qmp … --disk …` with the interactive
-// console on pipes. QMP system_reset restarts the running guest in place
-// (the disk's back-end is reset with its transport and serves the new boot),
-// and a reboot from inside the guest does the same; each is announced by a
-// QMP RESET event shaped as QEMU's. No timing assertions: every wait is for
+// System reset and powerdown end to end: `vmm run --qmp … --disk …` with
+// the interactive console on pipes. QMP system_reset restarts the running
+// guest in place (the disk's back-end is reset with its transport and serves
+// the new boot), and a reboot from inside the guest does the same; each is
+// announced by a QMP RESET event shaped as QEMU's. system_powerdown then
+// ends the guest through its power button. No timing assertions: every wait is for
 // text on the console or an event, with a generous bound against hangs.
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -17,7 +18,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const BANNER = "'poweroff' to stop the machine";
 
-it('system_reset and a guest reboot restart the machine in place; the disk serves every boot', { timeout: 900_000 }, async () => {
+it('system_reset and a guest reboot restart the machine in place; the disk serves every boot; system_powerdown powers off', { timeout: 900_000 }, async () => {
   const image = join(dir, 'disk.img');
   writeFileSync(image, new Uint8Array(16 << 20));
   const sock = join(dir, 'qmp.sock');
@@ -67,10 +68,14 @@ it('system_reset and a guest reboot restart the machine in place; the disk serve
     const third = at;
     at = await waitFor('third-9', at);
     expect(out.slice(third, at)).toContain('[BOOT1-DATA]');
-    q.close();
 
-    send('poweroff');
-    expect(await exited, err.slice(-3000)).toBe(0);
+    // system_powerdown presses the power button; the guest's agent powers off, vmm exits 0.
+    expect(await q.cmd('system_powerdown')).toEqual({ return: {} });
+    expect(await q.event('POWERDOWN')).toMatchObject({ event: 'POWERDOWN' });
+    expect(await q.event('SHUTDOWN')).toMatchObject({ data: { guest: true, reason: 'guest-shutdown' } });
+    expect(await exited, `console:\n${out.slice(-2000)}\nstderr:\n${err.slice(-2000)}`).toBe(0);
+    expect(out.slice(at)).toContain('power button pressed');
+    q.close();
     expect(out).not.toMatch(/I\/O error/);
   } finally {
     clearTimeout(hang);

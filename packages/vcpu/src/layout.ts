@@ -7,6 +7,7 @@ export const TIMEBASE_HZ = 10_000_000; // QEMU virt: RISCV_ACLINT_DEFAULT_TIMEBA
 export const MMIO = {
   test: { base: 0x0010_0000, size: 0x1000 }, // sifive,test1 "syscon" finisher: poweroff/reboot
   rtc: { base: 0x0010_1000, size: 0x1000 }, // google,goldfish-rtc
+  power: { base: 0x0010_2000, size: 0x1000 }, // vmm's paravirtual power button (not in the DTB; a page QEMU virt leaves free)
   clint: { base: 0x0200_0000, size: 0x1_0000 }, // sifive,clint0 (ACLINT MSWI + MTIMER layout)
   plic: { base: 0x0c00_0000, size: 0x60_0000 }, // sifive,plic-1.0.0
   uart0: { base: 0x1000_0000, size: 0x100 }, // ns16550a

@@ -189,6 +189,9 @@ export function setHartWorkerUrl(url: URL): void {
   hartWorkerUrl = url;
 }
 
+/** MachineExit.message of a machine ended by Machine.stop(). */
+export const STOPPED_BY_HOST = 'stopped by host';
+
 /** How long harts get to notice RUN.STOPPING before their workers are terminated. */
 const STOP_GRACE_MS = 5000;
 
@@ -465,7 +468,7 @@ export function startMachine(cfg: MachineConfig): Machine {
     reset: () => requestRestart('host'),
     onReset: (hook) => { resetHooks.push(hook); },
     async stop() {
-      finish({ reason: 'poweroff', code: 0, message: 'stopped by host' });
+      finish({ reason: 'poweroff', code: 0, message: STOPPED_BY_HOST });
       platform.console.close(); // a hart blocked on a full console ring must not hold up the stop
       await exited;
     },

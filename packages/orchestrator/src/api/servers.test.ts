@@ -121,6 +121,36 @@ describe('WebSocket API', () => {
   });
 });
 
+describe('shutting down', () => {
+  it('close() ends connected QMP and WebSocket clients after their last event instead of waiting for them', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vmm-close-'));
+    const path = join(dir, 'qmp.sock');
+    const token = createToken(join(dir, 'token'));
+    const h = new ApiHub(new StateVm(), log);
+    await h.listenQmp(path);
+    const port = await h.listenWebSocket(0, token);
+    const sock = net.connect(path);
+    const next = lines(sock);
+    await next();
+    sock.write('{"execute":"qmp_capabilities"}\n');
+    await next();
+    const sockClosed = new Promise<void>((r) => sock.on('close', () => r()));
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/`, { headers: { authorization: `Bearer ${token}` } });
+    const wsEvents: string[] = [];
+    ws.on('message', (d) => { wsEvents.push((JSON.parse(d.toString()) as { event?: string }).event ?? ''); });
+    const wsClosed = new Promise<number>((r) => ws.on('close', (code) => r(code)));
+    await new Promise((r) => ws.once('open', r));
+    while (wsEvents.length === 0) await new Promise((r) => setTimeout(r, 5)); // the greeting
+
+    h.emit(makeEvent('SHUTDOWN', { guest: true, reason: 'guest-shutdown' }));
+    await h.close(); // neither client hangs up by itself
+    expect(await next()).toMatchObject({ event: 'SHUTDOWN', data: { guest: true } });
+    await sockClosed;
+    expect(await wsClosed).toBe(1001);
+    expect(wsEvents).toContain('SHUTDOWN');
+  });
+});
+
 describe('vmm ctl', () => {
   it('parses key=value arguments and talks QMP', async () => {
     const { parseCommandArgs, runCtl } = await import('./client.ts');

@@ -20,7 +20,12 @@ export interface ApiLogger {
 
 interface Client {
   send(event: QmpEvent): void;
+  /** End the connection after what was sent (vmm is going away); `force` drops it at once. */
+  end(force: boolean): void;
 }
+
+/** How long connected clients get to read their last replies and events when vmm shuts down. */
+const CLOSE_GRACE_MS = 1000;
 
 export class ApiHub {
   private readonly clients = new Set<Client>();
@@ -42,7 +47,10 @@ export class ApiHub {
     try { unlinkSync(path); } catch { /* no stale socket */ }
     const server = net.createServer((sock) => {
       const session = new QmpSession(this.vm, true);
-      const client: Client = { send: (ev) => { if (session.ready) sock.write(JSON.stringify(ev) + '\r\n'); } };
+      const client: Client = {
+        send: (ev) => { if (session.ready) sock.write(JSON.stringify(ev) + '\r\n'); },
+        end: (force) => { if (force) sock.destroy(); else sock.end(); },
+      };
       this.clients.add(client);
       sock.write(JSON.stringify(QMP_GREETING) + '\r\n');
       let buf = '';
@@ -103,7 +111,10 @@ export class ApiHub {
     });
     wss.on('connection', (ws: WebSocket) => {
       const session = new QmpSession(this.vm, false);
-      const client: Client = { send: (ev) => ws.send(JSON.stringify(ev)) };
+      const client: Client = {
+        send: (ev) => ws.send(JSON.stringify(ev)),
+        end: (force) => { if (force) ws.terminate(); else ws.close(1001, 'vmm is shutting down'); },
+      };
       this.clients.add(client);
       ws.send(JSON.stringify(QMP_GREETING));
       ws.on('message', (data) => {
@@ -117,8 +128,17 @@ export class ApiHub {
     return actual;
   }
 
+  /**
+   * Stop listening and end every connection (a server's close waits for its
+   * connections, so a client that stays connected must not keep vmm alive):
+   * clients get their pending replies and events, then CLOSE_GRACE_MS to go.
+   */
   async close(): Promise<void> {
-    await Promise.all(this.closers.splice(0).map((c) => c()));
+    const closing = Promise.all(this.closers.splice(0).map((c) => c()));
+    for (const c of this.clients) c.end(false);
+    const grace = setTimeout(() => { for (const c of this.clients) c.end(true); }, CLOSE_GRACE_MS);
+    await closing;
+    clearTimeout(grace);
   }
 }
 

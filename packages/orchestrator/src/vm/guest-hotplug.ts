@@ -14,6 +14,15 @@
 // reset and completes device_del. (/dev/mem reads of a slot a driver has
 // claimed are refused by the kernel's IO_STRICT_DEVMEM, so the helper only
 // reads registers of unbound slots.)
+//
+// The same loop is the guest's end of QMP system_powerdown: it polls the
+// paravirtual power button (vcpu platform/power-button.ts) and, when it
+// reads a press, acknowledges it and runs poweroff (init then syncs and
+// powers off through the finisher), as acpid would on a PC.
+
+import { MMIO } from '@vmm/vcpu';
+
+const POWER_BUTTON = `0x${MMIO.power.base.toString(16)}`;
 
 export const HOTPLUG_HELPER_PATH = '/sbin/vmm-hotplug';
 
@@ -38,6 +47,11 @@ while :; do
       fi
     fi
   done
+  if [ "$(devmem ${POWER_BUTTON} 32 2>/dev/null)" = 0x00000001 ]; then
+    devmem ${POWER_BUTTON} 32 0
+    echo "vmm-hotplug: power button pressed, powering off" > /dev/kmsg
+    poweroff
+  fi
   sleep 1
 done
 `;

@@ -7,7 +7,7 @@
 
 import { readFileSync } from 'node:fs';
 import type { Logger } from '@vmm/core';
-import { IRQ, MMIO, RAM_BASE, VirtioMmioState, WASM_RAM_OFFSET, type Machine } from '@vmm/vcpu';
+import { IRQ, MMIO, RAM_BASE, STOPPED_BY_HOST, VirtioMmioState, WASM_RAM_OFFSET, type Machine, type MachineExit } from '@vmm/vcpu';
 import { QmpError, type BlockInfo, type ProcessInfo, type RunStatus, type VmControl } from '../api/control.ts';
 import { parseDeviceAdd, type DiskSpec } from './disk-spec.ts';
 import { VhostBlkDevice } from './vhost-blk.ts';
@@ -37,6 +37,12 @@ function rssBytes(pid: number | undefined): number | null {
   }
 }
 
+function shutdownEvent(exit: MachineExit): { guest: boolean; reason: string } {
+  if (exit.reason === 'error') return { guest: false, reason: 'host-error' };
+  if (exit.message === STOPPED_BY_HOST) return { guest: false, reason: 'host-signal' };
+  return { guest: true, reason: exit.reason === 'reset' ? 'guest-reset' : 'guest-shutdown' };
+}
+
 export class Vm implements VmControl {
   readonly machine: Machine;
   private readonly opts: VmOptions;
@@ -50,7 +56,11 @@ export class Vm implements VmControl {
     this.opts = opts;
     this.ram = new DataView(machine.memory.buffer as ArrayBuffer, WASM_RAM_OFFSET, machine.platformState.memBytes);
     this.slots = machine.platformState.virtio.map((buf, index) => ({ index, transport: new VirtioMmioState(buf), device: null, removing: false }));
-    void machine.exited.then(() => { this.shutdown = true; });
+    void machine.exited.then((exit) => {
+      // QMP SHUTDOWN for every end but quit (which announces itself), with QEMU's reasons.
+      if (!this.shutdown) this.opts.emit('SHUTDOWN', shutdownEvent(exit));
+      this.shutdown = true;
+    });
     // A system reset (ours or the guest's) reset every transport; wait until each back-end has stopped its rings.
     machine.onReset(async (cause) => {
       await Promise.all(this.disks().map((d) => d.settle()));
@@ -150,8 +160,11 @@ export class Vm implements VmControl {
     await this.machine.reset();
   }
 
+  /** Press the power button (QMP system_powerdown): the guest kit's agent powers the guest off; other guests may ignore it, as on QEMU. */
   async powerdown(): Promise<void> {
-    throw new QmpError('GenericError', 'system_powerdown needs a power-button device this machine does not have (as on QEMU riscv virt); use quit');
+    if (this.shutdown) throw new QmpError('GenericError', 'the VM has shut down');
+    this.machine.platform.power.press();
+    this.opts.emit('POWERDOWN', {});
   }
 
   async quit(): Promise<void> {

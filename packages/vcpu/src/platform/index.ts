@@ -12,6 +12,7 @@ import { ConsoleChannel, createConsoleState, type ConsoleState } from './console
 import { createExitState, ExitSlot, SifiveTest } from './finisher.ts';
 import { MmioBus } from './physbus.ts';
 import { createPlicState, Plic } from './plic.ts';
+import { createPowerButtonState, PowerButton } from './power-button.ts';
 import { createRtcState, GoldfishRtc } from './rtc.ts';
 import { Sbi } from './sbi.ts';
 import { createUartState, resetUartState, Uart16550 } from './uart.ts';
@@ -40,6 +41,7 @@ export interface PlatformState {
   console: ConsoleState;
   rtc: SharedArrayBuffer;
   exit: SharedArrayBuffer;
+  power: SharedArrayBuffer;
   /** Register files of the 8 virtio-mmio transports (VirtioMmioState buffers); a slot with no device plugged reads as empty. */
   virtio: SharedArrayBuffer[];
 }
@@ -58,6 +60,7 @@ export function createPlatformState(cfg: PlatformConfig): PlatformState {
     console: createConsoleState(),
     rtc: createRtcState(),
     exit: createExitState(),
+    power: createPowerButtonState(),
     virtio: Array.from({ length: MMIO.virtio.count }, () => new VirtioMmioState().buffer),
   };
 }
@@ -65,7 +68,7 @@ export function createPlatformState(cfg: PlatformConfig): PlatformState {
 /**
  * Put the platform back in its reset state for a system reset, while no hart
  * runs: interrupt lines, HSM states and timer deadlines, the PLIC, the UART's
- * registers, the exit slot, and every plugged virtio-mmio transport (reset as
+ * registers, the exit slot, the power button, and every plugged virtio-mmio transport (reset as
  * if its driver wrote 0 to Status). Kept, as on a real board: the console
  * rings (output not yet shown, input not yet read), the RTC's wall clock and the timebase.
  */
@@ -74,6 +77,7 @@ export function resetPlatformState(state: PlatformState): void {
   new Int32Array(state.plic).fill(0);
   resetUartState(state.uart);
   new Int32Array(state.exit).fill(0);
+  new Int32Array(state.power).fill(0);
   for (const regs of state.virtio) new VirtioMmioState(regs).systemReset();
 }
 
@@ -86,6 +90,7 @@ export interface Platform {
   console: ConsoleChannel;
   exit: ExitSlot;
   rtc: GoldfishRtc;
+  power: PowerButton;
   /** The 8 virtio-mmio slots, index i at MMIO.virtio.base + i * 0x1000 (PLIC source 1 + i). */
   virtio: VirtioMmioSlot[];
 }
@@ -103,6 +108,7 @@ export function createPlatform(state: PlatformState, hartId: number): Platform {
   const uart = new Uart16550(state.uart, console, plic);
   const exit = new ExitSlot(state.exit, signals);
   const rtc = new GoldfishRtc(state.rtc);
+  const power = new PowerButton(state.power);
   const virtio = Array.from({ length: MMIO.virtio.count }, (_, i) => {
     const slot = new VirtioMmioSlot(i);
     const regs = state.virtio[i];
@@ -113,15 +119,16 @@ export function createPlatform(state: PlatformState, hartId: number): Platform {
     }
     return slot;
   });
-  const bus = new MmioBus([new SifiveTest(exit), rtc, new Clint(signals), plic, uart, ...virtio]);
+  const bus = new MmioBus([new SifiveTest(exit), rtc, power, new Clint(signals), plic, uart, ...virtio]);
   const sbi = new Sbi({ signals, console, exit, ramBase: state.ramBase, ramBytes: state.memBytes });
-  return { bus, sbi, signals, plic, uart, console, exit, rtc, virtio };
+  return { bus, sbi, signals, plic, uart, console, exit, rtc, power, virtio };
 }
 
 export { Plic, PlicError } from './plic.ts';
 export { Clint } from './clint.ts';
 export { Uart16550 } from './uart.ts';
 export { GoldfishRtc } from './rtc.ts';
+export { PowerButton } from './power-button.ts';
 export { SifiveTest, ExitSlot, EXIT_REASON, type ExitReasonName } from './finisher.ts';
 export { VirtioMmioSlot, VIRTIO_MMIO_MAGIC, VIRTIO_MMIO_VERSION, type VirtioMmioDeviceHook } from './virtio-mmio.ts';
 export { MmioBus, BusError } from './physbus.ts';
