@@ -29,6 +29,10 @@ ${W(12, 'nospace2')}; echo "ENOSPC-WRITE rc=$?"
 echo "ENOSPC-READ $(${R(11)})"
 echo @@ENOSPC-OFF@@; sleep 1
 ${W(13, 'spaceok3')}; echo "ENOSPC-OFF-WRITE rc=$?"
+echo @@CRASHY@@
+while [ ! -e /sys/block/vdb ]; do sleep 0.2; done; echo CRASHY-UP
+while [ -e /sys/block/vdb ]; do sleep 0.2; done; echo CRASHY-GONE
+${W(14, 'stillok4')}; echo "AFTER-GIVE-UP-WRITE rc=$?"
 echo "IOERRORS=$(dmesg | grep -ci 'i/o error')"
 `;
 
@@ -87,9 +91,35 @@ describe('inject-fault against a real guest', () => {
       expect(g.output()).toContain('ENOSPC-READ passed11');
       await q.cmd('inject-fault', { kind: 'enospc', device: 'd0', on: false });
       expect(await q.cmd('inject-fault', { kind: 'melt', device: 'd0' })).toHaveProperty('error.class', 'GenericError');
+
+      // The guest now waits for a second disk, so the VM is sure to be running for what follows.
+      await g.waitFor('@@CRASHY@@');
       // A back-end that cannot start fails device_add with its own message; the VM runs on.
       const bad = await q.cmd('device_add', { driver: 'virtio-blk', id: 'nope', file: join(tmpdir(), 'no-such-image.img') });
       expect((bad.error as { desc: string }).desc).toMatch(/cannot open image .*no-such-image.img/);
+      // A back-end that keeps crashing without getting any work done is given
+      // up after a bounded number of restarts: an event, its state in
+      // query-processes, and the VM runs on (the admin can then remove it).
+      const crashy = join(tmpdir(), `vmm-crashy-${process.pid}.img`);
+      writeFileSync(crashy, Buffer.alloc(1 << 20));
+      expect(await q.cmd('device_add', { driver: 'virtio-blk', id: 'crashy', file: crashy })).toEqual({ return: {} });
+      await g.waitFor('CRASHY-UP');
+      let failed: Record<string, unknown> | undefined;
+      for (let k = 1; !failed && k <= 20; k++) {
+        expect(await q.cmd('inject-fault', { kind: 'kill', device: 'crashy' })).toHaveProperty('return.pid');
+        const ev = await q.event(['BACKEND_RESTARTED', 'BACKEND_FAILED']);
+        if (ev.event === 'BACKEND_FAILED') failed = ev;
+      }
+      expect(failed).toMatchObject({ data: { device: 'crashy' } });
+      const procs = (await q.cmd('query-processes')).return as { id: string; state: string }[];
+      expect(procs.find((p) => p.id === 'crashy')).toMatchObject({ state: 'failed' });
+      expect(procs.find((p) => p.id === 'd0')).toMatchObject({ state: 'running' });
+      expect(await q.cmd('query-status')).toMatchObject({ return: { running: true } });
+      expect(await q.cmd('device_del', { id: 'crashy' })).toEqual({ return: {} });
+      expect(await q.event('DEVICE_DELETED')).toMatchObject({ data: { device: 'crashy' } });
+      await g.waitFor('AFTER-GIVE-UP-WRITE');
+      expect(g.output()).toContain('CRASHY-GONE');
+      expect(g.output()).toContain('AFTER-GIVE-UP-WRITE rc=0');
       q.close();
       const { status } = await g.done;
       expect(status).toBe(0);
@@ -98,7 +128,7 @@ describe('inject-fault against a real guest', () => {
       // From the host: failed writes left the old data, the others landed.
       const d = readFileSync(file);
       const tag = (b: number) => d.subarray(b * 4096, b * 4096 + 8).toString('latin1');
-      expect([tag(1), tag(2), tag(10), tag(11), tag(12), tag(13)]).toEqual(['paused01', 'delayd02', 'before10', 'passed11', 'before12', 'spaceok3']);
+      expect([tag(1), tag(2), tag(10), tag(11), tag(12), tag(13), tag(14)]).toEqual(['paused01', 'delayd02', 'before10', 'passed11', 'before12', 'spaceok3', 'stillok4']);
     } finally {
       await g.attached.close();
     }

@@ -48,6 +48,8 @@ export class QmpClient {
   private readonly replies: Json[] = [];
   private readonly failed: Promise<never>;
   private wake: (() => void) | undefined;
+  /** Set once vmm has closed the connection (it is shutting down): waits then fail instead of hanging. */
+  private ended = false;
 
   private constructor(path: string) {
     this.sock = net.connect(path);
@@ -63,6 +65,7 @@ export class QmpClient {
         this.wake?.();
       }
     });
+    this.sock.on('close', () => { this.ended = true; this.wake?.(); });
     this.failed = new Promise<never>((_, reject) => this.sock.once('error', (e) => reject(new Error(`vmm ctl: cannot connect to ${path}: ${e.message}`))));
     this.failed.catch(() => {});
   }
@@ -75,8 +78,9 @@ export class QmpClient {
     return c;
   }
 
-  /** Resolves at the next message, or after 500 ms (so event waits can time out); rejects if the socket failed. */
+  /** Resolves at the next message, or after 500 ms (so event waits can time out); rejects if the socket failed or closed. */
   private wait(): Promise<void> {
+    if (this.ended) return Promise.reject(new Error('vmm closed the QMP connection (the VM has shut down)'));
     return Promise.race([new Promise<void>((r) => { this.wake = r; setTimeout(r, 500).unref(); }), this.failed]);
   }
 
@@ -87,11 +91,12 @@ export class QmpClient {
     return this.replies.shift()!;
   }
 
-  /** Wait for (and take) the next event called `name`. */
-  async event(name: string, timeoutMs = 120_000): Promise<Json> {
+  /** Wait for (and take) the next event called `name` (or any of the names). */
+  async event(name: string | string[], timeoutMs = 120_000): Promise<Json> {
+    const names = typeof name === 'string' ? [name] : name;
     const t0 = Date.now();
     for (;;) {
-      const i = this.events.findIndex((e) => e.event === name);
+      const i = this.events.findIndex((e) => names.includes(String(e.event)));
       if (i >= 0) return this.events.splice(i, 1)[0]!;
       if (Date.now() - t0 > timeoutMs) throw new Error(`no ${name} event within ${timeoutMs} ms`);
       await this.wait();

@@ -148,6 +148,13 @@ describe('shutting down', () => {
     await sockClosed;
     expect(await wsClosed).toBe(1001);
     expect(wsEvents).toContain('SHUTDOWN');
+    // Our own client: a command on a connection vmm has closed fails instead of waiting forever.
+    const { QmpClient } = await import('./client.ts');
+    const h2 = new ApiHub(new StateVm(), log);
+    await h2.listenQmp(path);
+    const c = await QmpClient.connect(path);
+    await h2.close();
+    await expect(c.cmd('query-status')).rejects.toThrow(/closed the QMP connection/);
   });
 });
 
