@@ -343,8 +343,13 @@ export function startMachine(cfg: MachineConfig): Machine {
   cfg.console.input?.on('data', onData);
 
   // Lifecycle: an exit request (finisher, SRST), every hart stopped, or a worker failure.
+  // One watcher at a time: a host reset leaves the current one waiting (the slot stays empty).
+  let watchingExit = false;
   const watchExit = (): void => {
+    if (watchingExit) return;
+    watchingExit = true;
     void platform.exit.wait().then((e) => {
+      watchingExit = false;
       if (e.reason === 'reset' && cfg.reboot && !final) void requestRestart('guest').catch(() => {});
       else finish({ reason: e.reason, code: e.code });
     });
