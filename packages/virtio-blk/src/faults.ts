@@ -18,6 +18,13 @@ export class InjectedFaultError extends VmmError {
 /** A control message from the orchestrator (DeviceProcess.send). */
 export type FaultCommand = { fault: 'fail-requests'; count: number } | { fault: 'enospc'; on: boolean } | { fault: 'clear' };
 
+/** The `count` of a fail-requests command, checked: an integer 0..1,000,000, else a RangeError naming the value. */
+export function failRequestCount(count: unknown): number {
+  const n = Number(count);
+  if (!Number.isInteger(n) || n < 0 || n > 1_000_000) throw new RangeError(`fail-requests: count=${String(count)} must be 0..1000000`);
+  return n;
+}
+
 export class FaultInjectingImage implements BlockImage {
   readonly inner: BlockImage;
   /** Requests still to fail with an I/O error. */
@@ -36,8 +43,7 @@ export class FaultInjectingImage implements BlockImage {
   control(m: Record<string, unknown>): string {
     switch (m.fault) {
       case 'fail-requests': {
-        const n = Number(m.count);
-        if (!Number.isInteger(n) || n < 0 || n > 1_000_000) throw new RangeError(`fail-requests: count=${String(m.count)} must be 0..1000000`);
+        const n = failRequestCount(m.count);
         this.failNext = n;
         return `failing the next ${n} requests`;
       }

@@ -16,6 +16,7 @@
 // cluster (discard, write-zeroes, rewriting a compressed cluster) takes
 // the lock exclusively, so no in-flight I/O can land in a freed cluster.
 
+import { closeSync, openSync, readSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { inflateRawSync, constants as zc } from 'node:zlib';
@@ -782,21 +783,26 @@ export interface OpenImageOptions {
   depth?: number;
 }
 
+/** The format of the image at `path`: qcow2 if it starts with the qcow2 magic, else raw (a shorter file is raw). */
+export function probeImageFormat(path: string): ImageFormat {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    throw new ImageError('ERR_IMAGE_OPEN', `cannot open image ${path}: ${(e as Error).message}`);
+  }
+  try {
+    const head = new Uint8Array(4);
+    readSync(fd, head, 0, 4, 0);
+    return new DataView(head.buffer).getUint32(0) === QCOW2_MAGIC ? 'qcow2' : 'raw';
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** Open an image by path, probing the format unless given. */
 export async function openImage(path: string, options: OpenImageOptions = {}): Promise<BlockImage> {
-  let format = options.format;
-  if (format === undefined) {
-    let fh: FileHandle;
-    try {
-      fh = await open(path, 'r');
-    } catch (e) {
-      throw new ImageError('ERR_IMAGE_OPEN', `cannot open image ${path}: ${(e as Error).message}`);
-    }
-    const head = new Uint8Array(4);
-    await preadFull(fh, head, 0);
-    await fh.close();
-    format = new DataView(head.buffer).getUint32(0) === QCOW2_MAGIC ? 'qcow2' : 'raw';
-  }
+  const format = options.format ?? probeImageFormat(path);
   if (format === 'qcow2') return Qcow2Image.open(path, { readOnly: options.readOnly ?? false, depth: options.depth ?? 0 });
   return RawImage.open(path, { readOnly: options.readOnly ?? false });
 }

@@ -14,7 +14,6 @@
 // was in flight (vhost-user "Inflight I/O tracking"). The guest sees a
 // delay, never an error.
 
-import { closeSync, openSync, readSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import {
@@ -23,6 +22,7 @@ import {
 } from '@vmm/core';
 import { VIRTIO_INT, VIRTIO_STATUS, type IrqFn, type VirtioMmioState } from '@vmm/vcpu';
 import type { DiskSpec } from './disk-spec.ts';
+import { probeImageFormat } from '@vmm/virtio-blk';
 
 const VIRTIO_ID_BLOCK = 2; // virtio 1.2 §5
 const QUEUE_SIZE_MAX = 256;
@@ -59,13 +59,8 @@ export interface VhostBlkContext {
 }
 
 function isQcow2(spec: DiskSpec): boolean {
-  if (spec.format) return spec.format === 'qcow2';
   try {
-    const fd = openSync(spec.file, 'r');
-    const magic = Buffer.alloc(4);
-    readSync(fd, magic, 0, 4, 0);
-    closeSync(fd);
-    return magic.toString('latin1') === 'QFI\xfb';
+    return (spec.format ?? probeImageFormat(spec.file)) === 'qcow2';
   } catch {
     return true; // unknown: no spare
   }
@@ -96,6 +91,8 @@ export class VhostBlkDevice {
   private ringsRunning = false;
   private lastResets = 0;
   private ops: Promise<void> = Promise.resolve();
+  /** The serving process died on its own: recover, queued behind any other back-end operation. */
+  private readonly onCrash = (info: { code: number | null; signal: string | null }): void => this.enqueue(() => this.recover(info));
   private fruitless = 0;
   private progressMark = 0;
   private closed = false;
@@ -123,7 +120,7 @@ export class VhostBlkDevice {
     if (spec.readOnly) args.push('--readonly');
     if (spec.serial) args.push('--serial', spec.serial);
     const proc = new DeviceProcess({ name: spec.id, args, log: this.ctx.log, stdio: 'inherit' });
-    proc.onUnexpectedExit = (info) => this.enqueue(() => this.recover(info));
+    proc.onUnexpectedExit = this.onCrash;
     return proc;
   }
 
@@ -344,7 +341,7 @@ export class VhostBlkDevice {
       if (spare?.ready && spare.proc.running) {
         this.spare = null;
         spare.proc.restarts = this.proc.restarts + 1;
-        spare.proc.onUnexpectedExit = (i) => this.enqueue(() => this.recover(i));
+        spare.proc.onUnexpectedExit = this.onCrash;
         this.proc = spare.proc;
         this.socketPath = spare.socket;
       } else {
@@ -366,7 +363,6 @@ export class VhostBlkDevice {
     this.ctx.emit('BACKEND_RESTARTED', { device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, recovery_ms: ms });
     // Kicks that arrived while it was down are still counted in the kick eventfds.
   }
-
 
   /**
    * Ask the guest to let go (device_del): the disk reports 0 sectors through

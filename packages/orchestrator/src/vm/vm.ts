@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import type { Logger } from '@vmm/core';
 import { IRQ, MMIO, RAM_BASE, STOPPED_BY_HOST, VirtioMmioState, WASM_RAM_OFFSET, type Machine, type MachineExit } from '@vmm/vcpu';
 import { QmpError, type BlockInfo, type ProcessInfo, type RunStatus, type VmControl } from '../api/control.ts';
+import { failRequestCount } from '@vmm/virtio-blk';
 import { parseDeviceAdd, type DiskSpec } from './disk-spec.ts';
 import { VhostBlkDevice } from './vhost-blk.ts';
 
@@ -246,8 +247,12 @@ export class Vm implements VmControl {
         return { device: id, ms };
       }
       case 'fail-requests': {
-        const count = Number(args.count ?? 1);
-        if (!Number.isInteger(count) || count < 0 || count > 1_000_000) throw new QmpError('GenericError', `inject-fault fail-requests: count=${String(args.count)} must be 0..1000000`);
+        let count: number;
+        try {
+          count = failRequestCount(args.count ?? 1);
+        } catch (e) {
+          throw new QmpError('GenericError', `inject-fault ${(e as Error).message}`);
+        }
         this.control(dev, { fault: 'fail-requests', count });
         return { device: id, count };
       }
