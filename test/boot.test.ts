@@ -75,7 +75,7 @@ describe('guest kit under QEMU (reference machine)', () => {
 });
 
 describe('vmm run --exec (our machine)', () => {
-  const vmm = (args: string[], timeoutMs = 850_000) => runBounded(process.execPath, [VMM_CLI, 'run', ...args], { timeoutMs });
+  const vmm = (args: string[]) => runBounded(process.execPath, [VMM_CLI, 'run', ...args], { timeoutMs: 850_000 });
 
   for (const bios of ['builtin', 'opensbi']) {
     for (const smp of [1, 2]) {
