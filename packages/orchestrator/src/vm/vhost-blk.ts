@@ -179,6 +179,10 @@ export class VhostBlkDevice {
       await this.connect();
     }
     this.state = 'running';
+    // Catch up with the transport: the driver may have set DRIVER_OK (or
+    // reset the device) while the old process was dying, even in the middle
+    // of starting its rings; nothing else would start them for the new one.
+    await this.reconcile();
   }
 
   /** Start the process, connect, and put the device into its transport slot. Fails with the back-end's own message. */
