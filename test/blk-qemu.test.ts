@@ -1,6 +1,9 @@
 // End-to-end: a real QEMU (`qemu-system-riscv64 -M virt`, TCG) is the
 // vhost-user front-end of our vmm-blk process (vhost-user-blk-pci, guest RAM
-// in a shared memfd). The Debian guest kernel writes a known pattern across
+// in a shared memfd), started the way the README tells a QEMU user to: the
+// package's `vmm-blk` bin from a plain shell environment (system PATH only,
+// where `node` is the machine's Node 20), and QEMU with the README's
+// -object/-numa/-chardev/-device arguments. The Debian guest kernel writes a known pattern across
 // the whole disk, syncs, drops its caches, reads the disk back and checks
 // it; then the host checks the image (raw: the bytes; qcow2: qemu-img check
 // and compare). Bounded deadlines, no timing assertions.
@@ -15,7 +18,9 @@ import { createLogger, DeviceProcess } from '@vmm/core';
 import { ExecOutputFilter, initrdWithExec, writeCpio, type GuestKit } from '@vmm/orchestrator';
 import { kitAndInitramfs, qemuArgs, requireQemu, runBounded } from './guest-helpers.ts';
 
-const VMM_BLK = fileURLToPath(new URL('../packages/virtio-blk/src/main.ts', import.meta.url));
+const VMM_BLK_BIN = fileURLToPath(new URL('../packages/virtio-blk/bin/vmm-blk', import.meta.url));
+/** A login shell's environment: no pnpm shims on PATH. */
+const PLAIN_ENV = { PATH: '/usr/local/bin:/usr/bin:/bin', HOME: process.env.HOME ?? '/root', VMM_LOG_LEVEL: 'warn' };
 const MIB = 1 << 20;
 const DISK_MIB = 24;
 const SERIAL = 'vmm-e2e-disk';
@@ -81,12 +86,14 @@ describe('vmm-blk under a real QEMU front-end (vhost-user-blk-pci)', () => {
       writeFileSync(initrd, Buffer.concat([x.initrd, data]));
 
       const sock = join(dir, `${format}.sock`);
-      const proc = new DeviceProcess({ name: `blk-${format}`, args: [VMM_BLK, '--socket', sock, '--image', image, '--format', format, '--queues', '2', '--serial', SERIAL], env: { VMM_LOG_LEVEL: 'warn' }, log });
+      // README: packages/virtio-blk/bin/vmm-blk --socket /tmp/vda.sock --image disk.img --queues 2 --serial … &
+      const proc = new DeviceProcess({ name: `blk-${format}`, command: VMM_BLK_BIN, args: ['--socket', sock, '--image', image, '--format', format, '--queues', '2', '--serial', SERIAL], env: PLAIN_ENV, log });
       await proc.start();
       let r;
       try {
         r = await runBounded('qemu-system-riscv64', [
           ...qemuArgs(kit, initrd, 1, 'console=ttyS0 panic=-1 quiet'),
+          // README, "vmm-blk behind QEMU": exactly these four arguments.
           '-object', 'memory-backend-memfd,id=mem,size=512M,share=on',
           '-numa', 'node,memdev=mem',
           '-chardev', `socket,id=c,path=${sock}`,

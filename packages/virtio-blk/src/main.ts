@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 // vmm-blk: the vhost-user-blk back-end process. One process per disk; it
 // opens the image, listens on the vhost-user socket and serves one
 // front-end at a time (our orchestrator, QEMU, or a benchmark driver),

