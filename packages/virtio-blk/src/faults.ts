@@ -5,7 +5,7 @@
 // command; nothing is written for a failed request, so no data is damaged.
 
 import { VmmError } from '@vmm/core';
-import type { BlockImage } from './image.ts';
+import { forEachSegment, type BlockImage } from './image.ts';
 
 export class InjectedFaultError extends VmmError {
   readonly errno: string;
@@ -74,6 +74,19 @@ export class FaultInjectingImage implements BlockImage {
   async write(offset: number, from: Uint8Array): Promise<void> {
     this.check('write', true);
     await this.inner.write(offset, from);
+  }
+  // The vectored calls are forwarded when the inner image has them (raw:
+  // one preadv/pwritev per request); a request is one fault either way.
+  // Without these, every multi-segment request took the per-segment path.
+  async readv(offset: number, into: readonly Uint8Array[]): Promise<void> {
+    this.check('read', false);
+    if (this.inner.readv) await this.inner.readv(offset, into);
+    else await forEachSegment(offset, into, (o, b) => this.inner.read(o, b));
+  }
+  async writev(offset: number, from: readonly Uint8Array[]): Promise<void> {
+    this.check('write', true);
+    if (this.inner.writev) await this.inner.writev(offset, from);
+    else await forEachSegment(offset, from, (o, b) => this.inner.write(o, b));
   }
   async flush(): Promise<void> {
     this.check('flush', false);

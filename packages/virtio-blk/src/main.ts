@@ -9,6 +9,7 @@ import { createLogger, installDeviceProcessSignals, isVmmError, onControlMessage
 import { BlkDevice } from './device.ts';
 import { BlkConfigError } from './errors.ts';
 import { FaultInjectingImage } from './faults.ts';
+import type { BlockImage } from './image.ts';
 import { openImage, Qcow2Image, type ImageFormat } from './qcow2.ts';
 
 // Reads and writes run on libuv's pool; its default of 4 threads caps the
@@ -88,6 +89,16 @@ export function parseBlkArgs(argv: string[]): BlkOptions | null {
   };
 }
 
+/**
+ * The image stack vmm-blk serves: the opened image (raw or qcow2) inside the
+ * fault-injection layer, inert until the orchestrator's inject-fault arms it.
+ * One function so the process and its tests build the very same stack.
+ */
+export async function openServedImage(opts: Pick<BlkOptions, 'image' | 'format' | 'readOnly'>): Promise<{ image: BlockImage; served: FaultInjectingImage }> {
+  const image = await openImage(opts.image, { format: opts.format, readOnly: opts.readOnly });
+  return { image, served: new FaultInjectingImage(image) };
+}
+
 async function main(): Promise<void> {
   let opts: BlkOptions | null;
   try {
@@ -101,17 +112,16 @@ async function main(): Promise<void> {
     return;
   }
   const log = createLogger('blk', opts.id, opts.logLevel);
-  let image;
+  let image: BlockImage;
+  let faulty: FaultInjectingImage;
   try {
-    image = await openImage(opts.image, { format: opts.format, readOnly: opts.readOnly });
+    ({ image, served: faulty } = await openServedImage(opts));
   } catch (e) {
     log.fatal({ err: e, code: (e as { code?: string }).code }, 'cannot open image');
     process.stderr.write(`vmm-blk: ${(e as Error).message}\n`);
     process.exit(isVmmError(e) && e.kind === 'config' ? 2 : 1);
   }
-  // Every request goes through the fault-injection layer; it is inert until
-  // the orchestrator's inject-fault arms it over the IPC channel.
-  const faulty = new FaultInjectingImage(image);
+  // Every request goes through the fault-injection layer, armed over the IPC channel.
   onControlMessage((m) => {
     try {
       log.warn({ fault: m }, faulty.control(m));

@@ -16,6 +16,8 @@ export class RawImage implements BlockImage {
   readonly readOnly: boolean;
   readonly path: string;
   #fh: FileHandle;
+  /** System calls issued per kind, for tests and benchmarks: a wrapper that hides readv/writev shows up as vectored = 0. */
+  readonly ioStats = { vectored: 0, single: 0 };
   /** Bytes of the file that actually exist; reads past it (a file shorter than a sector multiple) see zeros. */
   #fileSize: number;
 
@@ -46,6 +48,7 @@ export class RawImage implements BlockImage {
 
   async read(offset: number, into: Uint8Array): Promise<void> {
     checkRange(this, 'read', offset, into.length);
+    this.ioStats.single++;
     await preadFull(this.#fh, into, offset);
   }
 
@@ -53,6 +56,7 @@ export class RawImage implements BlockImage {
   async readv(offset: number, into: readonly Uint8Array[]): Promise<void> {
     const total = into.reduce((n, b) => n + b.length, 0);
     checkRange(this, 'read', offset, total);
+    this.ioStats.vectored++;
     const got = (await this.#fh.readv(into as Uint8Array[], offset)).bytesRead;
     if (got === total) return;
     // Short read: fall back to one buffer at a time (zero-fills past end of file).
@@ -66,6 +70,7 @@ export class RawImage implements BlockImage {
   async write(offset: number, from: Uint8Array): Promise<void> {
     checkWritable(this, 'write');
     checkRange(this, 'write', offset, from.length);
+    this.ioStats.single++;
     await pwriteFull(this.#fh, from, offset);
   }
 
@@ -74,6 +79,7 @@ export class RawImage implements BlockImage {
     checkWritable(this, 'write');
     const total = from.reduce((n, b) => n + b.length, 0);
     checkRange(this, 'write', offset, total);
+    this.ioStats.vectored++;
     const done = (await this.#fh.writev(from as Uint8Array[], offset)).bytesWritten;
     if (done === total) return;
     let skip = done;

@@ -11,7 +11,7 @@
 // byte, so parsing works on the byte streams, not on descriptor counts.
 
 import type { DescriptorChain, GuestMemory } from '@vmm/core';
-import type { BlockImage } from './image.ts';
+import { forEachSegment, type BlockImage } from './image.ts';
 import {
   DWZ_SEGMENT_LEN,
   REQ_HEADER_LEN,
@@ -208,12 +208,6 @@ export function parseRequest(mem: GuestMemory, chain: ChainBuffers, limits: BlkL
   }
 }
 
-/** Block image as seen by execute; raw images add scatter/gather I/O. */
-type ImageWithVectors = BlockImage & {
-  readv?(offset: number, into: readonly Uint8Array[]): Promise<void>;
-  writev?(offset: number, from: readonly Uint8Array[]): Promise<void>;
-};
-
 export interface ExecuteResult {
   /** Bytes written into the chain's device-writable buffers (the used length). */
   usedLen: number;
@@ -222,22 +216,12 @@ export interface ExecuteResult {
   error?: string;
 }
 
-async function forSegments(offset: number, segments: readonly Uint8Array[], fn: (off: number, seg: Uint8Array) => Promise<void>): Promise<void> {
-  const ops: Promise<void>[] = [];
-  let pos = offset;
-  for (const s of segments) {
-    ops.push(fn(pos, s));
-    pos += s.length;
-  }
-  await Promise.all(ops);
-}
-
 /**
  * Execute a parsed request: do the I/O, write the status byte, return the
  * used length. Image errors become IOERR for this request only.
  */
 export async function executeRequest(req: BlkRequest, image: BlockImage, serial: Uint8Array): Promise<ExecuteResult> {
-  const img = image as ImageWithVectors;
+  const img = image;
   let usedLen = 1;
   let status: number = VIRTIO_BLK_S_OK;
   let error: string | undefined;
@@ -246,14 +230,14 @@ export async function executeRequest(req: BlkRequest, image: BlockImage, serial:
       case 'in': {
         const off = req.sector * SECTOR_SIZE;
         if (img.readv && req.segments.length > 1) await img.readv(off, req.segments);
-        else await forSegments(off, req.segments, (o, s) => img.read(o, s));
+        else await forEachSegment(off, req.segments, (o, s) => img.read(o, s));
         usedLen = req.bytes + 1;
         break;
       }
       case 'out': {
         const off = req.sector * SECTOR_SIZE;
         if (img.writev && req.segments.length > 1) await img.writev(off, req.segments);
-        else await forSegments(off, req.segments, (o, s) => img.write(o, s));
+        else await forEachSegment(off, req.segments, (o, s) => img.write(o, s));
         break;
       }
       case 'flush':
