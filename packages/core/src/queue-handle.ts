@@ -4,7 +4,6 @@
 
 import type { Logger } from 'pino';
 import type { VirtqueueHandle } from './device.ts';
-import { VmmError } from './errors.ts';
 import type { GuestMemory } from './memory.ts';
 import type { InflightQueue } from './vhost-user/inflight.ts';
 import { VirtqueueError, type DescriptorChain, type SplitQueue } from './virtqueue.ts';
@@ -39,6 +38,8 @@ export class QueueHandle implements VirtqueueHandle {
   dead = false;
   broken = false;
   notifications = 0;
+  /** Completions dropped because their head was not in flight (diagnostics, tests). */
+  strayCompletions = 0;
 
   constructor(o: QueueHandleOptions) {
     this.o = o;
@@ -58,19 +59,31 @@ export class QueueHandle implements VirtqueueHandle {
     if (this.dead || this.broken) return null;
     while (this.resubmit.length > 0) {
       const head = this.resubmit.shift()!;
+      if (this.popped.has(head)) continue;
       try {
         const c = this.q.parse(head);
         this.popped.add(head);
         return c;
       } catch (e) {
-        this.o.log.warn({ err: e, queue: this.index, head }, 'dropping an unparsable inflight chain');
+        // The driver still counts this chain as outstanding: give it back (nothing written), or its request never completes.
+        this.o.log.warn({ err: e, queue: this.index, head }, 'returning an unparsable inflight chain unprocessed');
+        this.inflight?.beforeUsed(head);
+        this.q.pushUsed(head, 0);
         this.inflight?.afterUsed(head, this.q.usedIdx);
+        this.scheduleFlush();
       }
     }
     for (;;) {
       try {
         const c = this.q.pop();
         if (c === null) return null;
+        if (this.popped.has(c.head)) {
+          // virtio 1.2 §2.7.13: the driver must not make a buffer available while the device uses it. Starting it a second time would
+          // complete one head twice; give the duplicate entry back untouched and keep the first request running.
+          this.o.log.warn({ queue: this.index, head: c.head }, 'driver made a head available again while it is in flight');
+          this.returnUntracked(c.head);
+          continue;
+        }
         this.inflight?.begin(c.head);
         this.popped.add(c.head);
         return c;
@@ -79,8 +92,7 @@ export class QueueHandle implements VirtqueueHandle {
         this.o.log.warn({ err: e, queue: this.index }, 'malformed descriptor chain');
         if (e.head !== undefined && e.head < this.size) {
           // Give the chain back untouched so the driver's request completes (with nothing written).
-          this.q.pushUsed(e.head, 0);
-          this.scheduleFlush();
+          this.returnUntracked(e.head);
         } else {
           // The ring itself is inconsistent: stop using it until the driver resets the device.
           this.broken = true;
@@ -91,9 +103,33 @@ export class QueueHandle implements VirtqueueHandle {
     }
   }
 
+  /**
+   * Return a chain that never became a request (malformed, or a duplicate
+   * of a head in flight) with nothing written. Its avail entry was consumed,
+   * so a used entry keeps avail = used + inflight, which is what inflight
+   * recovery counts on; its inflight flag (if any belongs to the running
+   * request) is left alone.
+   */
+  private returnUntracked(head: number): void {
+    this.inflight?.beforeUntrackedUsed();
+    this.q.pushUsed(head, 0);
+    this.inflight?.afterUntrackedUsed(this.q.usedIdx);
+    this.scheduleFlush();
+  }
+
+  /**
+   * A request finished. A completion that belongs to no request of this ring
+   * generation (the ring was stopped or restarted since it was popped, or the
+   * device completed it twice) is dropped with a log line, never thrown: it
+   * would otherwise kill the device process from a completion callback.
+   */
   complete(head: number, writtenLen: number): void {
     if (this.dead) return;
-    if (!this.popped.delete(head)) throw new VmmError(`queue ${this.index}: completing head ${head} that is not in flight`, 'guest', 'ERR_VIRTQ_NOT_IN_FLIGHT');
+    if (!this.popped.delete(head)) {
+      this.strayCompletions++;
+      this.o.log.warn({ queue: this.index, head, code: 'ERR_VIRTQ_NOT_IN_FLIGHT' }, 'dropping a completion for a head that is not in flight');
+      return;
+    }
     this.inflight?.beforeUsed(head);
     this.q.pushUsed(head, writtenLen);
     this.inflight?.afterUsed(head, this.q.usedIdx);

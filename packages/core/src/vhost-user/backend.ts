@@ -336,16 +336,7 @@ export class VhostUserBackend {
         const v = this.vring(s.index);
         // Stop the ring (spec "Starting and stopping rings"), waiting for requests still in the device so the index returned covers them.
         const h = v.handle;
-        if (h && h.inFlight > 0) {
-          // Bounded: a device that never completes (a hung disk) must not hang the front-end's stop forever; its requests stay in the inflight region.
-          let timer: NodeJS.Timeout | undefined;
-          const drained = await Promise.race([
-            new Promise<boolean>((resolve) => this.idleWaiters.push({ handle: h, resolve: () => resolve(true) })),
-            new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), this.drainTimeoutMs))),
-          ]);
-          clearTimeout(timer);
-          if (!drained) this.log.warn({ vring: v.index, inFlight: h.inFlight }, 'GET_VRING_BASE: requests still in the device; stopping the ring anyway');
-        }
+        await this.drain(v);
         const base = h ? h.q.lastAvail : v.base;
         this.stopRing(v, false);
         v.base = base;
@@ -360,10 +351,15 @@ export class VhostUserBackend {
         if (m.request === Req.SET_VRING_CALL) {
           if (v.callFd >= 0) closeFd(v.callFd);
           v.callFd = fd;
+          // QEMU sends the call fd after the kick fd: a completion may have been signalled on the old one, or on none.
+          this.announce(v);
         } else if (m.request === Req.SET_VRING_ERR) {
           if (v.errFd >= 0) closeFd(v.errFd);
           v.errFd = fd;
         } else {
+          // A new kick fd for a running ring restarts it. Requests of the old ring still running would write their data
+          // and status into buffers the driver may have reused by then: let them finish first, as GET_VRING_BASE does.
+          await this.drain(v);
           this.stopRing(v, false);
           v.kickFd = fd;
           // NOFD asks the back-end to poll the ring instead; we only serve kicks (the ring stays stopped).
@@ -429,6 +425,23 @@ export class VhostUserBackend {
 
   private inflightOffset = 0;
 
+  /**
+   * Wait until the ring's device holds none of its requests. Bounded: a
+   * device that never completes (a hung disk) must not hang the front-end's
+   * stop forever; its requests stay in the inflight region.
+   */
+  private async drain(v: Vring): Promise<void> {
+    const h = v.handle;
+    if (!h || h.inFlight === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    const drained = await Promise.race([
+      new Promise<boolean>((resolve) => this.idleWaiters.push({ handle: h, resolve: () => resolve(true) })),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), this.drainTimeoutMs))),
+    ]);
+    clearTimeout(timer);
+    if (!drained) this.log.warn({ vring: v.index, inFlight: h.inFlight }, 'requests still in the device after the drain timeout; stopping the ring anyway');
+  }
+
   /** Start a ring once it has a size, addresses, memory and a kick fd ("Starting and stopping rings"). */
   private startRing(v: Vring): void {
     if (v.kickFd < 0 || v.addr === null || v.num === 0 || this.mem.regionList.length === 0) {
@@ -446,7 +459,14 @@ export class VhostUserBackend {
     if (this.inflightBuf && this.inflightOffset + (v.index + 1) * stride <= this.inflightBuf.byteLength) {
       if (this.inflightQueueSize !== v.num) throw new VmmError(`inflight region is for queues of ${this.inflightQueueSize}, vring ${v.index} has ${v.num}`, 'protocol', 'ERR_VHOST_USER_INFLIGHT');
       inflight = new InflightQueue(this.inflightBuf, this.inflightOffset + v.index * inflightQueueStride(v.num), v.num);
-      const rec = inflight.recover(q.usedIdx);
+      let rec = inflight.recover(q.usedIdx);
+      // The region must describe this ring: at most `num` requests in flight and a resume point no further than avail.idx.
+      // A region kept across a driver's ring reset (new rings at index 0) fails this; its heads belong to rings that are gone.
+      if (rec !== null && (rec.resubmit.length > v.num || ((q.availIdx() - rec.lastAvail) & 0xffff) > v.num)) {
+        this.log.warn({ vring: v.index, resubmit: rec.resubmit.length, lastAvail: rec.lastAvail, availIdx: q.availIdx(), usedIdx: q.usedIdx, base: v.base }, 'inflight region does not match the ring; starting it fresh at the base');
+        inflight.discard();
+        rec = null;
+      }
       if (rec !== null) {
         resubmit = rec.resubmit;
         if (resubmit.length > 0 || rec.lastAvail !== v.base) {
@@ -479,7 +499,20 @@ export class VhostUserBackend {
       this.kick(v);
     });
     // A restarted ring may hold work already (resubmissions, or kicks sent while we were away): treat the start as a kick.
-    queueMicrotask(() => this.kick(v));
+    queueMicrotask(() => {
+      this.kick(v);
+      // A predecessor killed between publishing used entries and writing the call eventfd left the driver waiting
+      // for an interrupt nobody will send (the stall of `pnpm bench recover`): signal once on every ring start.
+      // A spurious notification is harmless, the driver just finds nothing new (virtio 1.2 §2.7.7).
+      this.announce(v);
+    });
+  }
+
+  /** One unconditional used-buffer notification for a (re)started ring. */
+  private announce(v: Vring): void {
+    if (!v.started || v.handle === null || v.callFd < 0) return;
+    v.handle.notifications++;
+    eventfdWrite(v.callFd);
   }
 
   private kick(v: Vring): void {

@@ -15,6 +15,8 @@ import { VmmError } from '../errors.ts';
 export const INFLIGHT_VERSION = 1;
 const HDR = 16;
 const DESC = 16;
+/** A last_batch_head that names no descriptor (recovery skips it: it is ≥ desc_num). */
+const NO_HEAD = 0xffff;
 
 export function inflightQueueStride(queueSize: number): number {
   return Math.ceil((HDR + DESC * queueSize) / 64) * 64;
@@ -75,6 +77,12 @@ export class InflightQueue {
     return { resubmit: pending.map((p) => p.head), lastAvail: (usedRingIdx + pending.length) & 0xffff };
   }
 
+  /** Forget what the region says about this queue (it described another ring): version 0, as if fresh, then initialise it. */
+  discard(): void {
+    this.v.setUint16(8, 0, true);
+    this.recover(0);
+  }
+
   /** A chain was popped: mark it inflight with the next counter. */
   begin(head: number): void {
     const o = HDR + head * DESC;
@@ -90,6 +98,20 @@ export class InflightQueue {
   /** After used.idx was published as `usedIdx`: clear the flag, then record the index. */
   afterUsed(head: number, usedIdx: number): void {
     Atomics.store(this.bytes, HDR + head * DESC, 0);
+    this.v.setUint16(14, usedIdx, true);
+  }
+
+  /**
+   * Before publishing a used entry that is not an inflight request (a
+   * malformed chain returned untouched): point last_batch_head nowhere, so
+   * recovery after a crash right after the publish clears no flag.
+   */
+  beforeUntrackedUsed(): void {
+    this.v.setUint16(12, NO_HEAD, true);
+  }
+
+  /** After publishing such an entry: record used_idx so recovery sees the ring and the region agree. */
+  afterUntrackedUsed(usedIdx: number): void {
     this.v.setUint16(14, usedIdx, true);
   }
 
