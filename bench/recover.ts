@@ -12,6 +12,26 @@ import { parseArgs } from 'node:util';
 import { startGuestSession } from '@vmm/orchestrator';
 
 const BLOCKS = 256;
+/** No completion this long after a kill is a stall: fail with the rings' state rather than wait forever. */
+const STALL_MS = 10_000;
+
+type Disk = ReturnType<Awaited<ReturnType<typeof startGuestSession>>['attached']['vm']['disks']>[number];
+
+/** The disk's next used-buffer notification, or an error naming the rings' avail/used indices and inflight heads. */
+async function nextCompletionOrStall(d: Disk, what: string): Promise<number> {
+  let timer: NodeJS.Timeout | undefined;
+  const stall = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      const rings = d.diagnose().map((r) => `queue ${r.queue}: avail.idx ${r.availIdx} used.idx ${r.usedIdx} (${r.outstanding} outstanding), inflight heads [${r.inflight.join(',')}]`);
+      reject(new Error(`recover: ${what}: no request completed for ${STALL_MS / 1000} s (vmm-blk pid ${d.pid}, state ${d.state}, restarts ${d.restarts}); ${rings.join('; ') || 'no ring set up'}`));
+    }, STALL_MS);
+  });
+  try {
+    return await Promise.race([d.nextCompletion(), stall]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;
@@ -47,10 +67,10 @@ echo "LOST=$bad IOERRORS=$(dmesg | grep -ci 'i/o error')"
     await g.waitFor('@@GO@@');
     const vm = g.attached.vm;
     const dev = () => vm.disks().find((d) => d.spec.id === 'bench')!;
-    await dev().nextCompletion();
+    await nextCompletionOrStall(dev(), 'before the first kill');
     for (let k = 0; k < kills; k++) {
       // Let the workload run a little between kills.
-      await dev().nextCompletion();
+      await nextCompletionOrStall(dev(), `before kill ${k + 1}`);
       await new Promise((r) => setTimeout(r, 50));
       const d = dev();
       // Steady state: a warm spare is standing by (raw images), as it would be between rare crashes.
@@ -59,7 +79,7 @@ echo "LOST=$bad IOERRORS=$(dmesg | grep -ci 'i/o error')"
       const t0 = performance.now();
       await vm.injectFault({ kind: 'kill', device: 'bench' });
       let at: number;
-      do at = await d.nextCompletion(); while (d.pid === oldPid);
+      do at = await nextCompletionOrStall(d, `after kill ${k + 1} of pid ${oldPid}`); while (d.pid === oldPid);
       times.push(at - t0);
       if ((k + 1) % 10 === 0 || k + 1 === kills) process.stderr.write(`recover: ${k + 1}/${kills} kills, last ${(at - t0).toFixed(1)} ms\n`);
     }

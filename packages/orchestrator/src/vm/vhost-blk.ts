@@ -23,6 +23,7 @@ import {
 import { VIRTIO_INT, VIRTIO_STATUS, type IrqFn, type VirtioMmioState } from '@vmm/vcpu';
 import type { DiskSpec } from './disk-spec.ts';
 import { probeImageFormat } from '@vmm/virtio-blk';
+import { describeRings, ringStates, watchForStall, type RingState } from './ring-diagnosis.ts';
 
 const VIRTIO_ID_BLOCK = 2; // virtio 1.2 §5
 const QUEUE_SIZE_MAX = 256;
@@ -40,6 +41,9 @@ const WANTED_PROTOCOL = [
  * failed): it is crash-looping, and restarting it again will not help.
  */
 const MAX_FRUITLESS_RESTARTS = 5;
+
+/** After a restart, outstanding requests and no completion for this long is a stall: BACKEND_STALLED with the rings' state. */
+const STALL_MS = 5000;
 
 // The vmm-blk entry point sits beside the package's index (its `bin`).
 const BLK_MAIN = fileURLToPath(new URL('./main.ts', import.meta.resolve('@vmm/virtio-blk')));
@@ -234,6 +238,23 @@ export class VhostBlkDevice {
   completions = 0;
   private completionWaiters: ((at: number) => void)[] = [];
 
+  private cancelStallWatch: () => void = () => {};
+
+  /** The guest's rings as the front-end sees them (indices in guest RAM, inflight heads): for stall reports. */
+  diagnose(): RingState[] {
+    const t = this.ctx.transport;
+    const fd = this.fe?.inflightFd ?? null;
+    return ringStates({
+      queues: this.spec.queues,
+      ring: (q) => {
+        const qc = t.queue(q);
+        return qc.ready && this.ringsRunning ? { avail: qc.driver, used: qc.device } : null;
+      },
+      readGuestU16: (gpa) => this.ctx.readGuestU16(gpa),
+      inflight: fd === null ? null : { fd, queueSize: QUEUE_SIZE_MAX },
+    });
+  }
+
   /** Resolves (with performance.now()) at the back-end's next used-buffer notification. */
   nextCompletion(): Promise<number> {
     return new Promise((resolve) => this.completionWaiters.push(resolve));
@@ -361,6 +382,16 @@ export class VhostBlkDevice {
       return;
     }
     this.progressMark = this.completions;
+    this.cancelStallWatch();
+    this.cancelStallWatch = watchForStall({
+      ms: STALL_MS,
+      completions: () => this.completions,
+      states: () => this.diagnose(),
+      onStall: (rings) => {
+        this.ctx.log.error({ device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, rings: describeRings(rings) }, `no request completed for ${STALL_MS} ms after the restart`);
+        this.ctx.emit('BACKEND_STALLED', { device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, ms: STALL_MS, rings });
+      },
+    });
     this.startSpare();
     const ms = Math.round((performance.now() - t0) * 10) / 10;
     this.ctx.log.warn({ device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, ms, ...info }, 'back-end restarted');
@@ -386,6 +417,7 @@ export class VhostBlkDevice {
     if (this.closed) return;
     this.closed = true;
     this.state = 'stopped';
+    this.cancelStallWatch();
     const { array, index } = this.ctx.transport.changeCell();
     Atomics.notify(array, index);
     await this.ops;
