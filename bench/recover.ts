@@ -83,7 +83,8 @@ echo "LOST=$bad IOERRORS=$(dmesg | grep -ci 'i/o error')"
       times.push(at - t0);
       if ((k + 1) % 10 === 0 || k + 1 === kills) process.stderr.write(`recover: ${k + 1}/${kills} kills, last ${(at - t0).toFixed(1)} ms\n`);
     }
-    for (const p of vm.queryProcesses()) console.log(`rss ${p.role} ${p.id} pid ${p.pid}: ${((p.rssBytes ?? 0) / 2 ** 20).toFixed(1)} MiB`);
+    const mib = (b: number | null) => (b === null ? '?' : (b / 2 ** 20).toFixed(1));
+    for (const p of vm.queryProcesses()) console.log(`rss ${p.role} ${p.id} pid ${p.pid}: ${mib(p.rssBytes)} MiB (own ${mib(p.ownBytes)} MiB, guest RAM and inflight memfd pages ${mib(p.sharedMemfdBytes)} MiB)`);
     await vm.deviceAdd({ driver: 'virtio-blk', id: 'stop', file: stop, format: 'raw' });
   } catch (e) {
     await g.attached.close();

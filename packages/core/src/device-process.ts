@@ -6,7 +6,7 @@
 // which sends {type: 'vmm-ready'} over the Node IPC channel execa opens.
 // A child that exits or stays silent past the deadline fails start().
 
-import { execa, type ResultPromise } from 'execa';
+import type { ResultPromise } from 'execa';
 import type { Logger } from 'pino';
 import { VmmError } from './errors.ts';
 import { createLogger } from './logger.ts';
@@ -73,6 +73,8 @@ export class DeviceProcess {
 
   /** Spawn and wait for the ready handshake. */
   async start(): Promise<void> {
+    // Loaded on first use: device processes import core too, and execa with its dependencies costs them RSS they never use.
+    const { execa } = await import('execa');
     if (this.running) throw new DeviceProcessError(`${this.name} is already running (pid ${this.pid})`, 'ERR_DEVICE_PROCESS_RUNNING');
     this.lastExit = null;
     this.stopping = false;

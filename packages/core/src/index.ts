@@ -17,6 +17,7 @@ export {
 } from './vhost-user/protocol.ts';
 export { InflightQueue, inflightRegionSize, inflightQueueStride } from './vhost-user/inflight.ts';
 export * from './messages.ts';
+export { processMemory, type ProcessMemory } from './proc-memory.ts';
 export { QueueHandle, type QueueHandleOptions } from './queue-handle.ts';
 export { InProcessDevice, type HarnessOptions, type HarnessQueue } from './harness.ts';
 export { EchoDevice } from './testing/echo-device.ts';

@@ -15,7 +15,12 @@ export interface ProcessInfo {
   role: string;
   id: string;
   restarts: number;
+  /** VmRSS, guest RAM touched through the shared memfd mapping included. */
   rssBytes: number | null;
+  /** Resident pages of memfd mappings (guest RAM, inflight region): the guest's memory, not the process's. */
+  sharedMemfdBytes: number | null;
+  /** rssBytes − sharedMemfdBytes: what the process itself costs. */
+  ownBytes: number | null;
   state: 'running' | 'restarting' | 'stopped' | 'failed';
 }
 

@@ -5,8 +5,7 @@
 // time (the guest's helper rebinds the slot), device_del asks the guest to
 // release the device first.
 
-import { readFileSync } from 'node:fs';
-import type { Logger } from '@vmm/core';
+import { processMemory, type Logger } from '@vmm/core';
 import { IRQ, MMIO, RAM_BASE, STOPPED_BY_HOST, VirtioMmioState, WASM_RAM_OFFSET, type Machine, type MachineExit } from '@vmm/vcpu';
 import { QmpError, type BlockInfo, type ProcessInfo, type RunStatus, type VmControl } from '../api/control.ts';
 import { failRequestCount } from '@vmm/virtio-blk';
@@ -28,14 +27,10 @@ interface Slot {
   removing: boolean;
 }
 
-function rssBytes(pid: number | undefined): number | null {
-  if (pid === undefined) return null;
-  try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) * 1024 : null;
-  } catch {
-    return null;
-  }
+/** RSS of a process with guest-RAM (memfd) pages counted apart (ProcessInfo's three memory fields). */
+function memoryInfo(pid: number | undefined): Pick<ProcessInfo, 'rssBytes' | 'sharedMemfdBytes' | 'ownBytes'> {
+  const m = processMemory(pid);
+  return { rssBytes: m?.rssBytes ?? null, sharedMemfdBytes: m?.sharedMemfdBytes ?? null, ownBytes: m?.ownBytes ?? null };
 }
 
 function shutdownEvent(exit: MachineExit): { guest: boolean; reason: string } {
@@ -190,13 +185,13 @@ export class Vm implements VmControl {
   }
 
   queryProcesses(): ProcessInfo[] {
-    const me: ProcessInfo = { pid: process.pid, role: 'vmm', id: 'orchestrator+machine', restarts: 0, rssBytes: rssBytes(process.pid), state: this.shutdown ? 'stopped' : 'running' };
+    const me: ProcessInfo = { pid: process.pid, role: 'vmm', id: 'orchestrator+machine', restarts: 0, ...memoryInfo(process.pid), state: this.shutdown ? 'stopped' : 'running' };
     return [me, ...this.disks().map((d): ProcessInfo => ({
       pid: d.pid ?? -1,
       role: 'blk',
       id: d.spec.id,
       restarts: d.restarts,
-      rssBytes: rssBytes(d.pid),
+      ...memoryInfo(d.pid),
       state: d.state === 'starting' ? 'running' : d.state,
     }))];
   }
