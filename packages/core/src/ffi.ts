@@ -46,6 +46,7 @@ const lseek_ = libc.func('long lseek(int fd, long offset, int whence)');
 const poll_ = libc.func('int poll(uintptr_t fds, unsigned long nfds, int timeout)');
 const epoll_create1 = libc.func('int epoll_create1(int flags)');
 const epoll_ctl = libc.func('int epoll_ctl(int epfd, int op, int fd, uintptr_t event)');
+const syscall_ = libc.func('long syscall(long number, ...)');
 const preadv2_ = libc.func('long preadv2(int fd, uintptr_t iov, int iovcnt, long offset, int flags)');
 const pwritev2_ = libc.func('long pwritev2(int fd, uintptr_t iov, int iovcnt, long offset, int flags)');
 
@@ -580,12 +581,7 @@ function fillIovec(bufs: readonly Uint8Array[]): number {
   if (bufs.length > IOV_MAX) return -1;
   for (let i = 0; i < bufs.length; i++) {
     const b = bufs[i]!;
-    let base = bufferAddresses.get(b.buffer);
-    if (base === undefined) {
-      base = bufferAddress(b.buffer);
-      bufferAddresses.set(b.buffer, base);
-    }
-    iov[2 * i] = BigInt(base + b.byteOffset);
+    iov[2 * i] = BigInt(hostAddress(b));
     iov[2 * i + 1] = BigInt(b.length);
   }
   return bufs.length;
@@ -615,4 +611,91 @@ export function pwriteNoWait(fd: number, bufs: readonly Uint8Array[], offset: nu
   if (r >= 0) return r;
   if (errno() === EOPNOTSUPP) nowaitWrites = false;
   return null;
+}
+
+// ---------------------------------------------------------------------------
+// io_uring (Linux 5.1+; io_uring(7), include/uapi/linux/io_uring.h): the
+// three system calls and the ring mappings. The ring protocol itself (SQE
+// and CQE layout, head/tail handshakes) lives in io-ring.ts over the
+// ArrayBuffers returned here.
+// ---------------------------------------------------------------------------
+const SYS_IO_URING_SETUP = 425;
+const SYS_IO_URING_ENTER = 426;
+const SYS_IO_URING_REGISTER = 427;
+const IORING_OFF_SQ_RING = 0;
+const IORING_OFF_CQ_RING = 0x8000000;
+const IORING_OFF_SQES = 0x10000000;
+const IORING_REGISTER_EVENTFD = 4;
+const IORING_FEAT_SINGLE_MMAP = 1;
+const PARAMS_SIZE = 120;
+
+export interface IoUringMaps {
+  fd: number;
+  sqEntries: number;
+  cqEntries: number;
+  /** The SQ ring (head, tail, mask, array …) and the CQ ring (head, tail, mask, cqes …); the same buffer with SINGLE_MMAP. */
+  sq: ArrayBuffer;
+  cq: ArrayBuffer;
+  sqes: ArrayBuffer;
+  /** Byte offsets from struct io_sqring_offsets / io_cqring_offsets. */
+  sqOff: { head: number; tail: number; mask: number; array: number };
+  cqOff: { head: number; tail: number; mask: number; cqes: number };
+}
+
+/** io_uring_setup(entries) and the three mappings; throws SyscallError (ENOSYS, EPERM where disabled) for the caller to fall back. */
+export function ioUringSetup(entries: number): IoUringMaps {
+  scratch.fill(0, SCRATCH_DATA, SCRATCH_DATA + PARAMS_SIZE);
+  // Sound: struct io_uring_params (120 bytes, zeroed) sits in our scratch data area.
+  const fd = syscall_(SYS_IO_URING_SETUP, 'unsigned int', entries, 'uintptr_t', scratchAddr + SCRATCH_DATA) as number;
+  if (fd < 0) throw new SyscallError(`io_uring_setup(${entries})`, errno());
+  const p = (o: number) => scratchView.getUint32(SCRATCH_DATA + o, true);
+  const sqEntries = p(0);
+  const cqEntries = p(4);
+  const features = p(20);
+  const sqOff = { head: p(40), tail: p(44), mask: p(48), array: p(64) };
+  const cqOff = { head: p(80), tail: p(84), mask: p(88), cqes: p(100) };
+  try {
+    const sqSize = sqOff.array + sqEntries * 4;
+    const cqSize = cqOff.cqes + cqEntries * 16;
+    let sq: ArrayBuffer;
+    let cq: ArrayBuffer;
+    if (features & IORING_FEAT_SINGLE_MMAP) {
+      sq = mmapShared(fd, Math.max(sqSize, cqSize), IORING_OFF_SQ_RING);
+      cq = sq;
+    } else {
+      sq = mmapShared(fd, sqSize, IORING_OFF_SQ_RING);
+      cq = mmapShared(fd, cqSize, IORING_OFF_CQ_RING);
+    }
+    const sqes = mmapShared(fd, sqEntries * 64, IORING_OFF_SQES);
+    return { fd, sqEntries, cqEntries, sq, cq, sqes, sqOff, cqOff };
+  } catch (e) {
+    close(fd);
+    throw e;
+  }
+}
+
+/** io_uring_enter(fd, toSubmit, 0, 0): submit without waiting; returns how many SQEs the kernel consumed. */
+export function ioUringSubmit(fd: number, toSubmit: number): number {
+  // Sound: no pointer arguments (sig = NULL, sz = 0).
+  const r = syscall_(SYS_IO_URING_ENTER, 'int', fd, 'unsigned int', toSubmit, 'unsigned int', 0, 'unsigned int', 0, 'uintptr_t', 0, 'size_t', 0) as number;
+  if (r < 0) throw new SyscallError(`io_uring_enter(${fd}, ${toSubmit})`, errno());
+  return r;
+}
+
+/** IORING_REGISTER_EVENTFD: the kernel signals `eventFd` whenever it posts a completion. */
+export function ioUringRegisterEventfd(fd: number, eventFd: number): void {
+  scratchView.setInt32(SCRATCH_DATA, eventFd, true);
+  // Sound: one int at scratch+SCRATCH_DATA.
+  const r = syscall_(SYS_IO_URING_REGISTER, 'int', fd, 'unsigned int', IORING_REGISTER_EVENTFD, 'uintptr_t', scratchAddr + SCRATCH_DATA, 'unsigned int', 1) as number;
+  if (r < 0) throw new SyscallError(`io_uring_register(${fd}, EVENTFD)`, errno());
+}
+
+/** Host address of a buffer's first byte, cached per backing store (stores never move: mmap'd memory, off-heap ArrayBuffers). */
+export function hostAddress(b: Uint8Array): number {
+  let base = bufferAddresses.get(b.buffer);
+  if (base === undefined) {
+    base = bufferAddress(b.buffer);
+    bufferAddresses.set(b.buffer, base);
+  }
+  return base + b.byteOffset;
 }

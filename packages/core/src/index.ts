@@ -18,6 +18,7 @@ export {
 export { InflightQueue, inflightRegionSize, inflightQueueStride } from './vhost-user/inflight.ts';
 export * from './messages.ts';
 export { processMemory, type ProcessMemory } from './proc-memory.ts';
+export { IoRing, IoRingError } from './io-ring.ts';
 export { QueueHandle, type QueueHandleOptions } from './queue-handle.ts';
 export { InProcessDevice, type HarnessOptions, type HarnessQueue } from './harness.ts';
 export { EchoDevice } from './testing/echo-device.ts';

@@ -5,7 +5,7 @@
 
 import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
-import { createLogger, installDeviceProcessSignals, isVmmError, onControlMessage, reportReady, VhostUserBackend } from '@vmm/core';
+import { createLogger, installDeviceProcessSignals, IoRing, isVmmError, onControlMessage, reportReady, VhostUserBackend } from '@vmm/core';
 import { BlkDevice } from './device.ts';
 import { BlkConfigError } from './errors.ts';
 import { FaultInjectingImage } from './faults.ts';
@@ -142,7 +142,9 @@ async function main(): Promise<void> {
     log.info('SIGTERM: shutting down');
     backend.close();
   });
-  log.info({ image: opts.image, format: image instanceof Qcow2Image ? 'qcow2' : 'raw', capacity: image.capacity, readOnly: image.readOnly, queues: opts.queues }, 'serving');
+  const ring = IoRing.shared();
+  const io = ring ? `io_uring (${ring.entries} entries)` : `thread pool (io_uring: ${IoRing.unavailableReason})`;
+  log.info({ image: opts.image, format: image instanceof Qcow2Image ? 'qcow2' : 'raw', capacity: image.capacity, readOnly: image.readOnly, queues: opts.queues, io }, 'serving');
   reportReady({ socket: opts.socket });
 }
 

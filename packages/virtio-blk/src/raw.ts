@@ -1,11 +1,13 @@
 // A raw image: the file's bytes are the disk's bytes. Each read or write
 // first tries a non-blocking preadv2/pwritev2 (RWF_NOWAIT) on this thread,
-// which serves page-cache hits without a thread-pool hop; what would block
-// goes through node:fs file handles on libuv's thread pool, so many
-// requests are in flight at once (vmm-blk sizes the pool).
+// which serves page-cache hits with one system call; what would block goes
+// to io_uring (core's IoRing: every request of one event-loop turn in one
+// io_uring_enter) or, where io_uring is unavailable, to node:fs file
+// handles on libuv's thread pool (vmm-blk sizes the pool). Many requests
+// are in flight at once either way.
 
 import { open, type FileHandle } from 'node:fs/promises';
-import { preadNoWait, pwriteNoWait } from '@vmm/core';
+import { IoRing, preadNoWait, pwriteNoWait } from '@vmm/core';
 import { ImageError, ImageRangeError } from './errors.ts';
 import { checkRange, checkWritable, ZERO_CHUNK, type BlockImage } from './image.ts';
 import { SECTOR_SIZE } from './spec.ts';
@@ -60,9 +62,10 @@ export class RawImage implements BlockImage {
     const total = into.reduce((n, b) => n + b.length, 0);
     checkRange(this, 'read', offset, total);
     this.ioStats.vectored++;
-    // Page-cache hit: done on this thread (see core's preadNoWait); otherwise one preadv on the thread pool.
+    // Page-cache hit: done on this thread (see core's preadNoWait); otherwise one preadv through io_uring or the thread pool.
     if (preadNoWait(this.#fh.fd, into, offset) === total) return;
-    const got = (await this.#fh.readv(into as Uint8Array[], offset)).bytesRead;
+    const ring = IoRing.shared();
+    const got = ring ? await ring.readv(this.#fh.fd, into, offset) : (await this.#fh.readv(into as Uint8Array[], offset)).bytesRead;
     if (got === total) return;
     // Short read: fall back to one buffer at a time (zero-fills past end of file).
     let pos = offset;
@@ -87,7 +90,8 @@ export class RawImage implements BlockImage {
     this.ioStats.vectored++;
     const quick = pwriteNoWait(this.#fh.fd, from, offset) ?? 0;
     if (quick === total) return;
-    const done = quick > 0 ? quick : (await this.#fh.writev(from as Uint8Array[], offset)).bytesWritten;
+    const ring = IoRing.shared();
+    const done = quick > 0 ? quick : ring ? await ring.writev(this.#fh.fd, from, offset) : (await this.#fh.writev(from as Uint8Array[], offset)).bytesWritten;
     if (done === total) return;
     let skip = done;
     let pos = offset;
@@ -142,6 +146,11 @@ export async function preadFull(fh: FileHandle, into: Uint8Array, offset: number
   // Page-cache hit: copied on this thread with one system call, no thread-pool hop (core's preadNoWait).
   let done = preadNoWait(fh.fd, [into], offset) ?? 0;
   if (done === into.length) return;
+  const ring = IoRing.shared();
+  if (ring && done === 0) {
+    done = await ring.readv(fh.fd, [into], offset);
+    if (done === into.length) return;
+  }
   while (done < into.length) {
     const { bytesRead } = await fh.read(into, done, into.length - done, offset + done);
     if (bytesRead === 0) {
@@ -155,6 +164,11 @@ export async function preadFull(fh: FileHandle, into: Uint8Array, offset: number
 export async function pwriteFull(fh: FileHandle, from: Uint8Array, offset: number): Promise<void> {
   let done = pwriteNoWait(fh.fd, [from], offset) ?? 0;
   if (done === from.length) return;
+  const ring = IoRing.shared();
+  if (ring && done === 0) {
+    done = await ring.writev(fh.fd, [from], offset);
+    if (done === from.length) return;
+  }
   while (done < from.length) {
     const { bytesWritten } = await fh.write(from, done, from.length - done, offset + done);
     if (bytesWritten === 0) throw new ImageRangeError(`write of ${from.length} bytes at offset ${offset} made no progress (disk full?)`);
