@@ -7,12 +7,12 @@
 // 4 KiB random read on raw.
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { createLogger } from '@vmm/core';
+import { createLogger, processMemory } from '@vmm/core';
 import { BlkClient, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '@vmm/virtio-blk';
 
 const VMM_BLK = fileURLToPath(new URL('../packages/virtio-blk/src/main.ts', import.meta.url));
@@ -64,8 +64,13 @@ async function stop(child: ChildProcess): Promise<void> {
   clearTimeout(t);
 }
 
-/** Run one workload for `seconds`; returns operations per second and MB/s. */
-async function runWorkload(c: BlkClient, w: Workload, seconds: number, bufs: number[], sizeBytes: number): Promise<{ iops: number; mbps: number }> {
+type Kind = 'ours' | 'reference';
+/** Slices per workload, alternating the two servers (ours, ref, ref, ours, …). */
+const SLICES = 4;
+const mib = (b: number) => (b / MIB).toFixed(1);
+
+/** Run one workload for `seconds`; returns the operations done and the seconds taken. */
+async function runWorkload(c: BlkClient, w: Workload, seconds: number, bufs: number[], sizeBytes: number): Promise<{ ops: number; secs: number }> {
   const blocks = Math.floor(sizeBytes / w.bs);
   let seq = 0;
   let ops = 0;
@@ -89,8 +94,7 @@ async function runWorkload(c: BlkClient, w: Workload, seconds: number, bufs: num
     }
   };
   await Promise.all(Array.from({ length: w.qd }, (_, i) => worker(i)));
-  const dt = (performance.now() - t0) / 1000;
-  return { iops: ops / dt, mbps: (ops * w.bs) / dt / 1e6 };
+  return { ops, secs: (performance.now() - t0) / 1000 };
 }
 
 export async function main(args: string[] = []): Promise<void> {
@@ -108,34 +112,57 @@ export async function main(args: string[] = []): Promise<void> {
   }
   const dir = mkdtempSync(join(tmpdir(), 'vmm-bench-blk-'));
   const rows: { format: string; workload: string; ours: { iops: number; mbps: number }; reference: { iops: number; mbps: number } }[] = [];
+  const memory: string[] = [];
+  const kinds = (process.env.BLK_ONLY ? [process.env.BLK_ONLY] : ['ours', 'reference']) as Kind[];
   try {
     // Fully written images, so reads hit data (qcow2: every cluster allocated).
     const raw = join(dir, 'disk.raw');
     execFileSync('dd', ['if=/dev/urandom', `of=${raw}`, 'bs=1M', `count=${sizeMiB}`, 'status=none']);
     const qcow2 = join(dir, 'disk.qcow2');
     execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, qcow2]);
-    for (const [format, image] of [['raw', raw], ['qcow2', qcow2]] as const) {
-      const results = new Map<string, Record<'ours' | 'reference', { iops: number; mbps: number }>>();
-      for (const kind of (process.env.BLK_ONLY ? [process.env.BLK_ONLY] : ['ours', 'reference']) as ('ours' | 'reference')[]) {
-        const sock = join(dir, `${kind}-${format}.sock`);
-        const child = startServer(kind, format, image, sock);
-        try {
+    for (const [format, original] of [['raw', raw], ['qcow2', qcow2]] as const) {
+      // Both servers run side by side, each behind its own client, and every workload alternates
+      // between them in short slices: on a shared, loaded machine a slow minute then hurts both alike.
+      const servers: Partial<Record<Kind, { child: ChildProcess; c: BlkClient; bufs: number[]; big: number[] }>> = {};
+      try {
+        for (const kind of kinds) {
+          const sock = join(dir, `${kind}-${format}.sock`);
+          // Each server gets its own copy: both run at once, and each locks its image.
+          const image = join(dir, `${kind}.${format}`);
+          copyFileSync(original, image);
+          const child = startServer(kind, format, image, sock);
+          servers[kind] = { child, c: undefined as unknown as BlkClient, bufs: [], big: [] };
           await waitFor(sock, child, kind === 'ours' ? 'vmm-blk' : 'qemu-storage-daemon');
           const c = await BlkClient.connect(sock, { queues: 1, queueSize: 128, ramSize: 160 * MIB, log });
-          const bufs = Array.from({ length: 32 }, () => c.alloc(4096 * 2));
-          const big = Array.from({ length: 4 }, () => c.alloc(MIB));
-          for (const w of WORKLOADS) {
-            const r = await runWorkload(c, w, seconds, w.bs === MIB ? big : bufs, image === raw ? sizeMiB * MIB : sizeMiB * MIB);
-            const e = results.get(w.name) ?? ({} as Record<'ours' | 'reference', { iops: number; mbps: number }>);
-            e[kind] = r;
-            results.set(w.name, e);
+          servers[kind] = { child, c, bufs: Array.from({ length: 32 }, () => c.alloc(4096 * 2)), big: Array.from({ length: 4 }, () => c.alloc(MIB)) };
+        }
+        for (const w of WORKLOADS) {
+          const acc: Partial<Record<Kind, { ops: number; secs: number }>> = {};
+          for (let slice = 0; slice < SLICES; slice++) {
+            for (const kind of slice % 2 === 0 ? kinds : [...kinds].reverse()) {
+              const srv = servers[kind]!;
+              const r = await runWorkload(srv.c, w, seconds / SLICES, w.bs === MIB ? srv.big : srv.bufs, sizeMiB * MIB);
+              const a = (acc[kind] ??= { ops: 0, secs: 0 });
+              a.ops += r.ops;
+              a.secs += r.secs;
+            }
           }
-          c.close();
-        } finally {
-          await stop(child);
+          const rate = (k: Kind) => {
+            const a = acc[k];
+            return a ? { iops: a.ops / a.secs, mbps: (a.ops * w.bs) / a.secs / 1e6 } : { iops: NaN, mbps: NaN };
+          };
+          rows.push({ format, workload: w.name, ours: rate('ours'), reference: rate('reference') });
+        }
+        for (const kind of kinds) {
+          const m = processMemory(servers[kind]!.child.pid);
+          if (m) memory.push(`${format} ${kind === 'ours' ? 'vmm-blk' : 'qemu-storage-daemon'}: RSS ${mib(m.rssBytes)} MiB = own ${mib(m.ownBytes)} MiB + guest RAM (memfd) pages ${mib(m.sharedMemfdBytes)} MiB`);
+        }
+      } finally {
+        for (const srv of Object.values(servers)) {
+          srv.c?.close();
+          await stop(srv.child);
         }
       }
-      for (const [workload, r] of results) rows.push({ format, workload, ours: r.ours, reference: r.reference });
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -146,6 +173,7 @@ export async function main(args: string[] = []): Promise<void> {
   for (const r of rows) {
     console.log(`${pad(r.format, 7)}${pad(r.workload, 20)} ${num(r.ours.iops)} ${num(r.reference.iops)} ${num(r.ours.mbps)} ${num(r.reference.mbps)} ${(r.ours.iops / r.reference.iops).toFixed(2).padStart(6)}`);
   }
+  for (const m of memory) console.log(m);
   const head = rows.find((r) => r.format === 'raw' && r.workload === WORKLOADS[0]!.name)!;
   console.log(JSON.stringify({ bench: 'blk', ours: Math.round(head.ours.iops), reference: Math.round(head.reference.iops), ratio: Number((head.ours.iops / head.reference.iops).toFixed(3)) }));
 }

@@ -343,6 +343,8 @@ export interface FdWatch {
   close(): void;
   /** Let the process exit even while this watch is active. */
   unref(): void;
+  /** Undo unref(): the watch keeps the process alive again. */
+  ref(): void;
 }
 
 /**
@@ -369,6 +371,9 @@ export function watchReadable(fd: number, onReadable: () => void): FdWatch {
     },
     unref() {
       h.unref();
+    },
+    ref() {
+      h.ref();
     },
   };
 }

@@ -19,6 +19,7 @@ import { VmmError } from './errors.ts';
 
 const IORING_OP_READV = 1;
 const IORING_OP_WRITEV = 2;
+const IOSQE_ASYNC = 1 << 4;
 const EBUSY = 16;
 const SQE_SIZE = 64;
 const CQE_SIZE = 16;
@@ -35,6 +36,8 @@ export class IoRingError extends VmmError {
 
 interface Op {
   opcode: number;
+  /** IOSQE_* flags of the SQE. */
+  sqeFlags: number;
   fd: number;
   bufs: readonly Uint8Array[];
   offset: number;
@@ -96,6 +99,8 @@ export class IoRing {
       eventfdRead(this.eventFd);
       this.reap();
     });
+    // Referenced only while requests are in the kernel: an idle ring must not keep the process alive, a busy one must
+    // (otherwise a process awaiting its last read would exit under it, and koffi aborts on a watch firing at exit).
     this.watch.unref();
   }
 
@@ -128,21 +133,27 @@ export class IoRing {
     return unavailable;
   }
 
-  /** Scatter read at `offset`; resolves with the bytes read (short at end of file), rejects with IoRingError. */
-  readv(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<number> {
-    return this.queue(IORING_OP_READV, fd, bufs, offset);
+  /**
+   * Scatter read at `offset`; resolves with the bytes read (short at end of
+   * file), rejects with IoRingError. `parallel` sends it straight to the
+   * kernel's worker threads (IOSQE_ASYNC) instead of trying it inline in
+   * io_uring_enter: for large page-cache copies, which then run side by
+   * side instead of one after another on this thread.
+   */
+  readv(fd: number, bufs: readonly Uint8Array[], offset: number, parallel = false): Promise<number> {
+    return this.queue(IORING_OP_READV, parallel ? IOSQE_ASYNC : 0, fd, bufs, offset);
   }
 
   /** Gather write at `offset`; resolves with the bytes written. */
   writev(fd: number, bufs: readonly Uint8Array[], offset: number): Promise<number> {
-    return this.queue(IORING_OP_WRITEV, fd, bufs, offset);
+    return this.queue(IORING_OP_WRITEV, 0, fd, bufs, offset);
   }
 
-  private queue(opcode: number, fd: number, bufs: readonly Uint8Array[], offset: number): Promise<number> {
+  private queue(opcode: number, sqeFlags: number, fd: number, bufs: readonly Uint8Array[], offset: number): Promise<number> {
     if (this.closed) return Promise.reject(new VmmError('io_uring ring is closed', 'transient', 'ERR_IO_URING_CLOSED'));
     if (bufs.length === 0 || bufs.length > IO_RING_MAX_IOV) return Promise.reject(new RangeError(`io_uring request with ${bufs.length} buffers (1..${IO_RING_MAX_IOV})`));
     return new Promise<number>((resolve, reject) => {
-      const op: Op = { opcode, fd, bufs, offset, resolve, reject };
+      const op: Op = { opcode, sqeFlags, fd, bufs, offset, resolve, reject };
       if (this.free.length > 0) this.place(op);
       else this.backlog.push(op);
     });
@@ -150,6 +161,7 @@ export class IoRing {
 
   /** Write the SQE for `op` into the next submission slot; submitted at the end of this turn. */
   private place(op: Op): void {
+    if (this.free.length === this.entries) this.watch.ref();
     const slot = this.free.pop()!;
     this.slots[slot] = op;
     const iov = slot * IO_RING_MAX_IOV * 2;
@@ -161,8 +173,9 @@ export class IoRing {
     const idx = this.tail & this.sqMask;
     const o = idx * SQE_SIZE;
     this.sqesBytes.fill(0, o, o + SQE_SIZE);
-    // struct io_uring_sqe: opcode u8 @0, fd s32 @4, off u64 @8, addr u64 @16, len u32 @24, rw_flags @28, user_data u64 @32.
+    // struct io_uring_sqe: opcode u8 @0, flags u8 @1, fd s32 @4, off u64 @8, addr u64 @16, len u32 @24, rw_flags @28, user_data u64 @32.
     this.sqes.setUint8(o, op.opcode);
+    this.sqes.setUint8(o + 1, op.sqeFlags);
     this.sqes.setInt32(o + 4, op.fd, true);
     this.sqes.setBigUint64(o + 8, BigInt(op.offset), true);
     this.sqes.setBigUint64(o + 16, BigInt(this.iovecBase + iov * 8), true);
@@ -217,6 +230,7 @@ export class IoRing {
     // Hand the CQ entries back before resolving (which may queue more requests).
     Atomics.store(this.cqHead, 0, head);
     while (this.backlog.length > 0 && this.free.length > 0) this.place(this.backlog.shift()!);
+    if (done.length > 0 && this.free.length === this.entries) this.watch.unref();
     for (const [op, res] of done) {
       if (res >= 0) op.resolve(res);
       else op.reject(new IoRingError(op.opcode === IORING_OP_READV ? 'readv' : 'writev', -res));
@@ -233,6 +247,7 @@ export class IoRing {
       }
     }
     for (const op of this.backlog.splice(0)) op.reject(e);
+    this.watch.unref();
   }
 
   /** Requests queued or in the kernel. */

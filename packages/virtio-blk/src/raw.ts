@@ -63,9 +63,9 @@ export class RawImage implements BlockImage {
     checkRange(this, 'read', offset, total);
     this.ioStats.vectored++;
     // Page-cache hit: done on this thread (see core's preadNoWait); otherwise one preadv through io_uring or the thread pool.
-    if (preadNoWait(this.#fh.fd, into, offset) === total) return;
-    const ring = IoRing.shared();
-    const got = ring ? await ring.readv(this.#fh.fd, into, offset) : (await this.#fh.readv(into as Uint8Array[], offset)).bytesRead;
+    if (total <= INLINE_MAX && preadNoWait(this.#fh.fd, into, offset) === total) return;
+    const ring = ringFor(total, false);
+    const got = ring ? await ring.readv(this.#fh.fd, into, offset, total > INLINE_MAX) : (await this.#fh.readv(into as Uint8Array[], offset)).bytesRead;
     if (got === total) return;
     // Short read: fall back to one buffer at a time (zero-fills past end of file).
     let pos = offset;
@@ -88,9 +88,9 @@ export class RawImage implements BlockImage {
     const total = from.reduce((n, b) => n + b.length, 0);
     checkRange(this, 'write', offset, total);
     this.ioStats.vectored++;
-    const quick = pwriteNoWait(this.#fh.fd, from, offset) ?? 0;
+    const quick = total <= INLINE_MAX ? (pwriteNoWait(this.#fh.fd, from, offset) ?? 0) : 0;
     if (quick === total) return;
-    const ring = IoRing.shared();
+    const ring = ringFor(total, true);
     const done = quick > 0 ? quick : ring ? await ring.writev(this.#fh.fd, from, offset) : (await this.#fh.writev(from as Uint8Array[], offset)).bytesWritten;
     if (done === total) return;
     let skip = done;
@@ -141,14 +141,31 @@ export class RawImage implements BlockImage {
   }
 }
 
+/**
+ * Requests up to this size are copied on the event loop when the page cache
+ * has them (one preadv2 with RWF_NOWAIT) and otherwise go to io_uring.
+ * Larger ones would serialise big memory copies on this one thread: reads
+ * go to io_uring's kernel workers (IOSQE_ASYNC), writes to libuv's thread
+ * pool (buffered io_uring writes to one file are run one at a time by the
+ * kernel). Chosen from `pnpm bench blk` (bench/README.md).
+ */
+const INLINE_MAX = 64 * 1024;
+
+/** The io_uring ring to use for a transfer of `bytes`, or null for the thread pool. */
+function ringFor(bytes: number, write: boolean): IoRing | null {
+  if (write && bytes > INLINE_MAX) return null;
+  return IoRing.shared();
+}
+
 /** pread until `into` is full; bytes past end of file read as zeros. */
 export async function preadFull(fh: FileHandle, into: Uint8Array, offset: number): Promise<void> {
   // Page-cache hit: copied on this thread with one system call, no thread-pool hop (core's preadNoWait).
-  let done = preadNoWait(fh.fd, [into], offset) ?? 0;
+  const big = into.length > INLINE_MAX;
+  let done = big ? 0 : (preadNoWait(fh.fd, [into], offset) ?? 0);
   if (done === into.length) return;
-  const ring = IoRing.shared();
+  const ring = ringFor(into.length, false);
   if (ring && done === 0) {
-    done = await ring.readv(fh.fd, [into], offset);
+    done = await ring.readv(fh.fd, [into], offset, big);
     if (done === into.length) return;
   }
   while (done < into.length) {
@@ -162,9 +179,9 @@ export async function preadFull(fh: FileHandle, into: Uint8Array, offset: number
 }
 
 export async function pwriteFull(fh: FileHandle, from: Uint8Array, offset: number): Promise<void> {
-  let done = pwriteNoWait(fh.fd, [from], offset) ?? 0;
+  let done = from.length > INLINE_MAX ? 0 : (pwriteNoWait(fh.fd, [from], offset) ?? 0);
   if (done === from.length) return;
-  const ring = IoRing.shared();
+  const ring = ringFor(from.length, true);
   if (ring && done === 0) {
     done = await ring.writev(fh.fd, [from], offset);
     if (done === from.length) return;
