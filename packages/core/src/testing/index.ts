@@ -4,6 +4,4 @@
 // device kind, also served as a process by echo-backend.ts).
 export { InProcessDevice, type HarnessOptions, type HarnessQueue } from './harness.ts';
 export { EchoDevice, ECHO_HOLD, ECHO_PARK, ECHO_RELEASE } from './echo-device.ts';
-
-/** The echo device process entry point: `node ECHO_BACKEND_MAIN SOCKET [QUEUES]`. */
-export const ECHO_BACKEND_MAIN = new URL('./echo-backend.ts', import.meta.url).pathname;
+export { echoKind, ECHO_OPTIONS } from './echo-kind.ts';
