@@ -4,7 +4,9 @@
 // held (never completed) until a request with first byte 0xFE releases them,
 // so a test can kill the process with requests in flight. Requests whose
 // first byte is 0xFD are parked like a NIC's receive buffers: completed by a
-// release too, but handed back by stopQueue instead of being waited for.
+// release too, but handed back by stopQueue instead of being waited for. A
+// request whose first byte is 0xFC completes and makes the device ask for a
+// reset (DeviceContext.needsReset), as a device that lost its state would.
 import type { DeviceContext, VirtioDeviceBackend, VirtqueueHandle } from '../device.ts';
 import { VIRTIO_F_VERSION_1 } from '../device.ts';
 import { pf, ProtocolFeature } from '../vhost-user/protocol.ts';
@@ -14,6 +16,7 @@ import type { DescriptorChain } from '../virtqueue.ts';
 export const ECHO_HOLD = 0xff;
 export const ECHO_RELEASE = 0xfe;
 export const ECHO_PARK = 0xfd;
+export const ECHO_BREAK = 0xfc;
 
 export class EchoDevice implements VirtioDeviceBackend {
   readonly features = VIRTIO_F_VERSION_1 | (1n << 0n);
@@ -40,8 +43,11 @@ export class EchoDevice implements VirtioDeviceBackend {
     this.config.set(data, offset);
   }
 
-  activate(_ctx: DeviceContext): void {
+  private ctx: DeviceContext | null = null;
+
+  activate(ctx: DeviceContext): void {
     this.activations++;
+    this.ctx = ctx;
   }
 
   processQueue(q: VirtqueueHandle): void {
@@ -55,6 +61,7 @@ export class EchoDevice implements VirtioDeviceBackend {
         for (const h of [...this.held.splice(0), ...this.parked.splice(0)]) h.q.complete(h.c.head, echo(h.q.mem, h.c));
       }
       q.complete(c.head, echo(q.mem, c));
+      if (first === ECHO_BREAK) this.ctx?.needsReset('a request asked the echo device to break');
     }
   }
 

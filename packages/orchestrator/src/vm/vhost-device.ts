@@ -352,7 +352,12 @@ export class VhostUserDevice {
       // Our convention: the front-end's "user address" of guest RAM is its guest-physical address.
       userAddr: BigInt(this.ctx.ramBase), mmapOffset: 0n, fd: this.ctx.ramFd,
     }]);
-    if (this.hasProtocol(VhostUserProtocolFeature.INFLIGHT_SHMFD)) await fe.setupInflight(this.queues, this.kind.maxQueueSize);
+    if (this.hasProtocol(VhostUserProtocolFeature.INFLIGHT_SHMFD)) {
+      // One region for all queues, laid out for the ring size the driver chose (vhost-user "Inflight I/O tracking").
+      const sizes = new Set(Array.from({ length: this.queues }, (_, q) => t.queue(q)).filter((qc) => qc.ready).map((qc) => qc.num));
+      if (sizes.size === 1) await fe.setupInflight(this.queues, [...sizes][0]!);
+      else this.ctx.log.warn({ device: this.spec.id, sizes: [...sizes] }, 'rings of different sizes: no inflight tracking for this session');
+    }
     for (let q = 0; q < this.queues; q++) {
       const qc = t.queue(q);
       if (!qc.ready) continue;
