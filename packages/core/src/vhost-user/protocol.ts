@@ -37,7 +37,6 @@ export const Req = {
   SET_STATUS: 39,
   GET_STATUS: 40,
 } as const;
-export type ReqCode = (typeof Req)[keyof typeof Req];
 
 export const reqName = (code: number): string => Object.entries(Req).find(([, v]) => v === code)?.[0] ?? `UNKNOWN(${code})`;
 
