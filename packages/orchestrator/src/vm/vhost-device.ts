@@ -32,7 +32,7 @@ import { TRANSPORT_FEATURES, VIRTIO_INT, type IrqFn, type VirtioMmioState } from
 /** Protocol features the front-end acks for every kind (inflight tracking is a kind's to allow: DeviceKind.protocolFeatures). */
 const WANTED_PROTOCOL = [
   VhostUserProtocolFeature.MQ, VhostUserProtocolFeature.REPLY_ACK, VhostUserProtocolFeature.CONFIG,
-  VhostUserProtocolFeature.RESET_DEVICE, VhostUserProtocolFeature.STATUS,
+  VhostUserProtocolFeature.RESET_DEVICE, VhostUserProtocolFeature.STATUS, VhostUserProtocolFeature.BACKEND_REQ,
 ].reduce((acc, b) => acc | protocolFeatureBit(b), 0n);
 
 /** What the guest may see of the features a back-end offers: every device-specific bit (virtio 1.2 §6), and the transport-owned ones our transport carries. */
@@ -256,6 +256,10 @@ export class VhostUserDevice {
       await fe.setProtocolFeatures(announced & (WANTED_PROTOCOL | this.kind.protocolFeatures));
     }
     await fe.setOwner();
+    if (this.hasProtocol(VhostUserProtocolFeature.BACKEND_REQ)) {
+      fe.onConfigChange = () => this.enqueue(() => this.refreshConfig());
+      await fe.openBackendChannel();
+    }
   }
 
   private hasProtocol(bit: number): boolean {
@@ -296,6 +300,14 @@ export class VhostUserDevice {
       if (status & VIRTIO_STATUS_DEVICE_NEEDS_RESET) this.needsReset('the back-end reports DEVICE_NEEDS_RESET');
       else this.ctx.log.warn({ device: this.spec.id, status }, 'back-end signalled a ring error without needing a reset');
     });
+  }
+
+  /** The back-end's configuration space changed (CONFIG_CHANGE_MSG): read it again and tell the driver (virtio 1.2 §2.5.1, §4.2.2 ConfigGeneration). */
+  private async refreshConfig(): Promise<void> {
+    if (this.closed || !this.fe) return;
+    const config = await this.fe.getConfig(0, this.kind.configSize);
+    this.ctx.transport.updateConfig(config, this.ctx.irq);
+    this.ctx.log.info({ device: this.spec.id, driver: this.kind.name }, 'device configuration changed');
   }
 
   /** DEVICE_NEEDS_RESET with a configuration change interrupt (virtio 1.2 §2.1.2); the guest's agent releases the device. */
