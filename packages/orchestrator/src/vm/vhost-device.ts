@@ -86,7 +86,7 @@ export class VhostUserDevice {
   readonly kind: DeviceKind;
   /** Virtqueues of the device (fixed for its life: a replacement keeps them). */
   readonly queues: number;
-  /** The socket of the process currently serving the disk. */
+  /** The socket of the process currently serving the device. */
   socketPath: string;
   state: BackendState = 'starting';
   /** Fault injection: hold each used-buffer interrupt this long. */
@@ -108,7 +108,7 @@ export class VhostUserDevice {
   private progressMark = 0;
   private closed = false;
   /**
-   * A warm spare: a second vmm-blk process, started and waiting on its own
+   * A warm spare: a second device process, started and waiting on its own
    * socket, so that recovering from a crash costs a reconnect and a replay
    * rather than a Node start-up; when the kind says a spare helps
    * (DeviceKind.warmSpare: not a qcow2 disk, whose spare would hold
@@ -161,7 +161,7 @@ export class VhostUserDevice {
           try {
             await next.start();
           } catch (e) {
-            // Keep the guest's disk: go back to the old image.
+            // Keep the guest's device: go back to the old options.
             this.proc = this.makeProcess(this.spec, this.socketPath);
             this.proc.restarts = old.restarts;
             await this.proc.start();

@@ -130,12 +130,7 @@ export class Vm implements VmControl {
     return this.slots.query('query-block') as unknown as BlockInfo[];
   }
 
-  /** Disks in the order the guest names them (slots fill from the top: vda is the highest slot). */
-  disks(): VhostUserDevice[] {
-    return this.devices().filter((d) => d.kind.role === 'blk');
-  }
-
-  /** Every device, of any kind, in slot order. */
+  /** Every device, of any kind, in the order the guest names them (slots fill from the top: vda is the highest slot). */
   devices(): VhostUserDevice[] {
     return this.slots.devices();
   }
