@@ -26,6 +26,14 @@ export interface VirtqueueHandle {
    * Malformed chains are logged and returned to the driver with length 0.
    */
   pop(): DescriptorChain | null;
+  /**
+   * How many chains pop() could return now without waiting. When that is
+   * fewer than `want`, the driver is also asked to kick on the next chain it
+   * adds (avail_event with EVENT_IDX, virtio 1.2 §2.7.10), so a device that
+   * needs several buffers for one request (virtio-net's mergeable receive
+   * buffers, §5.1.6.3) can wait for them without popping any.
+   */
+  available(want?: number): number;
   /** Finish a chain with `writtenLen` bytes written to its writable part. The driver is notified (batched, EVENT_IDX-aware). */
   complete(head: number, writtenLen: number): void;
   /** Chains popped and not completed yet. */
