@@ -1,8 +1,22 @@
 // The control conversation between a NIC process and vmm-switch over the
-// switch's unix socket (core's msgpack typed messages, length-prefixed, fds
-// by SCM_RIGHTS). Only control travels here; frames go through the rings.
+// switch's unix socket: a few small JSON messages, each prefixed with its
+// u32 length, fds by SCM_RIGHTS. Only control travels here; frames go
+// through the rings.
 
-import { MessageDeframer, closeFd, decodeMessage, frameMessage, recvWithFds, sendWithFds, type TypedMessage } from '@vmm/core';
+import { closeFd, recvWithFds, sendWithFds, VmmError } from '@vmm/core';
+
+interface TypedMessage {
+  type: string;
+}
+
+/** Largest control message accepted: a bigger length prefix means a corrupt or hostile peer. */
+const MAX_MESSAGE = 1 << 20;
+
+export class SwitchProtocolError extends VmmError {
+  constructor(message: string) {
+    super(message, 'protocol', 'ERR_SWITCH_PROTOCOL');
+  }
+}
 
 export interface AttachRequest extends TypedMessage {
   type: 'attach';
@@ -68,12 +82,49 @@ export function isSwitchReply(v: unknown): v is SwitchReply {
 }
 
 export function sendMessage(fd: number, m: SwitchRequest | SwitchReply, fds: number[] = []): void {
-  sendWithFds(fd, frameMessage(m), fds);
+  const body = new TextEncoder().encode(JSON.stringify(m));
+  const out = new Uint8Array(4 + body.length);
+  new DataView(out.buffer).setUint32(0, body.length, true);
+  out.set(body, 4);
+  sendWithFds(fd, out, fds);
+}
+
+/** Reassembles length-prefixed messages from stream chunks. */
+class Deframer {
+  private buf = new Uint8Array(0);
+
+  push(chunk: Uint8Array): Uint8Array[] {
+    const joined = new Uint8Array(this.buf.length + chunk.length);
+    joined.set(this.buf);
+    joined.set(chunk, this.buf.length);
+    const out: Uint8Array[] = [];
+    let o = 0;
+    while (joined.length - o >= 4) {
+      const len = new DataView(joined.buffer, o, 4).getUint32(0, true);
+      if (len > MAX_MESSAGE) throw new SwitchProtocolError(`control message of ${len} bytes exceeds ${MAX_MESSAGE}`);
+      if (joined.length - o - 4 < len) break;
+      out.push(joined.slice(o + 4, o + 4 + len));
+      o += 4 + len;
+    }
+    this.buf = joined.slice(o);
+    return out;
+  }
+}
+
+function decode<T extends TypedMessage>(b: Uint8Array, guard: (v: unknown) => v is T): T {
+  let v: unknown;
+  try {
+    v = JSON.parse(new TextDecoder().decode(b));
+  } catch (e) {
+    throw new SwitchProtocolError(`undecodable control message of ${b.length} bytes: ${(e as Error).message}`);
+  }
+  if (!guard(v)) throw new SwitchProtocolError(`unexpected control message ${JSON.stringify(v).slice(0, 100)}`);
+  return v;
 }
 
 /** Reads whatever a nonblocking socket has: message bodies with the fds that came along, and whether the peer closed. */
 export class MessageReader {
-  private readonly deframer = new MessageDeframer();
+  private readonly deframer = new Deframer();
   private readonly buf = new Uint8Array(65536);
   fds: number[] = [];
 
@@ -100,5 +151,5 @@ export class MessageReader {
   }
 }
 
-export const decodeRequest = (b: Uint8Array): SwitchRequest => decodeMessage(b, isSwitchRequest);
-export const decodeReply = (b: Uint8Array): SwitchReply => decodeMessage(b, isSwitchReply);
+export const decodeRequest = (b: Uint8Array): SwitchRequest => decode(b, isSwitchRequest);
+export const decodeReply = (b: Uint8Array): SwitchReply => decode(b, isSwitchReply);
