@@ -96,8 +96,9 @@ export class NetDevice implements VirtioDeviceBackend {
   /** Mergeable receive buffers popped for a frame that did not fit in what was available yet (§5.1.6.3.1). */
   private spare: RxBuffer[][];
   private readonly hdrScratch = new Uint8Array(VNET_HDR_LEN);
-  /** Called when config space changed (link status, MAC): the transport raises a configuration change notification (§4.x). */
-  onConfigChange: (() => void) | undefined;
+  private ctx: DeviceContext | null = null;
+  /** Receive queues the driver has enabled (kicked at least once since they started): only those get frames. */
+  private rxEnabled: boolean[];
 
   constructor(o: NetDeviceOptions) {
     const pairs = o.queuePairs ?? 1;
@@ -116,6 +117,7 @@ export class NetDevice implements VirtioDeviceBackend {
     this.rxQueues = new Array<VirtqueueHandle | null>(pairs).fill(null);
     this.txQueues = new Array<VirtqueueHandle | null>(pairs).fill(null);
     this.spare = Array.from({ length: pairs }, () => []);
+    this.rxEnabled = new Array<boolean>(pairs).fill(false);
   }
 
   /** Plug the device into a port (or unplug it with null): frames flow as soon as queues run. */
@@ -140,7 +142,8 @@ export class NetDevice implements VirtioDeviceBackend {
     if (up === this.linkUp) return;
     this.linkUp = up;
     this.log.info({ link: up ? 'up' : 'down' }, 'link state changed');
-    this.onConfigChange?.();
+    // STATUS changed: the driver gets a configuration change notification (virtio 1.2 §5.1.4.2, §2.5.1).
+    this.ctx?.configChanged();
     if (up) this.receive();
   }
 
@@ -173,6 +176,7 @@ export class NetDevice implements VirtioDeviceBackend {
   }
 
   activate(ctx: DeviceContext): void {
+    this.ctx = ctx;
     this.mem = ctx.mem;
     this.negotiated = ctx.features;
     const f = ctx.features;
@@ -190,7 +194,9 @@ export class NetDevice implements VirtioDeviceBackend {
   }
 
   reset(): void {
+    this.ctx = null;
     this.mem = null;
+    this.rxEnabled.fill(false);
     this.negotiated = 0n;
     this.rxQueues.fill(null);
     this.txQueues.fill(null);
@@ -204,12 +210,42 @@ export class NetDevice implements VirtioDeviceBackend {
     return this.negotiated & VIRTIO_NET_F_MQ ? 2 * this.maxPairs : 2;
   }
 
+  private isCtrl(index: number): boolean {
+    return (this.negotiated & VIRTIO_NET_F_CTRL_VQ) !== 0n && index === this.ctrlIndex;
+  }
+
+  startQueue(q: VirtqueueHandle): void {
+    if (this.isCtrl(q.index) || q.index >> 1 >= this.maxPairs) return;
+    const pair = q.index >> 1;
+    if (q.index % 2 === 0) {
+      this.rxQueues[pair] = q;
+      this.rxEnabled[pair] = false;
+      this.spare[pair] = [];
+    } else this.txQueues[pair] = q;
+  }
+
+  /** Give back the mergeable receive buffers held for a frame that had not fit yet (core rewinds the ring over them). */
+  stopQueue(index: number): number[] {
+    if (this.isCtrl(index) || index >> 1 >= this.maxPairs) return [];
+    const pair = index >> 1;
+    if (index % 2 === 1) {
+      this.txQueues[pair] = null;
+      return [];
+    }
+    this.rxQueues[pair] = null;
+    this.rxEnabled[pair] = false;
+    const held = this.spare[pair]!.map((b) => b.head);
+    this.spare[pair] = [];
+    return held;
+  }
+
   processQueue(q: VirtqueueHandle): void {
-    if (this.negotiated & VIRTIO_NET_F_CTRL_VQ && q.index === this.ctrlIndex) return this.control(q);
+    if (this.isCtrl(q.index)) return this.control(q);
     const pair = q.index >> 1;
     if (pair >= this.maxPairs) return;
     if (q.index % 2 === 0) {
       this.rxQueues[pair] = q;
+      this.rxEnabled[pair] = true;
       // A front-end that keeps the control queue (QEMU, DPDK) enables pairs by starting their rings.
       if (!(this.negotiated & VIRTIO_NET_F_CTRL_VQ) || !(this.negotiated & VIRTIO_NET_F_MQ)) this.activePairs = Math.max(this.activePairs, pair + 1);
       this.receive();
@@ -298,9 +334,10 @@ export class NetDevice implements VirtioDeviceBackend {
       this.stats.rx_filtered++;
       return 'dropped';
     }
-    const pair = this.activePairs > 1 ? flowHash(frame) % this.activePairs : 0;
-    const q = this.rxQueues[pair] ?? this.rxQueues[0];
-    if (!q) return 'no-buffers';
+    let pair = this.activePairs > 1 ? flowHash(frame) % this.activePairs : 0;
+    if (!this.rxEnabled[pair]) pair = 0;
+    const q = this.rxQueues[pair];
+    if (!q || !q.live || !this.rxEnabled[pair]) return 'no-buffers';
     if (acceptsOffloads(h, this.rxCaps)) return this.deliver(q, pair, h, frame);
     // The driver cannot take this frame's offloads: finish them here, the only place they are done in software.
     if ((h.gsoType & 0x7f) !== VIRTIO_NET_HDR_GSO_NONE) {

@@ -18,8 +18,6 @@ export interface VnetHeader {
   numBuffers: number;
 }
 
-export const EMPTY_HEADER: Readonly<VnetHeader> = { flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0, numBuffers: 0 };
-
 /** Decode the first 10 or 12 bytes of `b` (num_buffers is 0 for the 10-byte legacy header). */
 export function decodeVnetHeader(b: Uint8Array, len = VNET_HDR_LEN): VnetHeader {
   const v = new DataView(b.buffer, b.byteOffset, len);

@@ -1,7 +1,8 @@
 // Unit tests of the parse halves (vnet header, control commands, offload
 // fallbacks) and of the device model driven through real split rings by
 // core's in-process harness, two devices joined back to back.
-import { createLogger, InProcessDevice, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '@vmm/core';
+import { createLogger, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '@vmm/core';
+import { InProcessDevice } from '@vmm/core/testing';
 import { describe, expect, it } from 'vitest';
 import { MAC_TABLE_ENTRIES, parseCtrlCommand, parseMac, RxFilter, formatMac, BROADCAST } from './ctrl.ts';
 import { NetDevice } from './device.ts';
