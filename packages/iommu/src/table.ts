@@ -134,6 +134,11 @@ export class IommuTableView {
     this.faultBase = this.mapBase + this.sizes.maxMappings * MAP_WORDS;
   }
 
+  /** The memory the table lives in (to hand to another view, or to check it is the memfd's). */
+  get buffer(): ArrayBufferLike {
+    return this.w.buffer;
+  }
+
   /** The translation version: it moves whenever a translation may have gone away. */
   get version(): number {
     return Atomics.load(this.w, W.version);
@@ -163,6 +168,11 @@ export class IommuTableView {
       if (Atomics.load(this.w, b + 1) === 1) out.push(Atomics.load(this.w, b));
     }
     return out;
+  }
+
+  /** The id of the endpoint at `index`. */
+  endpointId(index: number): number {
+    return Atomics.load(this.w, this.epBase + index * EP_WORDS);
   }
 
   /** Domain slot the endpoint is attached to, or -1. */
@@ -356,6 +366,13 @@ export class IommuTable extends IommuTableView {
   endDomain(slot: number): void {
     for (const m of this.mappingsOf(slot)) this.removeMapping(m.slot);
     Atomics.store(this.w, this.domBase + slot * DOM_WORDS, D_FREE);
+  }
+
+  /** Device reset (virtio 1.2 §5.13.5): every endpoint detached, every domain and mapping gone. */
+  resetDomains(): void {
+    for (let i = 0; i < this.sizes.maxEndpoints; i++) this.setEndpointDomain(i, -1);
+    for (let s = 0; s < this.sizes.maxDomains; s++) if (this.domainState(s).live) this.endDomain(s);
+    this.bump();
   }
 
   setEndpointDomain(index: number, domainSlot: number): void {
