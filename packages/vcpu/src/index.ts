@@ -15,4 +15,4 @@ export const HART_WORKER_URL = new URL("./hart/hart-worker.ts", import.meta.url)
 export * from "./platform/index.ts";
 export { startMachine, machineDtb, MachineConfigError, parseKernelImage, planBoot, setHartWorkerUrl, STOPPED_BY_HOST } from "./machine.ts";
 export type { Machine, MachineConfig, MachineExit, BootLayout, KernelImageInfo, ResetCause } from "./machine.ts";
-export { VirtioMmioState, INT as VIRTIO_INT, STATUS as VIRTIO_STATUS, type IrqFn, type KickFn, type QueueConfig } from "./virtio-mmio/transport.ts";
+export { VirtioMmioState, INT as VIRTIO_INT, REG as VIRTIO_MMIO_REG, TRANSPORT_FEATURES, type IrqFn, type KickFn, type QueueConfig } from "./virtio-mmio/transport.ts";

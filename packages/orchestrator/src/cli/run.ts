@@ -151,10 +151,10 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
       },
       logger,
     });
-    if (o.disks.length > 0 || o.apiPort !== null || o.qmp !== null) {
-      // Disks are plugged while the harts are paused, so the guest finds them at probe time.
+    if (o.devices.length > 0 || o.apiPort !== null || o.qmp !== null) {
+      // Devices are plugged while the harts are paused, so the guest finds them at probe time.
       attached = await attachVm(machine, {
-        disks: o.disks,
+        devices: o.devices,
         apiPort: o.apiPort,
         qmpPath: o.qmp,
         log: logger,

@@ -11,6 +11,10 @@
 // registers. Kicks written before the backend is set up are not lost: an
 // eventfd keeps its count until the backend reads it.
 
+import {
+  VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_FEATURES_OK,
+} from '@vmm/core';
+
 /** virtio 1.2 §4.2.2 register offsets. */
 export const REG = {
   MagicValue: 0x000, Version: 0x004, DeviceID: 0x008, VendorID: 0x00c,
@@ -31,8 +35,16 @@ export const VENDOR_ID = 0x554d_4551; // "QEMU", as QEMU's virtio-mmio reports; 
  * reads this, which resets the device (status 0): the host then removes it.
  */
 export const VENDOR_ID_EJECT = 0x5443_4a45; // "EJCT"
-/** Device status bits (virtio 1.2 §2.1). */
-export const STATUS = { ACKNOWLEDGE: 1, DRIVER: 2, DRIVER_OK: 4, FEATURES_OK: 8, DEVICE_NEEDS_RESET: 64, FAILED: 128 } as const;
+/** Device status bits (virtio 1.2 §2.1), defined once in @vmm/core. */
+const STATUS = {
+  FEATURES_OK: VIRTIO_STATUS_FEATURES_OK, DEVICE_NEEDS_RESET: VIRTIO_STATUS_DEVICE_NEEDS_RESET,
+} as const;
+/**
+ * The transport-owned feature bits (virtio 1.2 §6: 24 to 49) this transport
+ * carries between a device and the driver: the ring layouts core's
+ * virtqueue implements. Every device-specific bit passes through untouched.
+ */
+export const TRANSPORT_FEATURES = VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX;
 export const INT = { USED_BUFFER: 1, CONFIG_CHANGE: 2 } as const;
 
 export const MAX_QUEUES = 16;
@@ -283,7 +295,7 @@ export class VirtioMmioState {
       // otherwise FEATURES_OK does not stick and the driver gives up (§3.1.1 step 6).
       const offered = (BigInt(w[W.devFeatHi]! >>> 0) << 32n) | BigInt(w[W.devFeatLo]! >>> 0);
       const wanted = this.driverFeatures();
-      if ((wanted & ~offered) !== 0n || (wanted & (1n << 32n)) === 0n) v &= ~STATUS.FEATURES_OK;
+      if ((wanted & ~offered) !== 0n || (wanted & VIRTIO_F_VERSION_1) === 0n) v &= ~STATUS.FEATURES_OK;
     }
     Atomics.store(w, W.status, v | (w[W.status]! & STATUS.DEVICE_NEEDS_RESET));
     this.changed();
