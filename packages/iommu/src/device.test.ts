@@ -1,6 +1,7 @@
 // The device model driven through real split rings (core's in-process
 // harness): chains in, status bytes and used lengths out.
-import { InProcessDevice, createLogger } from '@vmm/core';
+import { createLogger } from '@vmm/core';
+import { InProcessDevice } from '@vmm/core/testing';
 import { describe, expect, it } from 'vitest';
 import { IommuDevice } from './device.ts';
 import {

@@ -5,7 +5,7 @@
 // drive it alike.
 
 import type { DeviceContext, Logger, VirtioDeviceBackend, VirtqueueHandle } from '@vmm/core';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '@vmm/core';
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VhostUserProtocolFeature, protocolFeatureBit } from '@vmm/core';
 import { execute, type IommuLimits, type ReservedRegion } from './execute.ts';
 import { parseRequest, writeReply, writeStatus } from './request.ts';
 import {
@@ -63,6 +63,12 @@ export interface IommuCounters {
 
 export class IommuDevice implements VirtioDeviceBackend {
   readonly numQueues = 2;
+  /**
+   * Requests in flight when this process dies are resubmitted from the
+   * inflight region after the restart; execute() makes a replayed request
+   * harmless (a MAP already applied, an UNMAP or DETACH already done).
+   */
+  readonly protocolFeatures = protocolFeatureBit(VhostUserProtocolFeature.INFLIGHT_SHMFD);
   readonly table: IommuTable;
   readonly #opts: Required<Omit<IommuDeviceOptions, 'log' | 'reserved'>> & { reserved: ReservedRegion[] };
   #log: Logger | undefined;

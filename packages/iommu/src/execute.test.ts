@@ -118,6 +118,9 @@ describe('DETACH (§5.13.6.4)', () => {
     expect(run(t, detach(5, 8))).toBe(VIRTIO_IOMMU_S_INVAL);
     expect(run(t, detach(1, 16))).toBe(VIRTIO_IOMMU_S_INVAL);
     expect(state(t)).toEqual(before);
+    // A DETACH done already (replayed after a restart): OK.
+    expect(run(t, detach(1, 8))).toBe(VIRTIO_IOMMU_S_OK);
+    expect(run(t, detach(1, 8))).toBe(VIRTIO_IOMMU_S_OK);
   });
 });
 
@@ -141,7 +144,11 @@ describe('MAP (§5.13.6.5)', () => {
     expect(run(t, map(1, 0x40000, 0x40fff, 2 ** 40))).toBe(VIRTIO_IOMMU_S_RANGE); // beyond guest-physical
     expect(run(t, map(1, 0x800_0000, 0x800_0fff, 0x8000_0000))).toBe(VIRTIO_IOMMU_S_INVAL); // reserved (MSI) region
     expect(run(t, map(1, 0x1f000, 0x20fff, 0x9000_0000))).toBe(VIRTIO_IOMMU_S_INVAL); // overlaps an existing mapping
-    expect(run(t, map(1, 0x10000, 0x1ffff, 0x8000_0000))).toBe(VIRTIO_IOMMU_S_INVAL); // the same mapping again
+    expect(run(t, map(1, 0x10000, 0x1ffff, 0x9000_0000))).toBe(VIRTIO_IOMMU_S_INVAL); // same range, other target
+    expect(run(t, map(1, 0x10000, 0x1ffff, 0x8000_0000, VIRTIO_IOMMU_MAP_F_READ))).toBe(VIRTIO_IOMMU_S_INVAL); // other permission
+    expect(state(t)).toEqual(before);
+    // The very same MAP again (replayed after a restart) finds it in place: OK, nothing added.
+    expect(run(t, map(1, 0x10000, 0x1ffff, 0x8000_0000))).toBe(VIRTIO_IOMMU_S_OK);
     expect(state(t)).toEqual(before);
   });
 
@@ -243,7 +250,8 @@ describe('MAP/UNMAP against a model', () => {
           const before = state(t);
           let want: number;
           if (o.op === 'map') {
-            if (model.some((m) => vs <= m.b && ve >= m.a)) want = VIRTIO_IOMMU_S_INVAL;
+            if (model.some((m) => m.a === vs && m.b === ve && m.p === o.p * 0x1000)) want = VIRTIO_IOMMU_S_OK; // replayed MAP
+            else if (model.some((m) => vs <= m.b && ve >= m.a)) want = VIRTIO_IOMMU_S_INVAL;
             else if (model.length >= 16) want = VIRTIO_IOMMU_S_NOMEM;
             else {
               want = VIRTIO_IOMMU_S_OK;

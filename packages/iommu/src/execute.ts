@@ -113,6 +113,8 @@ export function execute(t: IommuTable, req: IommuRequest, lim: IommuLimits): Exe
       const ep = t.endpointIndex(req.endpoint);
       if (ep < 0) return fail(VIRTIO_IOMMU_S_NOENT, `DETACH of unknown endpoint ${req.endpoint}`);
       const d = t.findDomain(req.domain);
+      // Already detached (a DETACH replayed after a restart of vmm-iommu): done.
+      if (d < 0 && t.endpointDomain(ep) < 0) return { status: VIRTIO_IOMMU_S_OK };
       if (d < 0) return fail(VIRTIO_IOMMU_S_INVAL, `DETACH from domain ${req.domain}, which does not exist`);
       if (t.endpointDomain(ep) !== d) return fail(VIRTIO_IOMMU_S_INVAL, `DETACH of endpoint ${req.endpoint} from domain ${req.domain}, it is not attached there`);
       leave(t, ep);
@@ -143,12 +145,15 @@ export function execute(t: IommuTable, req: IommuRequest, lim: IommuLimits): Exe
       for (const r of lim.reserved) {
         if (vs <= r.end && ve >= r.start) return fail(VIRTIO_IOMMU_S_INVAL, `MAP [${hex(vs)}, ${hex(ve)}] overlaps reserved region [${hex(r.start)}, ${hex(r.end)}]`);
       }
+      const flags = ((req.flags & VIRTIO_IOMMU_MAP_F_READ) !== 0 ? M_READ : 0) | ((req.flags & VIRTIO_IOMMU_MAP_F_WRITE) !== 0 ? M_WRITE : 0);
       for (const m of t.mappingsOf(d)) {
+        // The very same mapping again is a MAP replayed after a restart of
+        // vmm-iommu (inflight resubmission): it is in place, so it succeeded.
+        if (m.virtStart === vs && m.virtEnd === ve && m.physStart === Number(req.physStart) && (m.flags & (M_READ | M_WRITE)) === flags) return { status: VIRTIO_IOMMU_S_OK };
         if (vs <= m.virtEnd && ve >= m.virtStart) {
           return fail(VIRTIO_IOMMU_S_INVAL, `MAP [${hex(vs)}, ${hex(ve)}] overlaps the mapping [${hex(m.virtStart)}, ${hex(m.virtEnd)}] of domain ${req.domain}`);
         }
       }
-      const flags = ((req.flags & VIRTIO_IOMMU_MAP_F_READ) !== 0 ? M_READ : 0) | ((req.flags & VIRTIO_IOMMU_MAP_F_WRITE) !== 0 ? M_WRITE : 0);
       if (t.insertMapping(d, vs, ve, Number(req.physStart), flags) < 0) {
         return fail(VIRTIO_IOMMU_S_NOMEM, `no room for another mapping: all ${t.sizes.maxMappings} mapping slots are in use`);
       }
