@@ -45,7 +45,7 @@ async function waitFor(path: string, child: ChildProcess, what: string): Promise
 function startServer(kind: 'ours' | 'reference', format: 'raw' | 'qcow2', image: string, sock: string): ChildProcess {
   if (existsSync(sock)) rmSync(sock);
   if (kind === 'ours') {
-    return spawn(process.execPath, [...(process.env.VMM_BLK_PROF ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.VMM_BLK_PROF] : []), VMM_BLK, '--socket', sock, '--image', image, '--format', format, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'] });
+    return spawn(process.execPath, [...(process.env.VMM_BLK_PROF ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.VMM_BLK_PROF] : []), VMM_BLK, '--socket', sock, '--file', image, '--format', format, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'] });
   }
   const node = format === 'raw' ? 'driver=raw,node-name=disk0,file=file0' : 'driver=qcow2,node-name=disk0,file=file0';
   return spawn('qemu-storage-daemon', [

@@ -15,7 +15,7 @@ const BLOCKS = 256;
 /** No completion this long after a kill is a stall: fail with the rings' state rather than wait forever. */
 const STALL_MS = 10_000;
 
-type Disk = ReturnType<Awaited<ReturnType<typeof startGuestSession>>['attached']['vm']['disks']>[number];
+type Disk = ReturnType<Awaited<ReturnType<typeof startGuestSession>>['attached']['vm']['devices']>[number];
 
 /** The disk's next used-buffer notification, or an error naming the rings' avail/used indices and inflight heads. */
 async function nextCompletionOrStall(d: Disk, what: string): Promise<number> {
@@ -66,7 +66,7 @@ echo "LOST=$bad IOERRORS=$(dmesg | grep -ci 'i/o error')"
   try {
     await g.waitFor('@@GO@@');
     const vm = g.attached.vm;
-    const dev = () => vm.disks().find((d) => d.spec.id === 'bench')!;
+    const dev = () => vm.devices().find((d) => d.spec.id === 'bench')!;
     await nextCompletionOrStall(dev(), 'before the first kill');
     for (let k = 0; k < kills; k++) {
       // Let the workload run a little between kills.

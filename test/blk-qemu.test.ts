@@ -86,8 +86,8 @@ describe('vmm-blk under a real QEMU front-end (vhost-user-blk-pci)', () => {
       writeFileSync(initrd, Buffer.concat([x.initrd, data]));
 
       const sock = join(dir, `${format}.sock`);
-      // README: packages/virtio-blk/bin/vmm-blk --socket /tmp/vda.sock --image disk.img --queues 2 --serial … &
-      const proc = new DeviceProcess({ name: `blk-${format}`, command: VMM_BLK_BIN, args: ['--socket', sock, '--image', image, '--format', format, '--queues', '2', '--serial', SERIAL], env: PLAIN_ENV, log });
+      // README: packages/virtio-blk/bin/vmm-blk --socket /tmp/vda.sock --file disk.img --queues 2 --serial … &
+      const proc = new DeviceProcess({ name: `blk-${format}`, command: VMM_BLK_BIN, args: ['--socket', sock, '--file', image, '--format', format, '--queues', '2', '--serial', SERIAL], env: PLAIN_ENV, log });
       await proc.start();
       let r;
       try {

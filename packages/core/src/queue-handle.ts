@@ -33,7 +33,8 @@ export class QueueHandle implements VirtqueueHandle {
   private readonly resubmit: number[];
   private readonly o: QueueHandleOptions;
   private flushScheduled = false;
-  private readonly popped = new Set<number>();
+  /** Heads popped and not completed, each with the avail index it was popped at (-1: resubmitted from the inflight region). */
+  private readonly popped = new Map<number, number>();
   /** Set when the ring was stopped or the device reset: later completions are dropped. */
   dead = false;
   broken = false;
@@ -55,6 +56,10 @@ export class QueueHandle implements VirtqueueHandle {
     return this.popped.size;
   }
 
+  get live(): boolean {
+    return !this.dead;
+  }
+
   pop(): DescriptorChain | null {
     if (this.dead || this.broken) return null;
     while (this.resubmit.length > 0) {
@@ -62,7 +67,7 @@ export class QueueHandle implements VirtqueueHandle {
       if (this.popped.has(head)) continue;
       try {
         const c = this.q.parse(head);
-        this.popped.add(head);
+        this.popped.set(head, -1);
         return c;
       } catch (e) {
         // The driver still counts this chain as outstanding: give it back (nothing written), or its request never completes.
@@ -75,6 +80,7 @@ export class QueueHandle implements VirtqueueHandle {
     }
     for (;;) {
       try {
+        const at = this.q.lastAvail;
         const c = this.q.pop();
         if (c === null) return null;
         if (this.popped.has(c.head)) {
@@ -85,7 +91,7 @@ export class QueueHandle implements VirtqueueHandle {
           continue;
         }
         this.inflight?.begin(c.head);
-        this.popped.add(c.head);
+        this.popped.set(c.head, at);
         return c;
       } catch (e) {
         if (!(e instanceof VirtqueueError)) throw e;
@@ -117,6 +123,14 @@ export class QueueHandle implements VirtqueueHandle {
     this.scheduleFlush();
   }
 
+  available(want = 1): number {
+    if (this.dead || this.broken) return 0;
+    const n = this.resubmit.length + this.q.pending();
+    if (n >= want) return n;
+    this.q.armKick();
+    return this.resubmit.length + this.q.pending();
+  }
+
   /**
    * A request finished. A completion that belongs to no request of this ring
    * generation (the ring was stopped or restarted since it was popped, or the
@@ -134,6 +148,33 @@ export class QueueHandle implements VirtqueueHandle {
     this.q.pushUsed(head, writtenLen);
     this.inflight?.afterUsed(head, this.q.usedIdx);
     this.scheduleFlush();
+    if (this.popped.size === 0) this.o.onIdle?.(this);
+  }
+
+  /**
+   * Give back chains the device holds and will not complete (receive
+   * buffers; VirtioDeviceBackend.stopQueue). When they are exactly the last
+   * ones taken from the avail ring, the ring is rewound over them, so the
+   * next session pops them again as if never taken (the driver cannot have
+   * reused those avail slots: they are not used yet). Otherwise each is
+   * returned used with length 0 (nothing written), as a malformed chain is.
+   */
+  giveBack(heads: readonly number[]): void {
+    if (this.dead || heads.length === 0) return;
+    const held = heads.filter((h) => this.popped.has(h));
+    const positions = new Set(held.map((h) => this.popped.get(h)!));
+    const last = this.q.lastAvail;
+    let tail = positions.size === held.length;
+    for (let k = 1; tail && k <= held.length; k++) tail = positions.has((last - k) & 0xffff);
+    if (tail) {
+      for (const h of held) {
+        this.popped.delete(h);
+        this.inflight?.forget(h);
+      }
+      this.q.lastAvail = (last - held.length) & 0xffff;
+    } else {
+      for (const h of held) this.complete(h, 0);
+    }
     if (this.popped.size === 0) this.o.onIdle?.(this);
   }
 

@@ -29,24 +29,25 @@ describe('vmm-blk bin from a plain shell', () => {
     const r = run(['--help']);
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
-    expect(r.stdout).toMatch(/^usage: vmm-blk --socket PATH --image FILE/);
+    expect(r.stdout).toMatch(/^usage: vmm-blk --socket PATH/);
+    expect(r.stdout).toContain('--file');
     expect(r.stdout).toContain('--queues N');
   });
 
   it('a bad flag or value exits 2 with one line naming it', () => {
-    const unknown = run(['--socket', 's', '--image', 'i', '--bogus']);
+    const unknown = run(['--socket', 's', '--file', 'i', '--bogus']);
     expect(unknown.status).toBe(2);
-    expect(unknown.stderr).toContain("'--bogus'");
-    const range = run(['--socket', 's', '--image', 'i', '--queues', '99']);
+    expect(unknown.stderr).toContain("unknown option 'bogus'");
+    const range = run(['--socket', 's', '--file', 'i', '--queues', '99']);
     expect(range.status).toBe(2);
-    expect(range.stderr).toContain('--queues 99');
-    const missing = run(['--image', 'i']);
+    expect(range.stderr).toContain('queues=99');
+    const missing = run(['--file', 'i']);
     expect(missing.status).toBe(2);
     expect(missing.stderr).toContain('--socket PATH is required');
   });
 
   it('a missing image is a configuration error (exit 2) naming the file', () => {
-    const r = run(['--socket', join(dir, 'x.sock'), '--image', join(dir, 'nope.img'), '--log-level', 'silent']);
+    const r = run(['--socket', join(dir, 'x.sock'), '--file', join(dir, 'nope.img'), '--log-level', 'silent']);
     expect(r.status).toBe(2);
     expect(r.stderr).toContain(`cannot open image ${join(dir, 'nope.img')}`);
   });
@@ -62,7 +63,7 @@ describe('vmm-blk bin from a plain shell', () => {
     writeFileSync(image, new Uint8Array(1 << 20));
     const sock = join(dir, 'disk.sock');
     // The orchestrator's handshake (IPC ready message) passes through the launcher's exec.
-    const proc = new DeviceProcess({ name: 'bin', command: BIN, args: ['--socket', sock, '--image', image, '--log-level', 'warn'], env: PLAIN_ENV, log });
+    const proc = new DeviceProcess({ name: 'bin', command: BIN, args: ['--socket', sock, '--file', image, '--log-level', 'warn'], env: PLAIN_ENV, log });
     await proc.start();
     try {
       const c = await BlkClient.connect(sock, { queues: 1, log });

@@ -41,7 +41,7 @@ describe('vmm-blk: rings stopped and restarted under load', () => {
     const image = join(dir, 'disk.raw');
     writeFileSync(image, new Uint8Array(BLOCKS * BLOCK));
     const sock = join(dir, 'disk.sock');
-    const proc = new DeviceProcess({ name: 'ring-restart', args: [MAIN, '--socket', sock, '--image', image, '--log-level', process.env.VMM_TEST_BLK_LOG ?? 'error'], env: {}, log });
+    const proc = new DeviceProcess({ name: 'ring-restart', args: [MAIN, '--socket', sock, '--file', image, '--log-level', process.env.VMM_TEST_BLK_LOG ?? 'error'], env: {}, log });
     let exited: unknown = null;
     proc.onUnexpectedExit = (info) => (exited = info);
     await proc.start();
