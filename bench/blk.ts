@@ -15,7 +15,8 @@ import { parseArgs } from 'node:util';
 import { createLogger, processMemory } from '@vmm/core';
 import { BlkClient, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '@vmm/virtio-blk';
 
-const VMM_BLK = fileURLToPath(new URL('../packages/virtio-blk/src/main.ts', import.meta.url));
+/** The bin a user runs (its launcher applies the device processes' runtime settings). */
+const VMM_BLK = fileURLToPath(new URL('../packages/virtio-blk/bin/vmm-blk', import.meta.url));
 const MIB = 1 << 20;
 
 interface Workload {
@@ -45,7 +46,8 @@ async function waitFor(path: string, child: ChildProcess, what: string): Promise
 function startServer(kind: 'ours' | 'reference', format: 'raw' | 'qcow2', image: string, sock: string): ChildProcess {
   if (existsSync(sock)) rmSync(sock);
   if (kind === 'ours') {
-    return spawn(process.execPath, [...(process.env.VMM_BLK_PROF ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.VMM_BLK_PROF] : []), VMM_BLK, '--socket', sock, '--file', image, '--format', format, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'] });
+    const prof = process.env.VMM_BLK_PROF ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${process.env.VMM_BLK_PROF}` } : {};
+    return spawn(VMM_BLK, ['--socket', sock, '--file', image, '--format', format, '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, ...prof } });
   }
   const node = format === 'raw' ? 'driver=raw,node-name=disk0,file=file0' : 'driver=qcow2,node-name=disk0,file=file0';
   return spawn('qemu-storage-daemon', [

