@@ -71,3 +71,31 @@ export function runBounded(cmd: string, args: string[], opts: { timeoutMs: numbe
 export function qemuArgs(kit: GuestKit, initrd: string, smp: number, append: string): string[] {
   return ['-M', 'virt', '-m', '512M', '-smp', String(smp), '-bios', kit.opensbi.fwDynamic, '-kernel', kit.kernel, '-initrd', initrd, '-append', append, '-nographic', '-no-reboot'];
 }
+
+/**
+ * `p`, unless vmm reports BACKEND_STALLED first (a restarted back-end with
+ * requests outstanding and no completion for seconds): then fail at once
+ * with the event's diagnosis (which ring, avail/used indices, inflight
+ * heads) instead of waiting out the guest's whole timeout.
+ */
+export function unlessStalled<T>(q: { events: Record<string, unknown>[] }, p: Promise<T>): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const check = () => {
+      const stall = q.events.find((e) => e.event === 'BACKEND_STALLED');
+      if (!stall) return;
+      clearInterval(timer);
+      reject(new Error(`a back-end stalled after a restart: ${JSON.stringify(stall.data)}`));
+    };
+    const timer = setInterval(check, 250);
+    p.then(
+      (v) => {
+        clearInterval(timer);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clearInterval(timer);
+        reject(e as Error);
+      },
+    );
+  });
+}

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { QmpClient, startGuestSession as bootGuest } from '@vmm/orchestrator';
+import { unlessStalled } from './guest-helpers.ts';
 
 
 const BLOCKS = 64;
@@ -92,12 +93,12 @@ async function scenario(g: Awaited<ReturnType<typeof bootGuest>>, f: { raw: stri
 
     // Hot-add: the guest's write loop ends when /dev/vdc shows up.
     expect(await q.cmd('device_add', { driver: 'virtio-blk', id: 'hot0', file: hot, format: 'raw' })).toEqual({ return: {} });
-    await g.waitFor('@@VDC-WRITING@@');
+    await unlessStalled(q, g.waitFor('@@VDC-WRITING@@'));
     expect(g.output()).toMatch(/VDB round=\d+ bad=0/);
     // Replace the back-end under load: a new process behind the same device.
     expect(await q.cmd('device_add', { driver: 'virtio-blk', id: 'hot0', file: hot, format: 'raw', replace: true })).toEqual({ return: {} });
     await q.event('BACKEND_REPLACED');
-    await g.waitFor('@@RELEASE-VDC@@');
+    await unlessStalled(q, g.waitFor('@@RELEASE-VDC@@'));
     expect(g.output()).toContain('VDC round=3 bad=0');
     expect(await q.cmd('device_del', { id: 'hot0' })).toEqual({ return: {} });
     expect(await q.event('DEVICE_DELETED')).toMatchObject({ data: { device: 'hot0' } });

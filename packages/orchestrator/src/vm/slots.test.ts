@@ -148,6 +148,27 @@ function collector(dq: DriverQueue) {
 }
 
 describe('the generic vhost-user device path (echo kind, no guest)', () => {
+  it('reports BACKEND_STALLED with each ring\'s indices and inflight heads when a restarted back-end completes nothing', async () => {
+    const r = rig();
+    rigs.push(r);
+    await r.slots.deviceAdd({ driver: 'echo', id: 's0', queues: 1 });
+    const t = slotOf(r, echoKind.virtioId);
+    const dq = driverInit(r, t);
+    const c = collector(dq);
+    const a = post(r, t, dq, [1], c);
+    await until('the first echo', () => c.poll().has(a.head));
+    // The held request never completes on its own: after the restart the guest waits, and the watchdog must say so.
+    const held = post(r, t, dq, [ECHO_HOLD, 7], c);
+    const n0 = r.events.length;
+    await r.slots.injectFault({ kind: 'kill', device: 's0' });
+    await until('BACKEND_RESTARTED', () => r.events.slice(n0).find((e) => e.event === 'BACKEND_RESTARTED'));
+    const stall = await until('BACKEND_STALLED', () => r.events.slice(n0).find((e) => e.event === 'BACKEND_STALLED'), 30_000);
+    expect(stall.data).toMatchObject({ device: 's0', restarts: 1, rings: [{ queue: 0, availIdx: 2, usedIdx: 1, outstanding: 1, inflight: [held.head] }] });
+    // It was a diagnosis, not a verdict: the request completes once released, and nothing else was lost.
+    const rel = post(r, t, dq, [ECHO_RELEASE, 8], c);
+    await until('the held request and its release', () => c.poll().has(held.head) && c.done.has(rel.head));
+  });
+
   it('plugs, serves, recovers a killed process with its in-flight requests, asks for a reset and hot-removes a test-only kind', async () => {
     const r = rig();
     rigs.push(r);
