@@ -226,6 +226,14 @@ describe('the generic vhost-user device path (echo kind, no guest)', () => {
     const d = post(r, t2, dq3, [5], c3);
     await until('an echo from the hot-added device', () => c3.poll().has(d.head));
     expect(c3.done.get(d.head)).toBe(1);
+
+    // A device its driver already let go of (the guest's agent releases a device that needs a reset, e.g. a
+    // given-up back-end) is removed at once: nobody is left to reset it.
+    t2.write(REG.Status, 4, 0, noKick, noIrq);
+    const deleted = r.events.filter((e) => e.event === 'DEVICE_DELETED').length;
+    await r.slots.deviceDel('e1');
+    await until('DEVICE_DELETED of a released device', () => r.events.filter((e) => e.event === 'DEVICE_DELETED').length > deleted);
+    expect(t2.present).toBe(false);
   });
 
   it('bad device options and kinds get one error naming the option and value, the same from the flag, QMP and the device process', async () => {

@@ -450,7 +450,8 @@ export class VhostUserDevice {
   requestEject(): void {
     const t = this.ctx.transport;
     t.requestEject();
-    t.needsReset(this.ctx.irq);
+    // A device no driver holds (status 0: never bound, or already released) has nobody to tell.
+    if (t.status !== 0) t.needsReset(this.ctx.irq);
   }
 
   /** Remove from the slot, stop the process, release every fd. */
