@@ -228,8 +228,10 @@ describe('the generic vhost-user device path (echo kind, no guest)', () => {
     expect(c3.done.get(d.head)).toBe(1);
 
     // A device its driver already let go of (the guest's agent releases a device that needs a reset, e.g. a
-    // given-up back-end) is removed at once: nobody is left to reset it.
+    // given-up back-end) is removed at once: nobody is left to reset it. Linux's virtio core writes ACKNOWLEDGE
+    // again after a driver's removal, so a released device reads status 1.
     t2.write(REG.Status, 4, 0, noKick, noIrq);
+    t2.write(REG.Status, 4, VIRTIO_STATUS_ACKNOWLEDGE, noKick, noIrq);
     const deleted = r.events.filter((e) => e.event === 'DEVICE_DELETED').length;
     await r.slots.deviceDel('e1');
     await until('DEVICE_DELETED of a released device', () => r.events.filter((e) => e.event === 'DEVICE_DELETED').length > deleted);

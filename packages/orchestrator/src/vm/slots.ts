@@ -4,7 +4,7 @@
 // the transports, the interrupt lines and guest RAM, so a protocol test can
 // drive it with no guest at all (the test plays the driver on the registers).
 
-import { DeviceOptionError, parseDeviceOptions, VIRTIO_STATUS_DEVICE_NEEDS_RESET, type Logger, type OptionDef } from '@vmm/core';
+import { DeviceOptionError, parseDeviceOptions, VIRTIO_STATUS_DRIVER, type Logger, type OptionDef } from '@vmm/core';
 import type { IrqFn, VirtioMmioState } from '@vmm/vcpu';
 import { QmpError, type ProcessInfo } from '../api/control.ts';
 import { parseDeviceAdd } from './device-spec.ts';
@@ -118,9 +118,9 @@ export class DeviceSlots {
       let resets0 = slot.transport.resets;
       while (slot.device) {
         if (!slot.removing) resets0 = slot.transport.resets;
-        // Released: the driver reset the device since device_del, or holds none of it (never bound, or let go already,
-        // e.g. after a back-end was given up: DEVICE_NEEDS_RESET alone is the device's bit, not a driver's).
-        else if (slot.transport.resets !== resets0 || (slot.transport.status & ~VIRTIO_STATUS_DEVICE_NEEDS_RESET) === 0) {
+        // Released: the driver reset the device since device_del, or no driver holds it (never bound, or let go
+        // already, e.g. after a back-end was given up; Linux leaves ACKNOWLEDGE set after a driver's removal).
+        else if (slot.transport.resets !== resets0 || !(slot.transport.status & VIRTIO_STATUS_DRIVER)) {
           const dev = slot.device;
           const id = dev.spec.id;
           slot.device = null;
