@@ -16,12 +16,14 @@ describe('vmm run flags', () => {
     expect(kernelCmdline({ ...o, verbose: true })).not.toContain('quiet');
     expect(parseRunArgs(['--no-reboot']).noReboot).toBe(true);
     expect(parseRunArgs(['--bios', '/x/fw.bin']).bios).toEqual({ kind: 'file', path: '/x/fw.bin' });
-    const d = parseRunArgs(['--disk', 'a.img', '--disk', 'b.qcow2,format=qcow2,readonly,id=data', '--api-port', '0', '--qmp', '/tmp/q.sock']);
+    const d = parseRunArgs(['--disk', 'a.img', '--disk', 'b.qcow2,format=qcow2,readonly,id=data', '--api-port', '0', '--qmp', '/tmp/q.sock', '--name', 'web1']);
     expect(d.disks.map((x) => [x.file, x.format, x.readOnly, x.id])).toEqual([
       ['a.img', undefined, false, 'disk0'],
       ['b.qcow2', 'qcow2', true, 'data'],
     ]);
-    expect(d).toMatchObject({ apiPort: 0, qmp: '/tmp/q.sock' });
+    expect(d).toMatchObject({ apiPort: 0, qmp: '/tmp/q.sock', name: 'web1' });
+    expect(parseRunArgs([]).name).toBeNull();
+    expect(() => parseRunArgs(['--name', ''])).toThrow(/--name: empty value/);
     expect(kernelCmdline(d)).toBe('console=ttyS0 earlycon=sbi cryptomgr.notests vmm.hotplug=1');
   });
 

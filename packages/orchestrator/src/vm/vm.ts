@@ -8,8 +8,10 @@
 import { readFileSync } from 'node:fs';
 import type { Logger } from '@vmm/core';
 import { IRQ, MMIO, RAM_BASE, STOPPED_BY_HOST, VirtioMmioState, WASM_RAM_OFFSET, type Machine, type MachineExit } from '@vmm/vcpu';
-import { QmpError, type BlockInfo, type ProcessInfo, type RunStatus, type VmControl } from '../api/control.ts';
-import { failRequestCount } from '@vmm/virtio-blk';
+import { QmpError, type BlockInfo, type BlockStatsInfo, type CpuInfo, type ProcessInfo, type RunStatus, type VmControl } from '../api/control.ts';
+import { BLOCKSTATS_QUERY, failRequestCount, type BlockDeviceStats } from '@vmm/virtio-blk';
+import type { QmpEventName } from '../api/qmp.ts';
+import { hartThreads } from './cpus.ts';
 import { parseDeviceAdd, type DiskSpec } from './disk-spec.ts';
 import { VhostBlkDevice } from './vhost-blk.ts';
 
@@ -18,7 +20,9 @@ export interface VmOptions {
   log: Logger;
   logLevel: string;
   /** Where events go (the API hub). */
-  emit: (event: string, data: Record<string, unknown>) => void;
+  emit: (event: QmpEventName, data: Record<string, unknown>) => void;
+  /** The VM's name (`--name`), or null. */
+  name?: string | null;
 }
 
 interface Slot {
@@ -187,6 +191,26 @@ export class Vm implements VmControl {
   /** Disks in the order the guest names them (slots fill from the top: vda is the highest slot). */
   disks(): VhostBlkDevice[] {
     return [...this.slots].reverse().flatMap((s) => (s.device ? [s.device] : []));
+  }
+
+  name(): string | null {
+    return this.opts.name ?? null;
+  }
+
+  /** The harts run in this process's worker threads (the machine process is the vmm process today). */
+  queryCpus(): CpuInfo[] {
+    return hartThreads(process.pid, this.machine.platformState.harts);
+  }
+
+  /** Each disk's counters, from its vmm-blk process. */
+  async queryBlockstats(): Promise<BlockStatsInfo[]> {
+    return Promise.all(this.disks().map(async (d) => {
+      try {
+        return { device: d.spec.id, stats: (await d.process.request(BLOCKSTATS_QUERY)) as BlockDeviceStats };
+      } catch (e) {
+        throw new QmpError('GenericError', `disk ${d.spec.id}: cannot read its I/O counters: ${(e as Error).message}`);
+      }
+    }));
   }
 
   queryProcesses(): ProcessInfo[] {
