@@ -72,7 +72,11 @@ const COMMANDS: Record<string, Command> = {
   cont: noArgs(async (vm) => { await vm.cont(); return {}; }),
   system_reset: noArgs(async (vm) => { await vm.reset(); return {}; }),
   system_powerdown: noArgs(async (vm) => { await vm.powerdown(); return {}; }),
-  quit: noArgs(async (vm) => { await vm.quit(); return {}; }),
+  // As QEMU: the reply goes out first, then the VM ends (SHUTDOWN, and the connection closes).
+  quit: noArgs((vm) => {
+    setImmediate(() => void vm.quit().catch(() => { /* the VM is going down either way; its parts log their own failures */ }));
+    return {};
+  }),
   // QEMU's riscv virt machine: harts are /machine/soc0/harts[N] with props {core-id}.
   'query-cpus-fast': noArgs((vm) =>
     vm.queryCpus().map((c) => ({
@@ -85,19 +89,20 @@ const COMMANDS: Record<string, Command> = {
   'query-block': noArgs((vm) =>
     vm.queryBlock().map((b) => ({
       device: b.device,
-      qdev: qdevPath(b.device),
+      qdev: b.device,
       locked: false,
       removable: false,
       inserted: { file: b.file, ro: b.readOnly, drv: b.format, encrypted: false },
       type: 'unknown',
     }))),
-  // A vmm disk is one block node named like its device: with query-nodes the
-  // same counters come as the node's (QEMU's BlockStats without device/qdev).
+  // A vmm disk is one block node named like its device (qdev is the device's
+  // id, as QEMU gives it for a device that has one): with query-nodes the same
+  // counters come as the node's (QEMU's BlockStats without device/qdev).
   'query-blockstats': {
     args: { '*query-nodes': 'bool' },
     run: async (vm, args) =>
       (await vm.queryBlockstats()).map((b) =>
-        args['query-nodes'] === true ? { 'node-name': b.device, stats: b.stats } : { device: b.device, 'node-name': b.device, qdev: qdevPath(b.device), stats: b.stats }),
+        args['query-nodes'] === true ? { 'node-name': b.device, stats: b.stats } : { device: b.device, 'node-name': b.device, qdev: b.device, stats: b.stats }),
   },
   'query-processes': noArgs((vm) => vm.queryProcesses()),
   device_add: { args: { driver: 'str', '*id': 'str', '*bus': 'str' }, open: true, run: async (vm, args) => { await vm.deviceAdd(args); return {}; } },
@@ -111,11 +116,6 @@ const COMMANDS: Record<string, Command> = {
 };
 
 export const QMP_COMMANDS: readonly string[] = Object.keys(COMMANDS);
-
-/** QEMU names a device that has an id /machine/peripheral/ID. */
-function qdevPath(id: string): string {
-  return `/machine/peripheral/${id}`;
-}
 
 const isObject = (v: unknown): v is Record<string, JsonValue> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
