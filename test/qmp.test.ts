@@ -175,8 +175,6 @@ beforeAll(async () => {
     waitForText(() => qemuOut, IO_DONE, 'QEMU', 300_000),
     vmm.waitFor(IO_DONE, 600_000),
   ]);
-  a = await LibraryStyleClient.connect(vmm.qmpPath);
-  b = await LibraryStyleClient.connect(qemuQmp);
 });
 
 afterAll(async () => {
@@ -193,14 +191,15 @@ async function both(cmd: string, args: Json = {}): Promise<[Json, Json]> {
 
 describe('QMP: vmm answers as qemu-system-riscv64 -M virt does', () => {
   it('greets and negotiates alike', async () => {
+    // QEMU's QMP socket serves one client at a time: this one first, then the clients the other cases share.
+    const fresh = await Promise.all([LibraryStyleClient.connect(vmm.qmpPath, false), LibraryStyleClient.connect(qemuQmp, false)]);
     const shape = (g: Json): unknown => {
       const q = g.QMP as { version: { qemu: Json; package: unknown }; capabilities: unknown[] };
       return { version: { qemu: Object.keys(q.version.qemu).sort(), package: typeof q.version.package }, capabilities: Array.isArray(q.capabilities) };
     };
-    expect(shape(a.greeting)).toEqual(shape(b.greeting));
-    // Before negotiation: the same refusal, id echoed; then the same acceptance; then the same refusal again.
-    const fresh = await Promise.all([LibraryStyleClient.connect(vmm.qmpPath, false), LibraryStyleClient.connect(qemuQmp, false)]);
     try {
+      expect(shape(fresh[0].greeting)).toEqual(shape(fresh[1].greeting));
+      // Before negotiation: the same refusal, id echoed; then the same acceptance; then the same refusal again.
       const ask = async (c: LibraryStyleClient): Promise<Json[]> => [await c.execute('query-status'), await c.execute('qmp_capabilities'), await c.execute('qmp_capabilities')];
       const [x, y] = [await ask(fresh[0]), await ask(fresh[1])];
       expect(x).toEqual(y);
@@ -209,6 +208,8 @@ describe('QMP: vmm answers as qemu-system-riscv64 -M virt does', () => {
     } finally {
       for (const c of fresh) c.close();
     }
+    a = await LibraryStyleClient.connect(vmm.qmpPath);
+    b = await LibraryStyleClient.connect(qemuQmp);
   });
 
   it('query-version, query-name, query-status: the same answers', async () => {
