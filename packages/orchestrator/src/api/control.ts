@@ -1,7 +1,7 @@
 // What the management API can ask of a running VM. The orchestrator's VM
 // object implements it; the QMP and WebSocket servers only translate.
 
-import type { BlockDeviceStats } from '@vmm/virtio-blk';
+import type { BlockDeviceStats } from '@vmm/virtio-blk/kind';
 
 export type RunStatus = 'prelaunch' | 'running' | 'paused' | 'shutdown';
 

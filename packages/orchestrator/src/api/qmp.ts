@@ -13,7 +13,7 @@ import { QmpError, type VmControl } from './control.ts';
 import type { JsonValue } from './json-stream.ts';
 
 /** Every event vmm sends (qapi's event names and members where QEMU has the event). */
-export const QMP_EVENTS = ['SHUTDOWN', 'POWERDOWN', 'RESET', 'STOP', 'RESUME', 'DEVICE_DELETED', 'BACKEND_RESTARTED', 'BACKEND_REPLACED', 'BACKEND_FAILED'] as const;
+export const QMP_EVENTS = ['SHUTDOWN', 'POWERDOWN', 'RESET', 'STOP', 'RESUME', 'DEVICE_DELETED', 'DEVICE_NEEDS_RESET', 'BACKEND_RESTARTED', 'BACKEND_REPLACED', 'BACKEND_FAILED'] as const;
 export type QmpEventName = (typeof QMP_EVENTS)[number];
 
 export interface QmpEvent {
