@@ -105,11 +105,13 @@ const COMMANDS: Record<string, Command> = {
         args['query-nodes'] === true ? { 'node-name': b.device, stats: b.stats } : { device: b.device, 'node-name': b.device, qdev: b.device, stats: b.stats }),
   },
   'query-processes': noArgs((vm) => vm.queryProcesses()),
+  // The device's own options are its kind's, checked by its schema (DeviceKind.options).
   device_add: { args: { driver: 'str', '*id': 'str', '*bus': 'str' }, open: true, run: async (vm, args) => { await vm.deviceAdd(args); return {}; } },
   device_del: { args: { id: 'str' }, run: async (vm, args) => { await vm.deviceDel(args.id as string); return {}; } },
   'inject-fault': {
-    // ms, count and on are checked by the VM, which also takes their command-line spellings (on=off, count=3).
-    args: { kind: 'str', '*device': 'str', '*id': 'str', '*ms': 'any', '*count': 'any', '*on': 'any' },
+    // A fault's own options (count, ms, on, …) are the device kind's, checked by its schema (DeviceKind.faults).
+    args: { kind: 'str', '*device': 'str', '*id': 'str' },
+    open: true,
     run: (vm, args) => vm.injectFault(args),
   },
   'query-commands': noArgs(() => QMP_COMMANDS.map((name) => ({ name }))),
