@@ -167,6 +167,14 @@ describe('QMP input as a stream of JSON values (QEMU json-streamer semantics)', 
     sock.end();
   });
 
+  it('answers a burst of requests in order, however fast they come (reading pauses while replies wait)', async () => {
+    const { sock, next } = await connected();
+    const N = 2000;
+    sock.write(Array.from({ length: N }, (_, i) => `{"execute":"${i % 2 ? 'query-name' : 'query-status'}","id":${i}}`).join(''));
+    for (let i = 0; i < N; i++) expect((await next()).id).toBe(i);
+    sock.end();
+  });
+
   it('lists every command in query-commands', async () => {
     const { QMP_COMMANDS } = await import('./qmp.ts');
     const { sock, next } = await connected();
