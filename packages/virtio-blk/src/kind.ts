@@ -56,9 +56,17 @@ export const blkKind: DeviceKind = {
       message: (o): FaultCommand => ({ fault: 'enospc', on: o.on === true }),
     },
   },
+  // QMP query-block (qapi/block-core.json BlockInfo, the fields a client reads).
   query: {
     command: 'query-block',
-    row: (id, o) => ({ device: id, file: o.file, format: o.format ?? 'raw', readOnly: o.readonly === true }),
+    row: (id, o) => ({
+      device: id,
+      qdev: id, // QEMU names a device that has an id by its id
+      locked: false,
+      removable: false,
+      inserted: { file: o.file, ro: o.readonly === true, drv: o.format ?? 'raw', encrypted: false },
+      type: 'unknown',
+    }),
   },
   // The I/O counters vmm-blk keeps (stats.ts), answered in QMP's BlockDeviceStats shape.
   processQuery: { command: 'query-blockstats', message: BLOCKSTATS_QUERY },

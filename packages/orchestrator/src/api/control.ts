@@ -5,13 +5,6 @@ import type { BlockDeviceStats } from '@vmm/virtio-blk/kind';
 
 export type RunStatus = 'prelaunch' | 'running' | 'paused' | 'shutdown';
 
-export interface BlockInfo {
-  device: string;
-  file: string;
-  format: 'raw' | 'qcow2';
-  readOnly: boolean;
-}
-
 export interface ProcessInfo {
   pid: number;
   role: string;
@@ -44,7 +37,10 @@ export interface VmControl {
   reset(): Promise<void>;
   powerdown(): Promise<void>;
   quit(): Promise<void>;
-  queryBlock(): BlockInfo[];
+  /** QMP queries the device kinds add (DeviceKind.query: `query-block` for disks), answered by queryDevices. */
+  deviceQueries(): readonly string[];
+  /** One row per device of the kinds whose query `command` is. */
+  queryDevices(command: string): Record<string, unknown>[];
   queryProcesses(): ProcessInfo[];
   queryCpus(): CpuInfo[];
   queryBlockstats(): Promise<BlockStatsInfo[]>;

@@ -86,15 +86,6 @@ const COMMANDS: Record<string, Command> = {
       'cpu-index': c.index,
       target: 'riscv64',
     }))),
-  'query-block': noArgs((vm) =>
-    vm.queryBlock().map((b) => ({
-      device: b.device,
-      qdev: b.device,
-      locked: false,
-      removable: false,
-      inserted: { file: b.file, ro: b.readOnly, drv: b.format, encrypted: false },
-      type: 'unknown',
-    }))),
   // A vmm disk is one block node named like its device (qdev is the device's
   // id, as QEMU gives it for a device that has one): with query-nodes the same
   // counters come as the node's (QEMU's BlockStats without device/qdev).
@@ -114,10 +105,15 @@ const COMMANDS: Record<string, Command> = {
     open: true,
     run: (vm, args) => vm.injectFault(args),
   },
-  'query-commands': noArgs(() => QMP_COMMANDS.map((name) => ({ name }))),
+  // With the device kinds' own queries (query-block for disks).
+  'query-commands': noArgs((vm) => [...new Set([...QMP_COMMANDS, ...vm.deviceQueries()])].map((name) => ({ name }))),
 };
 
+/** The commands vmm itself has; the device kinds add their queries (VmControl.deviceQueries). */
 export const QMP_COMMANDS: readonly string[] = Object.keys(COMMANDS);
+
+/** A device kind's query (DeviceKind.query, e.g. query-block): no arguments, one row per device of the kind. */
+const deviceQuery = (name: string): Command => noArgs((vm) => vm.queryDevices(name));
 
 const isObject = (v: unknown): v is Record<string, JsonValue> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
@@ -197,7 +193,7 @@ export class QmpSession {
       if (!this.negotiated && name !== 'qmp_capabilities') {
         throw new QmpError('CommandNotFound', "Expecting capabilities negotiation with 'qmp_capabilities'");
       }
-      const cmd = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
+      const cmd = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : this.vm.deviceQueries().includes(name) ? deviceQuery(name) : undefined;
       if (!cmd) throw new QmpError('CommandNotFound', `The command ${name} has not been found`);
       checkArgs(cmd, args);
       if (name === 'qmp_capabilities') return withId({ return: this.negotiate(args) }, id);

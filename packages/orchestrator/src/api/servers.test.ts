@@ -23,7 +23,8 @@ class StateVm implements VmControl {
   async reset() {}
   async powerdown() { this.state = 'shutdown'; }
   async quit() { this.state = 'shutdown'; }
-  queryBlock() { return [{ device: 'vda', file: '/tmp/a.img', format: 'raw' as const, readOnly: false }]; }
+  deviceQueries() { return ['query-block']; }
+  queryDevices(command: string) { return command === 'query-block' ? [{ device: 'vda', inserted: { file: '/tmp/a.img', ro: false, drv: 'raw', encrypted: false } }] : []; }
   queryProcesses() { return []; }
   async deviceAdd() {}
   async deviceDel(id: string) { throw new QmpError('DeviceNotFound', `Device '${id}' not found`); }
@@ -180,7 +181,7 @@ describe('QMP input as a stream of JSON values (QEMU json-streamer semantics)', 
     const { sock, next } = await connected();
     sock.write('{"execute":"query-commands"}');
     const names = ((await next()).return as { name: string }[]).map((c) => c.name);
-    expect(names).toEqual([...QMP_COMMANDS]);
+    expect(names).toEqual([...QMP_COMMANDS, 'query-block']); // vmm's own, then the device kinds' queries
     for (const c of ['qmp_capabilities', 'query-version', 'query-name', 'query-cpus-fast', 'query-blockstats', 'query-commands', 'query-status', 'device_add']) expect(names).toContain(c);
     sock.end();
   });

@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import type { Logger } from '@vmm/core';
 import { IRQ, MMIO, RAM_BASE, STOPPED_BY_HOST, VirtioMmioState, WASM_RAM_OFFSET, type Machine, type MachineExit } from '@vmm/vcpu';
-import { QmpError, type BlockInfo, type BlockStatsInfo, type CpuInfo, type ProcessInfo, type RunStatus, type VmControl } from '../api/control.ts';
+import { QmpError, type BlockStatsInfo, type CpuInfo, type ProcessInfo, type RunStatus, type VmControl } from '../api/control.ts';
 import type { QmpEventName } from '../api/qmp.ts';
 import type { BlockDeviceStats } from '@vmm/virtio-blk/kind';
 import { hartThreads } from './cpus.ts';
@@ -131,8 +131,12 @@ export class Vm implements VmControl {
     await this.machine.stop();
   }
 
-  queryBlock(): BlockInfo[] {
-    return this.slots.query('query-block') as unknown as BlockInfo[];
+  deviceQueries(): readonly string[] {
+    return [...new Set(this.slots.registry.kinds.flatMap((k) => (k.query ? [k.query.command] : [])))];
+  }
+
+  queryDevices(command: string): Record<string, unknown>[] {
+    return this.slots.query(command);
   }
 
   /** Every device, of any kind, in the order the guest names them (slots fill from the top: vda is the highest slot). */
