@@ -37,6 +37,8 @@ export interface RunOptions {
   apiPort: number | null;
   /** QMP unix socket path, or null. */
   qmp: string | null;
+  /** The VM's name (QEMU's -name; QMP query-name), or null. */
+  name: string | null;
 }
 
 export const MIN_MEM = 64 * 1024 * 1024;
@@ -78,6 +80,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
         'api-port': { type: 'string' },
         api: { type: 'string' },
         qmp: { type: 'string' },
+        name: { type: 'string' },
       },
     });
   } catch (e) {
@@ -154,6 +157,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
     devices,
     apiPort,
     qmp: nonEmpty('qmp', v.qmp),
+    name: nonEmpty('name', v.name),
   };
 }
 
@@ -197,6 +201,7 @@ options:
                      e.g. virtio-blk,file=d.img,queues=2 (options as for QMP device_add)
   --api N            WebSocket management API on 127.0.0.1:N (0 = any free port; also --api-port)
   --qmp PATH         QMP on a unix socket at PATH
+  --name NAME        the VM's name, as QMP query-name reports it (QEMU's -name)
   --help, -h         this text
 
 console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A h shows help;

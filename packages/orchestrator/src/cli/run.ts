@@ -157,6 +157,7 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
         devices: o.devices,
         apiPort: o.apiPort,
         qmpPath: o.qmp,
+        name: o.name,
         log: logger,
         logLevel: o.logLevel,
         announce: (line) => io.stderr.write(`${line}${interactive ? '\r' : ''}\n`),

@@ -36,6 +36,8 @@ export interface GuestSessionOptions {
   /** Also serve the WebSocket API (0 = any free port); the token goes to `tokenPath`. */
   apiPort?: number;
   tokenPath?: string;
+  /** The VM's name (QMP query-name). */
+  name?: string;
 }
 
 export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSession> {
@@ -72,6 +74,7 @@ export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSe
     apiPort: o.apiPort ?? null,
     ...(o.tokenPath ? { tokenPath: o.tokenPath } : {}),
     qmpPath,
+    name: o.name ?? null,
     log,
     logLevel: level,
     announce: () => {},
