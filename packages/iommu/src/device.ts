@@ -21,7 +21,7 @@ import {
   VIRTIO_IOMMU_S_OK,
   bit,
 } from './spec.ts';
-import { READER_SLOTS, type IommuTable, type RecordedFault } from './table.ts';
+import { READER_SLOTS, summarize, type IommuTable, type RecordedFault, type TableSummary } from './table.ts';
 
 export interface IommuDeviceOptions {
   /** Page granularity (a power of two, ≥ 4096 is what Linux can use). Default 4096. */
@@ -319,31 +319,8 @@ export class IommuDevice implements VirtioDeviceBackend {
     this.table.resetDomains();
   }
 
-  /** For query-iommu: domains, endpoints, mappings and counters. */
-  snapshot(): IommuSnapshot {
-    const t = this.table;
-    const domains: IommuSnapshot['domains'] = [];
-    for (let s = 0; s < t.sizes.maxDomains; s++) {
-      const d = t.domainState(s);
-      if (!d.live) continue;
-      const maps = t.mappingsOf(s);
-      domains.push({
-        id: d.id,
-        bypass: d.bypass,
-        endpoints: t.endpointsOf(s).map((i) => t.endpointId(i)),
-        mappings: maps.length,
-        mappedBytes: maps.reduce((a, m) => a + (m.virtEnd - m.virtStart + 1), 0),
-      });
-    }
-    return { bypass: t.bypass, version: t.version, endpoints: t.endpointIds(), domains, counters: { ...this.counters }, table: t.stats };
+  /** The table's summary plus this process's request counters. */
+  snapshot(): TableSummary & { counters: IommuCounters } {
+    return { ...summarize(this.table), counters: { ...this.counters } };
   }
-}
-
-export interface IommuSnapshot {
-  bypass: boolean;
-  version: number;
-  endpoints: number[];
-  domains: { id: number; bypass: boolean; endpoints: number[]; mappings: number; mappedBytes: number }[];
-  counters: IommuCounters;
-  table: { maps: number; unmaps: number; faults: number; highWater: number };
 }

@@ -450,3 +450,36 @@ export class IommuTable extends IommuTableView {
     return { faults, lost };
   }
 }
+
+/** What query-iommu shows: domains with their endpoints and mappings, the counters, the version. */
+export interface TableSummary {
+  bypass: boolean;
+  version: number;
+  endpoints: { id: number; domain: number | null }[];
+  domains: { id: number; bypass: boolean; endpoints: number[]; mappings: number; mappedBytes: number }[];
+  /** MAP and UNMAP requests applied (mappings added, removed) and faults recorded, since the table was made. */
+  maps: number;
+  unmaps: number;
+  faults: number;
+}
+
+export function summarize(t: IommuTableView): TableSummary {
+  const domains: TableSummary['domains'] = [];
+  const endpoints: TableSummary['endpoints'] = [];
+  const byDomain = new Map<number, number[]>();
+  for (let i = 0; i < t.sizes.maxEndpoints; i++) {
+    const id = t.endpointId(i);
+    if (t.endpointIndex(id) !== i) continue;
+    const d = t.endpointDomain(i);
+    endpoints.push({ id, domain: d < 0 ? null : t.domainState(d).id });
+    if (d >= 0) byDomain.set(d, [...(byDomain.get(d) ?? []), id]);
+  }
+  for (let s = 0; s < t.sizes.maxDomains; s++) {
+    const d = t.domainState(s);
+    if (!d.live) continue;
+    const maps = t.mappingsOf(s);
+    domains.push({ id: d.id, bypass: d.bypass, endpoints: byDomain.get(s) ?? [], mappings: maps.length, mappedBytes: maps.reduce((a, m) => a + (m.virtEnd - m.virtStart + 1), 0) });
+  }
+  const st = t.stats;
+  return { bypass: t.bypass, version: t.version, endpoints, domains, maps: st.maps, unmaps: st.unmaps, faults: st.faults };
+}

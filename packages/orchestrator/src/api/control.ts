@@ -28,6 +28,8 @@ export interface VmControl {
   quit(): Promise<void>;
   queryBlock(): BlockInfo[];
   queryProcesses(): ProcessInfo[];
+  /** The IOMMU's domains, endpoints, mapping and fault counts (empty without --iommu). */
+  queryIommu(): Record<string, unknown>[];
   deviceAdd(args: Record<string, unknown>): Promise<void>;
   deviceDel(id: string): Promise<void>;
   injectFault(args: Record<string, unknown>): Promise<Record<string, unknown>>;

@@ -48,6 +48,7 @@ const COMMANDS: Record<string, Handler> = {
       type: 'unknown',
     })),
   'query-processes': (vm) => vm.queryProcesses(),
+  'query-iommu': (vm) => vm.queryIommu(),
   device_add: async (vm, args) => { str(args, 'driver'); str(args, 'id'); await vm.deviceAdd(args); return {}; },
   device_del: async (vm, args) => { await vm.deviceDel(str(args, 'id')); return {}; },
   'inject-fault': (vm, args) => { str(args, 'kind'); return vm.injectFault(args); },

@@ -22,6 +22,7 @@ class StateVm implements VmControl {
   async quit() { this.state = 'shutdown'; }
   queryBlock() { return [{ device: 'vda', file: '/tmp/a.img', format: 'raw' as const, readOnly: false }]; }
   queryProcesses() { return []; }
+  queryIommu() { return []; }
   async deviceAdd() {}
   async deviceDel(id: string) { throw new QmpError('DeviceNotFound', `Device '${id}' not found`); }
   async injectFault() { return {}; }

@@ -37,6 +37,8 @@ export interface RunOptions {
   apiPort: number | null;
   /** QMP unix socket path, or null. */
   qmp: string | null;
+  /** A virtio-iommu (vmm-iommu) translating every other slot's DMA; the IOMMU guest kernel unless --kernel. */
+  iommu: boolean;
 }
 
 export const MIN_MEM = 64 * 1024 * 1024;
@@ -78,6 +80,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
         'api-port': { type: 'string' },
         api: { type: 'string' },
         qmp: { type: 'string' },
+        iommu: { type: 'boolean' },
       },
     });
   } catch (e) {
@@ -154,6 +157,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
     devices,
     apiPort,
     qmp: nonEmpty('qmp', v.qmp),
+    iommu: v.iommu === true,
   };
 }
 
@@ -197,6 +201,9 @@ options:
                      e.g. virtio-blk,file=d.img,queues=2 (options as for QMP device_add)
   --api N            WebSocket management API on 127.0.0.1:N (0 = any free port; also --api-port)
   --qmp PATH         QMP on a unix socket at PATH
+  --iommu            a virtio-iommu (vmm-iommu process) in the top slot, every other slot
+                     its endpoint; boots the IOMMU guest kernel (\`pnpm guest kernel --iommu\`,
+                     built on first use) unless --kernel is given
   --help, -h         this text
 
 console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A h shows help;

@@ -4,7 +4,13 @@
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createLogger } from '@vmm/core';
-import { machineDtb, startMachine, type Machine, type MachineConfig, type MachineExit } from '@vmm/vcpu';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseDeviceOptions } from '@vmm/core';
+import { iommuKind } from '@vmm/iommu/kind';
+import { MMIO, machineDtb, startMachine, type DtbIommu, type Machine, type MachineConfig, type MachineExit } from '@vmm/vcpu';
+import { buildIommuKernel } from '../guestkit/kernel.ts';
 import { stderrReporter } from '../guestkit/download.ts';
 import { GuestKitError } from '../guestkit/errors.ts';
 import { ExecOutputFilter, buildExecArchive, buildInitramfs } from '../guestkit/initramfs.ts';
@@ -12,6 +18,7 @@ import { checkKernelImage, ensureGuestKit, type GuestKit } from '../guestkit/kit
 import { UsageError, kernelCmdline, type RunOptions } from './args.ts';
 import { attachHostConsole, type HostConsole } from './console.ts';
 import { attachVm, type AttachedVm } from '../vm/attach.ts';
+import type { DeviceSpec } from '../vm/vhost-device.ts';
 
 /** A failure to report on one line with a non-zero status (not a usage error). */
 export class RunError extends Error {
@@ -52,16 +59,44 @@ function checkInitrd(bytes: Uint8Array, path: string): void {
   if (!ok) throw new RunError('ERR_BAD_INITRD', `--initrd ${path} is neither a newc cpio archive nor a compressed one`);
 }
 
+/**
+ * `--iommu`: vmm-iommu in the top virtio-mmio slot (the first boot device
+ * goes there, and Linux probes it first), every other slot its endpoint
+ * with the slot's index as endpoint id, so disks plugged later, at boot or
+ * hot, are behind it too. The table lives in a fresh directory of its own.
+ */
+export function iommuPlan(tableDir: string): { spec: DeviceSpec; dtb: DtbIommu } {
+  const slot = MMIO.virtio.count - 1;
+  const endpoints = Array.from({ length: slot }, (_, i) => ({ slot: i, id: i }));
+  const options = parseDeviceOptions(iommuKind.name, iommuKind.options, { endpoints: endpoints.map((e) => e.id).join(','), table: join(tableDir, 'iommu.table') });
+  return { spec: { kind: iommuKind, id: 'iommu0', options }, dtb: { slot, endpoints } };
+}
+
 export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
   const logger = createLogger('vmm', undefined, o.logLevel);
   const reporter = stderrReporter(io.stderr);
+  let iommuDir: string | null = null;
+  try {
+    let iommu: ReturnType<typeof iommuPlan> | null = null;
+    if (o.iommu) {
+      iommuDir = mkdtempSync(join(tmpdir(), 'vmm-iommu-'));
+      iommu = iommuPlan(iommuDir);
+    }
+    return await runWith(o, io, logger, reporter, iommu);
+  } finally {
+    if (iommuDir) rmSync(iommuDir, { recursive: true, force: true });
+  }
+}
+
+async function runWith(o: RunOptions, io: RunIo, logger: ReturnType<typeof createLogger>, reporter: ReturnType<typeof stderrReporter>, iommu: ReturnType<typeof iommuPlan> | null): Promise<number> {
 
   let kit: GuestKit | null = null;
   const needKit = o.kernel === null || o.initrd === null || o.exec !== null || o.bios.kind === 'opensbi';
   if (needKit) {
     kit = await ensureGuestKit({ reporter });
   }
-  const kernelPath = o.kernel ?? kit!.kernel;
+  // The stock kernel cannot translate DMA (FACTS.md); --iommu boots the one the kit builds.
+  const kernelPath = o.kernel ?? (iommu ? (await buildIommuKernel({ reporter })).image : kit!.kernel);
   const kernel = await readInput('--kernel', kernelPath);
   try {
     checkKernelImage(kernel, `--kernel ${kernelPath}`);
@@ -99,7 +134,7 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
 
   if (o.dumpDtb !== null) {
     // Like QEMU's -M virt,dumpdtb=FILE: write the tree the guest would get (same layout), start nothing.
-    const { dtb } = machineDtb({ harts: o.smp, memBytes: o.memBytes, kernel, initrd, append: kernelCmdline(o), bios });
+    const { dtb } = machineDtb({ harts: o.smp, memBytes: o.memBytes, kernel, initrd, append: kernelCmdline(o), bios, ...(iommu ? { iommu: iommu.dtb } : {}) });
     await writeFile(o.dumpDtb, dtb);
     return 0;
   }
@@ -136,6 +171,7 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
       initrd,
       append: kernelCmdline(o),
       bios,
+      ...(iommu ? { iommu: iommu.dtb } : {}),
       // --exec: a reboot (panic=-1 included) ends the run, so a broken guest cannot loop.
       reboot: o.exec === null && !o.noReboot,
       console: {
@@ -151,10 +187,11 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
       },
       logger,
     });
-    if (o.devices.length > 0 || o.apiPort !== null || o.qmp !== null) {
+    const devices = iommu ? [iommu.spec, ...o.devices] : o.devices;
+    if (devices.length > 0 || o.apiPort !== null || o.qmp !== null) {
       // Devices are plugged while the harts are paused, so the guest finds them at probe time.
       attached = await attachVm(machine, {
-        devices: o.devices,
+        devices,
         apiPort: o.apiPort,
         qmpPath: o.qmp,
         log: logger,

@@ -130,6 +130,10 @@ export class Vm implements VmControl {
     return this.slots.query('query-block') as unknown as BlockInfo[];
   }
 
+  queryIommu(): Record<string, unknown>[] {
+    return this.slots.query('query-iommu');
+  }
+
   /** Disks in the order the guest names them (slots fill from the top: vda is the highest slot). */
   disks(): VhostUserDevice[] {
     return this.devices().filter((d) => d.kind.role === 'blk');
