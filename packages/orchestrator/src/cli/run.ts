@@ -7,9 +7,7 @@ import { createLogger } from '@vmm/core';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseDeviceOptions } from '@vmm/core';
-import { iommuKind } from '@vmm/iommu/kind';
-import { MMIO, machineDtb, startMachine, type DtbIommu, type Machine, type MachineConfig, type MachineExit } from '@vmm/vcpu';
+import { machineDtb, startMachine, type Machine, type MachineConfig, type MachineExit } from '@vmm/vcpu';
 import { buildIommuKernel } from '../guestkit/kernel.ts';
 import { stderrReporter } from '../guestkit/download.ts';
 import { GuestKitError } from '../guestkit/errors.ts';
@@ -18,7 +16,7 @@ import { checkKernelImage, ensureGuestKit, type GuestKit } from '../guestkit/kit
 import { UsageError, kernelCmdline, type RunOptions } from './args.ts';
 import { attachHostConsole, type HostConsole } from './console.ts';
 import { attachVm, type AttachedVm } from '../vm/attach.ts';
-import type { DeviceSpec } from '../vm/vhost-device.ts';
+import { iommuPlan, type IommuPlan } from '../vm/iommu.ts';
 
 /** A failure to report on one line with a non-zero status (not a usage error). */
 export class RunError extends Error {
@@ -59,25 +57,12 @@ function checkInitrd(bytes: Uint8Array, path: string): void {
   if (!ok) throw new RunError('ERR_BAD_INITRD', `--initrd ${path} is neither a newc cpio archive nor a compressed one`);
 }
 
-/**
- * `--iommu`: vmm-iommu in the top virtio-mmio slot (the first boot device
- * goes there, and Linux probes it first), every other slot its endpoint
- * with the slot's index as endpoint id, so disks plugged later, at boot or
- * hot, are behind it too. The table lives in a fresh directory of its own.
- */
-export function iommuPlan(tableDir: string): { spec: DeviceSpec; dtb: DtbIommu } {
-  const slot = MMIO.virtio.count - 1;
-  const endpoints = Array.from({ length: slot }, (_, i) => ({ slot: i, id: i }));
-  const options = parseDeviceOptions(iommuKind.name, iommuKind.options, { endpoints: endpoints.map((e) => e.id).join(','), table: join(tableDir, 'iommu.table') });
-  return { spec: { kind: iommuKind, id: 'iommu0', options }, dtb: { slot, endpoints } };
-}
-
 export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
   const logger = createLogger('vmm', undefined, o.logLevel);
   const reporter = stderrReporter(io.stderr);
   let iommuDir: string | null = null;
   try {
-    let iommu: ReturnType<typeof iommuPlan> | null = null;
+    let iommu: IommuPlan | null = null;
     if (o.iommu) {
       iommuDir = mkdtempSync(join(tmpdir(), 'vmm-iommu-'));
       iommu = iommuPlan(iommuDir);
@@ -88,7 +73,7 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
   }
 }
 
-async function runWith(o: RunOptions, io: RunIo, logger: ReturnType<typeof createLogger>, reporter: ReturnType<typeof stderrReporter>, iommu: ReturnType<typeof iommuPlan> | null): Promise<number> {
+async function runWith(o: RunOptions, io: RunIo, logger: ReturnType<typeof createLogger>, reporter: ReturnType<typeof stderrReporter>, iommu: IommuPlan | null): Promise<number> {
 
   let kit: GuestKit | null = null;
   const needKit = o.kernel === null || o.initrd === null || o.exec !== null || o.bios.kind === 'opensbi';
