@@ -52,6 +52,14 @@ export interface VirtqueueHandle {
    */
   pop(): DescriptorChain | null;
   /**
+   * How many chains pop() could return now without waiting. When that is
+   * fewer than `want`, the driver is also asked to kick on the next chain it
+   * adds (avail_event with EVENT_IDX, virtio 1.2 §2.7.10), so a device that
+   * needs several buffers for one request (virtio-net's mergeable receive
+   * buffers, §5.1.6.3) can wait for them without popping any.
+   */
+  available(want?: number): number;
+  /**
    * Finish a chain with `writtenLen` bytes written to its writable part. The
    * driver is notified (batched, EVENT_IDX-aware). After the queue stopped
    * (or the device was reset) this does nothing: the ring belongs to a later

@@ -17,5 +17,4 @@ export {
   Req as VhostUserReq, ProtocolFeature as VhostUserProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, reqName as vhostUserReqName, pf as protocolFeatureBit,
 } from './vhost-user/protocol.ts';
 export { InflightQueue, inflightRegionSize, inflightQueueStride } from './vhost-user/inflight.ts';
-export * from './messages.ts';
 export { QueueHandle, type QueueHandleOptions } from './queue-handle.ts';

@@ -97,6 +97,14 @@ export class QueueHandle implements VirtqueueHandle {
     }
   }
 
+  available(want = 1): number {
+    if (this.dead || this.broken) return 0;
+    const n = this.resubmit.length + this.q.pending();
+    if (n >= want) return n;
+    this.q.armKick();
+    return this.resubmit.length + this.q.pending();
+  }
+
   complete(head: number, writtenLen: number): void {
     if (this.dead) return;
     if (!this.popped.delete(head)) throw new VmmError(`queue ${this.index}: completing head ${head} that is not in flight`, 'guest', 'ERR_VIRTQ_NOT_IN_FLIGHT');

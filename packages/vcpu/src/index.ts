@@ -6,7 +6,6 @@ export { HartCore, HartConfigError, HART_WASM_URL, createHartMemory, wasmMemoryP
 export type { HartCoreOptions } from "./hart/wasm.ts";
 export { runSnippet } from "./hart/snippet.ts";
 export type { SnippetOptions, SnippetResult } from "./hart/snippet.ts";
-export * from "./difftest/index.ts";
 export { Hart, HartStateError } from "./hart/hart.ts";
 export type { HartBoot, HartExit, HartState, HartOptions } from "./hart/hart.ts";
 export type { HartWorkerData, HartWorkerMessage } from "./hart/hart-worker.ts";

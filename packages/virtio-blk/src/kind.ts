@@ -5,6 +5,7 @@
 import { fileURLToPath } from 'node:url';
 import { protocolFeatureBit, VhostUserProtocolFeature, type DeviceKind, type OptionDef } from '@vmm/core';
 import { CFG } from './spec.ts';
+import type { FaultCommand } from './faults.ts';
 import { probeImageFormat } from './qcow2.ts';
 
 /** vmm-blk's options: the orchestrator's `--device virtio-blk,…` / `device_add`, and vmm-blk's own argv. */
@@ -44,12 +45,12 @@ export const blkKind: DeviceKind = {
     'fail-requests': {
       help: 'the next count requests fail with VIRTIO_BLK_S_IOERR',
       options: [{ name: 'count', type: 'int', min: 0, max: 1_000_000, default: 1, help: 'requests to fail' }],
-      message: (o) => ({ fault: 'fail-requests', count: o.count }),
+      message: (o): FaultCommand => ({ fault: 'fail-requests', count: Number(o.count) }),
     },
     enospc: {
       help: 'writes fail as if the host file system were full',
       options: [{ name: 'on', type: 'bool', default: true, help: 'on or off' }],
-      message: (o) => ({ fault: 'enospc', on: o.on }),
+      message: (o): FaultCommand => ({ fault: 'enospc', on: o.on === true }),
     },
   },
   query: {

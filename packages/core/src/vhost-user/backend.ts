@@ -13,26 +13,27 @@ import {
 } from '../device.ts';
 import { ConfigError, VmmError } from '../errors.ts';
 import { VIRTIO_STATUS_DEVICE_NEEDS_RESET } from '../virtio-device.ts';
-import { closeFd, eventfdRead, eventfdWrite, fdSize, memfdCreate, mmapShared, unixAccept, unixListen, watchReadable, type FdWatch } from '../ffi.ts';
+import { closeFd, eventfdRead, eventfdWrite, fdSize, memfdCreate, mmapShared, sendWithFds, unixAccept, unixListen, watchReadable, type FdWatch } from '../ffi.ts';
 import { createLogger } from '../logger.ts';
 import { GuestMemory } from '../memory.ts';
 import { SplitQueue, MAX_QUEUE_SIZE } from '../virtqueue.ts';
 import { QueueHandle } from '../queue-handle.ts';
 import {
-  configPayload, hasReply, inflightPayload, memTable, singleRegion, u64, validateRequest, vringAddr, vringState, VhostUserProtocolError,
+  configPayload, encodeMessage, hasReply, inflightPayload, memTable, singleRegion, u64, validateRequest, vringAddr, vringState, VhostUserProtocolError,
   type Message, type VringAddr,
 } from './codec.ts';
 import { VhostUserConnection } from './connection.ts';
 import { InflightQueue, inflightQueueStride, inflightRegionSize } from './inflight.ts';
 import {
-  FLAG_NEED_REPLY, FLAG_REPLY, MAX_MEM_SLOTS, pf, ProtocolFeature, Req, reqName, VERSION, VHOST_USER_F_PROTOCOL_FEATURES,
+  BackendReq, FLAG_NEED_REPLY, FLAG_REPLY, MAX_MEM_SLOTS, pf, ProtocolFeature, Req, reqName, VERSION, VHOST_USER_F_PROTOCOL_FEATURES,
   VRING_IDX_MASK, VRING_NOFD_MASK,
 } from './protocol.ts';
 
 /** Protocol features every device gets from this server. */
 export const BASE_PROTOCOL_FEATURES =
   pf(ProtocolFeature.MQ) | pf(ProtocolFeature.REPLY_ACK) | pf(ProtocolFeature.CONFIG) |
-  pf(ProtocolFeature.RESET_DEVICE) | pf(ProtocolFeature.CONFIGURE_MEM_SLOTS) | pf(ProtocolFeature.STATUS);
+  pf(ProtocolFeature.RESET_DEVICE) | pf(ProtocolFeature.CONFIGURE_MEM_SLOTS) | pf(ProtocolFeature.STATUS) |
+  pf(ProtocolFeature.BACKEND_REQ);
 
 /** Protocol features a device may ask for on top (VirtioDeviceBackend.protocolFeatures): inflight tracking is a disk's, not every device's. */
 export const OPTIONAL_PROTOCOL_FEATURES = pf(ProtocolFeature.INFLIGHT_SHMFD);
@@ -95,6 +96,8 @@ export class VhostUserBackend {
   private inflightQueueSize = 0;
   private status = 0;
   private activated = false;
+  /** The back-end channel's socket (SET_BACKEND_REQ_FD), or -1. */
+  private backendReqFd = -1;
   private idleWaiters: Waiter[] = [];
   /** Connections served so far (for tests and logs). */
   connections = 0;
@@ -190,6 +193,7 @@ export class VhostUserBackend {
     this.mem.clear();
     this.inflightBuf = null;
     this.status = 0;
+    this.dropBackendChannel();
     for (const w of this.idleWaiters) w.resolve();
     this.idleWaiters = [];
   }
@@ -213,11 +217,28 @@ export class VhostUserBackend {
       features: this.features,
       log: this.log,
       needsReset: (reason) => this.markNeedsReset(reason),
-      configChanged: () => {
-        // vhost-user has the back-end channel's CONFIG_CHANGE_MSG for this (BACKEND_REQ), which we do not implement yet.
-        this.log.warn('device configuration changed; this back-end cannot tell the front-end (no BACKEND_REQ channel)');
-      },
+      configChanged: () => this.sendConfigChange(),
     };
+  }
+
+  /** Tell the front-end the configuration space changed: CONFIG_CHANGE_MSG on the back-end channel (no reply asked). */
+  private sendConfigChange(): void {
+    if (this.backendReqFd < 0) {
+      this.log.warn('device configuration changed, but the front-end opened no back-end channel (BACKEND_REQ) to hear it');
+      return;
+    }
+    try {
+      sendWithFds(this.backendReqFd, encodeMessage(BackendReq.CONFIG_CHANGE_MSG, VERSION), []);
+    } catch (e) {
+      // The front-end closed its end: it will reconnect and read the config again.
+      this.log.warn({ err: e }, 'back-end channel closed; configuration change not sent');
+      this.dropBackendChannel();
+    }
+  }
+
+  private dropBackendChannel(): void {
+    if (this.backendReqFd >= 0) closeFd(this.backendReqFd);
+    this.backendReqFd = -1;
   }
 
   queueIdle(h: QueueHandle): void {
@@ -451,6 +472,10 @@ export class VhostUserBackend {
         }
         return undefined;
       }
+      case Req.SET_BACKEND_REQ_FD:
+        this.dropBackendChannel();
+        this.backendReqFd = m.fds[0]!;
+        return undefined;
       case Req.SET_STATUS: {
         // DEVICE_NEEDS_RESET is the device's to set and survives the driver's status writes until a reset (status 0).
         const value = Number(u64.decode(p) & 0xffn);

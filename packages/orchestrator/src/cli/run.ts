@@ -13,7 +13,7 @@ import { stderrReporter } from '../guestkit/download.ts';
 import { GuestKitError } from '../guestkit/errors.ts';
 import { ExecOutputFilter, buildExecArchive, buildInitramfs } from '../guestkit/initramfs.ts';
 import { checkKernelImage, ensureGuestKit, type GuestKit } from '../guestkit/kit.ts';
-import { UsageError, kernelCmdline, type RunOptions } from './args.ts';
+import { kernelCmdline, type RunOptions } from './args.ts';
 import { attachHostConsole, type HostConsole } from './console.ts';
 import { attachVm, type AttachedVm } from '../vm/attach.ts';
 import { iommuPlan, type IommuPlan } from '../vm/iommu.ts';
@@ -235,4 +235,3 @@ function execStatus(exit: MachineExit, filter: ExecOutputFilter, interrupted: bo
   return exit.reason === 'fail' && exit.code ? exit.code : 1;
 }
 
-export { UsageError };

@@ -16,7 +16,7 @@ import {
   closeFd, createLogger, DriverQueue, eventfdWrite, GuestMemory, memfdCreate, mmapShared, splitQueueLayout, VIRTIO_F_EVENT_IDX, VIRTIO_F_VERSION_1,
   VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER, VIRTIO_STATUS_DRIVER_OK, VIRTIO_STATUS_FEATURES_OK,
 } from '@vmm/core';
-import { ECHO_BREAK, ECHO_HOLD, ECHO_RELEASE, echoKind } from '@vmm/core/testing';
+import { ECHO_BREAK, ECHO_CONFIG, ECHO_HOLD, ECHO_RELEASE, echoKind } from '@vmm/core/testing';
 import { VIRTIO_INT, VIRTIO_MMIO_REG as REG, VirtioMmioState } from '@vmm/vcpu';
 import { blkKind } from '@vmm/virtio-blk/kind';
 import { parseRunArgs } from '../cli/args.ts';
@@ -182,6 +182,17 @@ describe('the generic vhost-user device path (echo kind, no guest)', () => {
 
     // A kind-specific fault the echo kind does not have: named, with the ones it has.
     await expect(r.slots.injectFault({ kind: 'enospc', device: 'e0' })).rejects.toThrow("inject-fault: kind=enospc: unknown fault for echo (kill, pause, resume, delay-calls)");
+
+    // The device changes its configuration space: the back-end channel (BACKEND_REQ) carries CONFIG_CHANGE_MSG, the
+    // orchestrator reads the config again and the driver gets a configuration change interrupt (virtio 1.2 §2.5.1).
+    t.write(REG.InterruptACK, 4, 0xff, noKick, noIrq);
+    const gen0 = t.read(REG.ConfigGeneration, 4);
+    const cfg = post(r, t, dq, [ECHO_CONFIG, 0x5a], c);
+    await until('the new configuration', () => t.read(REG.Config + 4, 1) === 0x5a);
+    expect(t.read(REG.ConfigGeneration, 4)).toBe(gen0 + 1);
+    expect(t.read(REG.InterruptStatus, 4) & VIRTIO_INT.CONFIG_CHANGE).toBe(VIRTIO_INT.CONFIG_CHANGE);
+    expect(c.poll().get(cfg.head)).toBe(2);
+    t.write(REG.InterruptACK, 4, 0xff, noKick, noIrq);
 
     // The device asks for a reset: DEVICE_NEEDS_RESET and a configuration change interrupt reach the driver (virtio 1.2 §2.1.2).
     const brk = post(r, t, dq, [ECHO_BREAK], c);

@@ -32,7 +32,7 @@ import { TRANSPORT_FEATURES, VIRTIO_INT, type IrqFn, type VirtioMmioState } from
 /** Protocol features the front-end acks for every kind (inflight tracking is a kind's to allow: DeviceKind.protocolFeatures). */
 const WANTED_PROTOCOL = [
   VhostUserProtocolFeature.MQ, VhostUserProtocolFeature.REPLY_ACK, VhostUserProtocolFeature.CONFIG,
-  VhostUserProtocolFeature.RESET_DEVICE, VhostUserProtocolFeature.STATUS,
+  VhostUserProtocolFeature.RESET_DEVICE, VhostUserProtocolFeature.STATUS, VhostUserProtocolFeature.BACKEND_REQ,
 ].reduce((acc, b) => acc | protocolFeatureBit(b), 0n);
 
 /** What the guest may see of the features a back-end offers: every device-specific bit (virtio 1.2 §6), and the transport-owned ones our transport carries. */
@@ -86,7 +86,7 @@ export class VhostUserDevice {
   readonly kind: DeviceKind;
   /** Virtqueues of the device (fixed for its life: a replacement keeps them). */
   readonly queues: number;
-  /** The socket of the process currently serving the disk. */
+  /** The socket of the process currently serving the device. */
   socketPath: string;
   state: BackendState = 'starting';
   /** Fault injection: hold each used-buffer interrupt this long. */
@@ -108,7 +108,7 @@ export class VhostUserDevice {
   private progressMark = 0;
   private closed = false;
   /**
-   * A warm spare: a second vmm-blk process, started and waiting on its own
+   * A warm spare: a second device process, started and waiting on its own
    * socket, so that recovering from a crash costs a reconnect and a replay
    * rather than a Node start-up; when the kind says a spare helps
    * (DeviceKind.warmSpare: not a qcow2 disk, whose spare would hold
@@ -161,7 +161,7 @@ export class VhostUserDevice {
           try {
             await next.start();
           } catch (e) {
-            // Keep the guest's disk: go back to the old image.
+            // Keep the guest's device: go back to the old options.
             this.proc = this.makeProcess(this.spec, this.socketPath);
             this.proc.restarts = old.restarts;
             await this.proc.start();
@@ -256,6 +256,10 @@ export class VhostUserDevice {
       await fe.setProtocolFeatures(announced & (WANTED_PROTOCOL | this.kind.protocolFeatures));
     }
     await fe.setOwner();
+    if (this.hasProtocol(VhostUserProtocolFeature.BACKEND_REQ)) {
+      fe.onConfigChange = () => this.enqueue(() => this.refreshConfig());
+      await fe.openBackendChannel();
+    }
   }
 
   private hasProtocol(bit: number): boolean {
@@ -296,6 +300,14 @@ export class VhostUserDevice {
       if (status & VIRTIO_STATUS_DEVICE_NEEDS_RESET) this.needsReset('the back-end reports DEVICE_NEEDS_RESET');
       else this.ctx.log.warn({ device: this.spec.id, status }, 'back-end signalled a ring error without needing a reset');
     });
+  }
+
+  /** The back-end's configuration space changed (CONFIG_CHANGE_MSG): read it again and tell the driver (virtio 1.2 §2.5.1, §4.2.2 ConfigGeneration). */
+  private async refreshConfig(): Promise<void> {
+    if (this.closed || !this.fe) return;
+    const config = await this.fe.getConfig(0, this.kind.configSize);
+    this.ctx.transport.updateConfig(config, this.ctx.irq);
+    this.ctx.log.info({ device: this.spec.id, driver: this.kind.name }, 'device configuration changed');
   }
 
   /** DEVICE_NEEDS_RESET with a configuration change interrupt (virtio 1.2 §2.1.2); the guest's agent releases the device. */

@@ -134,12 +134,7 @@ export class Vm implements VmControl {
     return this.slots.query('query-iommu');
   }
 
-  /** Disks in the order the guest names them (slots fill from the top: vda is the highest slot). */
-  disks(): VhostUserDevice[] {
-    return this.devices().filter((d) => d.kind.role === 'blk');
-  }
-
-  /** Every device, of any kind, in slot order. */
+  /** Every device, of any kind, in the order the guest names them (slots fill from the top: vda is the highest slot). */
   devices(): VhostUserDevice[] {
     return this.slots.devices();
   }
