@@ -66,6 +66,7 @@ export const FAULT_RING = 64;
 export const M_VALID = 1;
 export const M_READ = 2;
 export const M_WRITE = 4;
+/** @public (the table's layout: no device process sets it yet) */
 export const M_MMIO = 8;
 const GEN_ONE = 0x100;
 

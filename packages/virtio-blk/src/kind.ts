@@ -53,8 +53,15 @@ export const blkKind: DeviceKind = {
       message: (o): FaultCommand => ({ fault: 'enospc', on: o.on === true }),
     },
   },
+  // QMP query-block (qapi/block-core.json BlockInfo, the fields a client reads).
   query: {
     command: 'query-block',
-    row: (id, o) => ({ device: id, file: o.file, format: o.format ?? 'raw', readOnly: o.readonly === true }),
+    row: (id, o) => ({
+      device: id,
+      locked: false,
+      removable: false,
+      inserted: { file: o.file, ro: o.readonly === true, drv: o.format ?? 'raw', encrypted: false },
+      type: 'unknown',
+    }),
   },
 };

@@ -3,13 +3,6 @@
 
 export type RunStatus = 'prelaunch' | 'running' | 'paused' | 'shutdown';
 
-export interface BlockInfo {
-  device: string;
-  file: string;
-  format: 'raw' | 'qcow2';
-  readOnly: boolean;
-}
-
 export interface ProcessInfo {
   pid: number;
   role: string;
@@ -26,7 +19,10 @@ export interface VmControl {
   reset(): Promise<void>;
   powerdown(): Promise<void>;
   quit(): Promise<void>;
-  queryBlock(): BlockInfo[];
+  /** QMP queries the device kinds add (DeviceKind.query: `query-block` for disks), answered by queryDevices. */
+  deviceQueries(): readonly string[];
+  /** One row per device of the kinds whose query `command` is. */
+  queryDevices(command: string): Record<string, unknown>[];
   queryProcesses(): ProcessInfo[];
   /** The IOMMU's domains, endpoints, mapping and fault counts (empty without --iommu). */
   queryIommu(): Record<string, unknown>[];

@@ -39,20 +39,12 @@ const COMMANDS: Record<string, Handler> = {
   system_reset: async (vm) => { await vm.reset(); return {}; },
   system_powerdown: async (vm) => { await vm.powerdown(); return {}; },
   quit: async (vm) => { await vm.quit(); return {}; },
-  'query-block': (vm) =>
-    vm.queryBlock().map((b) => ({
-      device: b.device,
-      locked: false,
-      removable: false,
-      inserted: { file: b.file, ro: b.readOnly, drv: b.format, encrypted: false },
-      type: 'unknown',
-    })),
   'query-processes': (vm) => vm.queryProcesses(),
   'query-iommu': (vm) => vm.queryIommu(),
   device_add: async (vm, args) => { str(args, 'driver'); str(args, 'id'); await vm.deviceAdd(args); return {}; },
   device_del: async (vm, args) => { await vm.deviceDel(str(args, 'id')); return {}; },
   'inject-fault': (vm, args) => { str(args, 'kind'); return vm.injectFault(args); },
-  'query-commands': () => [...Object.keys(COMMANDS), 'qmp_capabilities'].map((name) => ({ name })),
+  'query-commands': (vm) => [...Object.keys(COMMANDS), ...vm.deviceQueries(), 'qmp_capabilities'].map((name) => ({ name })),
 };
 
 export const QMP_COMMANDS: readonly string[] = [...Object.keys(COMMANDS), 'qmp_capabilities'];
@@ -97,7 +89,8 @@ export class QmpSession {
     if (!this.negotiated) {
       return errorReply(new QmpError('CommandNotFound', "Expecting capabilities negotiation with 'qmp_capabilities'"), id);
     }
-    const handler = COMMANDS[name];
+    // A device kind's own query (query-block for disks) comes from its registration.
+    const handler = COMMANDS[name] ?? (this.vm.deviceQueries().includes(name) ? (vm: VmControl) => vm.queryDevices(name) : undefined);
     if (!handler) return errorReply(new QmpError('CommandNotFound', `The command ${name} has not been found`), id);
     try {
       const result = await handler(this.vm, args as Args);

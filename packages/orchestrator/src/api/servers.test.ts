@@ -20,7 +20,8 @@ class StateVm implements VmControl {
   async reset() {}
   async powerdown() { this.state = 'shutdown'; }
   async quit() { this.state = 'shutdown'; }
-  queryBlock() { return [{ device: 'vda', file: '/tmp/a.img', format: 'raw' as const, readOnly: false }]; }
+  deviceQueries() { return ['query-block']; }
+  queryDevices(command: string) { return command === 'query-block' ? [{ device: 'vda', inserted: { file: '/tmp/a.img', ro: false, drv: 'raw', encrypted: false } }] : []; }
   queryProcesses() { return []; }
   queryIommu() { return []; }
   async deviceAdd() {}

@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import type { Logger } from '@vmm/core';
 import { IRQ, MMIO, RAM_BASE, STOPPED_BY_HOST, VirtioMmioState, WASM_RAM_OFFSET, type Machine, type MachineExit } from '@vmm/vcpu';
-import { QmpError, type BlockInfo, type ProcessInfo, type RunStatus, type VmControl } from '../api/control.ts';
+import { QmpError, type ProcessInfo, type RunStatus, type VmControl } from '../api/control.ts';
 import { DeviceRegistry } from './kinds.ts';
 import { DeviceSlots } from './slots.ts';
 import type { DeviceSpec, VhostUserDevice } from './vhost-device.ts';
@@ -126,8 +126,12 @@ export class Vm implements VmControl {
     await this.machine.stop();
   }
 
-  queryBlock(): BlockInfo[] {
-    return this.slots.query('query-block') as unknown as BlockInfo[];
+  deviceQueries(): readonly string[] {
+    return [...new Set(this.slots.registry.kinds.flatMap((k) => (k.query ? [k.query.command] : [])))];
+  }
+
+  queryDevices(command: string): Record<string, unknown>[] {
+    return this.slots.query(command);
   }
 
   queryIommu(): Record<string, unknown>[] {
