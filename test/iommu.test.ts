@@ -6,7 +6,7 @@
 // the guest goes on using its disk; a DMA refused by the table reaches the
 // guest driver as a fault event (its log shows it).
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -35,7 +35,8 @@ describe('virtio-iommu end to end', () => {
   it('a guest with --iommu shows its IOMMU groups, mounts ext4 on vda, vmm-iommu survives kill -9 with its domains, and a refused DMA reaches the guest as a fault event', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'vmm-iommu-e2e-'));
     const img = join(dir, 'a.img');
-    execFileSync('truncate', ['-s', '64M', img]);
+    writeFileSync(img, '');
+    truncateSync(img, 64 << 20);
     execFileSync('mkfs.ext4', ['-q', '-F', img]);
     const g = await startGuestSession({ iommu: true, disks: [`${img},format=raw,id=d0`], cmd: GUEST });
     try {

@@ -24,8 +24,6 @@ export interface VmControl {
   /** One row per device of the kinds whose query `command` is. */
   queryDevices(command: string): Record<string, unknown>[];
   queryProcesses(): ProcessInfo[];
-  /** The IOMMU's domains, endpoints, mapping and fault counts (empty without --iommu). */
-  queryIommu(): Record<string, unknown>[];
   deviceAdd(args: Record<string, unknown>): Promise<void>;
   deviceDel(id: string): Promise<void>;
   injectFault(args: Record<string, unknown>): Promise<Record<string, unknown>>;

@@ -40,7 +40,6 @@ const COMMANDS: Record<string, Handler> = {
   system_powerdown: async (vm) => { await vm.powerdown(); return {}; },
   quit: async (vm) => { await vm.quit(); return {}; },
   'query-processes': (vm) => vm.queryProcesses(),
-  'query-iommu': (vm) => vm.queryIommu(),
   device_add: async (vm, args) => { str(args, 'driver'); str(args, 'id'); await vm.deviceAdd(args); return {}; },
   device_del: async (vm, args) => { await vm.deviceDel(str(args, 'id')); return {}; },
   'inject-fault': (vm, args) => { str(args, 'kind'); return vm.injectFault(args); },

@@ -23,7 +23,6 @@ class StateVm implements VmControl {
   deviceQueries() { return ['query-block']; }
   queryDevices(command: string) { return command === 'query-block' ? [{ device: 'vda', inserted: { file: '/tmp/a.img', ro: false, drv: 'raw', encrypted: false } }] : []; }
   queryProcesses() { return []; }
-  queryIommu() { return []; }
   async deviceAdd() {}
   async deviceDel(id: string) { throw new QmpError('DeviceNotFound', `Device '${id}' not found`); }
   async injectFault() { return {}; }

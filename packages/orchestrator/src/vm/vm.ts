@@ -134,10 +134,6 @@ export class Vm implements VmControl {
     return this.slots.query(command);
   }
 
-  queryIommu(): Record<string, unknown>[] {
-    return this.slots.query('query-iommu');
-  }
-
   /** Every device, of any kind, in the order the guest names them (slots fill from the top: vda is the highest slot). */
   devices(): VhostUserDevice[] {
     return this.slots.devices();
