@@ -201,6 +201,7 @@ describe('IommuDevice', () => {
     dev.reset();
     expect(table.mappingsOf(table.findDomain(1))).toHaveLength(1);
     dev.deviceReset();
+    dev.reset();
     expect(table.findDomain(1)).toBe(-1);
     expect(dev.snapshot().domains).toEqual([]);
   });

@@ -296,9 +296,8 @@ export class IommuDevice implements VirtioDeviceBackend {
    * The driver session is over (connection lost, or the front-end starts a
    * new session). Requests in flight are dropped; the domains and mappings
    * stay in the table: the front-end reconnecting after this process was
-   * restarted replays the session and the guest's DMA must keep working
-   * (the transport cannot tell that apart from a guest reset yet — see
-   * deviceReset()).
+   * restarted replays the session and the guest's DMA must keep working.
+   * A reset by the driver comes as deviceReset() first.
    */
   reset(): void {
     this.#generation++;
@@ -309,14 +308,15 @@ export class IommuDevice implements VirtioDeviceBackend {
   }
 
   /**
-   * The guest reset the device (§5.13.5: "When the device is reset,
-   * endpoints are not attached to any domain"): every domain ends, with
-   * its mappings, and faults not yet reported are dropped.
+   * The driver reset the device (RESET_DEVICE from the front-end; §5.13.5:
+   * "When the device is reset, endpoints are not attached to any domain"):
+   * every domain ends, with its mappings, and faults not yet reported are
+   * dropped. reset() follows.
    */
   deviceReset(): void {
-    this.reset();
     this.#pendingFaults.length = 0;
     this.table.resetDomains();
+    this.#log?.info('device reset by the driver: every domain ended');
   }
 
   /** The table's summary plus this process's request counters. */
