@@ -4,9 +4,11 @@
 
 import { DeviceOptionError, type DeviceKind } from '@vmm/core';
 import { blkKind } from '@vmm/virtio-blk/kind';
+import { netKind } from '@vmm/virtio-net/kind';
 
 export const DEVICE_KINDS: readonly DeviceKind[] = [
   blkKind,
+  netKind,
 ];
 
 export class DeviceRegistry {
