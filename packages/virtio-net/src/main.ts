@@ -119,7 +119,7 @@ async function connect(a: NetArgs, device: NetDevice, log: Logger): Promise<() =
         att = await attach();
         break;
       } catch (e2) {
-        if (Date.now() - t0 > 10_000) throw new Error(`started vmm-switch ${a.switch} but it did not answer within 10 s: ${(e2 as Error).message}`);
+        if (Date.now() - t0 > 10_000) throw new Error(`started vmm-switch ${a.switch} but it did not answer within 10 s: ${(e2 as Error).message}`, { cause: e2 });
       }
     }
   }
