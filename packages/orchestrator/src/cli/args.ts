@@ -3,7 +3,7 @@
 // one line and exits 2.
 import { parseArgs } from 'node:util';
 import { MAX_HARTS, WASM_RAM_OFFSET } from '@vmm/vcpu';
-import { parseDeviceFlag, parseDiskFlag } from '../vm/device-spec.ts';
+import { parseDeviceFlag, parseDiskFlag, parseNicFlag } from '../vm/device-spec.ts';
 import { DeviceRegistry } from '../vm/kinds.ts';
 import type { DeviceSpec } from '../vm/vhost-device.ts';
 
@@ -79,6 +79,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
         help: { type: 'boolean', short: 'h' },
         disk: { type: 'string', multiple: true },
         device: { type: 'string', multiple: true },
+        nic: { type: 'string', multiple: true },
         'api-port': { type: 'string' },
         api: { type: 'string' },
         qmp: { type: 'string' },
@@ -135,6 +136,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
   const devices = [
     ...(v.disk ?? []).map((d, i) => deviceFlag('disk', d, () => parseDiskFlag(registry, d, i))),
     ...(v.device ?? []).map((d, i) => deviceFlag('device', d, () => parseDeviceFlag(registry, d, i))),
+    ...(v.nic ?? []).map((d, i) => deviceFlag('nic', d, () => parseNicFlag(registry, d, i))),
   ];
   let apiPort: number | null = null;
   // --api PORT as the issue names it; --api-port is the same flag.
@@ -201,6 +203,9 @@ options:
   --log-level LEVEL  fatal|error|warn|info|debug|trace|silent (default warn), logs on stderr
   --disk SPEC        a virtio-blk disk (repeatable): FILE[,format=raw|qcow2][,readonly]
                      [,id=NAME][,queues=N][,serial=S], served by a vmm-blk process
+  --nic SPEC         a virtio-net NIC (repeatable): switch=NAME|tap=IF[,mac=M][,queues=N]
+                     [,mtu=N][,id=NAME], served by a vmm-net process; a switch NAME
+                     not running yet is started (vmm-switch, it outlives the VM)
   --device SPEC      a device of any registered kind (repeatable): KIND[,id=NAME][,opt=V…],
                      e.g. virtio-blk,file=d.img,queues=2 (options as for QMP device_add)
   --api N            WebSocket management API on 127.0.0.1:N (0 = any free port; also --api-port)
