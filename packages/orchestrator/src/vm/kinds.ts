@@ -3,10 +3,12 @@
 // internals); everything else is the generic vhost-user device (vhost-device.ts).
 
 import { DeviceOptionError, type DeviceKind } from '@vmm/core';
+import { iommuKind } from '@vmm/iommu/kind';
 import { blkKind } from '@vmm/virtio-blk/kind';
 
 export const DEVICE_KINDS: readonly DeviceKind[] = [
   blkKind,
+  iommuKind,
 ];
 
 export class DeviceRegistry {

@@ -147,6 +147,22 @@ export class DeviceSlots {
     return this.devices().flatMap((d) => (d.kind.query?.command === command ? [d.kind.query.row(d.spec.id, d.spec.options)] : []));
   }
 
+  /**
+   * Answers to a kind's process query (DeviceKind.processQuery), e.g.
+   * query-blockstats: each device's own process is asked; one that cannot
+   * answer (stopped, restarting) fails the query with its name.
+   */
+  async processQuery(command: string): Promise<{ id: string; answer: unknown }[]> {
+    return Promise.all(this.devices().flatMap((d) => {
+      const q = d.kind.processQuery;
+      if (q?.command !== command) return [];
+      return [d.process.request(q.message).then(
+        (answer) => ({ id: d.spec.id, answer }),
+        (e: unknown) => { throw new QmpError('GenericError', `${d.kind.name} ${d.spec.id}: no answer from its back-end: ${(e as Error).message}`); },
+      )];
+    }));
+  }
+
   processes(rss: (pid: number | undefined) => number | null): ProcessInfo[] {
     return this.devices().map((d): ProcessInfo => ({
       pid: d.pid ?? -1,

@@ -392,6 +392,9 @@ export class VhostUserDevice {
     for (let q = 0; q < this.queues; q++) {
       try { await fe.getVringBase(q); } catch { /* ring never started */ }
     }
+    // Say it is the driver's reset, not a lost connection: a back-end whose
+    // state outlives its process (vmm-iommu's domains) drops it only then.
+    if (this.hasProtocol(VhostUserProtocolFeature.RESET_DEVICE)) await fe.resetDevice();
     fe.close();
     this.fe = null;
     this.ringsRunning = false;
