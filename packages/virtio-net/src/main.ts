@@ -1,0 +1,171 @@
+#!/usr/bin/env node
+// vmm-net: the vhost-user-net back-end process, one per NIC. It serves the
+// NetDevice model over a vhost-user socket (our orchestrator, QEMU's
+// -netdev vhost-user, DPDK's virtio_user) and plugs it into a vmm-switch
+// network or a host tap.
+
+import { createLogger, DeviceOptionError, deviceUsage, installDeviceProcessSignals, onControlMessage, parseDeviceArgv, reportReady, VhostUserBackend, type Logger } from '@vmm/core';
+import { spawn } from 'node:child_process';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { formatMac, isMulticast, parseMac, type Mac } from './ctrl.ts';
+import { NetDevice } from './device.ts';
+import { NET_OPTIONS } from './kind.ts';
+import { SWITCH_NAME, switchSocketPath } from './names.ts';
+import { SwitchAttachment } from './switch-client.ts';
+import { openTapPort } from './tap.ts';
+
+const USAGE = deviceUsage(
+  'vmm-net',
+  'Serves a virtio-net device (virtio 1.2 §5.1) as a vhost-user back-end (QEMU: -netdev vhost-user,chardev=…,queues=N)\nand connects it to a vmm-switch network (--switch) or to a host tap device (--tap).',
+  NET_OPTIONS,
+);
+
+export interface NetArgs {
+  socket: string;
+  switch: string | undefined;
+  tap: string | undefined;
+  mac: Mac;
+  queues: number;
+  mtu: number;
+  id: string;
+  logLevel: string;
+}
+
+const fail = (m: string): never => {
+  throw new DeviceOptionError(`virtio-net: ${m}`);
+};
+
+export function randomMac(): Mac {
+  const b = crypto.getRandomValues(new Uint8Array(3));
+  return 0x52_54_00 * 2 ** 24 + b[0]! * 65536 + b[1]! * 256 + b[2]!;
+}
+
+/**
+ * Parse the command line with the kind's option schema (the orchestrator's
+ * `--nic`, `--device virtio-net,…` and QMP device_add use the same one);
+ * throws DeviceOptionError naming the bad option and value. Null for --help.
+ */
+export function parseNetArgs(argv: string[]): NetArgs | null {
+  const f = parseDeviceArgv('virtio-net', NET_OPTIONS, argv);
+  if (f === null) return null;
+  const o = f.options;
+  const sw = o.switch === undefined ? undefined : String(o.switch);
+  const tap = o.tap === undefined ? undefined : String(o.tap);
+  if ((sw === undefined) === (tap === undefined)) fail('exactly one of switch=NAME or tap=IFNAME is required');
+  if (sw !== undefined && !sw.includes('/') && !SWITCH_NAME.test(sw)) fail(`switch=${sw}: not a switch name (up to 32 letters, digits, _ . -) nor a socket path`);
+  if (tap !== undefined && !/^[A-Za-z0-9_.-]{1,15}$/.test(tap)) fail(`tap=${tap}: an interface name is 1 to 15 letters, digits, _ . -`);
+  let mac = randomMac();
+  if (o.mac !== undefined) {
+    const m = parseMac(String(o.mac));
+    if (m === null) fail(`mac=${String(o.mac)}: expected six hex octets like 52:54:00:12:34:56`);
+    if (isMulticast(m!)) fail(`mac=${String(o.mac)}: a multicast address cannot be a NIC's address`);
+    mac = m!;
+  }
+  return { socket: f.socket, switch: sw, tap, mac, queues: Number(o.queues), mtu: Number(o.mtu), id: f.id ?? 'net0', logLevel: f.logLevel };
+}
+
+const SWITCH_MAIN = fileURLToPath(new URL('./switch-main.ts', import.meta.url));
+
+/** Start `vmm-switch --name NAME` detached from this process (its own session; logs to a file next to its socket). */
+function startSwitch(name: string, log: Logger): void {
+  const logFile = switchSocketPath(name).replace(/\.sock$/, '.log');
+  mkdirSync(dirname(logFile), { recursive: true, mode: 0o700 });
+  const fd = openSync(logFile, 'a');
+  const child = spawn(process.execPath, [SWITCH_MAIN, '--name', name], { detached: true, stdio: ['ignore', fd, fd] });
+  child.unref();
+  closeSync(fd);
+  log.info({ switch: name, pid: child.pid, log: logFile }, 'started vmm-switch on demand');
+}
+
+/** Faults the orchestrator can arm over the IPC channel. */
+function control(device: NetDevice, m: Record<string, unknown>): string {
+  switch (m.fault) {
+    case 'link-down':
+      device.setLink(false);
+      return 'link down';
+    case 'link-up':
+      device.setLink(true);
+      return 'link up';
+    default:
+      throw new RangeError(`unknown fault ${JSON.stringify(m.fault)}`);
+  }
+}
+
+async function connect(a: NetArgs, device: NetDevice, log: Logger): Promise<() => void> {
+  if (a.tap !== undefined) {
+    const port = openTapPort(a.tap, log);
+    device.attach(port);
+    return () => device.attach(null);
+  }
+  const sock = switchSocketPath(a.switch!);
+  const attach = async (): Promise<SwitchAttachment> => {
+    const att = new SwitchAttachment({ socketPath: sock, name: a.id, mac: formatMac(a.mac), log, onPort: (p) => device.attach(p) });
+    await att.start();
+    return att;
+  };
+  let att: SwitchAttachment;
+  try {
+    att = await attach();
+  } catch (e) {
+    // A switch named but not running is started on demand, on its own (it outlives this NIC and its VM).
+    if (a.switch!.includes('/')) throw e;
+    startSwitch(a.switch!, log);
+    const t0 = Date.now();
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 100));
+      try {
+        att = await attach();
+        break;
+      } catch (e2) {
+        if (Date.now() - t0 > 10_000) throw new Error(`started vmm-switch ${a.switch} but it did not answer within 10 s: ${(e2 as Error).message}`, { cause: e2 });
+      }
+    }
+  }
+  return () => att.close();
+}
+
+async function main(): Promise<void> {
+  let a: NetArgs | null;
+  try {
+    a = parseNetArgs(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`vmm-net: ${(e as Error).message}\n${USAGE.split('\n')[0]}\n`);
+    process.exit(2);
+  }
+  if (a === null) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  const log = createLogger('net', a.id, a.logLevel);
+  const device = new NetDevice({ mac: a.mac, queuePairs: a.queues, mtu: a.mtu, log });
+  let disconnect: () => void;
+  try {
+    disconnect = await connect(a, device, log);
+  } catch (e) {
+    process.stderr.write(`vmm-net: ${(e as Error).message}\n`);
+    process.exit(1);
+  }
+  onControlMessage((m) => {
+    try {
+      log.warn({ fault: m }, control(device, m));
+    } catch (e) {
+      log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
+    }
+  });
+  const backend = new VhostUserBackend(device, { socketPath: a.socket, log });
+  backend.onDisconnect = (err) => log.info({ connections: backend.connections, error: err?.message }, 'ready for the next front-end');
+  backend.listen();
+  installDeviceProcessSignals(() => {
+    log.info({ stats: device.stats }, 'SIGTERM: shutting down');
+    backend.close();
+    disconnect();
+  });
+  log.info({ mac: formatMac(a.mac), queues: a.queues, mtu: a.mtu, switch: a.switch, tap: a.tap }, 'serving');
+  reportReady({ socket: a.socket, mac: formatMac(a.mac) });
+}
+
+if (process.argv[1] !== undefined && import.meta.filename === (await import('node:fs')).realpathSync(process.argv[1])) {
+  await main();
+}
