@@ -392,7 +392,7 @@ export function startMachine(cfg: MachineConfig): Machine {
           log.error({ hart: h, instret: m.instret }, message);
           finish({ reason: 'error', code: 1, message });
         } else {
-          log.debug({ hart: h, exit: m.exit.kind, instret: m.instret }, 'machine: hart ended');
+          log.debug({ hart: h, exit: m.exit.kind, instret: m.instret, cpuMs: m.cpuMs }, 'machine: hart ended');
         }
       });
       w.on('error', (err) => {

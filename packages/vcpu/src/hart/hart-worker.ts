@@ -2,7 +2,9 @@
 // hart with HartWorkerData; every worker instantiates the hart core over the
 // same shared memory (guest RAM already mapped into it) and builds its own
 // view of the platform (bus + SBI) with createPlatform. Messages to the
-// parent: { type: 'exit', hartId, exit: HartExit } once the loop ends.
+// parent: { type: 'exit', hartId, exit: HartExit, instret, cpuMs } once the loop ends
+// (cpuMs: this thread's CPU time, so that instret / cpuMs is the hart's speed
+// whatever else the host is running).
 
 import { parentPort, workerData } from 'node:worker_threads';
 import { HartSignals } from '../signals.ts';
@@ -26,7 +28,7 @@ export interface HartWorkerData {
 }
 
 export type HartWorkerMessage =
-  | { type: 'exit'; hartId: number; exit: HartExit; instret: bigint }
+  | { type: 'exit'; hartId: number; exit: HartExit; instret: bigint; cpuMs: number }
   | { type: 'error'; hartId: number; message: string };
 
 const data = workerData as HartWorkerData;
@@ -40,7 +42,9 @@ try {
   const hart = new Hart({ engine: core, signals, sbi, boot: data.boot, memory: data.memory, ramSize: data.ramSize, batch: data.batch });
   hart.resetForBoot();
   const exit = hart.run();
-  parentPort?.postMessage({ type: 'exit', hartId: data.hartId, exit, instret: core.instret } satisfies HartWorkerMessage);
+  const cpu = process.threadCpuUsage();
+  const cpuMs = Math.round((cpu.user + cpu.system) / 1000);
+  parentPort?.postMessage({ type: 'exit', hartId: data.hartId, exit, instret: core.instret, cpuMs } satisfies HartWorkerMessage);
 } catch (err) {
   parentPort?.postMessage({ type: 'error', hartId: data.hartId, message: err instanceof Error ? `${err.name}: ${err.message}` : String(err) } satisfies HartWorkerMessage);
 }
