@@ -56,6 +56,14 @@ const TLB_MASK: u64 = (1 << TLB_BITS) - 1;
 const TLB_TAGS: usize = 4096;
 const TLB_DELTAS: usize = TLB_TAGS + 3 * TLB_N * 8;
 const CTAB: usize = 0x200000; // 65536 × u32
+// Translator (src/jit): per-hart state offsets and the block lookup table (see the end of this file).
+const JIT_PC: usize = 1280; // u64: next pc written by a translated block on exit
+const JIT_DKEY: usize = 1288; // u64: mirror of dKey for the inlined TLB probe
+const JIT_TAB_BASE: usize = 0x400000; // + hartId × JIT_TAB_STRIDE
+const JIT_TAB_STRIDE: usize = 0x100000;
+const JIT_TAB_BITS: u32 = 16;
+const JIT_TAB_MASK: u32 = (1 << JIT_TAB_BITS) - 1;
+const JIT_GEN: usize = 8 << JIT_TAB_BITS; // u32 after the table: bumped on every code flush
 
 export const MODE_FIRMWARE: i32 = 0;
 export const MODE_BUILTIN: i32 = 1;
@@ -186,6 +194,7 @@ let fKey: u64 = 0;
 @external("env", "mmioLoad") declare function mmioLoad(pa: f64, size: i32): i32;
 @external("env", "mmioStore") declare function mmioStore(pa: f64, size: i32, v: u64): i32;
 @external("env", "hostTime") declare function hostTime(): u64;
+@external("env", "jitCompile") declare function jitCompile(hp: u32, pc: u64): i32;
 
 // ─── register helpers ─────────────────────────────────────────────────────
 @inline function X(r: u32): u64 { return load<u64>(xb + (<usize>r << 3)); }
@@ -208,6 +217,7 @@ function updateKeys(): void {
   if (mstatus & MS_SUM) k |= 4;
   if (mstatus & MS_MXR) k |= 8;
   dKey = k << 52;
+  store<u64>(base + JIT_DKEY, dKey);
   fKey = <u64>priv << 52;
   fetchPage = 1;
 }
@@ -946,6 +956,16 @@ export function run(n: i32): i32 {
   const xr = xb;
   if (mode != MODE_SNIPPET && takeInterrupt()) { batchLeft = left; return exitReason; }
   while (left > 0) {
+    if (jitOn && (pc & ~0xfff) == fetchPage) {
+      // Translated code, looked up by the physical (host) address of pc (see jitEnter).
+      const r = jitEnter(left);
+      if (r != left) {
+        left = r;
+        pc = load<u64>(base + JIT_PC);
+        if (ev != EV_NONE) { batchLeft = left; if (deliverException()) break; }
+        continue;
+      }
+    }
     left--;
     // ── fetch ──
     let insn: u32;
@@ -1130,7 +1150,7 @@ export function run(n: i32): i32 {
         break;
       }
       case 0x0f: { // MISC-MEM: FENCE, FENCE.I (Zifencei: no decoded-instruction cache to drop beyond the fetch page)
-        if (f3 == 1) fetchPage = 1;
+        if (f3 == 1) { fetchPage = 1; if (jitOn) jitFlush(); }
         else if (f3 != 0) ill = true;
         break;
       }
@@ -1351,6 +1371,7 @@ export function reset(): void {
   fpu.fflags = 0;
   updateKeys();
   flushTlb();
+  if (jitOn) jitFlush(); // RAM is about to be reloaded without a FENCE.I
 }
 
 export function setMode(m: i32): void { mode = m; }
@@ -1386,3 +1407,78 @@ export function hostCsrWrite(n: u32, v: u64): bool {
   updateKeys();
   return !csrBad;
 }
+
+// ─── translator interface (src/jit) ───────────────────────────────────────
+// Hot code becomes WebAssembly generated at run time by src/jit/translator.ts
+// in this hart's thread. Blocks are looked up by the host (= physical)
+// address of pc, so they stay valid across satp changes and SFENCE.VMA: the
+// fetch TLB (fetchPage) has already checked the virtual → physical mapping,
+// and a block never leaves its 4 KiB page (its data accesses go through the
+// data TLB at run time). Table entry (8 bytes, direct mapped on hp >> 1):
+// u32 tag = hp, i32 v: v > 0 is the function-table index of the block,
+// jitHot < v <= 0 counts executions down to the compile threshold,
+// v == JIT_COLD means "interpret" (not translatable, or failed to validate).
+// A block is a function (left: i32, pc: i64) → left that runs at most `left`
+// instructions, stores the next pc at base+JIT_PC and returns the new
+// budget; returning `left` unchanged means it did not run (budget too small).
+// Exceptions come only from the helpers below (ev set, JIT_PC = faulting
+// pc, the faulting instruction counted as the interpreter counts it).
+const JIT_COLD: i32 = -0x40000000;
+let jitHot: i32 = -1; // −(threshold): set by the host (setJitThreshold)
+let jitOn: bool = false;
+let jitTab: usize = JIT_TAB_BASE;
+
+@inline function jitEnter(left: i32): i32 {
+  const cur = pc;
+  const hp = <u32>(cur + fetchDelta);
+  const e = jitTab + (<usize>((hp >> 1) & JIT_TAB_MASK) << 3);
+  let v = load<i32>(e, 4);
+  if (load<u32>(e) != hp) { store<u32>(e, hp); v = 0; }
+  if (v > 0) return call_indirect<i32>(<u32>v, left, cur);
+  if (v > jitHot + 1) { store<i32>(e, v - 1, 4); return left; }
+  if (v == jitHot + 1) {
+    const f = jitCompile(hp, cur);
+    store<i32>(e, f > 0 ? f : JIT_COLD, 4);
+    if (f > 0) return call_indirect<i32>(<u32>f, left, cur);
+  }
+  return left;
+}
+
+/** Drop every block (FENCE.I, reset, code-cache eviction): clear the lookup table, bump the generation. */
+export function jitFlush(): void {
+  memory.fill(jitTab, 0, 8 << JIT_TAB_BITS);
+  store<u32>(jitTab + JIT_GEN, load<u32>(jitTab + JIT_GEN) + 1);
+}
+export function setJit(on: bool): void { jitTab = JIT_TAB_BASE + <usize>hartId * JIT_TAB_STRIDE; jitOn = on; jitFlush(); }
+/** Executions of a pc (as a block entry) before it is translated; 1 = at once. */
+export function setJitThreshold(n: i32): void { jitHot = -max(n, 1); }
+export function jitTabAddr(): usize { return JIT_TAB_BASE + <usize>hartId * JIT_TAB_STRIDE; }
+export function jitGenAddr(): usize { return jitTabAddr() + JIT_GEN; }
+export function jitPcAddr(): usize { return base + JIT_PC; }
+export function jitDKeyAddr(): usize { return base + JIT_DKEY; }
+export function tlbTagsAddr(): usize { return tlbTags; }
+export function tlbDeltasAddr(): usize { return tlbDeltas; }
+export function tlbEntries(): i32 { return <i32>TLB_N; }
+/** Slow path of a translated integer load (funct3 0..6): TLB refill, page crossing, MMIO. */
+export function jitLoad(va: u64, f3: i32): u64 {
+  const v = loadSlow(va, 1 << (f3 & 3));
+  if (f3 == 0) return <u64><i64><i8>v;
+  if (f3 == 1) return <u64><i64><i16>v;
+  if (f3 == 2) return <u64><i64><i32>v;
+  return v;
+}
+/** Slow path of a translated store (size 1, 2, 4, 8). */
+export function jitStore(va: u64, size: i32, v: u64): void { storeSlow(va, size, v); }
+/** Did the last helper raise an exception? */
+export function jitFault(): bool { return ev != EV_NONE; }
+export function jitMulh(a: u64, b: u64): u64 { return mulh(a, b); }
+export function jitMulhsu(a: u64, b: u64): u64 { return mulhsu(a, b); }
+export function jitMulhu(a: u64, b: u64): u64 { return mulhu(a, b); }
+export function jitDiv(a: u64, b: u64): u64 { return div64(a, b); }
+export function jitDivu(a: u64, b: u64): u64 { return b == 0 ? <u64>-1 : a / b; }
+export function jitRem(a: u64, b: u64): u64 { return rem64(a, b); }
+export function jitRemu(a: u64, b: u64): u64 { return b == 0 ? a : a % b; }
+export function jitDivw(a: u64, b: u64): u64 { return div32(a, b); }
+export function jitDivuw(a: u64, b: u64): u64 { return divu32(a, b); }
+export function jitRemw(a: u64, b: u64): u64 { return rem32(a, b); }
+export function jitRemuw(a: u64, b: u64): u64 { return remu32(a, b); }

@@ -22,6 +22,10 @@ export type Priv = (typeof PRIV)[keyof typeof PRIV];
 export const ENGINE_MODE = { firmware: 0, builtin: 1, snippet: 2 } as const;
 export type EngineMode = keyof typeof ENGINE_MODE;
 
+/** Which engine executes guest code: the interpreter alone, or the translator with the interpreter behind it. */
+export const ENGINE_KINDS = ['interp', 'jit'] as const;
+export type EngineKind = (typeof ENGINE_KINDS)[number];
+
 export interface ExecutionEngine {
   readonly hartId: number;
   /** Run at most `maxInstructions` (1..2^31-1) instructions. */
@@ -47,4 +51,6 @@ export interface ExecutionEngine {
   /** Is any interrupt pending and enabled in mie (the WFI wake-up condition, §3.3.3)? */
   wfiWake(): boolean;
   flushTlb(): void;
+  /** Drop any translated code (SBI remote fence.i); the interpreter has none. */
+  fenceI(): void;
 }
