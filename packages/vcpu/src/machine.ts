@@ -20,6 +20,7 @@ import { HSM, RUN, HartSignals } from './signals.ts';
 import { createHartMemory } from './hart/wasm.ts';
 import type { HartBoot } from './hart/hart.ts';
 import type { HartWorkerData, HartWorkerMessage } from './hart/hart-worker.ts';
+import type { EngineKind } from './engine.ts';
 import { buildVirtDtb } from './platform/dtb.ts';
 import { createPlatform, createPlatformState, resetPlatformState, type Platform, type PlatformState } from './platform/index.ts';
 
@@ -44,6 +45,8 @@ export interface MachineConfig {
    * false ends it with reason 'reset' (QEMU's -no-reboot). Default false.
    */
   reboot?: boolean;
+  /** What executes guest code in every hart (default interp). */
+  engine?: EngineKind;
 }
 
 /** Who asked for a reset: the guest (SRST, finisher) or the host (Machine.reset, QMP system_reset). */
@@ -368,11 +371,13 @@ export function startMachine(cfg: MachineConfig): Machine {
     const running = new Set<number>();
     workers = [];
     for (let h = 0; h < cfg.harts; h++) {
-      const data: HartWorkerData = { hartId: h, harts: cfg.harts, memory, ramSize: cfg.memBytes, signals: state.signals, platform: state, boot: boots[h]! };
+      const data: HartWorkerData = { hartId: h, harts: cfg.harts, memory, ramSize: cfg.memBytes, signals: state.signals, platform: state, boot: boots[h]!, engine: cfg.engine };
       const w = new Worker(url, { workerData: data, name: `hart${h}` });
       running.add(h);
       w.on('message', (m: HartWorkerMessage) => {
-        if (m.type === 'error') {
+        if (m.type === 'log') {
+          log.warn({ hart: h, ...m.fields }, `machine: ${m.msg}`);
+        } else if (m.type === 'error') {
           log.error({ hart: h, message: m.message }, 'machine: hart failed');
           finish({ reason: 'error', code: 1, message: `hart ${h}: ${m.message}` });
         } else if (m.exit.kind === 'fatal') {
@@ -381,7 +386,7 @@ export function startMachine(cfg: MachineConfig): Machine {
           log.error({ hart: h, instret: m.instret }, message);
           finish({ reason: 'error', code: 1, message });
         } else {
-          log.debug({ hart: h, exit: m.exit.kind, instret: m.instret }, 'machine: hart ended');
+          log.debug({ hart: h, exit: m.exit.kind, instret: m.instret, jit: m.jit }, 'machine: hart ended');
         }
       });
       w.on('error', (err) => {

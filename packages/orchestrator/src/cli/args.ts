@@ -2,7 +2,7 @@
 // UsageError naming the flag and the value; the entry point prints it on
 // one line and exits 2.
 import { parseArgs } from 'node:util';
-import { MAX_HARTS, WASM_RAM_OFFSET } from '@vmm/vcpu';
+import { ENGINE_KINDS, MAX_HARTS, WASM_RAM_OFFSET, type EngineKind } from '@vmm/vcpu';
 import { parseDiskFlag, type DiskSpec } from '../vm/disk-spec.ts';
 
 export class UsageError extends Error {
@@ -35,6 +35,8 @@ export interface RunOptions {
   apiPort: number | null;
   /** QMP unix socket path, or null. */
   qmp: string | null;
+  /** What executes guest code: the interpreter, or the translator with the interpreter behind it. */
+  engine: EngineKind;
 }
 
 export const MIN_MEM = 64 * 1024 * 1024;
@@ -75,6 +77,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
         'api-port': { type: 'string' },
         api: { type: 'string' },
         qmp: { type: 'string' },
+        engine: { type: 'string' },
       },
     });
   } catch (e) {
@@ -130,6 +133,9 @@ export function parseRunArgs(argv: string[]): RunOptions {
     apiPort = Number(v['api-port']);
   }
 
+  const engine = v.engine ?? 'interp';
+  if (!(ENGINE_KINDS as readonly string[]).includes(engine)) throw new UsageError(`--engine ${JSON.stringify(engine)}: expected ${ENGINE_KINDS.join(' or ')}`);
+
   return {
     smp,
     memBytes,
@@ -146,6 +152,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
     disks,
     apiPort,
     qmp: nonEmpty('qmp', v.qmp),
+    engine: engine as EngineKind,
   };
 }
 
@@ -187,6 +194,8 @@ options:
                      [,id=NAME][,queues=N][,serial=S], served by a vmm-blk process
   --api N            WebSocket management API on 127.0.0.1:N (0 = any free port; also --api-port)
   --qmp PATH         QMP on a unix socket at PATH
+  --engine KIND      interp (the interpreter, default) | jit (hot code translated
+                     to WebAssembly, the interpreter for the rest)
   --help, -h         this text
 
 console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A h shows help;

@@ -130,6 +130,7 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
       );
     }
     machine = startMachine({
+      engine: o.engine,
       harts: o.smp,
       memBytes: o.memBytes,
       kernel,
