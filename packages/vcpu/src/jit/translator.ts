@@ -32,9 +32,9 @@
 import { Bytes, OP, T, writeModule, type FuncType } from './wasm-writer.ts';
 
 /** Executions of a block entry (counted by the interpreter's lookup) before it is translated. */
-export const JIT_THRESHOLD = 24;
+export const JIT_THRESHOLD = 1000;
 /** Longest region in instructions. */
-export const MAX_REGION = 256;
+export const MAX_REGION = 64;
 /** Code-cache bound (bytes of generated wasm per hart) before everything is evicted. */
 export const CODE_CACHE_BYTES = 64 * 1024 * 1024;
 /** Function-table slots for blocks (index 0 stays empty). */
@@ -82,8 +82,11 @@ export interface JitStats {
   untranslatable: number;
   /** Generated modules that failed to compile (the block is interpreted instead). */
   invalid: number;
-  /** Whole-cache flushes: FENCE.I, reset or eviction. */
+  /** Code flushes seen (FENCE.I, remote fence.i, reset): blocks must be re-validated. */
   flushes: number;
+  /** Blocks found unchanged after a flush and kept. */
+  revalidated: number;
+  /** Whole code-cache evictions (the cache was full). */
   evictions: number;
   /** Time spent translating and compiling, ns. */
   compileNs: number;
@@ -103,7 +106,6 @@ type Helper = (typeof HELPERS)[number];
 const HELPER_TYPE: Record<Helper, number> = {
   jitLoad: 1, jitStore: 2, jitFault: 3, jitMulh: 4, jitMulhsu: 4, jitMulhu: 4, jitDiv: 4, jitDivu: 4, jitRem: 4, jitRemu: 4, jitDivw: 4, jitDivuw: 4, jitRemw: 4, jitRemuw: 4,
 };
-const FN: Record<Helper, number> = Object.fromEntries(HELPERS.map((h, i) => [h, i])) as Record<Helper, number>;
 // M extension (ISA §7) by funct3, OP and OP-32, for the cases done by helpers.
 const MUL_HELPER: (Helper | null)[] = [null, 'jitMulh', 'jitMulhsu', 'jitMulhu', 'jitDiv', 'jitDivu', 'jitRem', 'jitRemu'];
 const MULW_HELPER: (Helper | null)[] = [null, null, null, null, 'jitDivw', 'jitDivuw', 'jitRemw', 'jitRemuw'];
@@ -123,6 +125,17 @@ const ACC_LOAD = 1;
 const ACC_STORE = 2;
 const LOAD_OP = [OP.i64_load8_s, OP.i64_load16_s, OP.i64_load32_s, OP.i64_load, OP.i64_load8_u, OP.i64_load16_u, OP.i64_load32_u];
 const STORE_OP = [OP.i64_store8, OP.i64_store16, OP.i64_store32, OP.i64_store];
+
+interface Block {
+  slot: number;
+  /** Bytes of generated wasm. */
+  bytes: number;
+  insns: number;
+  /** The guest code it was translated from (for re-validation after FENCE.I). */
+  code: Uint8Array;
+  /** Code generation (core jitGen) it was last validated in. */
+  gen: number;
+}
 
 interface Insn {
   /** Byte offset from the region's first instruction. */
@@ -173,14 +186,26 @@ class Gen {
   readonly regLocal = new Int32Array(32).fill(-1);
   nRegs = 0;
   readonly dirty = new Set<number>();
+  /** Start a new function (buffers are reused: allocation dominated translation time). */
+  reset(): this {
+    this.b.reset(); this.ctl.length = 0; this.regLocal.fill(-1); this.nRegs = 0; this.dirty.clear(); this.used.length = 0;
+    return this;
+  }
   op(o: number): this { this.b.byte(o); return this; }
   i32(v: number): this { this.b.byte(OP.i32_const); this.b.s32(v); return this; }
-  i64(v: bigint | number): this { this.b.byte(OP.i64_const); this.b.s64(BigInt(v)); return this; }
+  i64(v: number): this { this.b.byte(OP.i64_const); this.b.s64n(v); return this; }
   get(l: number): this { this.b.byte(OP.local_get); this.b.u32(l); return this; }
   set(l: number): this { this.b.byte(OP.local_set); this.b.u32(l); return this; }
   tee(l: number): this { this.b.byte(OP.local_tee); this.b.u32(l); return this; }
   mem(o: number, align: number, offset: number): this { this.b.byte(o); this.b.u32(align); this.b.u32(offset >>> 0); return this; }
-  call(h: Helper): this { this.b.byte(OP.call); this.b.u32(FN[h]); return this; }
+  /** Helpers imported by this function, in function-index order (only those used: fewer imports instantiate faster). */
+  readonly used: Helper[] = [];
+  call(h: Helper): this {
+    let i = this.used.indexOf(h);
+    if (i < 0) { i = this.used.length; this.used.push(h); }
+    this.b.byte(OP.call); this.b.u32(i);
+    return this;
+  }
   open(kind: number, label: string, bt: number = 0x40): this { this.b.byte(kind); this.b.byte(bt); this.ctl.push(label); return this; }
   else(): this { this.b.byte(OP.else); return this; }
   end(): this { this.b.byte(OP.end); this.ctl.pop(); return this; }
@@ -233,10 +258,14 @@ export class Translator {
   private readonly pcAddr: number;
   private readonly dkeyAddr: number;
   private seenGen = 0;
-  private blocks = new Map<number, { slot: number; bytes: number; insns: number }>();
+  private readonly blocks = new Map<number, Block>();
+  private readonly freeSlots: number[] = [];
   private nextSlot = 1;
   private loggedInvalid = false;
-  readonly stats: JitStats = { blocks: 0, cacheBytes: 0, guestInsns: 0, compiled: 0, untranslatable: 0, invalid: 0, flushes: 0, evictions: 0, compileNs: 0 };
+  private readonly gBody = new Gen();
+  private readonly gHead = new Gen();
+  private readonly head = new Bytes(8192);
+  readonly stats: JitStats = { blocks: 0, cacheBytes: 0, guestInsns: 0, compiled: 0, untranslatable: 0, invalid: 0, flushes: 0, revalidated: 0, evictions: 0, compileNs: 0 };
 
   constructor(opts: TranslatorOptions) {
     this.memory = opts.memory;
@@ -261,20 +290,37 @@ export class Translator {
     if (this.table.length < JIT_SLOTS) throw new Error(`jit: function table has ${this.table.length} slots, need ${JIT_SLOTS}`);
   }
 
-  /** Forget every block (the core's lookup table is cleared by jitFlush). */
-  private dropAll(): void {
-    for (const { slot } of this.blocks.values()) this.table.set(slot, null);
-    this.blocks.clear();
-    this.nextSlot = 1;
-    this.stats.blocks = 0; this.stats.cacheBytes = 0; this.stats.guestInsns = 0;
-    this.stats.flushes++;
-  }
-
-  /** Flush the code cache (FENCE.I from another hart, reset). */
-  flush(): void {
+  /** Evict every block (the code cache is full): nothing is running now, the core's lookup table is cleared. */
+  private evictAll(): void {
     this.core.jitFlush();
     this.seenGen = this.gen[0]!;
-    this.dropAll();
+    for (const { slot } of this.blocks.values()) this.table.set(slot, null);
+    this.blocks.clear();
+    this.freeSlots.length = 0;
+    this.nextSlot = 1;
+    this.stats.blocks = 0; this.stats.cacheBytes = 0; this.stats.guestInsns = 0;
+    this.stats.evictions++;
+  }
+
+  private drop(hp: number, b: Block): void {
+    this.table.set(b.slot, null);
+    this.freeSlots.push(b.slot);
+    this.blocks.delete(hp);
+    this.stats.blocks--; this.stats.cacheBytes -= b.bytes; this.stats.guestInsns -= b.insns;
+  }
+
+  /**
+   * FENCE.I from another hart (SBI remote fence.i) or a reset: no block may
+   * run again before its code has been checked against guest memory. The
+   * core's lookup table is cleared; each block is re-validated (its guest
+   * bytes compared with what it was translated from) when it is next hot.
+   */
+  flush(): void { this.core.jitFlush(); }
+
+  private sameCode(b: Block, hp: number): boolean {
+    const cur = this.u8.subarray(hp, hp + b.code.length);
+    for (let i = 0; i < cur.length; i++) if (cur[i] !== b.code[i]) return false;
+    return true;
   }
 
   /**
@@ -283,18 +329,22 @@ export class Translator {
    * or 0 when the region is not translatable (the core then interprets it).
    */
   compile(hp: number, pc: bigint): number {
-    if (this.gen[0] !== this.seenGen) { this.seenGen = this.gen[0]!; this.dropAll(); }
+    const gen = this.gen[0]!;
+    if (gen !== this.seenGen) { this.seenGen = gen; this.stats.flushes++; }
     const known = this.blocks.get(hp);
-    if (known) return known.slot;
+    if (known) {
+      if (known.gen === gen) return known.slot;
+      if (this.sameCode(known, hp)) { known.gen = gen; this.stats.revalidated++; return known.slot; }
+      this.drop(hp, known);
+    }
     const t0 = process.hrtime.bigint();
     try {
       const insns = this.scan(hp);
       if (insns.length === 0) { this.stats.untranslatable++; return 0; }
       const bytes = this.emit(insns);
-      if (this.nextSlot >= JIT_SLOTS || this.stats.cacheBytes + bytes.length > CODE_CACHE_BYTES) {
-        // Eviction is a whole flush (as QEMU's tb_flush): no block is running now.
-        this.stats.evictions++;
-        this.flush();
+      if ((this.freeSlots.length === 0 && this.nextSlot >= JIT_SLOTS) || this.stats.cacheBytes + bytes.length > CODE_CACHE_BYTES) {
+        // Eviction is a whole flush (as QEMU's tb_flush); no block is running now.
+        this.evictAll();
       }
       let fn: WebAssembly.ExportValue;
       try {
@@ -308,9 +358,11 @@ export class Translator {
         }
         return 0;
       }
-      const slot = this.nextSlot++;
+      const slot = this.freeSlots.pop() ?? this.nextSlot++;
       this.table.set(slot, fn);
-      this.blocks.set(hp, { slot, bytes: bytes.length, insns: insns.length });
+      const last = insns[insns.length - 1]!;
+      const code = this.u8.slice(hp, hp + last.delta + last.len);
+      this.blocks.set(hp, { slot, bytes: bytes.length, insns: insns.length, code, gen: this.seenGen });
       this.stats.compiled++;
       this.stats.blocks++;
       this.stats.cacheBytes += bytes.length;
@@ -350,7 +402,7 @@ export class Translator {
 
   /** Generate the module for a region (exposed for tests). */
   emit(insns: Insn[]): Uint8Array {
-    const g = new Gen();
+    const g = this.gBody.reset();
     const n = insns.length;
     const index = new Map<number, number>();
     insns.forEach((ins, i) => index.set(ins.delta, i));
@@ -370,7 +422,7 @@ export class Translator {
     const need = (i: number): number => n - i; // most instructions run from i without a budget check
 
     const body = g.b;
-    const head = new Bytes(); // register loads, emitted once the used registers are known
+    const head = this.head.reset(); // register loads, emitted once the used registers are known
     const pcOf = (i: number): void => {
       g.get(L_PC);
       if (insns[i]!.delta !== 0) g.i64(insns[i]!.delta).op(OP.i64_add);
@@ -530,7 +582,7 @@ export class Translator {
     g.get(L_LEFT);
 
     // Head: load the used registers and dKey; refuse to start without budget for a straight run.
-    const h = new Gen();
+    const h = this.gHead.reset();
     for (let r = 1; r < 32; r++) if (g.regLocal[r]! >= 0) h.i32(0).mem(OP.i64_load, 3, this.xb + 8 * r).set(g.regLocal[r]!);
     h.i32(0).mem(OP.i64_load, 3, this.dkeyAddr).set(L_DKEY);
     h.get(L_LEFT).i32(need(0)).op(OP.i32_lt_s).open(OP.if, 'noop').get(L_LEFT).op(OP.return).end();
@@ -539,7 +591,7 @@ export class Translator {
     head.append(body);
     return writeModule({
       types: TYPES,
-      funcImports: HELPERS.map((name) => ({ name, type: HELPER_TYPE[name] })),
+      funcImports: g.used.map((name) => ({ name, type: HELPER_TYPE[name] })),
       memory: this.memLimits,
       func: { type: 0, locals: [{ count: 3, type: T.i32 }, { count: 3 + g.nRegs, type: T.i64 }], body: head },
       exportName: 'b',

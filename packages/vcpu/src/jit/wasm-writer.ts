@@ -24,10 +24,17 @@ export const OP = {
 
 /** Growable byte buffer with LEB128 (§5.2.2). */
 export class Bytes {
-  private buf = new Uint8Array(256);
+  private buf: Uint8Array;
   length = 0;
+  constructor(capacity = 4096) { this.buf = new Uint8Array(capacity); }
+  private grow(need: number): void {
+    let n = this.buf.length * 2;
+    while (n < need) n *= 2;
+    const b = new Uint8Array(n); b.set(this.buf.subarray(0, this.length)); this.buf = b;
+  }
+  reset(): this { this.length = 0; return this; }
   byte(b: number): void {
-    if (this.length === this.buf.length) { const n = new Uint8Array(this.buf.length * 2); n.set(this.buf); this.buf = n; }
+    if (this.length === this.buf.length) this.grow(this.length + 1);
     this.buf[this.length++] = b;
   }
   u32(v: number): void {
@@ -42,6 +49,11 @@ export class Bytes {
       this.byte(b | 0x80);
     }
   }
+  /** Signed LEB128 of a 64-bit value given as a number (exact for safe integers). */
+  s64n(v: number): void {
+    if (v >= -0x80000000 && v <= 0x7fffffff) { this.s32(v); return; }
+    this.s64(BigInt(v));
+  }
   s64(v: bigint): void {
     v = BigInt.asIntN(64, v);
     for (;;) {
@@ -51,7 +63,11 @@ export class Bytes {
     }
   }
   name(s: string): void { this.u32(s.length); for (let i = 0; i < s.length; i++) this.byte(s.charCodeAt(i)); }
-  append(o: Bytes): void { for (let i = 0; i < o.length; i++) this.byte(o.buf[i]!); }
+  append(o: Bytes): void {
+    if (this.length + o.length > this.buf.length) this.grow(this.length + o.length);
+    this.buf.set(o.buf.subarray(0, o.length), this.length);
+    this.length += o.length;
+  }
   bytes(): Uint8Array { return this.buf.slice(0, this.length); }
 }
 
@@ -72,10 +88,14 @@ function section(out: Bytes, id: number, content: Bytes): void {
   out.byte(id); out.u32(content.length); out.append(content);
 }
 
+// Scratch buffers reused by every writeModule call (one thread, not re-entrant):
+// allocating fresh typed arrays per block was most of the translation time.
+const S = { out: new Bytes(8192), types: new Bytes(128), imports: new Bytes(512), funcs: new Bytes(16), exports: new Bytes(16), body: new Bytes(8192), code: new Bytes(8192) };
+
 export function writeModule(m: ModuleSpec): Uint8Array {
-  const out = new Bytes();
+  const out = S.out.reset();
   for (const b of [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]) out.byte(b);
-  const types = new Bytes();
+  const types = S.types.reset();
   types.u32(m.types.length);
   for (const t of m.types) {
     types.byte(0x60);
@@ -83,22 +103,22 @@ export function writeModule(m: ModuleSpec): Uint8Array {
     types.u32(t.results.length); for (const r of t.results) types.byte(r);
   }
   section(out, 1, types);
-  const imports = new Bytes();
+  const imports = S.imports.reset();
   imports.u32(m.funcImports.length + 1);
   for (const f of m.funcImports) { imports.name('env'); imports.name(f.name); imports.byte(0x00); imports.u32(f.type); }
   imports.name('env'); imports.name('memory'); imports.byte(0x02);
   imports.byte(m.memory.shared ? 0x03 : 0x01); imports.u32(m.memory.min); imports.u32(m.memory.max);
   section(out, 2, imports);
-  const funcs = new Bytes(); funcs.u32(1); funcs.u32(m.func.type);
+  const funcs = S.funcs.reset(); funcs.u32(1); funcs.u32(m.func.type);
   section(out, 3, funcs);
-  const exports = new Bytes(); exports.u32(1); exports.name(m.exportName); exports.byte(0x00); exports.u32(m.funcImports.length);
+  const exports = S.exports.reset(); exports.u32(1); exports.name(m.exportName); exports.byte(0x00); exports.u32(m.funcImports.length);
   section(out, 7, exports);
-  const body = new Bytes();
+  const body = S.body.reset();
   body.u32(m.func.locals.length);
   for (const l of m.func.locals) { body.u32(l.count); body.byte(l.type); }
   body.append(m.func.body);
   body.byte(OP.end);
-  const code = new Bytes(); code.u32(1); code.u32(body.length); code.append(body);
+  const code = S.code.reset(); code.u32(1); code.u32(body.length); code.append(body);
   section(out, 10, code);
   return out.bytes();
 }
