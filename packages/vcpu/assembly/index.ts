@@ -960,6 +960,7 @@ export function run(n: i32): i32 {
       // Translated code, looked up by the physical (host) address of pc (see jitEnter).
       const r = jitEnter(left);
       if (r != left) {
+        jitRetired += <u64>(left - r);
         left = r;
         pc = load<u64>(base + JIT_PC);
         if (ev != EV_NONE) { batchLeft = left; if (deliverException()) break; }
@@ -1427,6 +1428,7 @@ const JIT_COLD: i32 = -0x40000000;
 let jitHot: i32 = -1; // −(threshold): set by the host (setJitThreshold)
 let jitOn: bool = false;
 let jitTab: usize = JIT_TAB_BASE;
+let jitRetired: u64 = 0; // instructions run by translated blocks (a trapping one included, as instret counts it)
 
 @inline function jitEnter(left: i32): i32 {
   const cur = pc;
@@ -1452,6 +1454,7 @@ export function jitFlush(): void {
 export function setJit(on: bool): void { jitTab = JIT_TAB_BASE + <usize>hartId * JIT_TAB_STRIDE; jitOn = on; jitFlush(); }
 /** Executions of a pc (as a block entry) before it is translated; 1 = at once. */
 export function setJitThreshold(n: i32): void { jitHot = -max(n, 1); }
+export function jitInstructions(): u64 { return jitRetired; }
 export function jitTabAddr(): usize { return JIT_TAB_BASE + <usize>hartId * JIT_TAB_STRIDE; }
 export function jitGenAddr(): usize { return jitTabAddr() + JIT_GEN; }
 export function jitPcAddr(): usize { return base + JIT_PC; }

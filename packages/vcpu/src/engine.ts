@@ -25,6 +25,8 @@ export type EngineMode = keyof typeof ENGINE_MODE;
 /** Which engine executes guest code: the interpreter alone, or the translator with the interpreter behind it. */
 export const ENGINE_KINDS = ['interp', 'jit'] as const;
 export type EngineKind = (typeof ENGINE_KINDS)[number];
+/** The engine a machine's harts run when nobody chose one (`vmm run --engine`). */
+export const DEFAULT_ENGINE: EngineKind = 'interp';
 
 export interface ExecutionEngine {
   readonly hartId: number;

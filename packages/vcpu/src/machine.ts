@@ -20,7 +20,7 @@ import { HSM, RUN, HartSignals } from './signals.ts';
 import { createHartMemory } from './hart/wasm.ts';
 import type { HartBoot } from './hart/hart.ts';
 import type { HartWorkerData, HartWorkerMessage } from './hart/hart-worker.ts';
-import type { EngineKind } from './engine.ts';
+import { DEFAULT_ENGINE, type EngineKind } from './engine.ts';
 import { buildVirtDtb } from './platform/dtb.ts';
 import { createPlatform, createPlatformState, resetPlatformState, type Platform, type PlatformState } from './platform/index.ts';
 
@@ -45,7 +45,7 @@ export interface MachineConfig {
    * false ends it with reason 'reset' (QEMU's -no-reboot). Default false.
    */
   reboot?: boolean;
-  /** What executes guest code in every hart (default interp). */
+  /** What executes guest code in every hart (default DEFAULT_ENGINE). */
   engine?: EngineKind;
 }
 
@@ -371,7 +371,7 @@ export function startMachine(cfg: MachineConfig): Machine {
     const running = new Set<number>();
     workers = [];
     for (let h = 0; h < cfg.harts; h++) {
-      const data: HartWorkerData = { hartId: h, harts: cfg.harts, memory, ramSize: cfg.memBytes, signals: state.signals, platform: state, boot: boots[h]!, engine: cfg.engine };
+      const data: HartWorkerData = { hartId: h, harts: cfg.harts, memory, ramSize: cfg.memBytes, signals: state.signals, platform: state, boot: boots[h]!, engine: cfg.engine ?? DEFAULT_ENGINE };
       const w = new Worker(url, { workerData: data, name: `hart${h}` });
       running.add(h);
       w.on('message', (m: HartWorkerMessage) => {

@@ -2,7 +2,7 @@
 // UsageError naming the flag and the value; the entry point prints it on
 // one line and exits 2.
 import { parseArgs } from 'node:util';
-import { ENGINE_KINDS, MAX_HARTS, WASM_RAM_OFFSET, type EngineKind } from '@vmm/vcpu';
+import { DEFAULT_ENGINE, ENGINE_KINDS, MAX_HARTS, WASM_RAM_OFFSET, type EngineKind } from '@vmm/vcpu';
 import { parseDiskFlag, type DiskSpec } from '../vm/disk-spec.ts';
 
 export class UsageError extends Error {
@@ -133,7 +133,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
     apiPort = Number(v['api-port']);
   }
 
-  const engine = v.engine ?? 'interp';
+  const engine = v.engine ?? DEFAULT_ENGINE;
   if (!(ENGINE_KINDS as readonly string[]).includes(engine)) throw new UsageError(`--engine ${JSON.stringify(engine)}: expected ${ENGINE_KINDS.join(' or ')}`);
 
   return {
@@ -194,8 +194,8 @@ options:
                      [,id=NAME][,queues=N][,serial=S], served by a vmm-blk process
   --api N            WebSocket management API on 127.0.0.1:N (0 = any free port; also --api-port)
   --qmp PATH         QMP on a unix socket at PATH
-  --engine KIND      interp (the interpreter, default) | jit (hot code translated
-                     to WebAssembly, the interpreter for the rest)
+  --engine KIND      interp (the interpreter) | jit (hot code translated to
+                     WebAssembly, the interpreter for the rest); default ${DEFAULT_ENGINE}
   --help, -h         this text
 
 console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A h shows help;

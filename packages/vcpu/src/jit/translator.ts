@@ -32,7 +32,7 @@
 import { Bytes, OP, T, writeModule, type FuncType } from './wasm-writer.ts';
 
 /** Executions of a block entry (counted by the interpreter's lookup) before it is translated. */
-export const JIT_THRESHOLD = 1000;
+export const JIT_THRESHOLD = 4000;
 /** Longest region in instructions. */
 export const MAX_REGION = 64;
 /** Code-cache bound (bytes of generated wasm per hart) before everything is evicted. */
@@ -45,6 +45,7 @@ export interface JitCoreExports {
   jitFlush(): void;
   setJit(on: number): void;
   setJitThreshold(n: number): void;
+  jitInstructions(): bigint;
   jitTabAddr(): number;
   jitGenAddr(): number;
   jitPcAddr(): number;
@@ -90,6 +91,8 @@ export interface JitStats {
   evictions: number;
   /** Time spent translating and compiling, ns. */
   compileNs: number;
+  /** Guest instructions executed by translated blocks (the rest were interpreted). */
+  jitInstructions: number;
 }
 
 type Log = (msg: string, fields: Record<string, unknown>) => void;
@@ -244,7 +247,7 @@ export interface TranslatorOptions {
 export class Translator {
   private readonly memory: WebAssembly.Memory;
   private readonly table: WebAssembly.Table;
-  private readonly core: JitCoreExports;
+  readonly core: JitCoreExports;
   private readonly log: Log | undefined;
   private readonly u8: Uint8Array;
   private readonly dv: DataView;
@@ -265,7 +268,7 @@ export class Translator {
   private readonly gBody = new Gen();
   private readonly gHead = new Gen();
   private readonly head = new Bytes(8192);
-  readonly stats: JitStats = { blocks: 0, cacheBytes: 0, guestInsns: 0, compiled: 0, untranslatable: 0, invalid: 0, flushes: 0, revalidated: 0, evictions: 0, compileNs: 0 };
+  readonly stats: JitStats = { blocks: 0, cacheBytes: 0, guestInsns: 0, compiled: 0, untranslatable: 0, invalid: 0, flushes: 0, revalidated: 0, evictions: 0, compileNs: 0, jitInstructions: 0 };
 
   constructor(opts: TranslatorOptions) {
     this.memory = opts.memory;
