@@ -26,7 +26,7 @@ export type EngineMode = keyof typeof ENGINE_MODE;
 export const ENGINE_KINDS = ['interp', 'jit'] as const;
 export type EngineKind = (typeof ENGINE_KINDS)[number];
 /** The engine a machine's harts run when nobody chose one (`vmm run --engine`). */
-export const DEFAULT_ENGINE: EngineKind = 'interp';
+export const DEFAULT_ENGINE: EngineKind = 'jit';
 
 export interface ExecutionEngine {
   readonly hartId: number;
