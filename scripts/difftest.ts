@@ -8,9 +8,9 @@
 // time it runs), so the same programs check it against qemu.
 
 import { parseArgs } from 'node:util';
-// The root workspace has no @vmm/vcpu dependency link; import the package's entry point.
-import { check, checkTrap, generate, minimise, formatDivergence, CLASS_NAMES, TRAP_KIND_NAMES, assemble, ENGINE_KINDS } from '../packages/vcpu/src/index.ts';
-import type { Divergence, EngineKind, Program } from '../packages/vcpu/src/index.ts';
+import { check, checkTrap, generate, minimise, formatDivergence, CLASS_NAMES, TRAP_KIND_NAMES, assemble } from '@vmm/vcpu/testing';
+import type { Divergence, Program } from '@vmm/vcpu/testing';
+import { ENGINE_KINDS, type EngineKind } from '@vmm/vcpu';
 
 const { values } = parseArgs({
   options: {
