@@ -181,7 +181,12 @@ export class HartCore implements ExecutionEngine {
   /** FENCE.I requested from outside (SBI remote fence.i): drop translated code. */
   fenceI(): void { this.jit?.flush(); }
   /** Translator counters (undefined for the interpreter). */
-  jitStats(): JitStats | undefined { return this.jit ? { ...this.jit.stats, jitInstructions: Number(this.jit.core.jitInstructions()) } : undefined; }
+  jitStats(): JitStats | undefined {
+    const j = this.jit;
+    if (!j) return undefined;
+    const c = j.core;
+    return { ...j.stats, revalidated: j.stats.revalidated + Number(c.jitRevalidationCount()), jitInstructions: Number(c.jitInstructions()), fenceI: c.jitFenceCount() >>> 0, codeWrites: c.jitCodeWriteCount() >>> 0 };
+  }
   /** The 32-bit expansion of a 16-bit instruction (0 = illegal); exposed for decoder tests. */
   expandCompressed(h: number): number { return this.e.expandCompressed(h) >>> 0; }
   /** Guest RAM as bytes (RAM_BASE at index 0). */

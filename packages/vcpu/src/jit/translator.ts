@@ -30,6 +30,7 @@
 // address at the top of its loop), not through each other.
 
 import { Bytes, OP, T, writeModule, type FuncType } from './wasm-writer.ts';
+import { WASM_RAM_OFFSET } from '../layout.ts';
 
 /** Executions of a block entry (counted by the interpreter's lookup) before it is translated. */
 export const JIT_THRESHOLD = 4000;
@@ -43,9 +44,17 @@ export const JIT_SLOTS = 32768;
 /** What the hart core exports for generated code (see the end of assembly/index.ts). */
 export interface JitCoreExports {
   jitFlush(): void;
+  jitClear(): void;
+  jitMarkCodePage(ramOffset: bigint): void;
   setJit(on: number): void;
   setJitThreshold(n: number): void;
   jitInstructions(): bigint;
+  jitFenceCount(): number;
+  jitRevalidationCount(): bigint;
+  jitRetAddr(): number;
+  jitShadowAddr(): number;
+  jitShadowEnd(): number;
+  jitCodeWriteCount(): number;
   jitTabAddr(): number;
   jitGenAddr(): number;
   jitPcAddr(): number;
@@ -83,9 +92,7 @@ export interface JitStats {
   untranslatable: number;
   /** Generated modules that failed to compile (the block is interpreted instead). */
   invalid: number;
-  /** Code flushes seen (FENCE.I, remote fence.i, reset): blocks must be re-validated. */
-  flushes: number;
-  /** Blocks found unchanged after a flush and kept. */
+  /** Blocks compared with their shadow copy after a flush (FENCE.I, remote fence.i, a store into code). */
   revalidated: number;
   /** Whole code-cache evictions (the cache was full). */
   evictions: number;
@@ -93,6 +100,10 @@ export interface JitStats {
   compileNs: number;
   /** Guest instructions executed by translated blocks (the rest were interpreted). */
   jitInstructions: number;
+  /** FENCE.I executed by this hart. */
+  fenceI: number;
+  /** Stores by this hart into pages it had translated code from. */
+  codeWrites: number;
 }
 
 type Log = (msg: string, fields: Record<string, unknown>) => void;
@@ -118,11 +129,12 @@ const L_LEFT = 0; // param: budget
 const L_PC = 1; // param: virtual pc of the region's first instruction
 const L_BASE = 2; // budget + index of the instruction the current run started at
 const L_T = 3; // br_table target (label ordinal)
-const L_TI = 4; // TLB index × 8 (the last i32 local)
-const L_NPC = 5;
-const L_VA = 6;
-const L_DKEY = 7;
-const L_REG0 = 8; // x1..x31 follow, for the registers the region uses
+const L_TI = 4; // TLB index × 8
+const L_GEN = 5; // code generation at entry (the last i32 local)
+const L_NPC = 6;
+const L_VA = 7;
+const L_DKEY = 8;
+const L_REG0 = 9; // x1..x31 follow, for the registers the region uses
 
 const ACC_LOAD = 1;
 const ACC_STORE = 2;
@@ -134,10 +146,10 @@ interface Block {
   /** Bytes of generated wasm. */
   bytes: number;
   insns: number;
-  /** The guest code it was translated from (for re-validation after FENCE.I). */
+  /** The guest code it was translated from. */
   code: Uint8Array;
-  /** Code generation (core jitGen) it was last validated in. */
-  gen: number;
+  /** Address of its shadow copy in the core's translator area. */
+  shadow: number;
 }
 
 interface Insn {
@@ -251,7 +263,11 @@ export class Translator {
   private readonly log: Log | undefined;
   private readonly u8: Uint8Array;
   private readonly dv: DataView;
-  private readonly gen: Uint32Array;
+  private readonly genAddr: number;
+  private readonly ret: Uint32Array;
+  private readonly shadowBase: number;
+  private readonly shadowEnd: number;
+  private shadowNext: number;
   private readonly imports: Record<string, WebAssembly.ImportValue>;
   private readonly memLimits: { min: number; max: number; shared: boolean };
   private readonly xb: number;
@@ -260,7 +276,6 @@ export class Translator {
   private readonly tlbMask: number;
   private readonly pcAddr: number;
   private readonly dkeyAddr: number;
-  private seenGen = 0;
   private readonly blocks = new Map<number, Block>();
   private readonly freeSlots: number[] = [];
   private nextSlot = 1;
@@ -268,7 +283,7 @@ export class Translator {
   private readonly gBody = new Gen();
   private readonly gHead = new Gen();
   private readonly head = new Bytes(8192);
-  readonly stats: JitStats = { blocks: 0, cacheBytes: 0, guestInsns: 0, compiled: 0, untranslatable: 0, invalid: 0, flushes: 0, revalidated: 0, evictions: 0, compileNs: 0, jitInstructions: 0 };
+  readonly stats: JitStats = { blocks: 0, cacheBytes: 0, guestInsns: 0, compiled: 0, untranslatable: 0, invalid: 0, revalidated: 0, evictions: 0, compileNs: 0, jitInstructions: 0, fenceI: 0, codeWrites: 0 };
 
   constructor(opts: TranslatorOptions) {
     this.memory = opts.memory;
@@ -278,8 +293,10 @@ export class Translator {
     this.u8 = new Uint8Array(opts.memory.buffer);
     this.dv = new DataView(opts.memory.buffer);
     const c = opts.core;
-    this.gen = new Uint32Array(opts.memory.buffer, c.jitGenAddr(), 1);
-    this.seenGen = this.gen[0]!;
+    this.genAddr = c.jitGenAddr();
+    this.ret = new Uint32Array(opts.memory.buffer, c.jitRetAddr(), 1);
+    this.shadowBase = this.shadowNext = c.jitShadowAddr();
+    this.shadowEnd = c.jitShadowEnd();
     this.xb = c.xBase();
     this.tlbTags = c.tlbTagsAddr();
     this.tlbDeltas = c.tlbDeltasAddr();
@@ -295,9 +312,9 @@ export class Translator {
 
   /** Evict every block (the code cache is full): nothing is running now, the core's lookup table is cleared. */
   private evictAll(): void {
-    this.core.jitFlush();
-    this.seenGen = this.gen[0]!;
+    this.core.jitClear();
     for (const { slot } of this.blocks.values()) this.table.set(slot, null);
+    this.shadowNext = this.shadowBase;
     this.blocks.clear();
     this.freeSlots.length = 0;
     this.nextSlot = 1;
@@ -313,10 +330,9 @@ export class Translator {
   }
 
   /**
-   * FENCE.I from another hart (SBI remote fence.i) or a reset: no block may
-   * run again before its code has been checked against guest memory. The
-   * core's lookup table is cleared; each block is re-validated (its guest
-   * bytes compared with what it was translated from) when it is next hot.
+   * FENCE.I from another hart (SBI remote fence.i): no block may run again
+   * before its code has been compared with its shadow copy (the core does
+   * that at each block's next execution, see jitEnter).
    */
   flush(): void { this.core.jitFlush(); }
 
@@ -332,12 +348,10 @@ export class Translator {
    * or 0 when the region is not translatable (the core then interprets it).
    */
   compile(hp: number, pc: bigint): number {
-    const gen = this.gen[0]!;
-    if (gen !== this.seenGen) { this.seenGen = gen; this.stats.flushes++; }
     const known = this.blocks.get(hp);
     if (known) {
-      if (known.gen === gen) return known.slot;
-      if (this.sameCode(known, hp)) { known.gen = gen; this.stats.revalidated++; return known.slot; }
+      // The core's entry was lost (collision) or the code changed: reuse the block if its bytes are the same.
+      if (this.sameCode(known, hp)) { this.ret[0] = known.shadow; this.stats.revalidated++; return known.slot; }
       this.drop(hp, known);
     }
     const t0 = process.hrtime.bigint();
@@ -345,7 +359,11 @@ export class Translator {
       const insns = this.scan(hp);
       if (insns.length === 0) { this.stats.untranslatable++; return 0; }
       const bytes = this.emit(insns);
-      if ((this.freeSlots.length === 0 && this.nextSlot >= JIT_SLOTS) || this.stats.cacheBytes + bytes.length > CODE_CACHE_BYTES) {
+      const last = insns[insns.length - 1]!;
+      const codeLen = last.delta + last.len;
+      const shadowNeed = 8 + ((codeLen + 7) & ~7);
+      if ((this.freeSlots.length === 0 && this.nextSlot >= JIT_SLOTS) || this.stats.cacheBytes + bytes.length > CODE_CACHE_BYTES
+        || this.shadowNext + shadowNeed > this.shadowEnd) {
         // Eviction is a whole flush (as QEMU's tb_flush); no block is running now.
         this.evictAll();
       }
@@ -363,9 +381,15 @@ export class Translator {
       }
       const slot = this.freeSlots.pop() ?? this.nextSlot++;
       this.table.set(slot, fn);
-      const last = insns[insns.length - 1]!;
-      const code = this.u8.slice(hp, hp + last.delta + last.len);
-      this.blocks.set(hp, { slot, bytes: bytes.length, insns: insns.length, code, gen: this.seenGen });
+      // The shadow copy: [u32 length][pad][guest bytes], what the core compares after a flush.
+      const shadow = this.shadowNext;
+      this.shadowNext += shadowNeed;
+      this.dv.setUint32(shadow, codeLen, true);
+      this.u8.copyWithin(shadow + 8, hp, hp + codeLen);
+      this.ret[0] = shadow;
+      // From now on a store by this hart into the page invalidates its blocks (see jitCodeWritten).
+      this.core.jitMarkCodePage(BigInt((hp & ~0xfff) - WASM_RAM_OFFSET));
+      this.blocks.set(hp, { slot, bytes: bytes.length, insns: insns.length, code: this.u8.slice(hp, hp + codeLen), shadow });
       this.stats.compiled++;
       this.stats.blocks++;
       this.stats.cacheBytes += bytes.length;
@@ -439,6 +463,11 @@ export class Translator {
     const jump = (i: number, d: number): void => {
       const t = index.get(insns[i]!.delta + d);
       if (t === undefined) { exitTo(i, d); return; }
+      // Code written by this hart (jitCodeWritten) or flushed: leave at the next in-region jump,
+      // so a loop never runs code older than one iteration.
+      g.i32(0).mem(OP.i32_load, 2, this.genAddr).get(L_GEN).op(OP.i32_ne).open(OP.if, 'ifg');
+      exitTo(i, d);
+      g.end();
       // Budget: after i, left = base − (i+1); enter t only if left ≥ need(t).
       g.get(L_BASE).i32(need(t) + i + 1).op(OP.i32_lt_s).open(OP.if, 'ifb');
       exitTo(i, d);
@@ -588,6 +617,7 @@ export class Translator {
     const h = this.gHead.reset();
     for (let r = 1; r < 32; r++) if (g.regLocal[r]! >= 0) h.i32(0).mem(OP.i64_load, 3, this.xb + 8 * r).set(g.regLocal[r]!);
     h.i32(0).mem(OP.i64_load, 3, this.dkeyAddr).set(L_DKEY);
+    h.i32(0).mem(OP.i32_load, 2, this.genAddr).set(L_GEN);
     h.get(L_LEFT).i32(need(0)).op(OP.i32_lt_s).open(OP.if, 'noop').get(L_LEFT).op(OP.return).end();
     h.get(L_LEFT).set(L_BASE);
     head.append(h.b);
@@ -596,7 +626,7 @@ export class Translator {
       types: TYPES,
       funcImports: g.used.map((name) => ({ name, type: HELPER_TYPE[name] })),
       memory: this.memLimits,
-      func: { type: 0, locals: [{ count: 3, type: T.i32 }, { count: 3 + g.nRegs, type: T.i64 }], body: head },
+      func: { type: 0, locals: [{ count: 4, type: T.i32 }, { count: 3 + g.nRegs, type: T.i64 }], body: head },
       exportName: 'b',
     });
   }
