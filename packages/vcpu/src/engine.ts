@@ -25,6 +25,21 @@ export type EngineMode = keyof typeof ENGINE_MODE;
 /** Which engine executes guest code: the interpreter alone, or the translator with the interpreter behind it. */
 export const ENGINE_KINDS = ['interp', 'jit'] as const;
 export type EngineKind = (typeof ENGINE_KINDS)[number];
+/** What a hart's engine reports while it runs (query-processes): the translator's code cache. */
+export interface HartEngineInfo {
+  hart: number;
+  engine: EngineKind;
+  /** Translated blocks in the code cache and their generated wasm, bytes (0 for interp). */
+  blocks: number;
+  codeCacheBytes: number;
+  /** Time spent translating, ms. */
+  compileMs: number;
+  /** Guest instructions run by translated blocks, as of the last translation. */
+  translatedInstructions: number;
+}
+/** Float64 fields per hart in the shared engine-stats buffer (HartWorkerData.engineStats). */
+export const ENGINE_STAT_FIELDS = 4;
+
 /** The engine a machine's harts run when nobody chose one (`vmm run --engine`). */
 export const DEFAULT_ENGINE: EngineKind = 'jit';
 

@@ -20,7 +20,7 @@ import { HSM, RUN, HartSignals } from './signals.ts';
 import { createHartMemory } from './hart/wasm.ts';
 import type { HartBoot } from './hart/hart.ts';
 import type { HartWorkerData, HartWorkerMessage } from './hart/hart-worker.ts';
-import { DEFAULT_ENGINE, type EngineKind } from './engine.ts';
+import { DEFAULT_ENGINE, ENGINE_STAT_FIELDS, type EngineKind, type HartEngineInfo } from './engine.ts';
 import { buildVirtDtb } from './platform/dtb.ts';
 import { createPlatform, createPlatformState, resetPlatformState, type Platform, type PlatformState } from './platform/index.ts';
 
@@ -83,6 +83,8 @@ export interface Machine {
   readonly platform: Platform;
   readonly platformState: PlatformState;
   readonly memory: WebAssembly.Memory;
+  /** Each hart's engine and, for the translator, its code cache (live figures). */
+  engineInfo(): HartEngineInfo[];
 }
 
 export class MachineConfigError extends ConfigError {
@@ -255,6 +257,9 @@ export function startMachine(cfg: MachineConfig): Machine {
   const state = createPlatformState({ harts: cfg.harts, memBytes: cfg.memBytes });
   const platform = createPlatform(state, 0);
   const signals = new HartSignals(cfg.harts, state.signals);
+  const engine = cfg.engine ?? DEFAULT_ENGINE;
+  const engineStats = new SharedArrayBuffer(cfg.harts * ENGINE_STAT_FIELDS * 8);
+  const engineView = new Float64Array(engineStats);
   const boots: HartBoot[] = [];
   for (let h = 0; h < cfg.harts; h++) {
     if (cfg.bios.kind === 'firmware') {
@@ -371,7 +376,7 @@ export function startMachine(cfg: MachineConfig): Machine {
     const running = new Set<number>();
     workers = [];
     for (let h = 0; h < cfg.harts; h++) {
-      const data: HartWorkerData = { hartId: h, harts: cfg.harts, memory, ramSize: cfg.memBytes, signals: state.signals, platform: state, boot: boots[h]!, engine: cfg.engine ?? DEFAULT_ENGINE };
+      const data: HartWorkerData = { hartId: h, harts: cfg.harts, memory, ramSize: cfg.memBytes, signals: state.signals, platform: state, boot: boots[h]!, engine, engineStats };
       const w = new Worker(url, { workerData: data, name: `hart${h}` });
       running.add(h);
       w.on('message', (m: HartWorkerMessage) => {
@@ -467,6 +472,10 @@ export function startMachine(cfg: MachineConfig): Machine {
     platform,
     platformState: state,
     memory,
+    engineInfo: () => Array.from({ length: cfg.harts }, (_, h): HartEngineInfo => {
+      const f = h * ENGINE_STAT_FIELDS;
+      return { hart: h, engine, blocks: engineView[f]!, codeCacheBytes: engineView[f + 1]!, compileMs: Math.round(engineView[f + 2]! * 10) / 10, translatedInstructions: engineView[f + 3]! };
+    }),
     pause: () => {
       paused = true;
       if (!final && !restart) signals.setRunState(RUN.PAUSED);

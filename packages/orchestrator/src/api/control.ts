@@ -1,6 +1,8 @@
 // What the management API can ask of a running VM. The orchestrator's VM
 // object implements it; the QMP and WebSocket servers only translate.
 
+import type { HartEngineInfo } from '@vmm/vcpu';
+
 export type RunStatus = 'prelaunch' | 'running' | 'paused' | 'shutdown';
 
 export interface BlockInfo {
@@ -17,6 +19,8 @@ export interface ProcessInfo {
   restarts: number;
   rssBytes: number | null;
   state: 'running' | 'restarting' | 'stopped' | 'failed';
+  /** The vmm process: each hart's engine and its translator's code cache. */
+  harts?: HartEngineInfo[];
 }
 
 export interface VmControl {

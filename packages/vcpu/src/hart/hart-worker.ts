@@ -9,7 +9,7 @@ import { HartSignals } from '../signals.ts';
 import type { PhysBus, SbiHandler } from '../bus.ts';
 import { HartCore } from './wasm.ts';
 import { Hart, type HartBoot, type HartExit } from './hart.ts';
-import type { EngineKind } from '../engine.ts';
+import { ENGINE_STAT_FIELDS, type EngineKind } from '../engine.ts';
 import type { JitStats } from '../jit/translator.ts';
 
 export interface HartWorkerData {
@@ -27,6 +27,8 @@ export interface HartWorkerData {
   batch?: number;
   /** Default interp. */
   engine?: EngineKind;
+  /** MAX_HARTS × ENGINE_STAT_FIELDS Float64 (Machine.engineInfo reads it). */
+  engineStats?: SharedArrayBuffer;
 }
 
 export type HartWorkerMessage =
@@ -43,7 +45,9 @@ try {
   const { bus, sbi } = createPlatform(data.platform, data.hartId);
   const signals = new HartSignals(data.harts, data.signals);
   const core = new HartCore({ memory: data.memory, hartId: data.hartId, ramSize: data.ramSize, mode: data.boot.mode, bus, module: data.module, time: () => signals.nowTicks(),
-    engine: data.engine, log: (msg, fields) => parentPort?.postMessage({ type: 'log', hartId: data.hartId, level: 'warn', msg, fields } satisfies HartWorkerMessage) });
+    engine: data.engine,
+    engineStats: data.engineStats ? new Float64Array(data.engineStats, data.hartId * ENGINE_STAT_FIELDS * 8, ENGINE_STAT_FIELDS) : undefined,
+    log: (msg, fields) => parentPort?.postMessage({ type: 'log', hartId: data.hartId, level: 'warn', msg, fields } satisfies HartWorkerMessage) });
   const hart = new Hart({ engine: core, signals, sbi, boot: data.boot, memory: data.memory, ramSize: data.ramSize, batch: data.batch });
   hart.resetForBoot();
   const exit = hart.run();

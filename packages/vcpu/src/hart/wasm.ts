@@ -89,6 +89,8 @@ export interface HartCoreOptions {
   engine?: EngineKind;
   /** Executions of a block entry before it is translated (default JIT_THRESHOLD; 1 = at once, for tests). */
   jitThreshold?: number;
+  /** Where the translator publishes its code-cache figures for other threads (ENGINE_STAT_FIELDS doubles). */
+  engineStats?: Float64Array;
   /** Warnings from the translator (a generated block that failed to compile, logged once). */
   log?: (msg: string, fields: Record<string, unknown>) => void;
 }
@@ -139,7 +141,7 @@ export class HartCore implements ExecutionEngine {
     this.e = inst.exports as unknown as CoreExports;
     this.e.init(hartId, ENGINE_MODE[opts.mode], ramSize);
     if (this.engine === 'jit') {
-      jitBox.t = this.jit = new Translator({ memory, table, core: inst.exports as unknown as JitCoreExports, log: opts.log });
+      jitBox.t = this.jit = new Translator({ memory, table, core: inst.exports as unknown as JitCoreExports, log: opts.log, publish: opts.engineStats });
       this.e.setJitThreshold(opts.jitThreshold ?? JIT_THRESHOLD);
       this.e.setJit(1);
     }

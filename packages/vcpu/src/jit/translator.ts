@@ -254,6 +254,8 @@ export interface TranslatorOptions {
   table: WebAssembly.Table;
   core: JitCoreExports;
   log?: Log;
+  /** ENGINE_STAT_FIELDS doubles other threads read: blocks, cache bytes, compile ms, translated instructions. */
+  publish?: Float64Array;
 }
 
 export class Translator {
@@ -280,6 +282,7 @@ export class Translator {
   private readonly freeSlots: number[] = [];
   private nextSlot = 1;
   private loggedInvalid = false;
+  private readonly publish: Float64Array | undefined;
   private readonly gBody = new Gen();
   private readonly gHead = new Gen();
   private readonly head = new Bytes(8192);
@@ -290,6 +293,7 @@ export class Translator {
     this.table = opts.table;
     this.core = opts.core;
     this.log = opts.log;
+    this.publish = opts.publish;
     this.u8 = new Uint8Array(opts.memory.buffer);
     this.dv = new DataView(opts.memory.buffer);
     const c = opts.core;
@@ -397,6 +401,8 @@ export class Translator {
       return slot;
     } finally {
       this.stats.compileNs += Number(process.hrtime.bigint() - t0);
+      const p = this.publish;
+      if (p) { p[0] = this.stats.blocks; p[1] = this.stats.cacheBytes; p[2] = this.stats.compileNs / 1e6; p[3] = Number(this.core.jitInstructions()); }
     }
   }
 
