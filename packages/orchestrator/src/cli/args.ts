@@ -37,6 +37,10 @@ export interface RunOptions {
   apiPort: number | null;
   /** QMP unix socket path, or null. */
   qmp: string | null;
+  /** The VM's name (QEMU's -name; QMP query-name), or null. */
+  name: string | null;
+  /** A virtio-iommu (vmm-iommu) translating every other slot's DMA; the IOMMU guest kernel unless --kernel. */
+  iommu: boolean;
 }
 
 export const MIN_MEM = 64 * 1024 * 1024;
@@ -79,6 +83,8 @@ export function parseRunArgs(argv: string[]): RunOptions {
         'api-port': { type: 'string' },
         api: { type: 'string' },
         qmp: { type: 'string' },
+        name: { type: 'string' },
+        iommu: { type: 'boolean' },
       },
     });
   } catch (e) {
@@ -156,6 +162,8 @@ export function parseRunArgs(argv: string[]): RunOptions {
     devices,
     apiPort,
     qmp: nonEmpty('qmp', v.qmp),
+    name: nonEmpty('name', v.name),
+    iommu: v.iommu === true,
   };
 }
 
@@ -202,6 +210,10 @@ options:
                      e.g. virtio-blk,file=d.img,queues=2 (options as for QMP device_add)
   --api N            WebSocket management API on 127.0.0.1:N (0 = any free port; also --api-port)
   --qmp PATH         QMP on a unix socket at PATH
+  --name NAME        the VM's name, as QMP query-name reports it (QEMU's -name)
+  --iommu            a virtio-iommu (vmm-iommu process) in the top slot, every other slot
+                     its endpoint; boots the IOMMU guest kernel (\`pnpm guest kernel --iommu\`,
+                     built on first use) unless --kernel is given
   --help, -h         this text
 
 console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A h shows help;

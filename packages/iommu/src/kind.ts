@@ -1,0 +1,57 @@
+// virtio-iommu's registration with the orchestrator (`@vmm/iommu/kind`):
+// what differs for the IOMMU on the generic vhost-user device path.
+
+import { closeSync, fstatSync, openSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { mmapShared, munmapBuffer, protocolFeatureBit, VhostUserProtocolFeature, type DeviceKind, type OptionDef } from '@vmm/core';
+import { CFG, VIRTIO_ID_IOMMU } from './spec.ts';
+import { IommuTableView, summarize } from './table.ts';
+
+/**
+ * query-iommu's row: read straight from the table file (the same memory
+ * vmm-iommu writes), so it answers even while vmm-iommu is restarting.
+ */
+export function queryTable(id: string, table: string | undefined): Record<string, unknown> {
+  if (table === undefined) return { device: id, error: 'no --table given: the table is SOCKET.table of the device process' };
+  let buf: ArrayBuffer | null = null;
+  try {
+    const fd = openSync(table, 'r+');
+    try {
+      buf = mmapShared(fd, fstatSync(fd).size);
+    } finally {
+      closeSync(fd);
+    }
+    return { device: id, table, ...summarize(new IommuTableView(buf)) };
+  } catch (e) {
+    return { device: id, table, error: (e as Error).message };
+  } finally {
+    if (buf) munmapBuffer(buf);
+  }
+}
+
+/** vmm-iommu's options: the orchestrator's `--device virtio-iommu,…` and vmm-iommu's own argv. */
+export const IOMMU_OPTIONS: readonly OptionDef[] = [
+  { name: 'endpoints', type: 'string', required: true, maxBytes: 1024, help: 'endpoint ids the IOMMU manages, comma-separated (the ids in the device tree\'s iommus = <&viommu ID>)' },
+  { name: 'table', type: 'string', help: 'file (on tmpfs) holding domains and mappings; kept across restarts (default: SOCKET.table)' },
+  { name: 'bypass', type: 'bool', default: false, help: 'initial config bypass: endpoints not attached to a domain reach guest memory untranslated' },
+  { name: 'max-domains', type: 'int', min: 1, max: 4096, default: 64, help: 'domains the table can hold' },
+  { name: 'max-mappings', type: 'int', min: 16, max: 1 << 20, default: 65536, help: 'mappings the table can hold (32 bytes each)' },
+];
+
+export const iommuKind: DeviceKind = {
+  name: 'virtio-iommu',
+  aliases: ['virtio-iommu-device'],
+  role: 'iommu',
+  virtioId: VIRTIO_ID_IOMMU,
+  configSize: CFG.size,
+  maxQueueSize: 256,
+  options: IOMMU_OPTIONS,
+  main: fileURLToPath(new URL('./main.ts', import.meta.url)),
+  queues: () => 2,
+  // Requests in flight when the process dies are resubmitted; replaying one is harmless (execute.ts).
+  protocolFeatures: protocolFeatureBit(VhostUserProtocolFeature.INFLIGHT_SHMFD),
+  // A spare would take the table over (repair) while the live process still writes it.
+  warmSpare: () => false,
+  fixedOnReplace: ['endpoints', 'table'],
+  query: { command: 'query-iommu', row: (id, o) => queryTable(id, o.table === undefined ? undefined : String(o.table)) },
+};
