@@ -8,7 +8,7 @@
 // only; our own transport may hand us the control queue as well.
 
 import type { DeviceContext, GuestMemory, Logger, Segment, VirtqueueHandle, VirtioDeviceBackend } from '@vmm/core';
-import { VIRTIO_F_VERSION_1 } from '@vmm/core';
+import { protocolFeatureBit, VhostUserProtocolFeature, VIRTIO_F_VERSION_1 } from '@vmm/core';
 import { parseCtrlCommand, RxFilter, macFromBytes, macToBytes, formatMac, type Mac } from './ctrl.ts';
 import { acceptsOffloads, checkTxHeader, decodeVnetHeader, encodeVnetHeader, type OffloadCaps, type VnetHeader } from './header.ts';
 import { finishChecksum, needsChecksum, segmentTcp } from './offload.ts';
@@ -75,6 +75,8 @@ type Delivery = 'delivered' | 'dropped' | 'no-buffers';
 export class NetDevice implements VirtioDeviceBackend {
   readonly features: bigint;
   readonly numQueues: number;
+  /** Inflight tracking (vhost-user INFLIGHT_SHMFD): after a crash, the receive buffers we held and unfinished transmits come back. */
+  readonly protocolFeatures = protocolFeatureBit(VhostUserProtocolFeature.INFLIGHT_SHMFD);
   readonly maxPairs: number;
   readonly mtu: number;
   readonly stats: NetStats = newStats();

@@ -3,7 +3,7 @@
 // orchestrator imports this entry only, never the package's internals.
 
 import { fileURLToPath } from 'node:url';
-import { type DeviceKind, type OptionDef } from '@vmm/core';
+import { protocolFeatureBit, VhostUserProtocolFeature, type DeviceKind, type OptionDef } from '@vmm/core';
 import { CONFIG_SIZE, MAX_QUEUE_PAIRS, VIRTIO_ID_NET } from './spec.ts';
 
 /** vmm-net's options: the orchestrator's `--nic …` / `--device virtio-net,…` / `device_add`, and vmm-net's own argv. */
@@ -26,7 +26,8 @@ export const netKind: DeviceKind = {
   main: fileURLToPath(new URL('./main.ts', import.meta.url)),
   // receiveq/transmitq per pair, then the control queue (virtio 1.2 §5.1.2).
   queues: (o) => 2 * Number(o.queues ?? 1) + 1,
-  protocolFeatures: 0n,
+  // A restarted vmm-net gets back the receive buffers the crashed one held and resends unfinished transmits.
+  protocolFeatures: protocolFeatureBit(VhostUserProtocolFeature.INFLIGHT_SHMFD),
   // A NIC keeps no state a crash could make stale: a spare can take over at once.
   warmSpare: () => true,
   fixedOnReplace: ['queues', 'mac'],
