@@ -34,6 +34,16 @@ export const netKind: DeviceKind = {
   faults: {
     'link-down': { help: 'the guest sees the carrier go (config STATUS without LINK_UP)', options: [], message: () => ({ fault: 'link-down' }) },
     'link-up': { help: 'the carrier comes back', options: [], message: () => ({ fault: 'link-up' }) },
+    drop: {
+      help: 'drop each received frame with probability rate (0 turns it off)',
+      options: [{ name: 'rate', type: 'string', maxBytes: 12, default: '0.1', help: 'probability from 0 to 1' }],
+      message: (o) => ({ fault: 'drop', rate: Number(o.rate) }),
+    },
+    corrupt: {
+      help: 'flip a byte in each received frame with probability rate, without checksum offload, so the guest detects it',
+      options: [{ name: 'rate', type: 'string', maxBytes: 12, default: '0.1', help: 'probability from 0 to 1' }],
+      message: (o) => ({ fault: 'corrupt', rate: Number(o.rate) }),
+    },
   },
   query: {
     command: 'query-nics',

@@ -88,6 +88,13 @@ function control(device: NetDevice, m: Record<string, unknown>): string {
     case 'link-up':
       device.setLink(true);
       return 'link up';
+    case 'drop':
+    case 'corrupt': {
+      const rate = Number(m.rate);
+      if (!(rate >= 0 && rate <= 1)) throw new RangeError(`${m.fault} rate=${String(m.rate)}: expected a probability from 0 to 1`);
+      device.faults[m.fault] = rate;
+      return `${m.fault} rate ${rate}`;
+    }
     default:
       throw new RangeError(`unknown fault ${JSON.stringify(m.fault)}`);
   }
