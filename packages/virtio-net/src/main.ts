@@ -107,8 +107,15 @@ async function connect(a: NetArgs, device: NetDevice, log: Logger): Promise<() =
     return () => device.attach(null);
   }
   const sock = switchSocketPath(a.switch!);
+  // A named switch that dies is started again (at most every 2 s, after a random pause so NICs of one network rarely race).
+  let lastStart = 0;
+  const restart = (): void => {
+    if (a.switch!.includes('/') || Date.now() - lastStart < 2000) return;
+    lastStart = Date.now();
+    setTimeout(() => startSwitch(a.switch!, log), Math.floor(Math.random() * 300)).unref();
+  };
   const attach = async (): Promise<SwitchAttachment> => {
-    const att = new SwitchAttachment({ socketPath: sock, name: a.id, mac: formatMac(a.mac), log, onPort: (p) => device.attach(p) });
+    const att = new SwitchAttachment({ socketPath: sock, name: a.id, mac: formatMac(a.mac), log, onPort: (p) => device.attach(p), onUnreachable: restart });
     await att.start();
     return att;
   };

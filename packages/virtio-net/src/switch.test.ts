@@ -48,7 +48,7 @@ describe('vmm-switch with vmm-net NICs', () => {
     const nics: NicDriver[] = [];
     for (const [i, mac] of MACS.entries()) {
       const sock = join(dir, `nic${i}.sock`);
-      await start(`nic${i}`, [NET, '--socket', sock, '--switch', 'lab0', '--mac', formatMac(mac), '--id', `nic${i}`]);
+      await start(`nic${i}`, [NET, '--socket', sock, '--switch', join(dir, 'switch-lab0.sock'), '--mac', formatMac(mac), '--id', `nic${i}`]);
       const d = await NicDriver.connect(sock);
       drivers.push(d);
       nics.push(d);
@@ -78,7 +78,7 @@ describe('vmm-switch with vmm-net NICs', () => {
     expect(byName.get('nic0')!).toMatchObject({ rx_packets: 301, tx_packets: 1, tx_dropped: 0 });
     expect(c.received.length).toBe(1);
 
-    // The switch is killed: the NICs reconnect to its replacement and frames flow again.
+    // The switch is killed: the NICs (given its socket path, so none starts one itself) reconnect to its replacement.
     await sw.kill('SIGKILL');
     await start('switch2', [SWITCH, '--name', 'lab0']);
     await waitFor('3 NICs re-attached', async () => (await querySwitch(swSock)).ports.length === 3);
