@@ -9,8 +9,8 @@ import { netKind } from '@vmm/virtio-net/kind';
 
 export const DEVICE_KINDS: readonly DeviceKind[] = [
   blkKind,
-  netKind,
   iommuKind,
+  netKind,
 ];
 
 export class DeviceRegistry {
