@@ -402,7 +402,7 @@ export function startMachine(cfg: MachineConfig): Machine {
           log.error({ hart: h, instret: m.instret }, message);
           finish({ reason: 'error', code: 1, message });
         } else {
-          log.debug({ hart: h, exit: m.exit.kind, instret: m.instret, jit: m.jit }, 'machine: hart ended');
+          log.debug({ hart: h, exit: m.exit.kind, instret: m.instret, cpuMs: m.cpuMs, jit: m.jit }, 'machine: hart ended');
         }
       });
       w.on('error', (err) => {

@@ -2,7 +2,9 @@
 // hart with HartWorkerData; every worker instantiates the hart core over the
 // same shared memory (guest RAM already mapped into it) and builds its own
 // view of the platform (bus + SBI) with createPlatform. Messages to the
-// parent: { type: 'exit', hartId, exit: HartExit } once the loop ends.
+// parent: { type: 'exit', hartId, exit: HartExit, instret, cpuMs } once the loop ends
+// (cpuMs: this thread's CPU time, so that instret / cpuMs is the hart's speed
+// whatever else the host is running).
 
 import { parentPort, workerData } from 'node:worker_threads';
 import { HartSignals } from '../signals.ts';
@@ -32,7 +34,7 @@ export interface HartWorkerData {
 }
 
 export type HartWorkerMessage =
-  | { type: 'exit'; hartId: number; exit: HartExit; instret: bigint; jit?: JitStats }
+  | { type: 'exit'; hartId: number; exit: HartExit; instret: bigint; cpuMs: number; jit?: JitStats }
   /** Something the machine's logger should record (e.g. a generated block that failed to compile). */
   | { type: 'log'; hartId: number; level: 'warn'; msg: string; fields: Record<string, unknown> }
   | { type: 'error'; hartId: number; message: string };
@@ -51,7 +53,9 @@ try {
   const hart = new Hart({ engine: core, signals, sbi, boot: data.boot, memory: data.memory, ramSize: data.ramSize, batch: data.batch });
   hart.resetForBoot();
   const exit = hart.run();
-  parentPort?.postMessage({ type: 'exit', hartId: data.hartId, exit, instret: core.instret, jit: core.jitStats() } satisfies HartWorkerMessage);
+  const cpu = process.threadCpuUsage();
+  const cpuMs = Math.round((cpu.user + cpu.system) / 1000);
+  parentPort?.postMessage({ type: 'exit', hartId: data.hartId, exit, instret: core.instret, cpuMs, jit: core.jitStats() } satisfies HartWorkerMessage);
 } catch (err) {
   parentPort?.postMessage({ type: 'error', hartId: data.hartId, message: err instanceof Error ? `${err.name}: ${err.message}` : String(err) } satisfies HartWorkerMessage);
 }
