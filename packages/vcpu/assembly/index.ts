@@ -56,6 +56,18 @@ const TLB_MASK: u64 = (1 << TLB_BITS) - 1;
 const TLB_TAGS: usize = 4096;
 const TLB_DELTAS: usize = TLB_TAGS + 3 * TLB_N * 8;
 const CTAB: usize = 0x200000; // 65536 × u32
+// Translator (src/jit): per-hart state offsets and the block lookup table (see the end of this file).
+const JIT_PC: usize = 1280; // u64: next pc written by a translated block on exit
+const JIT_DKEY: usize = 1288; // u64: mirror of dKey for the inlined TLB probe
+// Per-hart translator area at JIT_TAB_BASE + hartId × JIT_TAB_STRIDE (8 harts end at 0xf00000):
+const JIT_TAB_BASE: usize = 0x400000;
+const JIT_TAB_STRIDE: usize = 0x160000;
+const JIT_TAB_BITS: u32 = 15; // lookup table: 32 Ki entries × 16 bytes
+const JIT_TAB_MASK: u32 = (1 << JIT_TAB_BITS) - 1;
+const JIT_GEN: usize = 16 << JIT_TAB_BITS; // u32: code generation, bumped by FENCE.I, remote fence.i, stores into code
+const JIT_RET: usize = JIT_GEN + 8; // u32: shadow address of the block jitCompile returned
+const JIT_CODEMAP: usize = JIT_GEN + 64; // 1 bit per 4 KiB page of RAM (128 KiB for 4 GiB): pages holding translated code
+const JIT_SHADOW: usize = JIT_CODEMAP + 0x20000 + 0xc0; // to the end of the area: copies of translated guest code
 
 export const MODE_FIRMWARE: i32 = 0;
 export const MODE_BUILTIN: i32 = 1;
@@ -209,6 +221,7 @@ let fKey: u64 = 0;
 @external("env", "mmioLoad") declare function mmioLoad(pa: f64, size: i32): i32;
 @external("env", "mmioStore") declare function mmioStore(pa: f64, size: i32, v: u64): i32;
 @external("env", "hostTime") declare function hostTime(): u64;
+@external("env", "jitCompile") declare function jitCompile(hp: u32, pc: u64): i32;
 
 // ─── register helpers ─────────────────────────────────────────────────────
 @inline function X(r: u32): u64 { return load<u64>(xb + (<usize>r << 3)); }
@@ -231,6 +244,7 @@ function updateKeys(): void {
   if (mstatus & MS_SUM) k |= 4;
   if (mstatus & MS_MXR) k |= 8;
   dKey = k << 52;
+  store<u64>(base + JIT_DKEY, dKey);
   fKey = <u64>priv << 52;
   fetchPage = 1;
 }
@@ -300,6 +314,8 @@ function translate(va: u64, acc: i32, ep: u32): u64 {
 
 // Install a TLB entry for a RAM page. kind: 0 fetch, 1 load, 2 store.
 function tlbInstall(kind: i32, va: u64, pa: u64, key: u64): void {
+  // Stores to a page holding translated code stay on the slow path (storeSlow notices them).
+  if (kind == ACC_STORE && jitOn && jitIsCodePage(ramOff(pa))) return;
   const vpn = va >>> 12;
   const i = <usize>(kind) * TLB_N + <usize>(vpn & TLB_MASK);
   store<u64>(tlbTags + (i << 3), vpn | key);
@@ -371,6 +387,7 @@ function storeSlow(va: u64, size: i32, v: u64): void {
   if (off < ramSize) {
     tlbInstall(ACC_STORE, va, pa, dKey);
     rawStore(<usize>(WASM_RAM_OFFSET + off), size, v);
+    if (jitOn && jitIsCodePage(off)) jitCodeWritten(off);
     return;
   }
   if (pa >= (<u64>1 << 53) || mmioStore(<f64>pa, size, v) != 0) raise(7, va);
@@ -1139,6 +1156,17 @@ export function run(n: i32): i32 {
   const xr = xb;
   if (mode != MODE_SNIPPET && takeInterrupt()) { batchLeft = left; return exitReason; }
   while (left > 0) {
+    if (jitOn && (pc & ~0xfff) == fetchPage) {
+      // Translated code, looked up by the physical (host) address of pc (see jitEnter).
+      const r = jitEnter(left);
+      if (r != left) {
+        jitRetired += <u64>(left - r);
+        left = r;
+        pc = load<u64>(base + JIT_PC);
+        if (ev != EV_NONE) { batchLeft = left; if (deliverException()) break; }
+        continue;
+      }
+    }
     left--;
     // ── fetch ──
     let insn: u32;
@@ -1162,42 +1190,33 @@ export function run(n: i32): i32 {
     const rs1 = (insn >> 15) & 31;
     const rs2 = (insn >> 20) & 31;
     const f3 = (insn >> 12) & 7;
-    // A sparse switch: the compiler emits a chain of compares, not a br_table.
+    // A sparse switch: the compiler emits a chain of compares in source order,
+    // not a br_table, so the commonest opcodes come first.
     // Measured: a dense br_table on insn[6:2] made the boot ~7% faster but a
     // U-mode shell loop ~30% slower (one indirect jump for every instruction
     // predicts worse than the compare chain), so the chain stays.
     switch (insn & 0x7f) {
-      case OPC_LUI: setXR(xr, rd, <u64><i64><i32>(insn & 0xfffff000)); break;
-      case OPC_AUIPC: setXR(xr, rd, cur + <u64><i64><i32>(insn & 0xfffff000)); break;
-      case OPC_JAL: {
-        const imm = ((<i32>insn >> 31) << 20) | <i32>(((insn >> 12) & 0xff) << 12) | <i32>(((insn >> 20) & 1) << 11) | <i32>(((insn >> 21) & 0x3ff) << 1);
-        setXR(xr, rd, npc);
-        npc = cur + <u64><i64>imm;
-        break;
-      }
-      case OPC_JALR: {
-        if (f3 != 0) { ill = true; break; }
-        const t = (XR(xr, rs1) + <u64><i64>(<i32>insn >> 20)) & ~1;
-        setXR(xr, rd, npc);
-        npc = t;
-        break;
-      }
-      case OPC_BRANCH: {
-        const a = XR(xr, rs1), b = XR(xr, rs2);
-        let take: bool;
+      case OPC_OP_IMM: {
+        const a = XR(xr, rs1);
+        const imm = <u64><i64>(<i32>insn >> 20);
+        let r: u64;
         switch (f3) {
-          case 0: take = a == b; break;
-          case 1: take = a != b; break;
-          case 4: take = <i64>a < <i64>b; break;
-          case 5: take = <i64>a >= <i64>b; break;
-          case 6: take = a < b; break;
-          case 7: take = a >= b; break;
-          default: { ill = true; take = false; }
+          case 0: r = a + imm; break;
+          case 1: if ((insn >> 26) != 0) { ill = true; r = 0; break; } r = a << (imm & 63); break;
+          case 2: r = <i64>a < <i64>imm ? 1 : 0; break;
+          case 3: r = a < imm ? 1 : 0; break;
+          case 4: r = a ^ imm; break;
+          case 5: {
+            const hi = insn >> 26;
+            if (hi == 0) r = a >>> (imm & 63);
+            else if (hi == 0x10) r = <u64>(<i64>a >> <i64>(imm & 63));
+            else { ill = true; r = 0; }
+            break;
+          }
+          case 6: r = a | imm; break;
+          default: r = a & imm;
         }
-        if (take) {
-          const imm = ((<i32>insn >> 31) << 12) | <i32>(((insn >> 7) & 1) << 11) | <i32>(((insn >> 25) & 0x3f) << 5) | <i32>(((insn >> 8) & 0xf) << 1);
-          npc = cur + <u64><i64>imm;
-        }
+        if (!ill) setXR(xr, rd, r);
         break;
       }
       case OPC_LOAD: { // LOAD: one TLB probe, then the width/extension by funct3
@@ -1224,45 +1243,29 @@ export function run(n: i32): i32 {
         setXR(xr, rd, v);
         break;
       }
+      case OPC_BRANCH: {
+        const a = XR(xr, rs1), b = XR(xr, rs2);
+        let take: bool;
+        switch (f3) {
+          case 0: take = a == b; break;
+          case 1: take = a != b; break;
+          case 4: take = <i64>a < <i64>b; break;
+          case 5: take = <i64>a >= <i64>b; break;
+          case 6: take = a < b; break;
+          case 7: take = a >= b; break;
+          default: { ill = true; take = false; }
+        }
+        if (take) {
+          const imm = ((<i32>insn >> 31) << 12) | <i32>(((insn >> 7) & 1) << 11) | <i32>(((insn >> 25) & 0x3f) << 5) | <i32>(((insn >> 8) & 0xf) << 1);
+          npc = cur + <u64><i64>imm;
+        }
+        break;
+      }
       case OPC_STORE: {
         const imm = ((<i32>insn >> 25) << 5) | <i32>((insn >> 7) & 0x1f);
         const va = XR(xr, rs1) + <u64><i64>imm;
         if (f3 > 3) { ill = true; break; }
         storeN(va, 1 << f3, XR(xr, rs2));
-        break;
-      }
-      case OPC_OP_IMM: {
-        const a = XR(xr, rs1);
-        const imm = <u64><i64>(<i32>insn >> 20);
-        let r: u64;
-        switch (f3) {
-          case 0: r = a + imm; break;
-          case 1: if ((insn >> 26) != 0) { ill = true; r = 0; break; } r = a << (imm & 63); break;
-          case 2: r = <i64>a < <i64>imm ? 1 : 0; break;
-          case 3: r = a < imm ? 1 : 0; break;
-          case 4: r = a ^ imm; break;
-          case 5: {
-            const hi = insn >> 26;
-            if (hi == 0) r = a >>> (imm & 63);
-            else if (hi == 0x10) r = <u64>(<i64>a >> <i64>(imm & 63));
-            else { ill = true; r = 0; }
-            break;
-          }
-          case 6: r = a | imm; break;
-          default: r = a & imm;
-        }
-        if (!ill) setXR(xr, rd, r);
-        break;
-      }
-      case OPC_OP_IMM_32: {
-        const a = <u32>XR(xr, rs1);
-        let r: u32 = 0;
-        if (f3 == 0) r = a + <u32>(<i32>insn >> 20);
-        else if (f3 == 1 && (insn >> 25) == 0) r = a << rs2;
-        else if (f3 == 5 && (insn >> 25) == 0) r = a >>> rs2;
-        else if (f3 == 5 && (insn >> 25) == 0x20) r = <u32>(<i32>a >> <i32>rs2);
-        else { ill = true; break; }
-        setXR(xr, rd, sext32(<u64>r));
         break;
       }
       case OPC_OP: {
@@ -1299,6 +1302,32 @@ export function run(n: i32): i32 {
         setXR(xr, rd, r);
         break;
       }
+      case OPC_JAL: {
+        const imm = ((<i32>insn >> 31) << 20) | <i32>(((insn >> 12) & 0xff) << 12) | <i32>(((insn >> 20) & 1) << 11) | <i32>(((insn >> 21) & 0x3ff) << 1);
+        setXR(xr, rd, npc);
+        npc = cur + <u64><i64>imm;
+        break;
+      }
+      case OPC_JALR: {
+        if (f3 != 0) { ill = true; break; }
+        const t = (XR(xr, rs1) + <u64><i64>(<i32>insn >> 20)) & ~1;
+        setXR(xr, rd, npc);
+        npc = t;
+        break;
+      }
+      case OPC_AUIPC: setXR(xr, rd, cur + <u64><i64><i32>(insn & 0xfffff000)); break;
+      case OPC_LUI: setXR(xr, rd, <u64><i64><i32>(insn & 0xfffff000)); break;
+      case OPC_OP_IMM_32: {
+        const a = <u32>XR(xr, rs1);
+        let r: u32 = 0;
+        if (f3 == 0) r = a + <u32>(<i32>insn >> 20);
+        else if (f3 == 1 && (insn >> 25) == 0) r = a << rs2;
+        else if (f3 == 5 && (insn >> 25) == 0) r = a >>> rs2;
+        else if (f3 == 5 && (insn >> 25) == 0x20) r = <u32>(<i32>a >> <i32>rs2);
+        else { ill = true; break; }
+        setXR(xr, rd, sext32(<u64>r));
+        break;
+      }
       case OPC_OP_32: {
         const a = XR(xr, rs1), b = XR(xr, rs2);
         const f7 = insn >> 25;
@@ -1327,7 +1356,7 @@ export function run(n: i32): i32 {
         break;
       }
       case OPC_MISC_MEM: { // MISC-MEM: FENCE, FENCE.I (Zifencei: no decoded-instruction cache to drop beyond the fetch page)
-        if (f3 == 1) fetchPage = 1;
+        if (f3 == 1) { fetchPage = 1; if (jitOn) { jitFences++; jitFlush(); } }
         else if (f3 != 0) ill = true;
         break;
       }
@@ -1405,6 +1434,7 @@ export function reset(): void {
   fpu.fflags = 0;
   updateKeys();
   flushTlb();
+  if (jitOn) jitFlush(); // RAM is about to be reloaded without a FENCE.I
 }
 
 export function setMode(m: i32): void { mode = m; }
@@ -1440,3 +1470,149 @@ export function hostCsrWrite(n: u32, v: u64): bool {
   updateKeys();
   return !csrBad;
 }
+
+// ─── translator interface (src/jit) ───────────────────────────────────────
+// Hot code becomes WebAssembly generated at run time by src/jit/translator.ts
+// in this hart's thread. Blocks are looked up by the host (= physical)
+// address of pc, so they stay valid across satp changes and SFENCE.VMA: the
+// fetch TLB (fetchPage) has already checked the virtual → physical mapping,
+// and a block never leaves its 4 KiB page (its data accesses go through the
+// data TLB at run time). Table entry (16 bytes, direct mapped on hp >> 1):
+// u32 tag = hp, i32 v: v > 0 is the function-table index of the block,
+// jitHot < v <= 0 counts executions down to the compile threshold,
+// v == JIT_COLD means "interpret" (not translatable, or failed to validate);
+// u32 generation the block was last checked in, u32 address of its shadow
+// copy (the guest bytes it was translated from, written by the translator).
+// A block is a function (left: i32, pc: i64) → left that runs at most `left`
+// instructions, stores the next pc at base+JIT_PC and returns the new
+// budget; returning `left` unchanged means it did not run (budget too small).
+// Exceptions come only from the helpers below (ev set, JIT_PC = faulting
+// pc, the faulting instruction counted as the interpreter counts it).
+const JIT_COLD: i32 = -0x40000000;
+let jitHot: i32 = -1; // −(threshold): set by the host (setJitThreshold)
+let jitOn: bool = false;
+let jitTab: usize = JIT_TAB_BASE;
+let jitRetired: u64 = 0; // instructions run by translated blocks (a trapping one included, as instret counts it)
+let jitFences: u32 = 0; // FENCE.I executed
+let jitCodeWrites: u32 = 0; // stores into translated pages (jitCodeWritten)
+let jitRevalidations: u64 = 0; // blocks compared with their shadow copy after a flush
+
+@inline function jitEnter(left: i32): i32 {
+  const cur = pc;
+  const hp = <u32>(cur + fetchDelta);
+  const e = jitTab + (<usize>((hp >> 1) & JIT_TAB_MASK) << 4);
+  let v = load<i32>(e, 4);
+  if (load<u32>(e) != hp) { store<u32>(e, hp); v = 0; }
+  if (v > 0) {
+    const g = load<u32>(jitTab + JIT_GEN);
+    if (load<u32>(e, 8) == g) return call_indirect<i32>(<u32>v, left, cur);
+    // Code may have changed since the block was checked: compare it with its shadow copy.
+    jitRevalidations++;
+    if (jitSameCode(<usize>load<u32>(e, 12), hp)) { store<u32>(e, g, 8); return call_indirect<i32>(<u32>v, left, cur); }
+    v = jitHot + 1; // changed: translate again
+  }
+  if (v > jitHot + 1) { store<i32>(e, v - 1, 4); return left; }
+  if (v == jitHot + 1) {
+    const f = jitCompile(hp, cur);
+    if (f <= 0) { store<i32>(e, JIT_COLD, 4); return left; }
+    store<i32>(e, f, 4);
+    store<u32>(e, load<u32>(jitTab + JIT_GEN), 8);
+    store<u32>(e, load<u32>(jitTab + JIT_RET), 12);
+    return call_indirect<i32>(<u32>f, left, cur);
+  }
+  return left;
+}
+
+/** Are the guest bytes at host address hp those of the shadow copy at s ([u32 length][pad][bytes])? */
+function jitSameCode(s: usize, hp: u32): bool {
+  const n = <usize>load<u32>(s);
+  const a = s + 8, b = <usize>hp;
+  let i: usize = 0;
+  for (; i + 8 <= n; i += 8) if (load<u64>(a + i) != load<u64>(b + i)) return false;
+  for (; i < n; i++) if (load<u8>(a + i) != load<u8>(b + i)) return false;
+  return true;
+}
+
+/**
+ * Code may have changed (FENCE.I, remote fence.i, reset, a store into a
+ * translated page): bump the generation. Every block is compared with its
+ * shadow copy at its next execution, and translated again if it differs.
+ */
+export function jitFlush(): void { store<u32>(jitTab + JIT_GEN, load<u32>(jitTab + JIT_GEN) + 1); }
+/** Forget every entry (code-cache eviction: the function-table slots are gone). */
+export function jitClear(): void {
+  memory.fill(jitTab, 0, 16 << JIT_TAB_BITS);
+  memory.fill(jitTab + JIT_CODEMAP, 0, <usize>((ramSize >> 15) + 1));
+  jitFlush();
+}
+@inline function jitIsCodePage(off: u64): bool {
+  return ((load<u8>(jitTab + JIT_CODEMAP + <usize>(off >> 15)) >> <u8>((off >> 12) & 7)) & 1) != 0;
+}
+/**
+ * This hart stored into a page it has translated code from (code being
+ * written, or the page reused for data): flush (blocks are re-checked
+ * against their shadow copies), and let stores to the page take the fast
+ * path again until code is translated from it anew. A running block
+ * notices the new generation at its next in-region jump.
+ */
+function jitCodeWritten(off: u64): void {
+  jitCodeWrites++;
+  const m = jitTab + JIT_CODEMAP + <usize>(off >> 15);
+  store<u8>(m, load<u8>(m) & ~(<u8>1 << <u8>((off >> 12) & 7)));
+  jitFlush();
+}
+/** The translator made a block from the page at RAM offset `off`: mark it, and drop store-TLB entries that point at it. */
+export function jitMarkCodePage(off: u64): void {
+  const m = jitTab + JIT_CODEMAP + <usize>(off >> 15);
+  const bit = <u8>1 << <u8>((off >> 12) & 7);
+  if ((load<u8>(m) & bit) != 0) return;
+  store<u8>(m, load<u8>(m) | bit);
+  const host = WASM_RAM_OFFSET + (off & ~0xfff);
+  const st = <usize>ACC_STORE * TLB_N;
+  for (let i: usize = 0; i < TLB_N; i++) {
+    const tag = load<u64>(tlbTags + ((st + i) << 3));
+    if (tag == <u64>-1) continue;
+    const va = (tag & 0xfffffffffffff) << 12;
+    if (va + load<u64>(tlbDeltas + ((st + i) << 3)) == host) store<u64>(tlbTags + ((st + i) << 3), <u64>-1);
+  }
+}
+export function setJit(on: bool): void { jitTab = JIT_TAB_BASE + <usize>hartId * JIT_TAB_STRIDE; jitOn = on; jitClear(); }
+/** Executions of a pc (as a block entry) before it is translated; 1 = at once. */
+export function setJitThreshold(n: i32): void { jitHot = -max(n, 1); }
+export function jitInstructions(): u64 { return jitRetired; }
+export function jitFenceCount(): u32 { return jitFences; }
+export function jitCodeWriteCount(): u32 { return jitCodeWrites; }
+export function jitRevalidationCount(): u64 { return jitRevalidations; }
+export function jitRetAddr(): usize { return jitTabAddr() + JIT_RET; }
+export function jitShadowAddr(): usize { return jitTabAddr() + JIT_SHADOW; }
+export function jitShadowEnd(): usize { return jitTabAddr() + JIT_TAB_STRIDE; }
+export function jitTabAddr(): usize { return JIT_TAB_BASE + <usize>hartId * JIT_TAB_STRIDE; }
+export function jitGenAddr(): usize { return jitTabAddr() + JIT_GEN; }
+export function jitPcAddr(): usize { return base + JIT_PC; }
+export function jitDKeyAddr(): usize { return base + JIT_DKEY; }
+export function tlbTagsAddr(): usize { return tlbTags; }
+export function tlbDeltasAddr(): usize { return tlbDeltas; }
+export function tlbEntries(): i32 { return <i32>TLB_N; }
+/** Slow path of a translated integer load (funct3 0..6): TLB refill, page crossing, MMIO. */
+export function jitLoad(va: u64, f3: i32): u64 {
+  const v = loadSlow(va, 1 << (f3 & 3));
+  if (f3 == 0) return <u64><i64><i8>v;
+  if (f3 == 1) return <u64><i64><i16>v;
+  if (f3 == 2) return <u64><i64><i32>v;
+  return v;
+}
+/** Slow path of a translated store (size 1, 2, 4, 8). */
+export function jitStore(va: u64, size: i32, v: u64): void { storeSlow(va, size, v); }
+/** Did the last helper raise an exception? */
+export function jitFault(): bool { return ev != EV_NONE; }
+export function jitMulh(a: u64, b: u64): u64 { return mulh(a, b); }
+export function jitMulhsu(a: u64, b: u64): u64 { return mulhsu(a, b); }
+export function jitMulhu(a: u64, b: u64): u64 { return mulhu(a, b); }
+export function jitDiv(a: u64, b: u64): u64 { return div64(a, b); }
+export function jitDivu(a: u64, b: u64): u64 { return b == 0 ? <u64>-1 : a / b; }
+export function jitRem(a: u64, b: u64): u64 { return rem64(a, b); }
+export function jitRemu(a: u64, b: u64): u64 { return b == 0 ? a : a % b; }
+export function jitDivw(a: u64, b: u64): u64 { return div32(a, b); }
+export function jitDivuw(a: u64, b: u64): u64 { return divu32(a, b); }
+export function jitRemw(a: u64, b: u64): u64 { return rem32(a, b); }
+export function jitRemuw(a: u64, b: u64): u64 { return remu32(a, b); }
