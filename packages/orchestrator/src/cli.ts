@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { isVmmError } from '@vmm/core';
 import { RUN_HELP, UsageError, parseRunArgs } from './cli/args.ts';
 import { RunError, runVm } from './cli/run.ts';
+import { daemonize, isDaemonChild } from './cli/daemon.ts';
 import { runCtl } from './api/client.ts';
 
 const HELP = `usage: pnpm vmm <command> [options]
@@ -17,6 +18,10 @@ The guest kit (Debian riscv64 kernel, busybox, OpenSBI): pnpm guest --help
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
+  // `pnpm vmm …` runs this script from the workspace root; relative paths the
+  // user typed (--disk a.img, --qmp, --pidfile) mean the directory they typed
+  // them in, which pnpm passes as INIT_CWD.
+  if (process.env.npm_lifecycle_event === 'vmm' && process.env.INIT_CWD) process.chdir(process.env.INIT_CWD);
   try {
     if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help') {
       (cmd === undefined ? process.stderr : process.stdout).write(HELP);
@@ -29,6 +34,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(RUN_HELP);
       return 0;
     }
+    if (opts.daemonize && !isDaemonChild()) return await daemonize(rest, process.stderr);
     return await runVm(opts, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
   } catch (e) {
     if (e instanceof UsageError) {

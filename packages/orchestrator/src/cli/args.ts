@@ -4,6 +4,7 @@
 import { parseArgs } from 'node:util';
 import { MAX_HARTS, WASM_RAM_OFFSET } from '@vmm/vcpu';
 import { parseDiskFlag, type DiskSpec } from '../vm/disk-spec.ts';
+import { CONSOLE_CHOICES, parseConsoleSpec, type ConsoleSpec } from './console.ts';
 
 export class UsageError extends Error {
   readonly code = 'ERR_USAGE';
@@ -35,6 +36,12 @@ export interface RunOptions {
   apiPort: number | null;
   /** QMP unix socket path, or null. */
   qmp: string | null;
+  /** Where the serial console goes (default stdio; none with --daemonize). */
+  console: ConsoleSpec;
+  /** Detach from the terminal once the VM is up (QEMU's -daemonize). */
+  daemonize: boolean;
+  /** Write vmm's pid here while it runs (QEMU's -pidfile). */
+  pidfile: string | null;
 }
 
 export const MIN_MEM = 64 * 1024 * 1024;
@@ -75,6 +82,9 @@ export function parseRunArgs(argv: string[]): RunOptions {
         'api-port': { type: 'string' },
         api: { type: 'string' },
         qmp: { type: 'string' },
+        console: { type: 'string' },
+        daemonize: { type: 'boolean' },
+        pidfile: { type: 'string' },
       },
     });
   } catch (e) {
@@ -130,6 +140,17 @@ export function parseRunArgs(argv: string[]): RunOptions {
     apiPort = Number(v['api-port']);
   }
 
+  const daemonize = v.daemonize === true;
+  let consoleSpec: ConsoleSpec = { kind: daemonize ? 'none' : 'stdio' };
+  if (v.console !== undefined) {
+    const c = parseConsoleSpec(v.console);
+    if (c === null) throw new UsageError(`--console ${JSON.stringify(v.console)}: expected one of ${CONSOLE_CHOICES}`);
+    consoleSpec = c;
+  }
+  if (daemonize && consoleSpec.kind === 'stdio') throw new UsageError('--console stdio cannot be used with --daemonize (a daemon has no terminal): use pty, unix:PATH, file:PATH or none');
+  if (v.exec !== undefined && daemonize) throw new UsageError('--exec cannot be used with --daemonize (the command\'s output goes to this terminal)');
+  if (v.exec !== undefined && consoleSpec.kind !== 'stdio') throw new UsageError(`--console ${v.console}: --exec prints the command's output here, so its console is stdio`);
+
   return {
     smp,
     memBytes,
@@ -146,6 +167,9 @@ export function parseRunArgs(argv: string[]): RunOptions {
     disks,
     apiPort,
     qmp: nonEmpty('qmp', v.qmp),
+    console: consoleSpec,
+    daemonize,
+    pidfile: nonEmpty('pidfile', v.pidfile),
   };
 }
 
@@ -187,8 +211,17 @@ options:
                      [,id=NAME][,queues=N][,serial=S], served by a vmm-blk process
   --api N            WebSocket management API on 127.0.0.1:N (0 = any free port; also --api-port)
   --qmp PATH         QMP on a unix socket at PATH
+  --console WHERE    the serial console: stdio (this terminal, the default) | none |
+                     pty (a new /dev/pts/N, its path printed) | unix:PATH (a socket;
+                     attach with 'pnpm vmm ctl console PATH' or socat) | file:PATH (output only)
+  --daemonize        detach once the VM is up (QMP socket listening); the parent exits 0
+                     (console default none; stdio is refused)
+  --pidfile PATH     write vmm's pid to PATH while it runs
   --help, -h         this text
 
 console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A h shows help;
 'poweroff' in the guest ends vmm with status 0; 'reboot' restarts the machine.
+A job in the background ('&') keeps running: it prints the console but reads
+the keyboard only once it is the terminal's foreground job ('fg').
+SIGINT, SIGTERM and SIGHUP (the terminal closed) end vmm as quit does, status 0.
 `;

@@ -41,7 +41,8 @@ export async function attachVm(machine: Machine, o: AttachOptions): Promise<Atta
     log: o.log,
     logLevel: o.logLevel,
     emit: (event, data) => {
-      o.log.info({ event, ...data }, 'event');
+      // Nested: event data has keys of its own (device, pid) that must not repeat the logger's.
+      o.log.info({ event, data }, 'event');
       hub?.emit(makeEvent(event, data));
     },
   });

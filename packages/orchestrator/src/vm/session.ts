@@ -53,7 +53,7 @@ export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSe
     }
   });
   const level = o.logLevel ?? 'warn';
-  const log = createLogger('vmm', 'session', level);
+  const log = createLogger('vmm-session', undefined, level);
   const machine = startMachine({
     harts: o.smp ?? 1,
     memBytes: o.memBytes ?? 512 << 20,

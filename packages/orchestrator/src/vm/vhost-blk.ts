@@ -102,7 +102,7 @@ export class VhostBlkDevice {
    * rather than a Node start-up. Only for raw images: a qcow2 spare would
    * hold metadata read before the crashed process changed it.
    */
-  private spare: { proc: DeviceProcess; socket: string; ready: boolean } | null = null;
+  private spare: { proc: DeviceProcess; socket: string; ready: boolean; started: Promise<void> } | null = null;
   private spareSeq = 0;
   private readonly spareAllowed: boolean;
 
@@ -139,7 +139,7 @@ export class VhostBlkDevice {
           this.state = 'restarting';
           this.fe?.disconnect();
           await old.stop();
-          this.dropSpare();
+          await this.dropSpare();
           const next = this.makeProcess(spec, this.socketPath);
           next.restarts = old.restarts;
           try {
@@ -363,7 +363,7 @@ export class VhostBlkDevice {
     this.progressMark = this.completions;
     this.startSpare();
     const ms = Math.round((performance.now() - t0) * 10) / 10;
-    this.ctx.log.warn({ device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, ms, ...info }, 'back-end restarted');
+    this.ctx.log.warn({ device: this.spec.id, devicePid: this.proc.pid, restarts: this.proc.restarts, ms, ...info }, 'back-end restarted');
     this.ctx.emit('BACKEND_RESTARTED', { device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, recovery_ms: ms });
     // Kicks that arrived while it was down are still counted in the kick eventfds.
   }
@@ -381,48 +381,71 @@ export class VhostBlkDevice {
     t.updateConfig(config, this.ctx.irq);
   }
 
-  /** Remove from the slot, stop the process, release every fd. */
-  async close(): Promise<void> {
+  /**
+   * The first step of every teardown: from here on an exit of the serving
+   * process or of the spare is the end we asked for, not a crash to recover
+   * from (no restart, no spare replacement, no error logged). Idempotent.
+   */
+  disarm(): void {
     if (this.closed) return;
     this.closed = true;
     this.state = 'stopped';
+    this.proc.onUnexpectedExit = undefined;
+    if (this.spare) this.spare.proc.onUnexpectedExit = undefined;
     const { array, index } = this.ctx.transport.changeCell();
     Atomics.notify(array, index);
-    await this.ops;
-    this.ctx.transport.unplug();
-    this.fe?.close();
-    this.fe = null;
-    for (const w of this.watches) w.close();
-    for (const fd of [...this.kickFds, ...this.callFds]) closeFd(fd);
-    this.dropSpare();
-    if (this.proc.running) await this.proc.stop();
   }
+
+  /** Disarm, remove from the slot, release every fd, then stop the processes in order: the spare, then the serving one. */
+  async close(): Promise<void> {
+    if (this.closing) return this.closing;
+    this.disarm();
+    this.closing = (async () => {
+      await this.ops;
+      this.ctx.transport.unplug();
+      this.fe?.close();
+      this.fe = null;
+      for (const w of this.watches) w.close();
+      for (const fd of [...this.kickFds, ...this.callFds]) closeFd(fd);
+      await this.dropSpare();
+      if (this.proc.running) await this.proc.stop();
+    })();
+    return this.closing;
+  }
+  private closing: Promise<void> | null = null;
 
   private startSpare(): void {
     if (!this.spareAllowed || this.closed || this.spare) return;
     const socket = join(this.ctx.runDir, `${this.spec.id}-${++this.spareSeq}.sock`);
     const proc = this.makeProcess(this.spec, socket);
-    const entry = { proc, socket, ready: false };
     // An idle spare that dies is simply replaced; the guest never used it.
     proc.onUnexpectedExit = () => {
       if (this.spare !== entry) return;
       this.spare = null;
       setTimeout(() => this.startSpare(), 500).unref();
     };
-    this.spare = entry;
-    proc.start().then(
+    const started: Promise<void> = proc.start().then(
       () => { entry.ready = true; },
       (e: unknown) => {
+        // A spare dropped while it was starting (teardown, replace) failing to start is no news.
+        if (this.spare !== entry) return;
         this.ctx.log.warn({ device: this.spec.id, err: (e as Error).message }, 'warm spare did not start');
-        if (this.spare === entry) this.spare = null;
+        this.spare = null;
       },
     );
+    const entry = { proc, socket, ready: false, started };
+    this.spare = entry;
   }
 
-  private dropSpare(): void {
+  /** Stop the spare (if any); resolves once it has exited. */
+  private async dropSpare(): Promise<void> {
     const s = this.spare;
     this.spare = null;
-    if (s?.proc.running) void s.proc.stop();
+    if (!s) return;
+    s.proc.onUnexpectedExit = undefined;
+    // A spare still starting is stopped once its start settles (stop() needs a started child).
+    if (!s.ready) await s.started;
+    if (s.proc.running) await s.proc.stop();
   }
 
   /** The warm spare's pid, if one is ready. */

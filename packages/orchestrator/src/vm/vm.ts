@@ -168,17 +168,38 @@ export class Vm implements VmControl {
     this.opts.emit('POWERDOWN', {});
   }
 
+  /**
+   * QMP quit: as QEMU, the client gets its {"return": {}} first, then the
+   * SHUTDOWN event and the teardown (which closes every QMP connection).
+   */
   async quit(): Promise<void> {
-    this.opts.emit('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
-    await this.close();
+    if (this.shutdown) return;
+    this.shutdown = true;
+    setImmediate(() => {
+      this.opts.emit('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
+      void this.close();
+    });
   }
 
-  /** Stop every device process and the machine. */
-  async close(): Promise<void> {
-    this.shutdown = true;
-    await Promise.all(this.slots.map(async (s) => { const d = s.device; s.device = null; await d?.close(); }));
-    await this.machine.stop();
+  /**
+   * Tear the VM down, in this order: disarm every disk's supervision (an exit
+   * from now on is the one we ask for), stop the harts, then stop each disk's
+   * processes one disk at a time in the guest's order (vda first); each
+   * process logs one info line as it goes. Idempotent: quit, a signal and
+   * the machine's own exit may all ask for it.
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.shutdown = true;
+      const disks = this.disks();
+      for (const d of disks) d.disarm();
+      await this.machine.stop();
+      for (const s of this.slots) s.device = null;
+      for (const d of disks) await d.close();
+    })();
+    return this.closing;
   }
+  private closing: Promise<void> | null = null;
 
   queryBlock(): BlockInfo[] {
     return this.disks().map((d) => ({ device: d.spec.id, file: d.spec.file, format: d.spec.format ?? 'raw', readOnly: d.spec.readOnly }));
