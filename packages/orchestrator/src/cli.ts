@@ -5,13 +5,15 @@ import { isVmmError } from '@vmm/core';
 import { RUN_HELP, UsageError, parseRunArgs } from './cli/args.ts';
 import { RunError, runVm } from './cli/run.ts';
 import { daemonize, isDaemonChild } from './cli/daemon.ts';
+import { runConsoleClient } from './cli/console-client.ts';
 import { runCtl } from './api/client.ts';
 
 const HELP = `usage: pnpm vmm <command> [options]
 
 commands:
   run      boot a virtual machine (pnpm vmm run --help)
-  ctl      send a management command to a running one (pnpm vmm ctl --help)
+  ctl      send a management command to a running one (pnpm vmm ctl --help),
+           or attach to its console: pnpm vmm ctl console PATH (--console unix:PATH)
 
 The guest kit (Debian riscv64 kernel, busybox, OpenSBI): pnpm guest --help
 `;
@@ -27,6 +29,7 @@ export async function main(argv: string[]): Promise<number> {
       (cmd === undefined ? process.stderr : process.stdout).write(HELP);
       return cmd === undefined ? 2 : 0;
     }
+    if (cmd === 'ctl' && rest[0] === 'console') return await runConsoleClient(rest.slice(1), { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
     if (cmd === 'ctl') return await runCtl(rest, (s) => process.stdout.write(s + '\n'), (s) => process.stderr.write(s + '\n'));
     if (cmd !== 'run') throw new UsageError(`unknown command ${JSON.stringify(cmd)} (try: pnpm vmm run --help)`);
     const opts = parseRunArgs(rest);

@@ -11,7 +11,9 @@ export const CTL_USAGE = `usage: vmm ctl (--qmp PATH | --api PORT [--token-file 
   COMMAND is a QMP command (query-status, stop, cont, system_reset, system_powerdown,
   quit, query-block, query-processes, device_add, device_del, inject-fault, query-commands).
   Arguments are key=value; values that parse as JSON (numbers, true, false, objects) are sent as such.
-  Prints the command's "return" as JSON; an error prints its class and description and exits 1.`;
+  Prints the command's "return" as JSON; an error prints its class and description and exits 1.
+usage: vmm ctl console PATH
+  Attach to the serial console of a VM started with --console unix:PATH; Ctrl-] detaches.`;
 
 export class CtlUsageError extends Error {
   readonly code = 'ERR_USAGE';

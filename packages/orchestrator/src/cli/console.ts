@@ -324,12 +324,22 @@ function ptyConsole(io: ConsoleIo): HostConsole {
 }
 
 async function unixConsole(path: string): Promise<HostConsole> {
-  // A stale socket from an earlier run is replaced; anything else at PATH is refused.
+  // A stale socket (left by a vmm that was killed) is replaced; a socket
+  // someone still serves, or anything else at PATH, is refused.
+  let isSocket = false;
   try {
-    if (!lstatSync(path).isSocket()) throw new ConsoleError(`--console unix:${path}: the path exists and is not a socket`);
-    unlinkSync(path);
+    isSocket = lstatSync(path).isSocket();
+    if (!isSocket) throw new ConsoleError(`--console unix:${path}: the path exists and is not a socket`);
   } catch (e) {
     if (e instanceof ConsoleError) throw e;
+  }
+  if (isSocket) {
+    const live = await new Promise<boolean>((resolve) => {
+      const probe = net.connect(path, () => { probe.destroy(); resolve(true); });
+      probe.on('error', () => resolve(false));
+    });
+    if (live) throw new ConsoleError(`--console unix:${path}: another process is serving that socket`);
+    unlinkSync(path);
   }
   const input = new PassThrough();
   const clients = new Set<net.Socket>();

@@ -50,6 +50,8 @@ export class Vm implements VmControl {
   private readonly slots: Slot[];
   private paused = false;
   private shutdown = false;
+  /** SHUTDOWN has gone out (quit sends its own, before the teardown). */
+  private shutdownAnnounced = false;
   private readonly ram: DataView;
 
   constructor(machine: Machine, opts: VmOptions) {
@@ -59,7 +61,8 @@ export class Vm implements VmControl {
     this.slots = machine.platformState.virtio.map((buf, index) => ({ index, transport: new VirtioMmioState(buf), device: null, removing: false }));
     void machine.exited.then((exit) => {
       // QMP SHUTDOWN for every end but quit (which announces itself), with QEMU's reasons.
-      if (!this.shutdown) this.opts.emit('SHUTDOWN', shutdownEvent(exit));
+      if (!this.shutdownAnnounced) this.opts.emit('SHUTDOWN', shutdownEvent(exit));
+      this.shutdownAnnounced = true;
       this.shutdown = true;
     });
     // A system reset (ours or the guest's) reset every transport; wait until each back-end has stopped its rings.
@@ -175,6 +178,7 @@ export class Vm implements VmControl {
   async quit(): Promise<void> {
     if (this.shutdown) return;
     this.shutdown = true;
+    this.shutdownAnnounced = true;
     setImmediate(() => {
       this.opts.emit('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
       void this.close();
