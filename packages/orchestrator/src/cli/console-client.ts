@@ -2,14 +2,15 @@
 // `--console unix:PATH`. Keys go to the guest as typed (raw mode, only when
 // this process is the terminal's foreground job); Ctrl-] detaches, as in
 // telnet and `virsh console`, and leaves the VM running. Without a terminal
-// (a pipe), stdin is sent as is and the command ends a moment after its end.
+// (a pipe), stdin is sent as is and the command ends once the guest has
+// been quiet for a moment after stdin's end.
 
 import net from 'node:net';
 import { ownsTerminal } from '@vmm/core';
 
 const CTRL_RIGHT_BRACKET = 0x1d;
-/** With piped input: how long to keep printing the guest's answer after stdin ended. */
-const LINGER_MS = 1000;
+/** With piped input: after stdin ended, the command ends once the guest has been quiet this long. */
+const LINGER_MS = 2000;
 
 export const CONSOLE_USAGE = `usage: vmm ctl console PATH
   Attach to the serial console of a VM started with --console unix:PATH.
@@ -38,9 +39,11 @@ export function runConsoleClient(argv: string[], io: ConsoleClientIo): Promise<n
     const sock = net.connect(path);
     let raw = false;
     let done = false;
+    let lingerTimer: NodeJS.Timeout | undefined;
     const finish = (status: number, message?: string): void => {
       if (done) return;
       done = true;
+      clearTimeout(lingerTimer);
       stdin.off('data', onKeys);
       if (raw) stdin.setRawMode(false);
       stdin.pause();
@@ -69,7 +72,14 @@ export function runConsoleClient(argv: string[], io: ConsoleClientIo): Promise<n
         return;
       }
       stdin.on('data', onKeys);
-      stdin.on('end', () => setTimeout(() => finish(0), LINGER_MS).unref());
+      stdin.on('end', () => {
+        const linger = (): void => {
+          clearTimeout(lingerTimer);
+          lingerTimer = setTimeout(() => finish(0), LINGER_MS);
+        };
+        sock.on('data', linger);
+        linger();
+      });
       stdin.resume();
     });
     sock.on('data', (d: Buffer) => stdout.write(d));

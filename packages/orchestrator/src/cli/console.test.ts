@@ -82,6 +82,12 @@ describe('console back-ends', () => {
     const typed = collect(c.input!, (s) => s.includes('\r'));
     b.write('uname\r');
     expect(await typed).toBe('uname\r');
+    // A client that has finished typing (socat at the end of its stdin) still gets the answer.
+    const halfClosed = collect(b, (s) => s.includes('Linux'));
+    b.end();
+    await new Promise((r) => setTimeout(r, 50));
+    c.write(new TextEncoder().encode('Linux\r\n'));
+    expect(await halfClosed).toBe('Linux\r\n');
     const closed = new Promise((r) => a.on('close', r));
     c.close();
     await closed;

@@ -344,7 +344,9 @@ async function unixConsole(path: string): Promise<HostConsole> {
   const input = new PassThrough();
   const clients = new Set<net.Socket>();
   let scrollback = Buffer.alloc(0);
-  const server = net.createServer((sock) => {
+  // allowHalfOpen: a client that is done typing (socat at the end of its
+  // stdin shuts down its sending side) still gets the guest's answer.
+  const server = net.createServer({ allowHalfOpen: true }, (sock) => {
     clients.add(sock);
     sock.on('data', (d: Buffer) => input.write(d));
     sock.on('error', () => sock.destroy());
