@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything vmm needs on a fresh Debian machine, idempotently:
-# Debian packages (QEMU as reference peer, dtc, e2fsprogs, socat), pnpm,
+# Debian packages (QEMU as reference peer, dtc, e2fsprogs, socat, tmux for
+# the terminal tests), pnpm,
 # the npm dependencies (which bring the pinned Node), the AssemblyScript
 # vCPU build, and the guest kit (Debian riscv64 kernel, modules, busybox,
 # OpenSBI) cached outside the repo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(qemu-system-misc qemu-system-common qemu-user qemu-utils device-tree-compiler socat e2fsprogs xz-utils cpio kmod binutils-riscv64-linux-gnu gpgv debian-archive-keyring)
+APT_PACKAGES=(qemu-system-misc qemu-system-common qemu-user qemu-utils device-tree-compiler socat tmux e2fsprogs xz-utils cpio kmod binutils-riscv64-linux-gnu gpgv debian-archive-keyring)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

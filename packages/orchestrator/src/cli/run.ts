@@ -121,6 +121,11 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
   // using it first. The device processes are in sessions of their own
   // (DeviceProcess), so these signals reach only vmm, which stops them in order.
   const onSignal = (signal: NodeJS.Signals): void => {
+    // A hang-up often comes twice (the kernel to the foreground job, the shell to all its jobs).
+    if (quitRequested) {
+      logger.debug({ signal }, 'already stopping');
+      return;
+    }
     logger.info({ signal }, 'stopping the machine');
     if (signal === 'SIGHUP') hostConsole?.hangUp();
     stopAll();
