@@ -4,9 +4,12 @@
 //   part 2: the README's management example typed exactly as written (its
 //           lines are read from README.md): `pnpm vmm run … &` keeps running
 //           in the background, the `vmm ctl` lines work, then `fg` hands it
-//           the keyboard and Ctrl-A x ends it;
+//           the keyboard and Ctrl-A x ends it; `--daemonize` returns the
+//           prompt with the VM up and `vmm ctl console` attaches to it on
+//           the terminal, Ctrl-] detaching;
 //   part 4: Ctrl-C and a terminal hang-up (`tmux kill-session`) end the VM
-//           with no error or warning in its log.
+//           with no error or warning in its log; the hang-up leaves the
+//           daemonized VM alone.
 // The tmux server runs in a mount namespace of its own with a private /tmp,
 // so the README's fixed /tmp/vmm.qmp cannot meet another VM's on this machine.
 // The prompt shows the last status (PS1='vmmtest[$?]$ '), so each typed
@@ -16,7 +19,8 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync,
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { expectQuietShutdown, waitGone } from './shutdown-helpers.ts';
+import { QmpClient } from '@vmm/orchestrator';
+import { alive, expectQuietShutdown, waitGone } from './shutdown-helpers.ts';
 
 const REPO = dirname(dirname(fileURLToPath(import.meta.url)));
 const BOOT_MS = 600_000;
@@ -97,8 +101,12 @@ beforeAll(() => {
     tmuxSocket, dir, shell]);
 });
 
+/** The daemon the --daemonize test leaves running for the hang-up test. */
+let daemonPid = 0;
+
 afterAll(() => {
   try { tmux('kill-server'); } catch { /* already gone: the hang-up test ends it */ }
+  if (daemonPid > 0 && alive(daemonPid)) process.kill(daemonPid, 'SIGTERM');
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -148,7 +156,32 @@ describe('vmm on a terminal (tmux)', () => {
     expect(existsSync(pidfile), 'pidfile removed').toBe(false);
   });
 
-  it('a terminal hang-up (tmux kill-session) ends a VM on the console with a quiet log', async () => {
+  it('--daemonize gives the prompt back once the VM is up; vmm ctl console attaches on this terminal and Ctrl-] detaches', async () => {
+    // Paths under `dir`, outside the private /tmp: the hang-up test below checks on this daemon from outside.
+    expect(await run('pnpm vmm run --daemonize --pidfile daemon.pid --qmp daemon.qmp --console unix:daemon.console --disk a.img', BOOT_MS)).toBe(0);
+    const pid = readPid(join(dir, 'daemon.pid'));
+    expect(existsSync(join(dir, 'daemon.qmp'))).toBe(true);
+    const before = pane().length;
+    const shown = prompts().length;
+    type('pnpm vmm ctl console daemon.console');
+    await until('the attach message', () => pane().slice(before).includes('Ctrl-] detaches'), 60_000);
+    // Enter until the guest's shell prompt shows (it may still be booting).
+    await until('the guest shell on the attached console', () => {
+      if (pane().slice(before).includes(GUEST_PROMPT)) return true;
+      tmux('send-keys', '-t', 'vmm', 'Enter');
+      return undefined;
+    });
+    type('echo attached-$((6*7))');
+    await until('the guest answering', () => pane().slice(before).includes('attached-42'), 120_000);
+    tmux('send-keys', '-t', 'vmm', 'C-]');
+    const status = await until('the shell back after Ctrl-]', () => (prompts().length > shown ? prompts().at(-1)! : undefined), 60_000);
+    expect(status).toBe(0);
+    expect(pane().slice(before)).toContain('vmm: detached from the console');
+    expect(alive(pid), 'detaching leaves the VM running').toBe(true);
+    daemonPid = pid;
+  });
+
+  it('a terminal hang-up (tmux kill-session) ends a VM on the console with a quiet log, and not a daemonized one', async () => {
     const log = join(dir, 'hangup.log');
     const pidfile = join(dir, 'hangup.pid');
     const beforeRun = pane().length;
@@ -160,5 +193,12 @@ describe('vmm on a terminal (tmux)', () => {
     await waitGone([pid]);
     await expectQuietShutdown(readFileSync(log, 'utf8'), { signal: 'SIGHUP' });
     expect(existsSync(pidfile), 'pidfile removed').toBe(false);
+    // The daemon has no terminal: the hang-up did not reach it.
+    expect(daemonPid, 'the daemon test ran').toBeGreaterThan(0);
+    expect(alive(daemonPid)).toBe(true);
+    const c = await QmpClient.connect(join(dir, 'daemon.qmp'));
+    expect(await c.cmd('quit')).toEqual({ return: {} });
+    await waitGone([daemonPid]);
+    daemonPid = 0;
   });
 });

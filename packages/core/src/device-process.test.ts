@@ -1,6 +1,8 @@
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { DeviceProcess, DeviceProcessError } from './device-process.ts';
 import { createLogger } from './logger.ts';
@@ -111,5 +113,22 @@ setInterval(() => {}, 1000);
     middle.kill('SIGKILL');
     for (let i = 0; i < 100 && alive(devicePid); i++) await new Promise((r) => setTimeout(r, 50));
     expect(alive(devicePid)).toBe(false);
+  });
+  it("logs about a device process name it with device and devicePid: the line's pid stays the writer's, no key twice", async () => {
+    const lines: string[] = [];
+    const sink = new Writable({ write(chunk: Buffer, _enc, cb) { lines.push(...chunk.toString().split('\n').filter(Boolean)); cb(); } });
+    // The orchestrator's logger: its base binds role and pid (createLogger's shape).
+    const orchestratorLog = pino({ base: { role: 'vmm', pid: process.pid } }, sink);
+    const p = new DeviceProcess({ name: 'disk9', args: ['-e', script(true)], log: orchestratorLog });
+    await p.start();
+    const devicePid = p.pid;
+    await p.stop();
+    expect(lines.length).toBe(2);
+    for (const raw of lines) {
+      expect(raw.match(/"pid":/g)).toHaveLength(1);
+      expect(raw.match(/"device":/g)).toHaveLength(1);
+      expect(JSON.parse(raw)).toMatchObject({ pid: process.pid, device: 'disk9', devicePid });
+    }
+    expect(lines.map((l) => (JSON.parse(l) as { msg: string }).msg)).toEqual(['device process ready', 'device process stopped']);
   });
 });
