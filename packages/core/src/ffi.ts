@@ -575,6 +575,7 @@ const tcsetattr_ = libc.func('int tcsetattr(int fd, int actions, uintptr_t termi
 const cfmakeraw_ = libc.func('void cfmakeraw(uintptr_t termios)');
 
 const PR_SET_PDEATHSIG = 1; // prctl(2)
+const ENOTTY = 25;
 const O_RDWR = 2;
 const O_NOCTTY = 0o400;
 const TCSANOW = 0;
@@ -594,16 +595,19 @@ export function parentPid(): number {
 }
 
 /**
- * Whether this process may use the terminal on `fd` as its own: fd is a
- * terminal and our process group is its foreground group (tcgetpgrp(3)).
- * A background job that reads it gets SIGTTIN and one that changes its
- * modes gets SIGTTOU (POSIX "General Terminal Interface", job control), which
- * stops the whole job; so raw mode and reads are only for the foreground.
+ * Whether this process may read the terminal on `fd` and change its modes
+ * without being stopped: fd is a terminal and either our process group is
+ * its foreground group (tcgetpgrp(3)), or it is not our controlling
+ * terminal at all (ENOTTY), where job control does not apply. A background
+ * job that reads its controlling terminal gets SIGTTIN and one that changes
+ * its modes gets SIGTTOU (POSIX "General Terminal Interface", job control),
+ * which stops the whole job.
  */
 export function ownsTerminal(fd: number): boolean {
   if ((isatty_(fd) as number) !== 1) return false;
   const fg = tcgetpgrp_(fd) as number;
-  return fg >= 0 && fg === (getpgrp_() as number);
+  if (fg < 0) return errno() === ENOTTY;
+  return fg === (getpgrp_() as number);
 }
 
 /** isatty(3). */

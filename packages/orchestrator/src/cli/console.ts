@@ -25,7 +25,7 @@
 // A slow or absent reader never holds the guest up: past a bounded backlog,
 // output for that reader is dropped, as a UART with nobody listening drops it.
 
-import { closeSync, lstatSync, openSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants, lstatSync, openSync, unlinkSync, writeSync } from 'node:fs';
 import net from 'node:net';
 import { PassThrough } from 'node:stream';
 import tty from 'node:tty';
@@ -294,7 +294,8 @@ function ptyConsole(io: ConsoleIo): HostConsole {
   const pty = openPty();
   // Hold the slave open ourselves: with no slave open, reads on the master
   // fail with EIO (a hang-up) each time the user's terminal program closes.
-  const slave = openSync(pty.path, 'r+');
+  // O_NOCTTY: a daemon (a session leader with no terminal) must not make it its controlling terminal.
+  const slave = openSync(pty.path, constants.O_RDWR | constants.O_NOCTTY);
   const reader = new tty.ReadStream(pty.master);
   // A second descriptor for writing: one libuv handle per fd.
   const writer = new tty.WriteStream(dupFd(pty.master));
