@@ -46,7 +46,7 @@ echo "LOST=$bad IOERRORS=$(dmesg | grep -ci 'i/o error')"
   try {
     await g.waitFor('@@GO@@');
     const vm = g.attached.vm;
-    const dev = () => vm.disks().find((d) => d.spec.id === 'bench')!;
+    const dev = () => vm.devices().find((d) => d.spec.id === 'bench')!;
     await dev().nextCompletion();
     for (let k = 0; k < kills; k++) {
       // Let the workload run a little between kills.

@@ -6,9 +6,8 @@
 // also runs N trap programs per trap kind (instructions that must trap).
 
 import { parseArgs } from 'node:util';
-// The root workspace has no @vmm/vcpu dependency link; import the package's entry point.
-import { check, checkTrap, generate, minimise, formatDivergence, CLASS_NAMES, TRAP_KIND_NAMES, assemble } from '../packages/vcpu/src/index.ts';
-import type { Divergence, Program } from '../packages/vcpu/src/index.ts';
+import { check, checkTrap, generate, minimise, formatDivergence, CLASS_NAMES, TRAP_KIND_NAMES, assemble } from '@vmm/vcpu/testing';
+import type { Divergence, Program } from '@vmm/vcpu/testing';
 
 const { values } = parseArgs({
   options: {

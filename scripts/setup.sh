@@ -4,11 +4,12 @@
 # the terminal tests), pnpm,
 # the npm dependencies (which bring the pinned Node), the AssemblyScript
 # vCPU build, and the guest kit (Debian riscv64 kernel, modules, busybox,
-# OpenSBI) cached outside the repo.
+# OpenSBI) cached outside the repo; the cross compiler and kernel build
+# tools for `pnpm guest kernel --iommu` (the virtio-iommu guest kernel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(qemu-system-misc qemu-system-common qemu-user qemu-utils device-tree-compiler socat tmux e2fsprogs xz-utils cpio kmod binutils-riscv64-linux-gnu gpgv debian-archive-keyring)
+APT_PACKAGES=(qemu-system-misc qemu-system-common qemu-user qemu-utils device-tree-compiler socat tmux e2fsprogs xz-utils cpio kmod binutils-riscv64-linux-gnu gpgv debian-archive-keyring dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-mempool-ring23 iproute2 gcc-riscv64-linux-gnu make bc flex bison libssl-dev libelf-dev patch)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -4,8 +4,7 @@
 // fcsr/frm/fflags, C), and instructions that must trap. Any divergence fails with the minimised program, the
 // instruction, and the expected and actual values. Large counts: scripts/difftest.ts.
 import { describe, expect, it } from 'vitest';
-// test/ has no @vmm/vcpu dependency link; import the package's entry point.
-import { assemble, check, checkTrap, CLASS_NAMES, formatDivergence, generate, minimise, TRAP_KIND_NAMES } from '../packages/vcpu/src/index.ts';
+import { assemble, check, checkTrap, CLASS_NAMES, formatDivergence, generate, minimise, TRAP_KIND_NAMES } from '@vmm/vcpu/testing';
 
 const SEED = 20261123;
 const PROGRAMS = 6;

@@ -139,6 +139,6 @@ describe('inject-fault against a real guest', () => {
     writeFileSync(bad, Buffer.concat([Buffer.from('QFI\xfb', 'latin1'), Buffer.alloc(4096, 0x41)]));
     const r = spawnSync(process.execPath, [VMM_CLI, 'run', '--disk', bad, '--exec', 'true'], { encoding: 'utf8', timeout: 120_000 });
     expect(r.status).toBe(1);
-    expect(r.stderr).toMatch(/vmm: disk disk0 \(.*bad\.qcow2\): .*qcow2 version \d+ is not supported/);
+    expect(r.stderr).toMatch(/vmm: virtio-blk disk0 \(.*bad\.qcow2\): .*qcow2 version \d+ is not supported/);
   });
 });

@@ -46,6 +46,8 @@ const lseek_ = libc.func('long lseek(int fd, long offset, int whence)');
 const poll_ = libc.func('int poll(uintptr_t fds, unsigned long nfds, int timeout)');
 const epoll_create1 = libc.func('int epoll_create1(int flags)');
 const epoll_ctl = libc.func('int epoll_ctl(int epfd, int op, int fd, uintptr_t event)');
+const open_ = libc.func('int open(const char *path, int flags)');
+const ioctl_ptr = libc.func('int ioctl(int fd, unsigned long req, uintptr_t arg)');
 
 const PROT_READ_WRITE = 0x1 | 0x2;
 const MAP_SHARED = 0x01;
@@ -556,6 +558,92 @@ export function recvWithFds(fd: number, into: Uint8Array): Received | null {
 }
 
 // ---------------------------------------------------------------------------
+// Plain read/write into stable memory, and tap devices (/dev/net/tun)
+// ---------------------------------------------------------------------------
+
+function stableAddress(b: Uint8Array): number {
+  return bufferAddress(b.buffer) + b.byteOffset;
+}
+
+/**
+ * read(2) into `into`, which must lie in memory that never moves (an
+ * mmapShared buffer): its address is passed to the kernel. Nonblocking fds:
+ * null when nothing is there. Returns the byte count (0 = end of file).
+ */
+export function readStable(fd: number, into: Uint8Array): number | null {
+  for (;;) {
+    // Sound: the kernel writes at most into.length bytes at into's (stable) address.
+    const r = read_(fd, stableAddress(into), into.length) as number;
+    if (r >= 0) return r;
+    const e = errno();
+    if (e === EAGAIN) return null;
+    if (e === EINTR) continue;
+    throw new SyscallError(`read(${fd})`, e);
+  }
+}
+
+/** write(2) of `data` (in stable memory, as for readStable) in one call; false when a nonblocking fd would block. */
+export function writeStable(fd: number, data: Uint8Array): boolean {
+  for (;;) {
+    // Sound: the kernel reads data.length bytes at data's (stable) address.
+    const r = write_(fd, stableAddress(data), data.length) as number;
+    if (r >= 0) return true;
+    const e = errno();
+    if (e === EAGAIN) return false;
+    if (e === EINTR) continue;
+    throw new SyscallError(`write(${fd})`, e);
+  }
+}
+
+const O_RDWR = 2;
+const TUNSETIFF = 0x400454ca;
+const TUNSETOFFLOAD = 0x400454d0;
+const TUNSETVNETHDRSZ = 0x400454d8;
+const IFF_TAP = 0x0002;
+const IFF_NO_PI = 0x1000;
+const IFF_VNET_HDR = 0x4000;
+const IFNAMSIZ = 16;
+/** TUNSETOFFLOAD flags (linux/if_tun.h): what the reader of the tap accepts. */
+export const TUN_F_CSUM = 0x01;
+export const TUN_F_TSO4 = 0x02;
+export const TUN_F_TSO6 = 0x04;
+export const TUN_F_TSO_ECN = 0x08;
+
+/**
+ * Open (or create) the tap `name` with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+ * (Documentation/networking/tuntap.rst) and a `vnetHdrSize`-byte virtio
+ * header before each frame. Nonblocking, close-on-exec. Needs CAP_NET_ADMIN
+ * unless the tap was made for this user.
+ */
+export function tapOpen(name: string, vnetHdrSize: number): number {
+  const bytes = new TextEncoder().encode(name);
+  if (bytes.length === 0 || bytes.length >= IFNAMSIZ) throw new VmmError(`tap name "${name}" must be 1 to ${IFNAMSIZ - 1} bytes`, 'config', 'ERR_TAP_NAME');
+  const fd = open_('/dev/net/tun', O_RDWR | O_NONBLOCK | O_CLOEXEC) as number;
+  if (fd < 0) throw new SyscallError('open(/dev/net/tun)', errno());
+  try {
+    // struct ifreq { char ifr_name[16]; short ifr_flags; ... } (40 bytes), in scratch.
+    scratch.fill(0, OFF_SOCKADDR, OFF_SOCKADDR + 40);
+    scratch.set(bytes, OFF_SOCKADDR);
+    scratchView.setInt16(OFF_SOCKADDR + IFNAMSIZ, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, true);
+    // Sound: a 40-byte ifreq at scratch+OFF_SOCKADDR; the kernel reads and may write it back.
+    if ((ioctl_ptr(fd, TUNSETIFF, scratchAddr + OFF_SOCKADDR) as number) < 0) throw new SyscallError(`ioctl(TUNSETIFF ${name})`, errno());
+    scratchView.setInt32(OFF_SOCKADDR, vnetHdrSize, true);
+    // Sound: an int at scratch+OFF_SOCKADDR.
+    if ((ioctl_ptr(fd, TUNSETVNETHDRSZ, scratchAddr + OFF_SOCKADDR) as number) < 0) throw new SyscallError(`ioctl(TUNSETVNETHDRSZ ${vnetHdrSize})`, errno());
+  } catch (e) {
+    close(fd);
+    throw e;
+  }
+  return fd;
+}
+
+/** TUNSETOFFLOAD: the offloads (TUN_F_*) frames read from the tap may carry. */
+export function tapSetOffload(fd: number, flags: number): void {
+  // Sound: TUNSETOFFLOAD takes the flags by value, no memory is passed.
+  if ((ioctl_ptr(fd, TUNSETOFFLOAD, flags) as number) < 0) throw new SyscallError(`ioctl(TUNSETOFFLOAD 0x${flags.toString(16)})`, errno());
+}
+
+// ---------------------------------------------------------------------------
 // Process lifetime and terminals: job control (who owns the terminal),
 // parent-death signals for device processes, pseudo-terminals, dup2.
 // ---------------------------------------------------------------------------
@@ -576,7 +664,6 @@ const cfmakeraw_ = libc.func('void cfmakeraw(uintptr_t termios)');
 
 const PR_SET_PDEATHSIG = 1; // prctl(2)
 const ENOTTY = 25;
-const O_RDWR = 2;
 const O_NOCTTY = 0o400;
 const TCSANOW = 0;
 const OFF_TERMIOS = 2304; // struct termios (60 bytes on Linux glibc) in scratch, after the epoll event

@@ -4,9 +4,10 @@ export * from './ffi.ts';
 export * from './memory.ts';
 export * from './virtqueue.ts';
 export * from './device.ts';
+export * from './device-kind.ts';
 export * from './device-process.ts';
 export * from './virtio-device.ts';
-export { VhostUserBackend, BACKEND_PROTOCOL_FEATURES, type VhostUserBackendOptions } from './vhost-user/backend.ts';
+export { VhostUserBackend, BACKEND_PROTOCOL_FEATURES, BASE_PROTOCOL_FEATURES, OPTIONAL_PROTOCOL_FEATURES, type VhostUserBackendOptions } from './vhost-user/backend.ts';
 export { VhostUserFrontend, VhostUserClosedError, type FrontendOptions, type FrontendRegion } from './vhost-user/frontend.ts';
 export { VhostUserDriver, DriverQueueHandle, type DriverOptions, type Completion } from './vhost-user/driver.ts';
 export { VhostUserConnection } from './vhost-user/connection.ts';
@@ -16,7 +17,4 @@ export {
   Req as VhostUserReq, ProtocolFeature as VhostUserProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, reqName as vhostUserReqName, pf as protocolFeatureBit,
 } from './vhost-user/protocol.ts';
 export { InflightQueue, inflightRegionSize, inflightQueueStride } from './vhost-user/inflight.ts';
-export * from './messages.ts';
 export { QueueHandle, type QueueHandleOptions } from './queue-handle.ts';
-export { InProcessDevice, type HarnessOptions, type HarnessQueue } from './harness.ts';
-export { EchoDevice } from './testing/echo-device.ts';

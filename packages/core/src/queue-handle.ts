@@ -34,7 +34,8 @@ export class QueueHandle implements VirtqueueHandle {
   private readonly resubmit: number[];
   private readonly o: QueueHandleOptions;
   private flushScheduled = false;
-  private readonly popped = new Set<number>();
+  /** Heads popped and not completed, each with the avail index it was popped at (-1: resubmitted from the inflight region). */
+  private readonly popped = new Map<number, number>();
   /** Set when the ring was stopped or the device reset: later completions are dropped. */
   dead = false;
   broken = false;
@@ -54,13 +55,17 @@ export class QueueHandle implements VirtqueueHandle {
     return this.popped.size;
   }
 
+  get live(): boolean {
+    return !this.dead;
+  }
+
   pop(): DescriptorChain | null {
     if (this.dead || this.broken) return null;
     while (this.resubmit.length > 0) {
       const head = this.resubmit.shift()!;
       try {
         const c = this.q.parse(head);
-        this.popped.add(head);
+        this.popped.set(head, -1);
         return c;
       } catch (e) {
         this.o.log.warn({ err: e, queue: this.index, head }, 'dropping an unparsable inflight chain');
@@ -69,10 +74,11 @@ export class QueueHandle implements VirtqueueHandle {
     }
     for (;;) {
       try {
+        const at = this.q.lastAvail;
         const c = this.q.pop();
         if (c === null) return null;
         this.inflight?.begin(c.head);
-        this.popped.add(c.head);
+        this.popped.set(c.head, at);
         return c;
       } catch (e) {
         if (!(e instanceof VirtqueueError)) throw e;
@@ -91,6 +97,14 @@ export class QueueHandle implements VirtqueueHandle {
     }
   }
 
+  available(want = 1): number {
+    if (this.dead || this.broken) return 0;
+    const n = this.resubmit.length + this.q.pending();
+    if (n >= want) return n;
+    this.q.armKick();
+    return this.resubmit.length + this.q.pending();
+  }
+
   complete(head: number, writtenLen: number): void {
     if (this.dead) return;
     if (!this.popped.delete(head)) throw new VmmError(`queue ${this.index}: completing head ${head} that is not in flight`, 'guest', 'ERR_VIRTQ_NOT_IN_FLIGHT');
@@ -98,6 +112,33 @@ export class QueueHandle implements VirtqueueHandle {
     this.q.pushUsed(head, writtenLen);
     this.inflight?.afterUsed(head, this.q.usedIdx);
     this.scheduleFlush();
+    if (this.popped.size === 0) this.o.onIdle?.(this);
+  }
+
+  /**
+   * Give back chains the device holds and will not complete (receive
+   * buffers; VirtioDeviceBackend.stopQueue). When they are exactly the last
+   * ones taken from the avail ring, the ring is rewound over them, so the
+   * next session pops them again as if never taken (the driver cannot have
+   * reused those avail slots: they are not used yet). Otherwise each is
+   * returned used with length 0 (nothing written), as a malformed chain is.
+   */
+  giveBack(heads: readonly number[]): void {
+    if (this.dead || heads.length === 0) return;
+    const held = heads.filter((h) => this.popped.has(h));
+    const positions = new Set(held.map((h) => this.popped.get(h)!));
+    const last = this.q.lastAvail;
+    let tail = positions.size === held.length;
+    for (let k = 1; tail && k <= held.length; k++) tail = positions.has((last - k) & 0xffff);
+    if (tail) {
+      for (const h of held) {
+        this.popped.delete(h);
+        this.inflight?.forget(h);
+      }
+      this.q.lastAvail = (last - held.length) & 0xffff;
+    } else {
+      for (const h of held) this.complete(h, 0);
+    }
     if (this.popped.size === 0) this.o.onIdle?.(this);
   }
 

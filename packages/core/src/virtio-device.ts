@@ -5,8 +5,9 @@
 //   reset ─ACKNOWLEDGE→ acknowledged ─DRIVER→ driver ─FEATURES_OK→ features-ok ─DRIVER_OK→ running
 //   any ─FAILED→ failed;   device error → needs-reset (DEVICE_NEEDS_RESET);   write 0 → reset
 //
-// The transport (virtio-mmio registers in the orchestrator) calls into it;
-// the hooks connect it to the device back-end (e.g. a vhost-user front-end).
+// The transport (vcpu's virtio-mmio register file, on every hart's thread)
+// calls into it, keeping the state in its shared registers (LifecycleStore);
+// the hooks connect it to whoever serves the device.
 
 import { VmmError } from './errors.ts';
 import { VIRTIO_F_VERSION_1 } from './device.ts';
@@ -21,8 +22,8 @@ export const VIRTIO_STATUS_FAILED = 128;
 export type DeviceState = 'reset' | 'acknowledged' | 'driver' | 'features-ok' | 'running' | 'failed';
 
 export interface LifecycleHooks {
-  /** Features the device offers. */
-  deviceFeatures: bigint;
+  /** Features the device offers (may be a getter: the transport reads them from its registers). */
+  readonly deviceFeatures: bigint;
   /** FEATURES_OK: may refuse a feature combination (return a reason) beyond the subset check. */
   checkFeatures?(driverFeatures: bigint): string | null;
   /** DRIVER_OK was set: start the device with the negotiated features (queues are configured by now). */
@@ -33,6 +34,12 @@ export interface LifecycleHooks {
   configChanged?(): void;
 }
 
+/** Where the status and the driver's features live: plain fields by default, a transport's shared registers otherwise. */
+export interface LifecycleStore {
+  status: number;
+  driverFeatures: bigint;
+}
+
 export class VirtioStatusError extends VmmError {
   constructor(message: string, code: string) {
     super(message, 'guest', code);
@@ -41,22 +48,29 @@ export class VirtioStatusError extends VmmError {
 
 export class VirtioDeviceLifecycle {
   private readonly hooks: LifecycleHooks;
-  private statusBits = 0;
-  private driverFeatureBits = 0n;
-  private activated = false;
+  private readonly store: LifecycleStore;
   /** Why the last status write was refused (for logs), or null. */
   lastRefusal: string | null = null;
 
-  constructor(hooks: LifecycleHooks) {
+  constructor(hooks: LifecycleHooks, store: LifecycleStore = { status: 0, driverFeatures: 0n }) {
     this.hooks = hooks;
+    this.store = store;
+  }
+
+  private get statusBits(): number {
+    return this.store.status;
+  }
+
+  private set statusBits(v: number) {
+    this.store.status = v;
   }
 
   get status(): number {
-    return this.statusBits;
+    return this.store.status;
   }
 
   get driverFeatures(): bigint {
-    return this.driverFeatureBits;
+    return this.store.driverFeatures;
   }
 
   get state(): DeviceState {
@@ -82,7 +96,7 @@ export class VirtioDeviceLifecycle {
     }
     if (select > 1) return;
     const shift = BigInt(32 * select);
-    this.driverFeatureBits = (this.driverFeatureBits & ~(0xffff_ffffn << shift)) | (BigInt(value >>> 0) << shift);
+    this.store.driverFeatures = (this.store.driverFeatures & ~(0xffff_ffffn << shift)) | (BigInt(value >>> 0) << shift);
   }
 
   /**
@@ -125,20 +139,19 @@ export class VirtioDeviceLifecycle {
       }
       next |= bit;
     }
-    this.statusBits = next | (value & VIRTIO_STATUS_DEVICE_NEEDS_RESET & old);
-    if (!(old & VIRTIO_STATUS_DRIVER_OK) && next & VIRTIO_STATUS_DRIVER_OK) {
-      this.activated = true;
-      this.hooks.activate(this.driverFeatureBits);
-    }
+    // DEVICE_NEEDS_RESET stays until a reset, whatever the driver writes back (§2.1.2).
+    this.statusBits = next | (old & VIRTIO_STATUS_DEVICE_NEEDS_RESET);
+    if (!(old & VIRTIO_STATUS_DRIVER_OK) && next & VIRTIO_STATUS_DRIVER_OK) this.hooks.activate(this.store.driverFeatures);
     return this.lastRefusal === null;
   }
 
   private featuresProblem(): string | null {
-    const extra = this.driverFeatureBits & ~this.hooks.deviceFeatures;
+    const driver = this.store.driverFeatures;
+    const extra = driver & ~this.hooks.deviceFeatures;
     if (extra !== 0n) return `driver accepted features 0x${extra.toString(16)} the device did not offer`;
     // A modern (non-legacy) transport requires VERSION_1 (§6.1, §4.2.2.2 for virtio-mmio version 2).
-    if ((this.hooks.deviceFeatures & VIRTIO_F_VERSION_1) !== 0n && (this.driverFeatureBits & VIRTIO_F_VERSION_1) === 0n) return 'driver did not accept VIRTIO_F_VERSION_1';
-    return this.hooks.checkFeatures?.(this.driverFeatureBits) ?? null;
+    if ((this.hooks.deviceFeatures & VIRTIO_F_VERSION_1) !== 0n && (driver & VIRTIO_F_VERSION_1) === 0n) return 'driver did not accept VIRTIO_F_VERSION_1';
+    return this.hooks.checkFeatures?.(driver) ?? null;
   }
 
   private refuse(why: string): boolean {
@@ -155,10 +168,9 @@ export class VirtioDeviceLifecycle {
 
   /** Device reset (status 0 written, or the transport reset). */
   reset(): void {
-    const wasActive = this.activated;
+    const wasActive = (this.statusBits & VIRTIO_STATUS_DRIVER_OK) !== 0;
     this.statusBits = 0;
-    this.driverFeatureBits = 0n;
-    this.activated = false;
+    this.store.driverFeatures = 0n;
     if (wasActive) this.hooks.reset();
   }
 }

@@ -287,6 +287,16 @@ export class SplitQueue {
     return (Atomics.load(this.avail.u16, 0) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
   }
 
+  /**
+   * Ask for a kick when the driver adds the next chain beyond what is
+   * available now (§2.7.10: avail_event = avail.idx), without popping. The
+   * caller re-reads pending() afterwards, as a kick cannot be missed then.
+   */
+  armKick(): void {
+    if (this.eventIdx) this.setAvailEvent(this.availIdx());
+    else Atomics.store(this.used.u16, 0, 0);
+  }
+
   /** Ask the driver not to kick (NO_NOTIFY) or to kick again; with EVENT_IDX this is avail_event instead. */
   setNotification(enabled: boolean): void {
     if (this.eventIdx) {

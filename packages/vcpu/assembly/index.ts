@@ -380,14 +380,29 @@ function amoHost(va: u64, size: i32, acc: i32): usize {
 }
 
 // ─── instruction fetch ────────────────────────────────────────────────────
-/** Slow fetch: translate, refill the fetch page, handle a 32-bit instruction spanning two pages. */
+/**
+ * Slow fetch: refill the fetch page from the fetch TLB, or translate and
+ * install the page there (RAM only: fetching from a device is an access
+ * fault); handle a 32-bit instruction spanning two pages. The fetch TLB is
+ * keyed by privilege only (fKey): SUM and MXR do not apply to fetches
+ * (privileged 1.12 §3.1.6.3), and satp writes and SFENCE.VMA flush it.
+ */
 function fetchSlow(va: u64): u32 {
-  const pa = translate(va, ACC_FETCH, priv);
-  if (ev != EV_NONE) return 0;
-  const off = ramOff(pa);
-  if (off >= ramSize || (off & 1) != 0) { raise(1, va); return 0; }
+  const vpn = va >>> 12;
+  const slot = <usize>(vpn & TLB_MASK) << 3; // kind ACC_FETCH = 0: the first TLB
+  let delta: u64;
+  if (load<u64>(tlbTags + slot) == (vpn | fKey)) {
+    delta = load<u64>(tlbDeltas + slot);
+  } else {
+    const pa = translate(va, ACC_FETCH, priv);
+    if (ev != EV_NONE) return 0;
+    const off = ramOff(pa);
+    if (off >= ramSize || (off & 1) != 0) { raise(1, va); return 0; }
+    tlbInstall(ACC_FETCH, va, pa, fKey);
+    delta = (WASM_RAM_OFFSET + (off & ~0xfff)) - (va & ~0xfff);
+  }
   fetchPage = va & ~0xfff;
-  fetchDelta = (WASM_RAM_OFFSET + (off & ~0xfff)) - fetchPage;
+  fetchDelta = delta;
   const h = <usize>(va + fetchDelta);
   if ((va & 0xfff) <= 0xffc) return load<u32>(h);
   const lo = <u32>load<u16>(h);

@@ -108,6 +108,36 @@ function rebootingKernel(): Uint8Array {
   return image([...countBoot('R'), ...li(t1, 3n), A.blt(t0, t1, 4 * (fail.length + 1)), ...fail, ...reset]);
 }
 
+/**
+ * The counters as firmware leaves them (privileged 1.12 §3.1.11, §4.1.4):
+ * S-mode drops to U-mode, which reads time, cycle and instret (Linux's vDSO
+ * reads time this way) and then ECALLs. The S-mode trap handler reports
+ * (scounteren << 8) | scause through the finisher: 0x708 when U-mode could
+ * read all three (ECALL from U, scounteren = 7 as OpenSBI 1.6 sets it),
+ * 0x002 or 0x702 when a read was an illegal instruction.
+ */
+function userCountersKernel(): Uint8Array {
+  const USER = 0x400, HANDLER = 0x600;
+  const main = assemble([
+    ...li(t0, BigInt(KERNEL_LOAD + HANDLER)), A.csrrw(0, 0x105, t0), // stvec
+    ...li(t0, BigInt(KERNEL_LOAD + USER)), A.csrrw(0, 0x141, t0), // sepc
+    ...li(t0, 0x100n), A.csrrc(0, 0x100, t0), // sstatus.SPP = 0: SRET enters U-mode
+    A.sret(),
+  ]);
+  const user = assemble([A.csrrs(a0, 0xc01, 0), A.csrrs(a1, 0xc00, 0), A.csrrs(a2, 0xc02, 0), A.ecall(), A.jal(0, 0)]);
+  const handler = assemble([
+    A.csrrs(t0, 0x106, 0), A.slli(t0, t0, 8), A.csrrs(t1, 0x142, 0), A.add(t0, t0, t1),
+    A.slli(t0, t0, 16), A.ori(t0, t0, 0x333), ...li(t1, 0x3000n), A.add(t0, t0, t1),
+    ...li(t1, BigInt(MMIO.test.base)), A.sw(t0, t1, 0), A.jal(0, 0),
+  ]);
+  const img = new Uint8Array(HANDLER + handler.length);
+  img.set(header(4 * MiB));
+  img.set(main, 64);
+  img.set(user, USER);
+  img.set(handler, HANDLER);
+  return img;
+}
+
 function openSbiFwDynamic(): Uint8Array {
   const root = join(homedir(), '.cache/vmm/guest');
   const dir = existsSync(root) ? readdirSync(root).find((d) => d.startsWith('opensbi_')) : undefined;
@@ -132,6 +162,16 @@ describe('machine with the RV64 hart core', () => {
     expect(out.endsWith('ABC')).toBe(true);
     expect(exit).toEqual({ reason: 'fail', code: 0x77 });
   });
+
+  for (const bios of ['builtin', 'firmware'] as const) {
+    it(`${bios}: U-mode may read time, cycle and instret (scounteren = 7, as OpenSBI 1.6 leaves it)`, async () => {
+      const { exit } = await run({
+        kernel: userCountersKernel(), harts: 1,
+        ...(bios === 'firmware' ? { bios: { kind: 'firmware', image: openSbiFwDynamic() } } : {}),
+      });
+      expect(exit).toEqual({ reason: 'fail', code: 0x708 });
+    });
+  }
 
   it('a guest reset restarts the machine in place with reboot, and ends it without', async () => {
     const r = await run({ kernel: rebootingKernel(), reboot: true, harts: 1 });

@@ -2,7 +2,7 @@
 // feature bits, config space, and chain → request → I/O. The vhost-user
 // server (main.ts, through @vmm/core) and in-process tests both drive it.
 
-import type { DeviceContext, GuestMemory, Logger, VirtioDeviceBackend, VirtqueueHandle } from '@vmm/core';
+import { protocolFeatureBit, VhostUserProtocolFeature, type DeviceContext, type GuestMemory, type Logger, type VirtioDeviceBackend, type VirtqueueHandle } from '@vmm/core';
 import type { BlockImage } from './image.ts';
 import { executeRequest, parseRequest, type BlkLimits, type ChainBuffers, type ExecuteResult } from './request.ts';
 import {
@@ -48,6 +48,8 @@ export class BlkDevice implements VirtioDeviceBackend {
   #generation = 0;
   /** Requests being executed, all queues together. */
   inFlight = 0;
+  /** A write in flight when the process dies must be resubmitted, not lost: vhost-user inflight tracking. */
+  readonly protocolFeatures = protocolFeatureBit(VhostUserProtocolFeature.INFLIGHT_SHMFD);
 
   constructor(image: BlockImage, options: BlkDeviceOptions = {}) {
     this.image = image;

@@ -39,10 +39,3 @@ export class ImageRangeError extends ImageError {
     super('ERR_IMAGE_RANGE', message);
   }
 }
-
-/** A bad command line or option value for vmm-blk: refuse to start, say which. */
-export class BlkConfigError extends VmmError {
-  constructor(message: string) {
-    super(message, 'config', 'ERR_BLK_CONFIG');
-  }
-}

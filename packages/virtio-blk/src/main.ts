@@ -5,31 +5,17 @@
 // accepting the next one when a front-end leaves or restarts.
 
 import { basename } from 'node:path';
-import { parseArgs } from 'node:util';
-import { createLogger, installDeviceProcessSignals, isVmmError, onControlMessage, reportReady, VhostUserBackend } from '@vmm/core';
+import { createLogger, deviceUsage, installDeviceProcessSignals, isVmmError, onControlMessage, parseDeviceArgv, reportReady, VhostUserBackend } from '@vmm/core';
 import { BlkDevice } from './device.ts';
-import { BlkConfigError } from './errors.ts';
 import { FaultInjectingImage } from './faults.ts';
+import { BLK_OPTIONS } from './kind.ts';
 import { openImage, Qcow2Image, type ImageFormat } from './qcow2.ts';
 
 // Reads and writes run on libuv's pool; its default of 4 threads caps the
 // requests truly in flight. Must be set before the first fs call.
 process.env.UV_THREADPOOL_SIZE ??= '8';
 
-const USAGE = `usage: vmm-blk --socket PATH --image FILE [options]
-
-Serves a raw or qcow2 image as a vhost-user-blk device (virtio 1.2 §5.2).
-
-  --socket PATH      vhost-user unix socket to listen on (replaced if stale)
-  --image FILE       disk image
-  --format F         raw | qcow2 (default: probe the qcow2 magic)
-  --readonly         open the image read-only and offer VIRTIO_BLK_F_RO
-  --queues N         number of virtqueues, 1..64 (default 1)
-  --serial ID        answer to GET_ID, at most 20 bytes (default: none)
-  --id ID            device id in the logs (default: the image's file name)
-  --log-level L      pino level: fatal|error|warn|info|debug|trace|silent (default info)
-  --help             show this text
-`;
+const USAGE = deviceUsage('vmm-blk', 'Serves a raw or qcow2 image as a vhost-user-blk device (virtio 1.2 §5.2).', BLK_OPTIONS);
 
 export interface BlkOptions {
   socket: string;
@@ -42,50 +28,25 @@ export interface BlkOptions {
   logLevel: string;
 }
 
-const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-
-/** Parse the command line; throws BlkConfigError naming the bad flag or value. Returns null for --help. */
+/**
+ * Parse the command line with the kind's option schema (the orchestrator's
+ * `--device virtio-blk,…` and QMP device_add use the same one); throws
+ * DeviceOptionError naming the bad option and value. Returns null for --help.
+ */
 export function parseBlkArgs(argv: string[]): BlkOptions | null {
-  let v;
-  try {
-    v = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        socket: { type: 'string' },
-        image: { type: 'string' },
-        format: { type: 'string' },
-        readonly: { type: 'boolean' },
-        queues: { type: 'string' },
-        serial: { type: 'string' },
-        id: { type: 'string' },
-        'log-level': { type: 'string' },
-        help: { type: 'boolean' },
-      },
-    }).values;
-  } catch (e) {
-    throw new BlkConfigError((e as Error).message);
-  }
-  if (v.help) return null;
-  if (!v.socket) throw new BlkConfigError('--socket PATH is required');
-  if (!v.image) throw new BlkConfigError('--image FILE is required');
-  if (v.format !== undefined && v.format !== 'raw' && v.format !== 'qcow2') throw new BlkConfigError(`--format ${v.format}: expected raw or qcow2`);
-  const queues = v.queues === undefined ? 1 : Number(v.queues);
-  if (!Number.isInteger(queues) || queues < 1 || queues > 64) throw new BlkConfigError(`--queues ${v.queues}: expected an integer from 1 to 64`);
-  const serial = v.serial ?? '';
-  if (new TextEncoder().encode(serial).length > 20) throw new BlkConfigError(`--serial ${serial}: longer than 20 bytes`);
-  const logLevel = v['log-level'] ?? process.env.VMM_LOG_LEVEL ?? 'info';
-  if (!LEVELS.includes(logLevel)) throw new BlkConfigError(`--log-level ${logLevel}: expected one of ${LEVELS.join(', ')}`);
+  const f = parseDeviceArgv('virtio-blk', BLK_OPTIONS, argv);
+  if (f === null) return null;
+  const o = f.options;
+  const image = String(o.file);
   return {
-    socket: v.socket,
-    image: v.image,
-    format: v.format as ImageFormat | undefined,
-    readOnly: v.readonly ?? false,
-    queues,
-    serial,
-    id: v.id ?? basename(v.image),
-    logLevel,
+    socket: f.socket,
+    image,
+    format: o.format as ImageFormat | undefined,
+    readOnly: o.readonly === true,
+    queues: Number(o.queues),
+    serial: String(o.serial ?? ''),
+    id: f.id ?? basename(image),
+    logLevel: f.logLevel,
   };
 }
 

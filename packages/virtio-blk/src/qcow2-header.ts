@@ -12,9 +12,9 @@ export const V3_HEADER_MIN_LEN = 104;
 /** Incompatible feature bits (qcow2.txt, header bytes 72–79). */
 export const INCOMPAT_DIRTY = 0;
 export const INCOMPAT_CORRUPT = 1;
-export const INCOMPAT_EXTERNAL_DATA = 2;
+const INCOMPAT_EXTERNAL_DATA = 2;
 export const INCOMPAT_COMPRESSION_TYPE = 3;
-export const INCOMPAT_EXTENDED_L2 = 4;
+const INCOMPAT_EXTENDED_L2 = 4;
 const KNOWN_INCOMPAT_NAMES: Record<number, string> = {
   [INCOMPAT_DIRTY]: 'dirty bit',
   [INCOMPAT_CORRUPT]: 'corrupt bit',

@@ -2,20 +2,33 @@
 // bytes into its writable segments (up to the writable length) and completes
 // with the number of bytes written. Requests whose first byte is 0xFF are
 // held (never completed) until a request with first byte 0xFE releases them,
-// so a test can kill the process with requests in flight.
+// so a test can kill the process with requests in flight. Requests whose
+// first byte is 0xFD are parked like a NIC's receive buffers: completed by a
+// release too, but handed back by stopQueue instead of being waited for. A
+// request whose first byte is 0xFC completes and makes the device ask for a
+// reset (DeviceContext.needsReset), as a device that lost its state would.
+// A request 0xFB, V completes and stores V at config byte 4, then tells the
+// driver the configuration changed (DeviceContext.configChanged).
 import type { DeviceContext, VirtioDeviceBackend, VirtqueueHandle } from '../device.ts';
 import { VIRTIO_F_VERSION_1 } from '../device.ts';
+import { pf, ProtocolFeature } from '../vhost-user/protocol.ts';
 import type { GuestMemory } from '../memory.ts';
 import type { DescriptorChain } from '../virtqueue.ts';
 
 export const ECHO_HOLD = 0xff;
 export const ECHO_RELEASE = 0xfe;
+export const ECHO_PARK = 0xfd;
+export const ECHO_BREAK = 0xfc;
+export const ECHO_CONFIG = 0xfb;
 
 export class EchoDevice implements VirtioDeviceBackend {
   readonly features = VIRTIO_F_VERSION_1 | (1n << 0n);
   readonly numQueues: number;
+  /** Held requests must survive a crash of the process: the protocol tests exercise inflight resubmission with them. */
+  readonly protocolFeatures = pf(ProtocolFeature.INFLIGHT_SHMFD);
   private config = new Uint8Array(16);
   private held: { q: VirtqueueHandle; c: DescriptorChain }[] = [];
+  private parked: { q: VirtqueueHandle; c: DescriptorChain }[] = [];
   activations = 0;
   resets = 0;
 
@@ -33,27 +46,43 @@ export class EchoDevice implements VirtioDeviceBackend {
     this.config.set(data, offset);
   }
 
-  activate(_ctx: DeviceContext): void {
+  private ctx: DeviceContext | null = null;
+
+  activate(ctx: DeviceContext): void {
     this.activations++;
+    this.ctx = ctx;
   }
 
   processQueue(q: VirtqueueHandle): void {
     for (let c = q.pop(); c !== null; c = q.pop()) {
       const first = c.readableLen > 0 ? q.mem.readU8(c.readable[0]!.addr) : 0;
-      if (first === ECHO_HOLD) {
-        this.held.push({ q, c });
+      if (first === ECHO_HOLD || first === ECHO_PARK) {
+        (first === ECHO_HOLD ? this.held : this.parked).push({ q, c });
         continue;
       }
       if (first === ECHO_RELEASE) {
-        for (const h of this.held.splice(0)) h.q.complete(h.c.head, echo(h.q.mem, h.c));
+        for (const h of [...this.held.splice(0), ...this.parked.splice(0)]) h.q.complete(h.c.head, echo(h.q.mem, h.c));
       }
       q.complete(c.head, echo(q.mem, c));
+      if (first === ECHO_BREAK) this.ctx?.needsReset('a request asked the echo device to break');
+      if (first === ECHO_CONFIG && c.readableLen > 1) {
+        this.config[4] = q.mem.readU8(c.readable[0]!.len > 1 ? c.readable[0]!.addr + 1 : c.readable[1]!.addr);
+        this.ctx?.configChanged();
+      }
     }
+  }
+
+  /** Parked chains go back to the ring at once; held ones are "being worked on" and make the stop wait. */
+  stopQueue(index: number): number[] {
+    const mine = this.parked.filter((p) => p.q.index === index);
+    this.parked = this.parked.filter((p) => p.q.index !== index);
+    return mine.map((p) => p.c.head);
   }
 
   reset(): void {
     this.resets++;
     this.held = [];
+    this.parked = [];
   }
 }
 

@@ -9,38 +9,45 @@
 import { existsSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import {
-  VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, type VirtioDeviceBackend,
+  VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, type DeviceContext, type VirtioDeviceBackend,
 } from '../device.ts';
-import { VmmError } from '../errors.ts';
-import { closeFd, eventfdRead, eventfdWrite, fdSize, memfdCreate, mmapShared, unixAccept, unixListen, watchReadable, type FdWatch } from '../ffi.ts';
+import { ConfigError, VmmError } from '../errors.ts';
+import { VIRTIO_STATUS_DEVICE_NEEDS_RESET } from '../virtio-device.ts';
+import { closeFd, eventfdRead, eventfdWrite, fdSize, memfdCreate, mmapShared, sendWithFds, unixAccept, unixListen, watchReadable, type FdWatch } from '../ffi.ts';
 import { createLogger } from '../logger.ts';
 import { GuestMemory } from '../memory.ts';
 import { SplitQueue, MAX_QUEUE_SIZE } from '../virtqueue.ts';
 import { QueueHandle } from '../queue-handle.ts';
 import {
-  configPayload, hasReply, inflightPayload, memTable, singleRegion, u64, validateRequest, vringAddr, vringState, VhostUserProtocolError,
+  configPayload, encodeMessage, hasReply, inflightPayload, memTable, singleRegion, u64, validateRequest, vringAddr, vringState, VhostUserProtocolError,
   type Message, type VringAddr,
 } from './codec.ts';
 import { VhostUserConnection } from './connection.ts';
 import { InflightQueue, inflightQueueStride, inflightRegionSize } from './inflight.ts';
 import {
-  FLAG_NEED_REPLY, FLAG_REPLY, MAX_MEM_SLOTS, pf, ProtocolFeature, Req, reqName, VERSION, VHOST_USER_F_PROTOCOL_FEATURES,
+  BackendReq, FLAG_NEED_REPLY, FLAG_REPLY, MAX_MEM_SLOTS, pf, ProtocolFeature, Req, reqName, VERSION, VHOST_USER_F_PROTOCOL_FEATURES,
   VRING_IDX_MASK, VRING_NOFD_MASK,
 } from './protocol.ts';
 
-/** Protocol features this back-end implements. */
-export const BACKEND_PROTOCOL_FEATURES =
-  pf(ProtocolFeature.MQ) | pf(ProtocolFeature.REPLY_ACK) | pf(ProtocolFeature.CONFIG) | pf(ProtocolFeature.INFLIGHT_SHMFD) |
-  pf(ProtocolFeature.RESET_DEVICE) | pf(ProtocolFeature.CONFIGURE_MEM_SLOTS) | pf(ProtocolFeature.STATUS);
+/** Protocol features every device gets from this server. */
+export const BASE_PROTOCOL_FEATURES =
+  pf(ProtocolFeature.MQ) | pf(ProtocolFeature.REPLY_ACK) | pf(ProtocolFeature.CONFIG) |
+  pf(ProtocolFeature.RESET_DEVICE) | pf(ProtocolFeature.CONFIGURE_MEM_SLOTS) | pf(ProtocolFeature.STATUS) |
+  pf(ProtocolFeature.BACKEND_REQ);
+
+/** Protocol features a device may ask for on top (VirtioDeviceBackend.protocolFeatures): inflight tracking is a disk's, not every device's. */
+export const OPTIONAL_PROTOCOL_FEATURES = pf(ProtocolFeature.INFLIGHT_SHMFD);
+
+/** Every protocol feature this server implements. */
+export const BACKEND_PROTOCOL_FEATURES = BASE_PROTOCOL_FEATURES | OPTIONAL_PROTOCOL_FEATURES;
 
 /** Ring-layout features implemented by core's virtqueue, offered on top of the device's own. */
 const RING_FEATURES = VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX;
-const VIRTIO_CONFIG_S_NEEDS_RESET = 0x40;
 
 export interface VhostUserBackendOptions {
   socketPath: string;
   log?: Logger;
-  /** Restrict the protocol features offered (tests, compatibility). */
+  /** Restrict the protocol features offered (tests, compatibility); default BASE_PROTOCOL_FEATURES plus the device's own. */
   protocolFeatures?: bigint;
   /** How long GET_VRING_BASE waits for the device to finish a ring's requests (default 5 s). */
   drainTimeoutMs?: number;
@@ -89,6 +96,8 @@ export class VhostUserBackend {
   private inflightQueueSize = 0;
   private status = 0;
   private activated = false;
+  /** The back-end channel's socket (SET_BACKEND_REQ_FD), or -1. */
+  private backendReqFd = -1;
   private idleWaiters: Waiter[] = [];
   /** Connections served so far (for tests and logs). */
   connections = 0;
@@ -101,7 +110,9 @@ export class VhostUserBackend {
     this.device = device;
     this.socketPath = opts.socketPath;
     this.log = opts.log ?? createLogger('vhost-user-backend', opts.socketPath);
-    this.protocolFeaturesOffered = opts.protocolFeatures ?? BACKEND_PROTOCOL_FEATURES;
+    const wanted = device.protocolFeatures ?? 0n;
+    if (wanted & ~OPTIONAL_PROTOCOL_FEATURES) throw new ConfigError(`the device asks for vhost-user protocol features 0x${(wanted & ~OPTIONAL_PROTOCOL_FEATURES).toString(16)} this server does not implement`, 'ERR_VHOST_USER_PROTOCOL_FEATURES');
+    this.protocolFeaturesOffered = (opts.protocolFeatures ?? BASE_PROTOCOL_FEATURES | wanted) & BACKEND_PROTOCOL_FEATURES;
     this.drainTimeoutMs = opts.drainTimeoutMs ?? 5000;
     this.vrings = Array.from({ length: device.numQueues }, (_, i) => newVring(i));
   }
@@ -182,12 +193,52 @@ export class VhostUserBackend {
     this.mem.clear();
     this.inflightBuf = null;
     this.status = 0;
+    this.dropBackendChannel();
     for (const w of this.idleWaiters) w.resolve();
     this.idleWaiters = [];
   }
 
-  markNeedsReset(): void {
-    this.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+  /**
+   * The device cannot go on without a driver reset (virtio 1.2 §2.1.2): the
+   * status the front-end reads with GET_STATUS gets DEVICE_NEEDS_RESET, and
+   * every ring's error eventfd is signalled (SET_VRING_ERR) so the
+   * front-end hears of it without polling.
+   */
+  markNeedsReset(reason: string): void {
+    if (this.status & VIRTIO_STATUS_DEVICE_NEEDS_RESET) return;
+    this.status |= VIRTIO_STATUS_DEVICE_NEEDS_RESET;
+    this.log.error({ reason }, 'device needs a reset');
+    for (const v of this.vrings) if (v.errFd >= 0) eventfdWrite(v.errFd);
+  }
+
+  private deviceContext(): DeviceContext {
+    return {
+      mem: this.mem,
+      features: this.features,
+      log: this.log,
+      needsReset: (reason) => this.markNeedsReset(reason),
+      configChanged: () => this.sendConfigChange(),
+    };
+  }
+
+  /** Tell the front-end the configuration space changed: CONFIG_CHANGE_MSG on the back-end channel (no reply asked). */
+  private sendConfigChange(): void {
+    if (this.backendReqFd < 0) {
+      this.log.warn('device configuration changed, but the front-end opened no back-end channel (BACKEND_REQ) to hear it');
+      return;
+    }
+    try {
+      sendWithFds(this.backendReqFd, encodeMessage(BackendReq.CONFIG_CHANGE_MSG, VERSION), []);
+    } catch (e) {
+      // The front-end closed its end: it will reconnect and read the config again.
+      this.log.warn({ err: e }, 'back-end channel closed; configuration change not sent');
+      this.dropBackendChannel();
+    }
+  }
+
+  private dropBackendChannel(): void {
+    if (this.backendReqFd >= 0) closeFd(this.backendReqFd);
+    this.backendReqFd = -1;
   }
 
   queueIdle(h: QueueHandle): void {
@@ -317,7 +368,8 @@ export class VhostUserBackend {
       case Req.SET_VRING_NUM: {
         const s = vringState.decode(p);
         const v = this.vring(s.index);
-        if (s.num === 0 || s.num > MAX_QUEUE_SIZE || (s.num & (s.num - 1)) !== 0) throw new VhostUserProtocolError(`SET_VRING_NUM ${s.num} for vring ${s.index} is not a power of 2 ≤ ${MAX_QUEUE_SIZE}`, 'ERR_VHOST_USER_VRING_NUM');
+        const max = Math.min(MAX_QUEUE_SIZE, this.device.maxQueueSize?.(v.index) ?? MAX_QUEUE_SIZE);
+        if (s.num === 0 || s.num > max || (s.num & (s.num - 1)) !== 0) throw new VhostUserProtocolError(`SET_VRING_NUM ${s.num} for vring ${s.index} is not a power of 2 ≤ ${max}`, 'ERR_VHOST_USER_VRING_NUM');
         v.num = s.num;
         return undefined;
       }
@@ -335,7 +387,9 @@ export class VhostUserBackend {
         const s = vringState.decode(p);
         const v = this.vring(s.index);
         // Stop the ring (spec "Starting and stopping rings"), waiting for requests still in the device so the index returned covers them.
+        // Chains the device holds without working on them (receive buffers) come back at once instead.
         const h = v.handle;
+        if (h && !h.dead) h.giveBack(this.stopQueue(v));
         if (h && h.inFlight > 0) {
           // Bounded: a device that never completes (a hung disk) must not hang the front-end's stop forever; its requests stay in the inflight region.
           let timer: NodeJS.Timeout | undefined;
@@ -392,6 +446,7 @@ export class VhostUserBackend {
         return undefined;
       }
       case Req.GET_INFLIGHT_FD: {
+        if (!(this.protocolFeaturesOffered & pf(ProtocolFeature.INFLIGHT_SHMFD))) throw new VhostUserProtocolError('GET_INFLIGHT_FD: this device does not track inflight requests (INFLIGHT_SHMFD not offered)', 'ERR_VHOST_USER_INFLIGHT');
         const i = inflightPayload.decode(p);
         if (i.numQueues === 0 || i.numQueues > this.device.numQueues || i.queueSize === 0 || i.queueSize > MAX_QUEUE_SIZE) {
           throw new VmmError(`GET_INFLIGHT_FD for ${i.numQueues} queues of ${i.queueSize}`, 'protocol', 'ERR_VHOST_USER_INFLIGHT');
@@ -417,9 +472,16 @@ export class VhostUserBackend {
         }
         return undefined;
       }
-      case Req.SET_STATUS:
-        this.status = Number(u64.decode(p) & 0xffn);
+      case Req.SET_BACKEND_REQ_FD:
+        this.dropBackendChannel();
+        this.backendReqFd = m.fds[0]!;
         return undefined;
+      case Req.SET_STATUS: {
+        // DEVICE_NEEDS_RESET is the device's to set and survives the driver's status writes until a reset (status 0).
+        const value = Number(u64.decode(p) & 0xffn);
+        this.status = value === 0 ? 0 : value | (this.status & VIRTIO_STATUS_DEVICE_NEEDS_RESET);
+        return undefined;
+      }
       case Req.GET_STATUS:
         return { payload: u64.encode(BigInt(this.status)) };
       default:
@@ -456,7 +518,7 @@ export class VhostUserBackend {
       }
     }
     if (!this.activated) {
-      this.device.activate({ mem: this.mem, features: this.features, log: this.log });
+      this.device.activate(this.deviceContext());
       this.activated = true;
     }
     v.handle = new QueueHandle({
@@ -470,9 +532,10 @@ export class VhostUserBackend {
         if (v.callFd >= 0) eventfdWrite(v.callFd);
       },
       onIdle: (h) => this.queueIdle(h),
-      onBroken: () => this.markNeedsReset(),
+      onBroken: () => this.markNeedsReset(`vring ${v.index}: the avail ring is inconsistent`),
     });
     v.started = true;
+    this.device.startQueue?.(v.handle);
     const kickFd = v.kickFd;
     v.kickWatch = watchReadable(kickFd, () => {
       eventfdRead(kickFd);
@@ -494,10 +557,21 @@ export class VhostUserBackend {
     h.flush();
   }
 
+  /** Ask the device for its queue back; a device bug here must not keep the ring running. */
+  private stopQueue(v: Vring): number[] {
+    try {
+      return this.device.stopQueue?.(v.index) ?? [];
+    } catch (e) {
+      this.log.error({ err: e, vring: v.index }, 'device failed stopping a queue');
+      return [];
+    }
+  }
+
   private stopRing(v: Vring, closeCall: boolean): void {
     v.kickWatch?.close();
     v.kickWatch = null;
-    if (v.handle) {
+    if (v.handle && !v.handle.dead) {
+      v.handle.giveBack(this.stopQueue(v));
       v.handle.flush();
       v.handle.dead = true;
     }

@@ -274,6 +274,7 @@ const requestRules = new Map<number, Rule>([
   // The spec allows (and asks to close) one stray fd on REM_MEM_REG for compatibility.
   [Req.REM_MEM_REG, { size: exact(40), fds: [0, 1] }],
   [Req.SET_STATUS, u64Rule],
+  [Req.SET_BACKEND_REQ_FD, { size: 0, fds: [1, 1] }],
   [Req.GET_STATUS, none],
 ]);
 

@@ -5,7 +5,7 @@
 
 import type { Logger } from 'pino';
 import { VmmError } from '../errors.ts';
-import { closeFd, dupFd, unixConnect } from '../ffi.ts';
+import { closeFd, dupFd, unixConnect, unixSocketPair } from '../ffi.ts';
 import { createLogger } from '../logger.ts';
 import type { GuestMemory } from '../memory.ts';
 import {
@@ -14,7 +14,7 @@ import {
 } from './codec.ts';
 import { VhostUserConnection } from './connection.ts';
 import {
-  FLAG_NEED_REPLY, MAX_MEM_TABLE_REGIONS, pf, ProtocolFeature, Req, reqName, VERSION, VHOST_USER_F_PROTOCOL_FEATURES, VRING_NOFD_MASK,
+  BackendReq, FLAG_NEED_REPLY, FLAG_REPLY, MAX_MEM_TABLE_REGIONS, pf, ProtocolFeature, Req, reqName, VERSION, VHOST_USER_F_PROTOCOL_FEATURES, VRING_NOFD_MASK,
 } from './protocol.ts';
 
 export interface FrontendRegion extends MemRegion {
@@ -68,6 +68,11 @@ export class VhostUserFrontend {
   private vrings = new Map<number, VringRecord>();
   private ownerSet = false;
   onClose: ((error?: Error) => void) | undefined;
+  /** The back-end channel (BACKEND_REQ), while open; reopened by reconnect() once asked for. */
+  private backendChannel: VhostUserConnection | null = null;
+  private backendChannelWanted = false;
+  /** The back-end told us its configuration space changed (CONFIG_CHANGE_MSG on the back-end channel). */
+  onConfigChange: (() => void) | undefined;
 
   private constructor(socketPath: string, opts: FrontendOptions) {
     this.socketPath = socketPath;
@@ -229,6 +234,39 @@ export class VhostUserFrontend {
     return (this.protocolFeatures & pf(bit)) !== 0n;
   }
 
+  /**
+   * Open the back-end channel (SET_BACKEND_REQ_FD, needs BACKEND_REQ): a
+   * socket pair whose other end the back-end keeps to send us requests.
+   * We serve CONFIG_CHANGE_MSG (→ onConfigChange); anything else is
+   * answered with a failure when it asks for a reply, and logged.
+   */
+  async openBackendChannel(): Promise<void> {
+    if (!this.hasProtocol(ProtocolFeature.BACKEND_REQ)) throw new VmmError('the back-end channel needs the BACKEND_REQ protocol feature', 'config', 'ERR_VHOST_USER_FEATURES');
+    this.backendChannelWanted = true;
+    this.backendChannel?.close();
+    const [mine, theirs] = unixSocketPair();
+    const ch: VhostUserConnection = new VhostUserConnection(mine, {
+      onMessage: (m) => this.onBackendMessage(ch, m),
+      onClose: (error) => {
+        if (error) this.log.warn({ err: error }, 'back-end channel closed on error');
+      },
+    });
+    this.backendChannel = ch;
+    try {
+      await this.request(Req.SET_BACKEND_REQ_FD, undefined, [theirs]);
+    } finally {
+      closeFd(theirs);
+    }
+  }
+
+  private onBackendMessage(ch: VhostUserConnection, m: Message): void {
+    for (const f of m.fds) closeFd(f);
+    const known = m.request === BackendReq.CONFIG_CHANGE_MSG && m.payload.length === 0 && (m.flags & FLAG_REPLY) === 0;
+    if (!known) this.log.warn({ request: m.request, size: m.payload.length, flags: m.flags }, 'unsupported back-end channel message ignored');
+    if (m.flags & FLAG_NEED_REPLY && !ch.isClosed) ch.send(m.request, VERSION | FLAG_REPLY, u64.encode(known ? 0n : 1n));
+    if (known) this.onConfigChange?.();
+  }
+
   /** SET_MEM_TABLE (≤ 8 regions), or ADD_MEM_REG per region when CONFIGURE_MEM_SLOTS was negotiated. Fds are dup'd and kept for replay. */
   async setMemTable(regions: FrontendRegion[]): Promise<void> {
     for (const r of this.regions) closeFd(r.fd);
@@ -348,6 +386,7 @@ export class VhostUserFrontend {
     if ((features & ~offered) !== 0n) throw new VmmError(`the new back-end lacks features 0x${(features & ~offered).toString(16)}`, 'config', 'ERR_VHOST_USER_FEATURES');
     if (offered & VHOST_USER_F_PROTOCOL_FEATURES) await this.setProtocolFeatures(protocol & (await this.getProtocolFeatures()));
     if (this.ownerSet) await this.setOwner();
+    if (this.backendChannelWanted && this.hasProtocol(ProtocolFeature.BACKEND_REQ)) await this.openBackendChannel();
     await this.setFeatures(features);
     if (this.regions.length > 0) await this.sendMemTable();
     if (this.inflight) await this.request(Req.SET_INFLIGHT_FD, inflightPayload.encode(this.inflight.info), [this.inflight.fd]);
@@ -372,6 +411,9 @@ export class VhostUserFrontend {
   close(): void {
     this.conn?.close();
     this.conn = null;
+    this.backendChannel?.close();
+    this.backendChannel = null;
+    this.backendChannelWanted = false;
     for (const r of this.regions) closeFd(r.fd);
     this.regions = [];
     for (const r of this.vrings.values()) for (const f of [r.kickFd, r.callFd, r.errFd]) if (f !== undefined) closeFd(f);
@@ -384,5 +426,7 @@ export class VhostUserFrontend {
   disconnect(): void {
     this.conn?.close();
     this.conn = null;
+    this.backendChannel?.close();
+    this.backendChannel = null;
   }
 }

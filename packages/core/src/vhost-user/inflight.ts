@@ -93,6 +93,11 @@ export class InflightQueue {
     this.v.setUint16(14, usedIdx, true);
   }
 
+  /** A popped chain goes back to the avail ring untouched (the ring was rewound over it): no longer inflight. */
+  forget(head: number): void {
+    Atomics.store(this.bytes, HDR + head * DESC, 0);
+  }
+
   inflightHeads(): number[] {
     const out: number[] = [];
     for (let i = 0; i < this.descNum; i++) if (this.v.getUint8(HDR + i * DESC) === 1) out.push(i);

@@ -37,9 +37,14 @@ export const Req = {
   SET_STATUS: 39,
   GET_STATUS: 40,
 } as const;
-export type ReqCode = (typeof Req)[keyof typeof Req];
 
 export const reqName = (code: number): string => Object.entries(Req).find(([, v]) => v === code)?.[0] ?? `UNKNOWN(${code})`;
+
+/** Back-end → front-end request codes on the back-end channel ("Back-end message types"; SET_BACKEND_REQ_FD, BACKEND_REQ). */
+export const BackendReq = {
+  IOTLB_MSG: 1,
+  CONFIG_CHANGE_MSG: 2,
+} as const;
 
 /** Header flags: bits 0-1 version (must be 1), bit 2 reply, bit 3 need_reply. */
 export const VERSION = 0x1;

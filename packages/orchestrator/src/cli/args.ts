@@ -3,7 +3,9 @@
 // one line and exits 2.
 import { parseArgs } from 'node:util';
 import { MAX_HARTS, WASM_RAM_OFFSET } from '@vmm/vcpu';
-import { parseDiskFlag, type DiskSpec } from '../vm/disk-spec.ts';
+import { parseDeviceFlag, parseDiskFlag } from '../vm/device-spec.ts';
+import { DeviceRegistry } from '../vm/kinds.ts';
+import type { DeviceSpec } from '../vm/vhost-device.ts';
 import { CONSOLE_CHOICES, parseConsoleSpec, type ConsoleSpec } from './console.ts';
 
 export class UsageError extends Error {
@@ -30,8 +32,8 @@ export interface RunOptions {
   noReboot: boolean;
   logLevel: string;
   help: boolean;
-  /** Boot disks (`--disk FILE[,format=…][,readonly][,id=…][,queues=N][,serial=…]`), served by vmm-blk processes. */
-  disks: DiskSpec[];
+  /** Boot devices, in flag order: `--disk FILE[,opt=…]` (virtio-blk) and `--device KIND[,opt=…]`, each served by its device process. */
+  devices: DeviceSpec[];
   /** WebSocket management API port on 127.0.0.1 (0 = any), or null. */
   apiPort: number | null;
   /** QMP unix socket path, or null. */
@@ -79,6 +81,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         disk: { type: 'string', multiple: true },
+        device: { type: 'string', multiple: true },
         'api-port': { type: 'string' },
         api: { type: 'string' },
         qmp: { type: 'string' },
@@ -124,14 +127,19 @@ export function parseRunArgs(argv: string[]): RunOptions {
   const logLevel = v['log-level'] ?? 'warn';
   if (!LOG_LEVELS.includes(logLevel)) throw new UsageError(`--log-level ${JSON.stringify(logLevel)}: expected one of ${LOG_LEVELS.join(', ')}`);
 
-  const disks = (v.disk ?? []).map((d, i) => {
+  const registry = new DeviceRegistry();
+  const deviceFlag = (flag: string, value: string, parse: () => DeviceSpec): DeviceSpec => {
     try {
-      return parseDiskFlag(d, i);
+      return parse();
     } catch (e) {
-      // The message names the flag and its value ("--disk x.img,foo: unknown option 'foo' …").
-      throw new UsageError((e as Error).message);
+      // The kind's own words, after the flag: "--disk x.img,foo: virtio-blk: unknown option 'foo' (file, …)".
+      throw new UsageError(`--${flag} ${value}: ${(e as Error).message}`);
     }
-  });
+  };
+  const devices = [
+    ...(v.disk ?? []).map((d, i) => deviceFlag('disk', d, () => parseDiskFlag(registry, d, i))),
+    ...(v.device ?? []).map((d, i) => deviceFlag('device', d, () => parseDeviceFlag(registry, d, i))),
+  ];
   let apiPort: number | null = null;
   // --api PORT as the issue names it; --api-port is the same flag.
   if (v.api !== undefined) v['api-port'] ??= v.api;
@@ -164,7 +172,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
     noReboot: v['no-reboot'] === true,
     logLevel,
     help: v.help === true,
-    disks,
+    devices,
     apiPort,
     qmp: nonEmpty('qmp', v.qmp),
     console: consoleSpec,
@@ -209,6 +217,8 @@ options:
   --log-level LEVEL  fatal|error|warn|info|debug|trace|silent (default warn), logs on stderr
   --disk SPEC        a virtio-blk disk (repeatable): FILE[,format=raw|qcow2][,readonly]
                      [,id=NAME][,queues=N][,serial=S], served by a vmm-blk process
+  --device SPEC      a device of any registered kind (repeatable): KIND[,id=NAME][,opt=V…],
+                     e.g. virtio-blk,file=d.img,queues=2 (options as for QMP device_add)
   --api N            WebSocket management API on 127.0.0.1:N (0 = any free port; also --api-port)
   --qmp PATH         QMP on a unix socket at PATH
   --console WHERE    the serial console: stdio (this terminal, the default) | none |
@@ -221,7 +231,8 @@ options:
 
 console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A h shows help;
 'poweroff' in the guest ends vmm with status 0; 'reboot' restarts the machine.
-A job in the background ('&') keeps running: it prints the console but reads
-the keyboard only once it is the terminal's foreground job ('fg').
+A job in the background ('&') keeps running and leaves the terminal alone
+(no reads, no mode changes, the guest's output held); 'fg' shows the console
+and hands it the keyboard.
 SIGINT, SIGTERM and SIGHUP (the terminal closed) end vmm as quit does, status 0.
 `;

@@ -9,7 +9,7 @@ import { stderrReporter } from '../guestkit/download.ts';
 import { GuestKitError } from '../guestkit/errors.ts';
 import { ExecOutputFilter, buildExecArchive, buildInitramfs } from '../guestkit/initramfs.ts';
 import { checkKernelImage, ensureGuestKit, type GuestKit } from '../guestkit/kit.ts';
-import { UsageError, kernelCmdline, type RunOptions } from './args.ts';
+import { kernelCmdline, type RunOptions } from './args.ts';
 import { ConsoleError, describeConsole, openConsole, type HostConsole } from './console.ts';
 import { daemonReady, isDaemonChild } from './daemon.ts';
 import { attachVm, type AttachedVm } from '../vm/attach.ts';
@@ -178,10 +178,10 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
       },
       logger,
     });
-    if (o.disks.length > 0 || o.apiPort !== null || o.qmp !== null) {
-      // Disks are plugged while the harts are paused, so the guest finds them at probe time.
+    if (o.devices.length > 0 || o.apiPort !== null || o.qmp !== null) {
+      // Devices are plugged while the harts are paused, so the guest finds them at probe time.
       attached = await attachVm(machine, {
-        disks: o.disks,
+        devices: o.devices,
         apiPort: o.apiPort,
         qmpPath: o.qmp,
         log: logger,
@@ -243,4 +243,3 @@ function execStatus(exit: MachineExit, filter: ExecOutputFilter, interrupted: bo
   return exit.reason === 'fail' && exit.code ? exit.code : 1;
 }
 
-export { UsageError };

@@ -5,6 +5,7 @@ import { stderrReporter } from './download.ts';
 import { GuestKitError } from './errors.ts';
 import { buildInitramfs, initrdWithExec } from './initramfs.ts';
 import { ensureGuestKit } from './kit.ts';
+import { buildIommuKernel } from './kernel.ts';
 
 const HELP = `usage: pnpm guest <command> [options]
 
@@ -19,6 +20,11 @@ commands:
                             build the initramfs (cached); print its path, or copy
                             it to FILE; with --exec, append the command archive
   paths                     print the kit's file paths as JSON (fetching if needed)
+  kernel --iommu [--jobs N] [--force]
+                            build the IOMMU guest kernel (Debian's linux-source-6.12 +
+                            VIRTIO_IOMMU and IOMMU_DMA on riscv, guestkit/kernel/), cached
+                            under \${XDG_CACHE_HOME:-~/.cache}/vmm/kernel/; print the Image path.
+                            Needs gcc-riscv64-linux-gnu, flex, bison, bc (scripts/setup.sh)
   --help                    this text
 
 The Debian mirror is read from /etc/apt/sources.list{,.d}; VMM_DEBIAN_MIRROR overrides it.
@@ -34,6 +40,9 @@ async function main(argv: string[]): Promise<number> {
       update: { type: 'boolean' },
       exec: { type: 'string' },
       output: { type: 'string', short: 'o' },
+      iommu: { type: 'boolean' },
+      jobs: { type: 'string', short: 'j' },
+      force: { type: 'boolean' },
     },
   });
   const cmd = positionals[0];
@@ -73,6 +82,18 @@ async function main(argv: string[]): Promise<number> {
       const kit = await ensureGuestKit({ reporter });
       const built = await buildInitramfs(kit);
       process.stdout.write(`${JSON.stringify({ ...kit, initramfs: built.path, modules: built.modules }, null, 2)}\n`);
+      return 0;
+    }
+    case 'kernel': {
+      if (!values.iommu) throw new UsageError('kernel: say which kernel to build: --iommu (the only custom kernel so far)');
+      let jobs: number | undefined;
+      if (values.jobs !== undefined) {
+        jobs = Number(values.jobs);
+        if (!Number.isInteger(jobs) || jobs < 1 || jobs > 256) throw new UsageError(`--jobs ${JSON.stringify(values.jobs)}: expected an integer from 1 to 256`);
+      }
+      const built = await buildIommuKernel({ reporter, ...(jobs ? { jobs } : {}), force: values.force === true });
+      reporter.info(`${built.cached ? 'cached' : 'built'}: IOMMU kernel from linux-source-6.12 ${built.sourceVersion} (config ${built.config})`);
+      process.stdout.write(`${built.image}\n`);
       return 0;
     }
     default:

@@ -84,6 +84,24 @@ for m in $(cat /lib/modules/load-order); do
   insmod /lib/modules/$kver/$m.ko || echo "init: insmod $m failed"
 done
 hostname vmm
+# The kernel's ip= argument (Documentation/admin-guide/nfs/nfsroot.rst:
+# ip=<client-ip>:<server-ip>:<gw-ip>:<netmask>:<hostname>:<device>:<autoconf>),
+# applied here because virtio_net is a module, loaded after the kernel's own
+# autoconfiguration ran. Static settings only.
+ifconfig lo 127.0.0.1 up 2>/dev/null
+ip_setup() {
+  case "$1" in
+    off|none|"") return ;;
+    on|any|dhcp|bootp|rarp|both) echo "init: ip=$1: only static ip= settings are supported"; return ;;
+  esac
+  o=$IFS; IFS=:; set -- $1; IFS=$o
+  dev=\${6:-eth0}
+  [ -n "$5" ] && hostname "$5"
+  n=0; while [ ! -e /sys/class/net/$dev ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+  ifconfig "$dev" "$1" \${4:+netmask $4} up || { echo "init: ip=: cannot configure $dev"; return; }
+  [ -n "$3" ] && route add default gw "$3" dev "$dev"
+}
+for a in $(cat /proc/cmdline); do case "$a" in ip=*) ip_setup "\${a#ip=}" ;; esac; done
 # With a management API, vmm adds vmm.hotplug=1: start the guest half of
 # virtio-mmio hot-plug (vm/guest-hotplug.ts).
 case " $(cat /proc/cmdline) " in *" vmm.hotplug=1 "*) ${HOTPLUG_HELPER_PATH} & ;; esac

@@ -19,6 +19,8 @@ const stanzas = (kver: string): string =>
     `Package: busybox-static\nVersion: 1:1.37.0-6\nArchitecture: riscv64\nFilename: pool/main/b/busybox/old.deb\nSize: 9\nSHA256: ${'3'.repeat(64)}`,
     `Package: busybox-static\nVersion: 1:1.37.0-6+b9\nArchitecture: riscv64\nFilename: pool/main/b/busybox/new.deb\nSize: 10\nSHA256: ${'4'.repeat(64)}`,
     `Package: opensbi\nVersion: 1.6-1\nArchitecture: all\nFilename: pool/main/o/opensbi/o.deb\nSize: 5\nSHA256: ${'5'.repeat(64)}`,
+    `Package: linux-source-6.12\nVersion: ${kver}-1\nArchitecture: all\nFilename: pool/main/l/linux/src.deb\nSize: 7\nSHA256: ${'6'.repeat(64)}`,
+    `Package: linux-source-6.12\nVersion: 6.12.999-1\nArchitecture: all\nFilename: pool/main/l/linux/src-newer.deb\nSize: 8\nSHA256: ${'7'.repeat(64)}`,
   ].join('\n\n') + '\n';
 
 const xz = (text: string): Buffer => execFileSync('xz', ['-c'], { input: text });
@@ -67,6 +69,8 @@ describe('resolving the guest packages from an archive', () => {
       ['kernel', 'linux-image-6.12.107+deb13-riscv64', '6.12.107-1', 'pool/main/l/linux/k.deb'],
       ['busybox', 'busybox-static', '1:1.37.0-6+b9', 'pool/main/b/busybox/new.deb'],
       ['opensbi', 'opensbi', '1.6-1', 'pool/main/o/opensbi/o.deb'],
+      // the source of the same Debian version as the kernel, not the newest
+      ['kernel-source', 'linux-source-6.12', '6.12.107-1', 'pool/main/l/linux/src.deb'],
     ]);
     expect(lock.packages[0]!.via).toBe('linux-image-riscv64');
     expect(lock.index.sha256).toBe(sha(idx));

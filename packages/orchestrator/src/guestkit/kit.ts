@@ -20,7 +20,14 @@ export const GUEST_ARCH = 'riscv64';
 const COMPONENT = 'main';
 const INDEX_PATH = `${COMPONENT}/binary-${GUEST_ARCH}/Packages.xz`;
 
-export type PackageRole = 'kernel' | 'busybox' | 'opensbi';
+/** 'kernel-source' (linux-source-6.12, for the IOMMU kernel) is fetched only when that kernel is built. */
+export type PackageRole = 'kernel' | 'busybox' | 'opensbi' | 'kernel-source';
+
+/** The roles every `pnpm guest fetch` brings; the others are fetched on demand. */
+const BASE_ROLES: readonly PackageRole[] = ['kernel', 'busybox', 'opensbi'];
+
+/** Debian's kernel source package of the stock kernel's upstream series (architecture all). */
+export const KERNEL_SOURCE_PACKAGE = 'linux-source-6.12';
 
 export interface LockedPackage {
   role: PackageRole;
@@ -102,7 +109,7 @@ async function signedRelease(mirror: string, suite: string, reporter: Reporter):
  * currently naming trixie ("stable"…) is checked too — still a signed
  * chain, just an older snapshot. Returns the decompressed text.
  */
-async function fetchIndex(mirror: string, dir: string, reporter: Reporter): Promise<{ text: string; sha256: string; release: ReleaseFile }> {
+export async function fetchIndex(mirror: string, dir: string, reporter: Reporter): Promise<{ text: string; sha256: string; release: ReleaseFile }> {
   const primary = await signedRelease(mirror, GUEST_SUITE, reporter);
   if (primary.codename && primary.codename !== GUEST_SUITE) {
     throw new GuestKitError('ERR_GUEST_INDEX', `dists/${GUEST_SUITE}/InRelease names codename ${primary.codename}`);
@@ -152,7 +159,7 @@ async function fetchIndex(mirror: string, dir: string, reporter: Reporter): Prom
   return { text: stdout, sha256: chosen.sha256, release: chosen.release };
 }
 
-function lockEntry(role: PackageRole, p: PackageStanza, via?: string): LockedPackage {
+export function lockEntry(role: PackageRole, p: PackageStanza, via?: string): LockedPackage {
   if (!/^[0-9a-f]{64}$/.test(p.SHA256) || !p.Filename) {
     throw new GuestKitError('ERR_GUEST_INDEX', `index entry ${p.Package} ${p.Version} has no SHA256 or Filename`);
   }
@@ -174,16 +181,31 @@ export async function resolveGuestPackages(mirror: string, reporter: Reporter): 
     architecture: GUEST_ARCH,
     component: COMPONENT,
     index: { path: INDEX_PATH, sha256, releaseDate: release.date },
-    packages: [lockEntry('kernel', newest(index, dep), 'linux-image-riscv64'), lockEntry('busybox', newest(index, 'busybox-static')), lockEntry('opensbi', newest(index, 'opensbi'))],
+    packages: [
+      lockEntry('kernel', newest(index, dep), 'linux-image-riscv64'),
+      lockEntry('busybox', newest(index, 'busybox-static')),
+      lockEntry('opensbi', newest(index, 'opensbi')),
+      // Fetched only by `pnpm guest kernel`; an index without it still gives a usable kit.
+      ...(index.some((p) => p.Package === KERNEL_SOURCE_PACKAGE) ? [lockEntry('kernel-source', kernelSourceFor(index, newest(index, dep).Version))] : []),
+    ],
   };
 }
 
-function pkgDir(p: LockedPackage): string {
+/**
+ * linux-source-6.12 of the same Debian version as the stock kernel when the
+ * index still has it (same upstream release and Debian patches), else the
+ * newest one.
+ */
+export function kernelSourceFor(index: PackageStanza[], kernelVersion: string): PackageStanza {
+  return index.find((p) => p.Package === KERNEL_SOURCE_PACKAGE && p.Version === kernelVersion) ?? newest(index, KERNEL_SOURCE_PACKAGE);
+}
+
+export function pkgDir(p: LockedPackage): string {
   // Epochs ("1:1.37.0-6") hold a ':' that some tools dislike in paths.
   return join(guestCacheDir(), `${p.name}_${p.version.replace(/:/g, '%3a')}`);
 }
 
-function isUnpacked(p: LockedPackage): boolean {
+export function isUnpacked(p: LockedPackage): boolean {
   try {
     return readFileSync(join(pkgDir(p), 'complete'), 'utf8').trim() === p.sha256;
   } catch {
@@ -199,7 +221,7 @@ function kernelVersionOf(tree: string): string {
 }
 
 /** Downloads (verifying the index hash), unpacks with dpkg-deb, and for the kernel runs depmod. */
-async function unpack(p: LockedPackage, mirror: string, reporter: Reporter): Promise<void> {
+export async function unpack(p: LockedPackage, mirror: string, reporter: Reporter): Promise<void> {
   const dir = pkgDir(p);
   await mkdir(dir, { recursive: true });
   const deb = join(dir, p.filename.split('/').pop()!);
@@ -267,7 +289,7 @@ export async function ensureGuestKit(opts: EnsureOptions = {}): Promise<GuestKit
   const reporter = opts.reporter ?? silentReporter;
   const lockPath = opts.lockPath ?? DEFAULT_LOCK_PATH;
   let lock = opts.update ? null : readLock(lockPath);
-  if (lock && lock.packages.every(isUnpacked)) return kitFromCache(lock);
+  if (lock && baseOf(lock).every(isUnpacked)) return kitFromCache(lock);
   const mirror = debianMirror();
   if (!lock) {
     reporter.info(`resolving ${GUEST_SUITE}/${GUEST_ARCH} packages from the Debian archive`);
@@ -279,8 +301,12 @@ export async function ensureGuestKit(opts: EnsureOptions = {}): Promise<GuestKit
       reporter.info(`wrote ${lockPath}: ${lock.packages.map((p) => `${p.name} ${p.version}`).join(', ')}`);
     }
   }
-  for (const p of lock.packages) if (!isUnpacked(p)) await unpack(p, mirror, reporter);
+  for (const p of baseOf(lock)) if (!isUnpacked(p)) await unpack(p, mirror, reporter);
   return kitFromCache(lock);
+}
+
+function baseOf(lock: GuestLock): LockedPackage[] {
+  return lock.packages.filter((p) => BASE_ROLES.includes(p.role));
 }
 
 /**

@@ -1,4 +1,4 @@
-// Join a started machine with its disks and management API: what `vmm run`
+// Join a started machine with its devices and management API: what `vmm run`
 // does between starting the machine and letting its harts run.
 
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -8,11 +8,12 @@ import type { Logger } from '@vmm/core';
 import type { Machine } from '@vmm/vcpu';
 import { makeEvent } from '../api/qmp.ts';
 import { ApiHub, createToken } from '../api/servers.ts';
-import type { DiskSpec } from './disk-spec.ts';
+import type { DeviceSpec } from './vhost-device.ts';
 import { Vm } from './vm.ts';
 
 export interface AttachOptions {
-  disks: DiskSpec[];
+  /** Boot devices, any kind (`--disk`, `--device`). */
+  devices: DeviceSpec[];
   /** WebSocket API port on 127.0.0.1 (0 = any free port), or null for none. */
   apiPort: number | null;
   /** QMP unix socket path, or null. */
@@ -32,7 +33,7 @@ export interface AttachedVm {
   close(): Promise<void>;
 }
 
-/** Plug the disks (harts paused meanwhile, so the guest finds them at probe time) and start the API servers. */
+/** Plug the devices (harts paused meanwhile, so the guest finds them at probe time) and start the API servers. */
 export async function attachVm(machine: Machine, o: AttachOptions): Promise<AttachedVm> {
   const runDir = mkdtempSync(join(tmpdir(), 'vmm-'));
   let hub: ApiHub | null = null;
@@ -54,7 +55,7 @@ export async function attachVm(machine: Machine, o: AttachOptions): Promise<Atta
   };
   try {
     machine.pause();
-    await vm.addBootDisks(o.disks);
+    await vm.addBootDevices(o.devices);
     let apiPort: number | null = null;
     if (o.qmpPath !== null) {
       await hub.listenQmp(o.qmpPath);

@@ -12,7 +12,8 @@ import { silentReporter } from '../guestkit/download.ts';
 import { buildInitramfs, ExecOutputFilter, initrdWithExec } from '../guestkit/initramfs.ts';
 import { ensureGuestKit } from '../guestkit/kit.ts';
 import { attachVm, type AttachedVm } from './attach.ts';
-import { parseDiskFlag } from './disk-spec.ts';
+import { parseDiskFlag } from './device-spec.ts';
+import { DeviceRegistry } from './kinds.ts';
 
 export interface GuestSession {
   attached: AttachedVm;
@@ -67,7 +68,7 @@ export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSe
   });
   const qmpPath = join(mkdtempSync(join(tmpdir(), 'vmm-session-')), 'qmp.sock');
   const attached = await attachVm(machine, {
-    disks: o.disks.map((d, i) => parseDiskFlag(d, i)),
+    devices: o.disks.map((d, i) => parseDiskFlag(new DeviceRegistry(), d, i)),
     apiPort: o.apiPort ?? null,
     ...(o.tokenPath ? { tokenPath: o.tokenPath } : {}),
     qmpPath,

@@ -58,6 +58,7 @@ const BUILTIN_MEDELEG = 0xb1ffn;
 const BUILTIN_MIDELEG = BigInt(MIP.SSIP | MIP.STIP | MIP.SEIP);
 const LINE_BITS = MIP.MSIP | MIP.MTIP | MIP.MEIP | MIP.SEIP | MIP.STIP;
 const MSTATUS_FS_INITIAL = 1n << 13n;
+const SCOUNTEREN_FIRMWARE = 0x7n;
 // Longest WFI/park sleep without a notify: bounds the cost of a wake-up lost between a check and the wait.
 const MAX_SLEEP_MS = 50;
 
@@ -119,7 +120,13 @@ export class Hart {
     }
     e.writeCsr(0x302, BUILTIN_MEDELEG);
     e.writeCsr(0x303, BUILTIN_MIDELEG);
-    e.writeCsr(0x306, 0xffffffffn); // mcounteren: cycle, time, instret readable from S/U
+    // The counter enables as OpenSBI 1.6 leaves them (privileged 1.12 §3.1.11,
+    // §4.1.4): mcounteren all ones (S may read every counter), scounteren =
+    // CY|TM|IR so that U-mode may read cycle, time and instret — Linux's vDSO
+    // clock_gettime reads `time` from U-mode, and the kernel only narrows
+    // scounteren itself when an SBI PMU extension is present.
+    e.writeCsr(0x306, 0xffffffffn);
+    e.writeCsr(0x106, SCOUNTEREN_FIRMWARE);
     e.writeCsr(0x300, MSTATUS_FS_INITIAL);
     if (this.hartId === 0 || this.signals.hsmState(this.hartId) === HSM.STARTED) {
       this.enterS(this.boot.pc, BigInt(this.hartId), this.boot.a1);

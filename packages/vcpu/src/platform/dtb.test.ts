@@ -151,3 +151,42 @@ describe('virt DTB vs QEMU 7.2 -M virt', () => {
     expect(new Uint8Array(readFileSync(path))).toEqual(blob);
   });
 });
+
+describe('virt DTB with a virtio-iommu (bindings/virtio/mmio.yaml)', () => {
+  const cfg = { harts: 1, memBytes: 128 << 20, bootargs: 'console=ttyS0', iommu: { slot: 7, endpoints: [{ slot: 0, id: 8 }, { slot: 1, id: 9 }] } };
+
+  it('gives the IOMMU node #iommu-cells = <1> and a phandle, each endpoint iommus = <&viommu ID>', () => {
+    const n = parseDts(dts(buildVirtDtb(cfg)));
+    // Slot i is at 0x10001000 + i·0x1000: slot 7 is the IOMMU, slots 0 and 1 its endpoints.
+    const viommu = n.get('/soc/virtio_mmio@10008000')!.props;
+    expect(viommu.get('#iommu-cells')).toBe('<0x01>');
+    const ph = viommu.get('phandle');
+    expect(ph).toMatch(/^<0x[0-9a-f]+>$/);
+    const cell = ph!.slice(1, -1);
+    expect(n.get('/soc/virtio_mmio@10001000')!.props.get('iommus')).toBe(`<${cell} 0x08>`);
+    expect(n.get('/soc/virtio_mmio@10002000')!.props.get('iommus')).toBe(`<${cell} 0x09>`);
+    expect(n.get('/soc/virtio_mmio@10003000')!.props.has('iommus')).toBe(false);
+    // The phandle is nobody else's.
+    const all = [...n.values()].map((x) => x.props.get('phandle')).filter((p) => p !== undefined);
+    expect(all.filter((p) => p === ph)).toHaveLength(1);
+  });
+
+  it("passes dtc's own checks (iommus cells against the target's #iommu-cells), which catch a miswired blob", () => {
+    // dtc checks phandle arguments when it reads a blob (from DTS source the cells are bare numbers).
+    const check = (blob: Uint8Array): string => spawnSync('dtc', ['-I', 'dtb', '-O', 'dtb', '-o', '/dev/null', '-'], { input: blob, encoding: 'utf8' }).stderr;
+    const good = buildVirtDtb(cfg);
+    expect(check(good)).not.toMatch(/iommu/);
+    const miswired = spawnSync('dtc', ['-I', 'dts', '-O', 'dtb', '-'], { input: dts(good).replace('#iommu-cells = <0x01>', '#iommu-cells = <0x02>'), stdio: ['pipe', 'pipe', 'ignore'] }).stdout;
+    expect(check(new Uint8Array(miswired))).toMatch(/Warning \(iommus_property\): \/soc\/virtio_mmio@10001000:iommus/);
+  });
+
+  it('without an IOMMU the blob is what it was; bad wiring is refused naming the value', () => {
+    const { iommu: _, ...plain } = cfg;
+    expect(dts(buildVirtDtb(plain))).not.toMatch(/iommu/);
+    expect(() => buildVirtDtb({ ...cfg, iommu: { slot: 8, endpoints: [] } })).toThrow(/IOMMU slot 8 is not a virtio-mmio slot/);
+    expect(() => buildVirtDtb({ ...cfg, iommu: { slot: 7, endpoints: [{ slot: 7, id: 1 }] } })).toThrow(/the IOMMU's own slot/);
+    expect(() => buildVirtDtb({ ...cfg, iommu: { slot: 7, endpoints: [{ slot: 0, id: 1 }, { slot: 0, id: 2 }] } })).toThrow(/slot 0 is listed twice/);
+    expect(() => buildVirtDtb({ ...cfg, iommu: { slot: 7, endpoints: [{ slot: 0, id: 1 }, { slot: 1, id: 1 }] } })).toThrow(/id 1 is given to two slots/);
+    expect(() => buildVirtDtb({ ...cfg, iommu: { slot: 7, endpoints: [{ slot: 0, id: -1 }] } })).toThrow(/id -1 \(slot 0\) is not a u32/);
+  });
+});

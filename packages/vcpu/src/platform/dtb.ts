@@ -130,6 +130,37 @@ export interface VirtDtbConfig {
   initrd?: { start: number; end: number };
   /** Entropy for the kernel's RNG (chosen/rng-seed), as QEMU passes 32 bytes. */
   rngSeed?: Uint8Array;
+  /** A virtio-iommu in one of the virtio-mmio slots and the slots whose DMA it translates. */
+  iommu?: DtbIommu;
+}
+
+/**
+ * The IOMMU's wiring (Linux Documentation/devicetree/bindings/virtio/mmio.yaml
+ * and bindings/iommu/iommu.txt): the IOMMU's virtio-mmio node gets
+ * `#iommu-cells = <1>` and a phandle, each endpoint's node `iommus =
+ * <&viommu ID>`; ID is the endpoint id the driver puts in ATTACH/PROBE
+ * requests (virtio 1.2 §5.13.6.3).
+ */
+export interface DtbIommu {
+  /** Index of the virtio-mmio slot the IOMMU sits in. */
+  slot: number;
+  endpoints: readonly { slot: number; id: number }[];
+}
+
+function checkIommu(io: DtbIommu): void {
+  const slotOk = (s: number): boolean => Number.isInteger(s) && s >= 0 && s < MMIO.virtio.count;
+  if (!slotOk(io.slot)) throw new DtbError(`IOMMU slot ${io.slot} is not a virtio-mmio slot (0..${MMIO.virtio.count - 1})`);
+  const seen = new Set<number>();
+  const ids = new Set<number>();
+  for (const e of io.endpoints) {
+    if (!slotOk(e.slot)) throw new DtbError(`IOMMU endpoint slot ${e.slot} is not a virtio-mmio slot (0..${MMIO.virtio.count - 1})`);
+    if (e.slot === io.slot) throw new DtbError(`IOMMU endpoint slot ${e.slot} is the IOMMU's own slot`);
+    if (seen.has(e.slot)) throw new DtbError(`IOMMU endpoint slot ${e.slot} is listed twice`);
+    if (!Number.isInteger(e.id) || e.id < 0 || e.id > 0xffff_ffff) throw new DtbError(`IOMMU endpoint id ${e.id} (slot ${e.slot}) is not a u32`);
+    if (ids.has(e.id)) throw new DtbError(`IOMMU endpoint id ${e.id} is given to two slots`);
+    seen.add(e.slot);
+    ids.add(e.id);
+  }
 }
 
 /** ISA string and extension list of our hart (RV64GC with the counters and CSR/fence.i split out). */
@@ -142,6 +173,7 @@ const reg = (base: number, size: number): number[] => [hi(base), lo(base), hi(si
 
 /** The DTB for our `-M virt`-shaped machine. Node order follows QEMU's dump (libfdt prepends subnodes). */
 export function buildVirtDtb(cfg: VirtDtbConfig): Uint8Array {
+  if (cfg.iommu) checkIommu(cfg.iommu);
   let next = 1;
   const phandle = (): number => next++;
   const root = new DtNode('');
@@ -185,11 +217,16 @@ export function buildVirtDtb(cfg: VirtDtbConfig): Uint8Array {
     .prop('clock-frequency', [0x384000]).prop('reg', reg(MMIO.uart0.base, MMIO.uart0.size)).prop('compatible', 'ns16550a');
   soc.child(`test@${MMIO.test.base.toString(16)}`).prop('phandle', [testPhandle]).prop('reg', reg(MMIO.test.base, MMIO.test.size))
     .prop('compatible', ['sifive,test1', 'sifive,test0', 'syscon']);
+  // Allocated after every other phandle, so a DTB without an IOMMU is unchanged.
+  const iommuPhandle = cfg.iommu ? phandle() : 0;
   // QEMU lists the slots from the highest address down; Linux probes in this order, so vda is the last slot.
   for (let i = MMIO.virtio.count - 1; i >= 0; i--) {
     const base = MMIO.virtio.base + i * MMIO.virtio.size;
-    soc.child(`virtio_mmio@${base.toString(16)}`).prop('interrupts', [IRQ.virtioFirst + i]).prop('interrupt-parent', [plicPhandle])
+    const node = soc.child(`virtio_mmio@${base.toString(16)}`).prop('interrupts', [IRQ.virtioFirst + i]).prop('interrupt-parent', [plicPhandle])
       .prop('reg', reg(base, MMIO.virtio.size)).prop('compatible', 'virtio,mmio');
+    if (cfg.iommu?.slot === i) node.prop('#iommu-cells', [1]).prop('phandle', [iommuPhandle]);
+    const ep = cfg.iommu?.endpoints.find((e) => e.slot === i);
+    if (ep) node.prop('iommus', [iommuPhandle, ep.id]);
   }
   const plicExt: number[] = [];
   const clintExt: number[] = [];

@@ -135,4 +135,4 @@ export { MmioBus, BusError } from './physbus.ts';
 export { Sbi, SBI_ERR, SBI_EXT, SBI_SPEC_VERSION, SBI_IMPL_ID, type SbiContext } from './sbi.ts';
 export { ConsoleChannel, type ConsoleState } from './console.ts';
 export { ByteRing, SharedMutex } from './sync.ts';
-export { DtNode, DtbError, encodeFdt, buildVirtDtb, dumpDtb, RISCV_ISA, RISCV_ISA_EXTENSIONS, type DtValue, type VirtDtbConfig } from './dtb.ts';
+export { DtNode, DtbError, encodeFdt, buildVirtDtb, dumpDtb, RISCV_ISA, RISCV_ISA_EXTENSIONS, type DtValue, type VirtDtbConfig, type DtbIommu } from './dtb.ts';

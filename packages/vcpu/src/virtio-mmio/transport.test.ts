@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { INT, MAGIC, REG, STATUS, VirtioMmioState } from './transport.ts';
-
-const VERSION_1 = 1n << 32n;
+import {
+  VIRTIO_F_VERSION_1 as VERSION_1, VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DRIVER, VIRTIO_STATUS_FEATURES_OK,
+} from '@vmm/core';
+import { INT, MAGIC, REG, VirtioMmioState } from './transport.ts';
 
 function driverProbe(t: VirtioMmioState, kicks: number[], irqs: boolean[], accept: bigint) {
   const kick = (fd: number) => { kicks.push(fd); };
@@ -10,8 +11,8 @@ function driverProbe(t: VirtioMmioState, kicks: number[], irqs: boolean[], accep
   expect(t.read(REG.MagicValue, 4)).toBe(MAGIC);
   expect(t.read(REG.Version, 4)).toBe(2);
   t.write(REG.Status, 4, 0, kick, irq);
-  t.write(REG.Status, 4, STATUS.ACKNOWLEDGE, kick, irq);
-  t.write(REG.Status, 4, STATUS.ACKNOWLEDGE | STATUS.DRIVER, kick, irq);
+  t.write(REG.Status, 4, VIRTIO_STATUS_ACKNOWLEDGE, kick, irq);
+  t.write(REG.Status, 4, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER, kick, irq);
   t.write(REG.DeviceFeaturesSel, 4, 1, kick, irq);
   const hi = t.read(REG.DeviceFeatures, 4);
   t.write(REG.DeviceFeaturesSel, 4, 0, kick, irq);
@@ -22,8 +23,8 @@ function driverProbe(t: VirtioMmioState, kicks: number[], irqs: boolean[], accep
   t.write(REG.DriverFeatures, 4, Number(want >> 32n), kick, irq);
   t.write(REG.DriverFeaturesSel, 4, 0, kick, irq);
   t.write(REG.DriverFeatures, 4, Number(want & 0xffffffffn), kick, irq);
-  t.write(REG.Status, 4, STATUS.ACKNOWLEDGE | STATUS.DRIVER | STATUS.FEATURES_OK, kick, irq);
-  return { kick, irq, ok: (t.read(REG.Status, 4) & STATUS.FEATURES_OK) !== 0 };
+  t.write(REG.Status, 4, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK, kick, irq);
+  return { kick, irq, ok: (t.read(REG.Status, 4) & VIRTIO_STATUS_FEATURES_OK) !== 0 };
 }
 
 describe('virtio-mmio transport registers (virtio 1.2 §4.2.2)', () => {
@@ -86,8 +87,8 @@ describe('virtio-mmio transport registers (virtio 1.2 §4.2.2)', () => {
     t2.write(REG.DriverFeatures, 4, 0x8, kick, irq);
     t2.write(REG.DriverFeaturesSel, 4, 1, kick, irq);
     t2.write(REG.DriverFeatures, 4, 1, kick, irq);
-    t2.write(REG.Status, 4, STATUS.FEATURES_OK | 3, kick, irq);
-    expect(t2.read(REG.Status, 4) & STATUS.FEATURES_OK).toBe(0);
+    t2.write(REG.Status, 4, VIRTIO_STATUS_FEATURES_OK | 3, kick, irq);
+    expect(t2.read(REG.Status, 4) & VIRTIO_STATUS_FEATURES_OK).toBe(0);
   });
 
   it('bumps ConfigGeneration and raises a config interrupt on config change', () => {

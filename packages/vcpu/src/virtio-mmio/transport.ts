@@ -11,6 +11,11 @@
 // registers. Kicks written before the backend is set up are not lost: an
 // eventfd keeps its count until the backend reads it.
 
+import {
+  VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER_OK,
+  VirtioDeviceLifecycle,
+} from '@vmm/core';
+
 /** virtio 1.2 §4.2.2 register offsets. */
 export const REG = {
   MagicValue: 0x000, Version: 0x004, DeviceID: 0x008, VendorID: 0x00c,
@@ -31,8 +36,12 @@ export const VENDOR_ID = 0x554d_4551; // "QEMU", as QEMU's virtio-mmio reports; 
  * reads this, which resets the device (status 0): the host then removes it.
  */
 export const VENDOR_ID_EJECT = 0x5443_4a45; // "EJCT"
-/** Device status bits (virtio 1.2 §2.1). */
-export const STATUS = { ACKNOWLEDGE: 1, DRIVER: 2, DRIVER_OK: 4, FEATURES_OK: 8, DEVICE_NEEDS_RESET: 64, FAILED: 128 } as const;
+/**
+ * The transport-owned feature bits (virtio 1.2 §6: 24 to 49) this transport
+ * carries between a device and the driver: the ring layouts core's
+ * virtqueue implements. Every device-specific bit passes through untouched.
+ */
+export const TRANSPORT_FEATURES = VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX;
 export const INT = { USED_BUFFER: 1, CONFIG_CHANGE: 2 } as const;
 
 export const MAX_QUEUES = 16;
@@ -67,12 +76,36 @@ export class VirtioMmioState {
   readonly buffer: SharedArrayBuffer;
   private readonly w: Int32Array;
   private readonly cfg: Uint8Array;
+  /**
+   * The device status state machine, written once in @vmm/core (virtio 1.2
+   * §2.1, §3.1.1), over this slot's shared registers: every hart thread's
+   * instance sees the same status and driver features.
+   */
+  private readonly lifecycle: VirtioDeviceLifecycle;
 
   constructor(buffer?: SharedArrayBuffer) {
     this.buffer = buffer ?? new SharedArrayBuffer(WORDS * 4);
-    this.w = new Int32Array(this.buffer);
+    const w = (this.w = new Int32Array(this.buffer));
     this.cfg = new Uint8Array(this.buffer, CONFIG_WORD * 4, CONFIG_BYTES);
     if (!buffer) for (let q = 0; q < MAX_QUEUES; q++) this.w[this.q(q) + QW.kickFd] = -1;
+    const u64 = (lo: number, hi: number): bigint => (BigInt(w[hi]! >>> 0) << 32n) | BigInt(w[lo]! >>> 0);
+    this.lifecycle = new VirtioDeviceLifecycle(
+      {
+        get deviceFeatures() { return u64(W.devFeatLo, W.devFeatHi); },
+        // The orchestrator sees DRIVER_OK and resets through the change counter and reconciles its back-end.
+        activate: () => {},
+        reset: () => {},
+      },
+      {
+        get status() { return Atomics.load(w, W.status); },
+        set status(v: number) { Atomics.store(w, W.status, v); },
+        get driverFeatures() { return u64(W.drvFeatLo, W.drvFeatHi); },
+        set driverFeatures(v: bigint) {
+          w[W.drvFeatLo] = Number(v & 0xffff_ffffn) | 0;
+          w[W.drvFeatHi] = Number((v >> 32n) & 0xffff_ffffn) | 0;
+        },
+      },
+    );
   }
 
   private q(i: number): number { return Q_BASE + i * Q_STRIDE; }
@@ -129,7 +162,7 @@ export class VirtioMmioState {
   get changes(): number { return Atomics.load(this.w, W.changes); }
   get numQueues(): number { return this.w[W.numQueues]!; }
   driverFeatures(): bigint {
-    return (BigInt(this.w[W.drvFeatHi]! >>> 0) << 32n) | BigInt(this.w[W.drvFeatLo]! >>> 0);
+    return this.lifecycle.driverFeatures;
   }
   configBytes(): Uint8Array { return this.cfg.slice(); }
   queue(i: number): QueueConfig {
@@ -145,10 +178,15 @@ export class VirtioMmioState {
     irq(true);
   }
 
-  /** Mark the device broken (virtio 1.2 §2.1.2), e.g. when its ring cannot be parsed. */
+  /**
+   * Mark the device broken (virtio 1.2 §2.1.2: DEVICE_NEEDS_RESET, and a
+   * configuration change notification when the driver is running), e.g.
+   * when its back-end was given up, or to ask the guest to let go of it.
+   */
   needsReset(irq: IrqFn): void {
-    Atomics.or(this.w, W.status, STATUS.DEVICE_NEEDS_RESET);
-    this.raise(INT.CONFIG_CHANGE, irq);
+    const before = this.lifecycle.status;
+    this.lifecycle.needsReset();
+    if (!(before & VIRTIO_STATUS_DEVICE_NEEDS_RESET) && before & VIRTIO_STATUS_DRIVER_OK) this.raise(INT.CONFIG_CHANGE, irq);
   }
 
   /** An Int32Array and index the orchestrator can Atomics.waitAsync on for register changes. */
@@ -186,10 +224,7 @@ export class VirtioMmioState {
       case REG.Version: return 2;
       case REG.DeviceID: return present ? w[W.deviceId]! : 0; // 0: an empty slot (§4.2.3.1.1)
       case REG.VendorID: return Atomics.load(w, W.eject) ? VENDOR_ID_EJECT : VENDOR_ID;
-      case REG.DeviceFeatures: {
-        const sel = w[W.devFeatSel]!;
-        return sel === 0 ? w[W.devFeatLo]! >>> 0 : sel === 1 ? w[W.devFeatHi]! >>> 0 : 0;
-      }
+      case REG.DeviceFeatures: return this.lifecycle.deviceFeaturesWord(w[W.devFeatSel]!);
       case REG.QueueNumMax: return w[W.queueSel]! < w[W.numQueues]! ? w[W.queueNumMax]! : 0;
       case REG.QueueReady: return this.selQueue() >= 0 ? w[this.q(this.selQueue()) + QW.ready]! : 0;
       case REG.InterruptStatus: return Atomics.load(w, W.intStatus);
@@ -230,13 +265,8 @@ export class VirtioMmioState {
       }
       case REG.DeviceFeaturesSel: w[W.devFeatSel] = value; return;
       case REG.DriverFeaturesSel: w[W.drvFeatSel] = value; return;
-      case REG.DriverFeatures: {
-        // Only while negotiating (§3.1.1 step 4): ignored after FEATURES_OK.
-        if (w[W.status]! & STATUS.FEATURES_OK) return;
-        const sel = w[W.drvFeatSel]!;
-        if (sel === 0) w[W.drvFeatLo] = value; else if (sel === 1) w[W.drvFeatHi] = value;
-        return;
-      }
+      // Only while negotiating (§3.1.1 step 4): the lifecycle ignores it after FEATURES_OK.
+      case REG.DriverFeatures: this.lifecycle.writeDriverFeaturesWord(w[W.drvFeatSel]!, value); return;
       case REG.QueueSel: w[W.queueSel] = value; return;
       case REG.InterruptACK: {
         const left = Atomics.and(w, W.intStatus, ~value) & ~value;
@@ -271,21 +301,18 @@ export class VirtioMmioState {
     if (value === 0) {
       // Device reset (§4.2.2.1): registers back to their initial values; the
       // orchestrator sees the reset counter move and stops the backend's rings.
+      this.lifecycle.reset();
       this.resetRegisters();
       Atomics.add(w, W.resets, 1);
       irq(false);
       this.changed();
       return;
     }
-    let v = value & 0xff;
-    if ((v & STATUS.FEATURES_OK) && !(w[W.status]! & STATUS.FEATURES_OK)) {
-      // Accept only a subset of what the device offers that includes VERSION_1 (§6.1):
-      // otherwise FEATURES_OK does not stick and the driver gives up (§3.1.1 step 6).
-      const offered = (BigInt(w[W.devFeatHi]! >>> 0) << 32n) | BigInt(w[W.devFeatLo]! >>> 0);
-      const wanted = this.driverFeatures();
-      if ((wanted & ~offered) !== 0n || (wanted & (1n << 32n)) === 0n) v &= ~STATUS.FEATURES_OK;
-    }
-    Atomics.store(w, W.status, v | (w[W.status]! & STATUS.DEVICE_NEEDS_RESET));
+    // Bits in order, FEATURES_OK only for a subset of the offered features
+    // with VERSION_1 (§3.1.1, §6.1; otherwise it does not stick and the
+    // driver gives up), DEVICE_NEEDS_RESET kept: the core lifecycle decides.
+    this.lifecycle.writeStatus(value);
     this.changed();
   }
+
 }

@@ -4,12 +4,12 @@
 // back-end uses. For device unit tests; protocol tests use the real thing.
 
 import type { Logger } from 'pino';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, type VirtioDeviceBackend } from './device.ts';
-import { createLogger } from './logger.ts';
-import { GuestMemory, guestAddress, type GuestAddress } from './memory.ts';
-import { QueueHandle } from './queue-handle.ts';
-import { DriverQueue, SplitQueue, splitQueueLayout, type DriverBuffer } from './virtqueue.ts';
-import { VmmError } from './errors.ts';
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, type VirtioDeviceBackend } from '../device.ts';
+import { createLogger } from '../logger.ts';
+import { GuestMemory, guestAddress, type GuestAddress } from '../memory.ts';
+import { QueueHandle } from '../queue-handle.ts';
+import { DriverQueue, SplitQueue, splitQueueLayout, type DriverBuffer } from '../virtqueue.ts';
+import { VmmError } from '../errors.ts';
 
 export interface HarnessOptions {
   queueSize?: number;
@@ -53,7 +53,13 @@ export class InProcessDevice {
     const size = o.queueSize ?? 128;
     const indirectMax = o.indirectMax ?? 16;
     const eventIdx = (features & VIRTIO_F_EVENT_IDX) !== 0n;
-    device.activate({ mem: this.mem, features, log });
+    device.activate({
+      mem: this.mem,
+      features,
+      log,
+      needsReset: (reason) => this.needsResetReasons.push(reason),
+      configChanged: () => this.configChanges++,
+    });
     for (let i = 0; i < device.numQueues; i++) {
       const l = splitQueueLayout(this.alloc(splitQueueLayout(0, size).end + 16, 4096), size);
       const cfg = { size, desc: l.desc, avail: l.avail, used: l.used, eventIdx };
@@ -71,6 +77,21 @@ export class InProcessDevice {
       });
       this.queues.push({ driver, handle });
     }
+    for (const q of this.queues) device.startQueue?.(q.handle);
+  }
+
+  /** Why the device asked for a reset (DeviceContext.needsReset), in order. */
+  readonly needsResetReasons: string[] = [];
+  /** Configuration change notifications the device sent. */
+  configChanges = 0;
+
+  /** Stop queue `queue` as a transport does: the device hands back the chains it holds; returns the ring's next avail index. */
+  stopQueue(queue: number): number {
+    const { handle } = this.q(queue);
+    handle.giveBack(this.device.stopQueue?.(queue) ?? []);
+    handle.flush();
+    handle.dead = true;
+    return handle.q.lastAvail;
   }
 
   /** Bump-allocate guest RAM. */
@@ -117,7 +138,7 @@ export class InProcessDevice {
   }
 
   reset(): void {
-    for (const q of this.queues) q.handle.dead = true;
+    for (const q of this.queues) if (!q.handle.dead) this.stopQueue(q.handle.index);
     this.device.reset();
   }
 }

@@ -1,38 +1,42 @@
-// One virtio-blk disk of a running VM: a `vmm-blk` device process, our
-// vhost-user front-end to it, and the virtio-mmio transport slot the guest
-// sees. The orchestrator plays QEMU's part (vhost-user spec, "front-end"):
-// it watches the transport's registers (a cold path) and, when the driver
-// sets DRIVER_OK, hands the back-end the RAM memfd, the rings and the
-// kick/call eventfds. After that the data path is vCPU thread → kick
-// eventfd → vmm-blk → call eventfd → PLIC line, with no hop through here
-// except the irqfd wake-up.
+// One vhost-user device of a running VM, of any kind: its device process,
+// our vhost-user front-end to it, and the virtio-mmio transport slot the
+// guest sees. The orchestrator plays QEMU's part (vhost-user spec,
+// "front-end"): it watches the transport's registers (a cold path) and, when
+// the driver sets DRIVER_OK, hands the back-end the RAM memfd, the rings and
+// the kick/call/error eventfds. After that the data path is vCPU thread →
+// kick eventfd → device process → call eventfd → PLIC line, with no hop
+// through here except the irqfd wake-up.
+//
+// A kind (virtio-blk, …) contributes only what differs, through its
+// registration (DeviceKind in @vmm/core): device ID, config size, options and
+// the process's argv, the protocol features it allows, whether a warm spare
+// helps, its faults and its QMP query. This class is the rest, written once.
 //
 // Supervision: if the process dies (any signal, any exit), it is started
-// again on the same socket and the front-end replays memory, features,
-// inflight region and rings; each ring restarts at the used index read
-// from guest RAM, and the back-end resubmits what the inflight region says
-// was in flight (vhost-user "Inflight I/O tracking"). The guest sees a
-// delay, never an error.
+// again on the same socket (or a warm spare takes over) and the front-end
+// replays memory, features, inflight region and rings; each ring restarts at
+// the used index read from guest RAM, and a back-end with inflight tracking
+// resubmits what the region says was in flight (vhost-user "Inflight I/O
+// tracking"). The guest sees a delay, never an error. A back-end that keeps
+// crashing without progress is given up: DEVICE_NEEDS_RESET with a
+// configuration change interrupt (virtio 1.2 §2.1.2).
 
-import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import {
-  closeFd, DeviceProcess, eventfdCreate, eventfdRead, protocolFeatureBit, VHOST_USER_F_PROTOCOL_FEATURES, VhostUserFrontend,
-  VhostUserProtocolFeature, VmmError, watchReadable, type FdWatch, type Logger,
+  BASE_PROTOCOL_FEATURES, closeFd, DEVICE_SPECIFIC_FEATURES, DeviceProcess, eventfdCreate, eventfdRead, optionsToArgv, protocolFeatureBit,
+  VHOST_USER_F_PROTOCOL_FEATURES, VhostUserFrontend, VhostUserProtocolFeature, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER_OK, VmmError,
+  watchReadable, type DeviceKind, type FdWatch, type Logger, type OptionValue,
 } from '@vmm/core';
-import { VIRTIO_INT, VIRTIO_STATUS, type IrqFn, type VirtioMmioState } from '@vmm/vcpu';
-import type { DiskSpec } from './disk-spec.ts';
-import { probeImageFormat } from '@vmm/virtio-blk';
+import { TRANSPORT_FEATURES, VIRTIO_INT, type IrqFn, type VirtioMmioState } from '@vmm/vcpu';
 
-const VIRTIO_ID_BLOCK = 2; // virtio 1.2 §5
-const QUEUE_SIZE_MAX = 256;
-const BLK_CONFIG_BYTES = 60; // struct virtio_blk_config up to write_zeroes_may_unmap + padding (§5.2.4)
-/** What our virtio-mmio transport can carry: device-specific bits, INDIRECT_DESC, EVENT_IDX, VERSION_1. */
-const TRANSPORT_FEATURES = ((1n << 24n) - 1n) | (1n << 28n) | (1n << 29n) | (1n << 32n);
+/** Protocol features the front-end acks for every kind (inflight tracking is a kind's to allow: DeviceKind.protocolFeatures). */
 const WANTED_PROTOCOL = [
   VhostUserProtocolFeature.MQ, VhostUserProtocolFeature.REPLY_ACK, VhostUserProtocolFeature.CONFIG,
-  VhostUserProtocolFeature.INFLIGHT_SHMFD, VhostUserProtocolFeature.RESET_DEVICE,
+  VhostUserProtocolFeature.RESET_DEVICE, VhostUserProtocolFeature.STATUS, VhostUserProtocolFeature.BACKEND_REQ,
 ].reduce((acc, b) => acc | protocolFeatureBit(b), 0n);
+
+/** What the guest may see of the features a back-end offers: every device-specific bit (virtio 1.2 §6), and the transport-owned ones our transport carries. */
+const GUEST_FEATURES = DEVICE_SPECIFIC_FEATURES | TRANSPORT_FEATURES;
 
 /**
  * Give up on a back-end after this many crashes in a row with no progress in
@@ -41,10 +45,21 @@ const WANTED_PROTOCOL = [
  */
 const MAX_FRUITLESS_RESTARTS = 5;
 
-// The vmm-blk entry point sits beside the package's index (its `bin`).
-const BLK_MAIN = fileURLToPath(new URL('./main.ts', import.meta.resolve('@vmm/virtio-blk')));
+/** A device as the orchestrator plugs it: its kind, its id, and its options parsed by the kind's schema. */
+export interface DeviceSpec {
+  kind: DeviceKind;
+  id: string;
+  options: Record<string, OptionValue>;
+}
 
-export interface VhostBlkContext {
+function protocolFeatureNames(bits: bigint): string {
+  const names = Object.entries(VhostUserProtocolFeature).filter(([, b]) => bits & protocolFeatureBit(b)).map(([n]) => n);
+  const known = Object.values(VhostUserProtocolFeature).reduce((acc, b) => acc | protocolFeatureBit(b), 0n);
+  if (bits & ~known) names.push(`0x${(bits & ~known).toString(16)}`);
+  return names.join(', ');
+}
+
+export interface SlotContext {
   ramFd: number;
   ramBase: number;
   memBytes: number;
@@ -58,35 +73,31 @@ export interface VhostBlkContext {
   emit(event: string, data: Record<string, unknown>): void;
 }
 
-function isQcow2(spec: DiskSpec): boolean {
-  try {
-    return (spec.format ?? probeImageFormat(spec.file)) === 'qcow2';
-  } catch {
-    return true; // unknown: no spare
-  }
-}
-
 export type BackendState = 'starting' | 'running' | 'restarting' | 'failed' | 'stopped';
 
-export class VhostBlkError extends VmmError {
-  constructor(message: string, code = 'ERR_VHOST_BLK') {
+export class VhostDeviceError extends VmmError {
+  constructor(message: string, code = 'ERR_VHOST_DEVICE') {
     super(message, 'config', code);
   }
 }
 
-export class VhostBlkDevice {
-  spec: DiskSpec;
-  /** The socket of the process currently serving the disk. */
+export class VhostUserDevice {
+  spec: DeviceSpec;
+  readonly kind: DeviceKind;
+  /** Virtqueues of the device (fixed for its life: a replacement keeps them). */
+  readonly queues: number;
+  /** The socket of the process currently serving the device. */
   socketPath: string;
   state: BackendState = 'starting';
   /** Fault injection: hold each used-buffer interrupt this long. */
   delayCallsMs = 0;
-  private readonly ctx: VhostBlkContext;
+  private readonly ctx: SlotContext;
   private proc: DeviceProcess;
   private fe: VhostUserFrontend | null = null;
   private offered = 0n;
   private readonly kickFds: number[] = [];
   private readonly callFds: number[] = [];
+  private readonly errFds: number[] = [];
   private readonly watches: FdWatch[] = [];
   private ringsRunning = false;
   private lastResets = 0;
@@ -97,28 +108,29 @@ export class VhostBlkDevice {
   private progressMark = 0;
   private closed = false;
   /**
-   * A warm spare: a second vmm-blk process, started and waiting on its own
+   * A warm spare: a second device process, started and waiting on its own
    * socket, so that recovering from a crash costs a reconnect and a replay
-   * rather than a Node start-up. Only for raw images: a qcow2 spare would
-   * hold metadata read before the crashed process changed it.
+   * rather than a Node start-up; when the kind says a spare helps
+   * (DeviceKind.warmSpare: not a qcow2 disk, whose spare would hold
+   * metadata read before the crashed process changed it).
    */
   private spare: { proc: DeviceProcess; socket: string; ready: boolean; started: Promise<void> } | null = null;
   private spareSeq = 0;
   private readonly spareAllowed: boolean;
 
-  private constructor(spec: DiskSpec, ctx: VhostBlkContext) {
+  private constructor(spec: DeviceSpec, ctx: SlotContext) {
     this.spec = spec;
+    this.kind = spec.kind;
+    this.queues = spec.kind.queues(spec.options);
     this.ctx = ctx;
     this.socketPath = join(ctx.runDir, `${spec.id}.sock`);
     this.proc = this.makeProcess(spec, this.socketPath);
-    this.spareAllowed = !isQcow2(spec);
+    this.spareAllowed = spec.kind.warmSpare(spec.options);
   }
 
-  private makeProcess(spec: DiskSpec, socketPath: string): DeviceProcess {
-    const args = [BLK_MAIN, '--socket', socketPath, '--image', spec.file, '--queues', String(spec.queues), '--id', spec.id, '--log-level', this.ctx.logLevel];
-    if (spec.format) args.push('--format', spec.format);
-    if (spec.readOnly) args.push('--readonly');
-    if (spec.serial) args.push('--serial', spec.serial);
+  /** The device process: the kind's entry point with the same options, as flags (DeviceKind.options, parseDeviceArgv). */
+  private makeProcess(spec: DeviceSpec, socketPath: string): DeviceProcess {
+    const args = [spec.kind.main, '--socket', socketPath, '--id', spec.id, '--log-level', this.ctx.logLevel, ...optionsToArgv(spec.kind.options, spec.options)];
     const proc = new DeviceProcess({ name: spec.id, args, log: this.ctx.log, stdio: 'inherit' });
     proc.onUnexpectedExit = this.onCrash;
     return proc;
@@ -126,15 +138,19 @@ export class VhostBlkDevice {
 
   /**
    * Hot-swap the back-end behind the guest's device: stop the old process
-   * (SIGTERM), start a new one (same or another image of the same size) and
-   * replay the session into it; if it cannot start, go back to the old image. Requests in flight in the old process are
+   * (SIGTERM), start a new one (same or other options, e.g. another image of
+   * the same size) and replay the session into it; if it cannot start, go
+   * back to the old options. Requests in flight in the old process are
    * resubmitted from the inflight region, so the guest notices nothing.
    */
-  replace(spec: DiskSpec): Promise<void> {
+  replace(spec: DeviceSpec): Promise<void> {
     return new Promise((resolve, reject) => {
       this.enqueue(async () => {
         try {
-          if (spec.queues !== this.spec.queues) throw new VhostBlkError(`disk ${spec.id}: a replacement must keep queues=${this.spec.queues}`);
+          if (spec.kind !== this.kind) throw new VhostDeviceError(`device ${spec.id}: a replacement must keep driver=${this.kind.name}`);
+          for (const name of this.kind.fixedOnReplace ?? []) {
+            if (spec.options[name] !== this.spec.options[name]) throw new VhostDeviceError(`device ${spec.id}: a replacement must keep ${name}=${String(this.spec.options[name])}`);
+          }
           const old = this.proc;
           this.state = 'restarting';
           this.fe?.disconnect();
@@ -145,7 +161,7 @@ export class VhostBlkDevice {
           try {
             await next.start();
           } catch (e) {
-            // Keep the guest's disk: go back to the old image.
+            // Keep the guest's device: go back to the old options.
             this.proc = this.makeProcess(this.spec, this.socketPath);
             this.proc.restarts = old.restarts;
             await this.proc.start();
@@ -156,7 +172,7 @@ export class VhostBlkDevice {
           this.spec = spec;
           await this.resume();
           this.startSpare();
-          this.ctx.emit('BACKEND_REPLACED', { device: spec.id, pid: next.pid, file: spec.file });
+          this.ctx.emit('BACKEND_REPLACED', { device: spec.id, driver: this.kind.name, pid: next.pid, ...spec.options });
           resolve();
         } catch (e) {
           reject(e as Error);
@@ -169,7 +185,7 @@ export class VhostBlkDevice {
   private async resume(): Promise<void> {
     if (this.ringsRunning && this.fe) {
       const bases = new Map<number, number>();
-      for (let q = 0; q < this.spec.queues; q++) {
+      for (let q = 0; q < this.queues; q++) {
         const qc = this.ctx.transport.queue(q);
         if (qc.ready) bases.set(q, this.ctx.readGuestU16(qc.device + 2n));
       }
@@ -186,21 +202,26 @@ export class VhostBlkDevice {
   }
 
   /** Start the process, connect, and put the device into its transport slot. Fails with the back-end's own message. */
-  static async start(spec: DiskSpec, ctx: VhostBlkContext): Promise<VhostBlkDevice> {
-    const dev = new VhostBlkDevice(spec, ctx);
+  static async start(spec: DeviceSpec, ctx: SlotContext): Promise<VhostUserDevice> {
+    const dev = new VhostUserDevice(spec, ctx);
     try {
       await dev.proc.start();
       await dev.connect();
-      const config = await dev.fe!.getConfig(0, BLK_CONFIG_BYTES);
-      for (let q = 0; q < spec.queues; q++) {
+      const config = await dev.fe!.getConfig(0, spec.kind.configSize);
+      for (let q = 0; q < dev.queues; q++) {
         dev.kickFds.push(eventfdCreate());
         const call = eventfdCreate();
         dev.callFds.push(call);
         const w = watchReadable(call, () => dev.onCall(call));
         w.unref();
         dev.watches.push(w);
+        const err = eventfdCreate();
+        dev.errFds.push(err);
+        const we = watchReadable(err, () => dev.onError(err));
+        we.unref();
+        dev.watches.push(we);
       }
-      ctx.transport.plug(VIRTIO_ID_BLOCK, dev.offered & TRANSPORT_FEATURES, spec.queues, QUEUE_SIZE_MAX, config, dev.kickFds);
+      ctx.transport.plug(spec.kind.virtioId, dev.offered & GUEST_FEATURES, dev.queues, spec.kind.maxQueueSize, config, dev.kickFds);
       dev.lastResets = ctx.transport.resets;
       dev.state = 'running';
       void dev.watchTransport();
@@ -208,7 +229,8 @@ export class VhostBlkDevice {
       return dev;
     } catch (e) {
       await dev.close();
-      throw new VhostBlkError(`disk ${spec.id} (${spec.file}): ${(e as Error).message}`);
+      const file = typeof spec.options.file === 'string' ? ` (${spec.options.file})` : '';
+      throw new VhostDeviceError(`${spec.kind.name} ${spec.id}${file}: ${(e as Error).message}`);
     }
   }
 
@@ -221,9 +243,23 @@ export class VhostBlkDevice {
     this.fe = fe;
     this.offered = await fe.getFeatures();
     if (this.offered & VHOST_USER_F_PROTOCOL_FEATURES) {
-      await fe.setProtocolFeatures((await fe.getProtocolFeatures()) & WANTED_PROTOCOL);
+      const announced = await fe.getProtocolFeatures();
+      // A back-end announcing what its kind does not allow is not the process we meant to start (or a broken one): refuse it.
+      const extra = announced & ~(BASE_PROTOCOL_FEATURES | this.kind.protocolFeatures);
+      if (extra !== 0n) {
+        const names = protocolFeatureNames(extra);
+        this.ctx.log.error({ device: this.spec.id, driver: this.kind.name, announced: `0x${announced.toString(16)}`, refused: names }, 'back-end announces vhost-user protocol features its kind does not allow; refusing it');
+        fe.close();
+        this.fe = null;
+        throw new VhostDeviceError(`the back-end announces vhost-user protocol features ${names} that ${this.kind.name} does not allow`, 'ERR_VHOST_DEVICE_PROTOCOL');
+      }
+      await fe.setProtocolFeatures(announced & (WANTED_PROTOCOL | this.kind.protocolFeatures));
     }
     await fe.setOwner();
+    if (this.hasProtocol(VhostUserProtocolFeature.BACKEND_REQ)) {
+      fe.onConfigChange = () => this.enqueue(() => this.refreshConfig());
+      await fe.openBackendChannel();
+    }
   }
 
   private hasProtocol(bit: number): boolean {
@@ -249,6 +285,37 @@ export class VhostBlkDevice {
     const raise = () => this.ctx.transport.raise(VIRTIO_INT.USED_BUFFER, this.ctx.irq);
     if (this.delayCallsMs > 0) setTimeout(raise, this.delayCallsMs);
     else raise();
+  }
+
+  /** The back-end signalled a ring's error eventfd (SET_VRING_ERR): ask its status; DEVICE_NEEDS_RESET goes to the guest. */
+  private onError(fd: number): void {
+    if (eventfdRead(fd) === null) return;
+    this.enqueue(async () => {
+      if (this.closed || !this.fe) return;
+      if (!this.hasProtocol(VhostUserProtocolFeature.STATUS)) {
+        this.needsReset('the back-end signalled a ring error');
+        return;
+      }
+      const status = await this.fe.getStatus();
+      if (status & VIRTIO_STATUS_DEVICE_NEEDS_RESET) this.needsReset('the back-end reports DEVICE_NEEDS_RESET');
+      else this.ctx.log.warn({ device: this.spec.id, status }, 'back-end signalled a ring error without needing a reset');
+    });
+  }
+
+  /** The back-end's configuration space changed (CONFIG_CHANGE_MSG): read it again and tell the driver (virtio 1.2 §2.5.1, §4.2.2 ConfigGeneration). */
+  private async refreshConfig(): Promise<void> {
+    if (this.closed || !this.fe) return;
+    const config = await this.fe.getConfig(0, this.kind.configSize);
+    this.ctx.transport.updateConfig(config, this.ctx.irq);
+    this.ctx.log.info({ device: this.spec.id, driver: this.kind.name }, 'device configuration changed');
+  }
+
+  /** DEVICE_NEEDS_RESET with a configuration change interrupt (virtio 1.2 §2.1.2); the guest's agent releases the device. */
+  private needsReset(reason: string): void {
+    if (this.ctx.transport.status & VIRTIO_STATUS_DEVICE_NEEDS_RESET) return;
+    this.ctx.transport.needsReset(this.ctx.irq);
+    this.ctx.log.error({ device: this.spec.id, driver: this.kind.name, reason }, 'device needs a reset');
+    this.ctx.emit('DEVICE_NEEDS_RESET', { device: this.spec.id, driver: this.kind.name, reason });
   }
 
   /** Serialize everything that talks to the back-end. */
@@ -285,7 +352,7 @@ export class VhostBlkDevice {
       this.lastResets = resets;
       if (this.ringsRunning) await this.resetBackend();
     }
-    if (!this.ringsRunning && (t.status & VIRTIO_STATUS.DRIVER_OK)) await this.startRings();
+    if (!this.ringsRunning && (t.status & VIRTIO_STATUS_DRIVER_OK)) await this.startRings();
   }
 
   private async startRings(): Promise<void> {
@@ -297,8 +364,13 @@ export class VhostBlkDevice {
       // Our convention: the front-end's "user address" of guest RAM is its guest-physical address.
       userAddr: BigInt(this.ctx.ramBase), mmapOffset: 0n, fd: this.ctx.ramFd,
     }]);
-    if (this.hasProtocol(VhostUserProtocolFeature.INFLIGHT_SHMFD)) await fe.setupInflight(this.spec.queues, QUEUE_SIZE_MAX);
-    for (let q = 0; q < this.spec.queues; q++) {
+    if (this.hasProtocol(VhostUserProtocolFeature.INFLIGHT_SHMFD)) {
+      // One region for all queues, laid out for the ring size the driver chose (vhost-user "Inflight I/O tracking").
+      const sizes = new Set(Array.from({ length: this.queues }, (_, q) => t.queue(q)).filter((qc) => qc.ready).map((qc) => qc.num));
+      if (sizes.size === 1) await fe.setupInflight(this.queues, [...sizes][0]!);
+      else this.ctx.log.warn({ device: this.spec.id, sizes: [...sizes] }, 'rings of different sizes: no inflight tracking for this session');
+    }
+    for (let q = 0; q < this.queues; q++) {
       const qc = t.queue(q);
       if (!qc.ready) continue;
       // The order QEMU's vhost_virtqueue_start uses.
@@ -307,6 +379,7 @@ export class VhostBlkDevice {
       await fe.setVringAddr({ index: q, flags: 0, desc: qc.desc, avail: qc.driver, used: qc.device, log: 0n });
       await fe.setVringKick(q, this.kickFds[q]!);
       await fe.setVringCall(q, this.callFds[q]!);
+      await fe.setVringErr(q, this.errFds[q]!);
       if (this.offered & VHOST_USER_F_PROTOCOL_FEATURES) await fe.setVringEnable(q, true);
     }
     this.ringsRunning = true;
@@ -316,7 +389,7 @@ export class VhostBlkDevice {
   /** The driver reset the device: stop the rings and start a fresh vhost-user session (fresh inflight state). */
   private async resetBackend(): Promise<void> {
     const fe = this.fe!;
-    for (let q = 0; q < this.spec.queues; q++) {
+    for (let q = 0; q < this.queues; q++) {
       try { await fe.getVringBase(q); } catch { /* ring never started */ }
     }
     fe.close();
@@ -332,9 +405,9 @@ export class VhostBlkDevice {
     this.fruitless++;
     if (this.fruitless > MAX_FRUITLESS_RESTARTS) {
       this.state = 'failed';
-      this.ctx.transport.needsReset(this.ctx.irq);
       this.ctx.log.error({ device: this.spec.id, ...info }, 'back-end keeps crashing without progress; giving up');
-      this.ctx.emit('BACKEND_FAILED', { device: this.spec.id, restarts: this.proc.restarts, ...info });
+      this.ctx.emit('BACKEND_FAILED', { device: this.spec.id, driver: this.kind.name, restarts: this.proc.restarts, ...info });
+      this.needsReset('the back-end keeps crashing without progress');
       return;
     }
     this.state = 'restarting';
@@ -364,21 +437,20 @@ export class VhostBlkDevice {
     this.startSpare();
     const ms = Math.round((performance.now() - t0) * 10) / 10;
     this.ctx.log.warn({ device: this.spec.id, devicePid: this.proc.pid, restarts: this.proc.restarts, ms, ...info }, 'back-end restarted');
-    this.ctx.emit('BACKEND_RESTARTED', { device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, recovery_ms: ms });
+    this.ctx.emit('BACKEND_RESTARTED', { device: this.spec.id, driver: this.kind.name, pid: this.proc.pid, restarts: this.proc.restarts, recovery_ms: ms });
     // Kicks that arrived while it was down are still counted in the kick eventfds.
   }
 
   /**
-   * Ask the guest to let go (device_del): the disk reports 0 sectors through
-   * a config change, which the guest's hot-plug helper answers by unbinding
-   * the driver (see guest-hotplug.ts).
+   * Ask the guest to let go (device_del), for any kind: the device reports
+   * DEVICE_NEEDS_RESET with a configuration change interrupt (virtio 1.2
+   * §2.1.2) and VendorID reads EJCT; the guest's hot-plug agent answers by
+   * unbinding the driver, which resets the device (see guest-hotplug.ts).
    */
   requestEject(): void {
     const t = this.ctx.transport;
     t.requestEject();
-    const config = t.configBytes();
-    new DataView(config.buffer, config.byteOffset).setBigUint64(0, 0n, true); // capacity (§5.2.4)
-    t.updateConfig(config, this.ctx.irq);
+    t.needsReset(this.ctx.irq);
   }
 
   /**
@@ -406,7 +478,7 @@ export class VhostBlkDevice {
       this.fe?.close();
       this.fe = null;
       for (const w of this.watches) w.close();
-      for (const fd of [...this.kickFds, ...this.callFds]) closeFd(fd);
+      for (const fd of [...this.kickFds, ...this.callFds, ...this.errFds]) closeFd(fd);
       await this.dropSpare();
       if (this.proc.running) await this.proc.stop();
     })();

@@ -1,0 +1,60 @@
+// virtio-blk's registration with the orchestrator (`@vmm/virtio-blk/kind`):
+// what differs for a disk on the generic vhost-user device path. The
+// orchestrator imports this entry only, never the package's internals.
+
+import { fileURLToPath } from 'node:url';
+import { protocolFeatureBit, VhostUserProtocolFeature, type DeviceKind, type OptionDef } from '@vmm/core';
+import { CFG } from './spec.ts';
+import type { FaultCommand } from './faults.ts';
+import { probeImageFormat } from './qcow2.ts';
+
+/** vmm-blk's options: the orchestrator's `--device virtio-blk,…` / `device_add`, and vmm-blk's own argv. */
+export const BLK_OPTIONS: readonly OptionDef[] = [
+  { name: 'file', type: 'string', required: true, argvAliases: ['image'], help: 'disk image (raw or qcow2)' },
+  { name: 'format', type: 'enum', values: ['raw', 'qcow2'], help: 'image format (default: probe the qcow2 magic)' },
+  { name: 'readonly', type: 'bool', default: false, help: 'open the image read-only and offer VIRTIO_BLK_F_RO' },
+  // At most 16: what a virtio-mmio slot carries (vcpu's transport MAX_QUEUES).
+  { name: 'queues', type: 'int', min: 1, max: 16, default: 1, help: 'number of virtqueues' },
+  { name: 'serial', type: 'string', maxBytes: 20, help: 'answer to GET_ID (virtio 1.2 §5.2.6)' },
+];
+
+function isQcow2(file: string, format: unknown): boolean {
+  try {
+    return (format ?? probeImageFormat(file)) === 'qcow2';
+  } catch {
+    return true; // unreadable now: no spare
+  }
+}
+
+export const blkKind: DeviceKind = {
+  name: 'virtio-blk',
+  aliases: ['virtio-blk-device'],
+  role: 'blk',
+  virtioId: 2, // virtio 1.2 §5
+  configSize: CFG.size,
+  maxQueueSize: 256,
+  options: BLK_OPTIONS,
+  main: fileURLToPath(new URL('./main.ts', import.meta.url)),
+  queues: (o) => Number(o.queues ?? 1),
+  // Requests in flight when the process dies are resubmitted from the inflight region.
+  protocolFeatures: protocolFeatureBit(VhostUserProtocolFeature.INFLIGHT_SHMFD),
+  // A qcow2 spare would hold metadata read before the crashed process changed it.
+  warmSpare: (o) => !isQcow2(String(o.file), o.format),
+  fixedOnReplace: ['queues'],
+  faults: {
+    'fail-requests': {
+      help: 'the next count requests fail with VIRTIO_BLK_S_IOERR',
+      options: [{ name: 'count', type: 'int', min: 0, max: 1_000_000, default: 1, help: 'requests to fail' }],
+      message: (o): FaultCommand => ({ fault: 'fail-requests', count: Number(o.count) }),
+    },
+    enospc: {
+      help: 'writes fail as if the host file system were full',
+      options: [{ name: 'on', type: 'bool', default: true, help: 'on or off' }],
+      message: (o): FaultCommand => ({ fault: 'enospc', on: o.on === true }),
+    },
+  },
+  query: {
+    command: 'query-block',
+    row: (id, o) => ({ device: id, file: o.file, format: o.format ?? 'raw', readOnly: o.readonly === true }),
+  },
+};

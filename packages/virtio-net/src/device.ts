@@ -1,0 +1,516 @@
+// The virtio-net device model (virtio 1.2 §5.1), transport-independent
+// (STYLE.md §5): core's vhost-user server or the in-process harness hands it
+// queues; a NetPort (switch, tap, loopback) carries its frames.
+//
+// Queues (§5.1.2): receiveq(k) = 2k, transmitq(k) = 2k+1, controlq = 2N
+// with MQ (N = max_virtqueue_pairs), else 2. A vhost-user front-end such as
+// QEMU or DPDK keeps the control queue to itself and hands us data queues
+// only; our own transport may hand us the control queue as well.
+
+import type { DeviceContext, GuestMemory, Logger, Segment, VirtqueueHandle, VirtioDeviceBackend } from '@vmm/core';
+import { VIRTIO_F_VERSION_1 } from '@vmm/core';
+import { parseCtrlCommand, RxFilter, macFromBytes, macToBytes, formatMac, type Mac } from './ctrl.ts';
+import { acceptsOffloads, checkTxHeader, decodeVnetHeader, encodeVnetHeader, type OffloadCaps, type VnetHeader } from './header.ts';
+import { finishChecksum, needsChecksum, segmentTcp } from './offload.ts';
+import type { NetPort } from './port.ts';
+import { flowHash } from './flow.ts';
+import {
+  CONFIG_MAC, CONFIG_MAX_VQ_PAIRS, CONFIG_MTU, CONFIG_SIZE, CONFIG_STATUS, DEFAULT_MTU, ETH_HLEN, MAX_QUEUE_PAIRS, VIRTIO_NET_ERR,
+  VIRTIO_NET_F_CSUM, VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_RX_EXTRA,
+  VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+  VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
+  VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_OK, VIRTIO_NET_S_LINK_UP,
+  VNET_HDR_LEN, VNET_HDR_LEN_LEGACY,
+} from './spec.ts';
+
+/** Every counter the device keeps; drops are counted by reason. */
+export interface NetStats {
+  tx_packets: number;
+  tx_bytes: number;
+  tx_bad_header: number;
+  tx_too_big: number;
+  tx_too_short: number;
+  tx_malformed: number;
+  tx_no_port: number;
+  rx_packets: number;
+  rx_bytes: number;
+  rx_filtered: number;
+  rx_too_big: number;
+  rx_bad_gso: number;
+  rx_segmented: number;
+  rx_checksummed: number;
+  rx_malformed: number;
+  ctrl_ok: number;
+  ctrl_err: number;
+}
+
+const newStats = (): NetStats => ({
+  tx_packets: 0, tx_bytes: 0, tx_bad_header: 0, tx_too_big: 0, tx_too_short: 0, tx_malformed: 0, tx_no_port: 0,
+  rx_packets: 0, rx_bytes: 0, rx_filtered: 0, rx_too_big: 0, rx_bad_gso: 0, rx_segmented: 0, rx_checksummed: 0, rx_malformed: 0,
+  ctrl_ok: 0, ctrl_err: 0,
+});
+
+export interface NetDeviceOptions {
+  mac: Mac;
+  /** Queue pairs offered (1..8); more than one offers VIRTIO_NET_F_MQ. */
+  queuePairs?: number;
+  mtu?: number;
+  log: Logger;
+}
+
+/** Offloads the device offers to drivers: all of TCP checksum/segmentation both ways. */
+const OFFLOAD_FEATURES =
+  VIRTIO_NET_F_CSUM | VIRTIO_NET_F_GUEST_CSUM | VIRTIO_NET_F_HOST_TSO4 | VIRTIO_NET_F_HOST_TSO6 | VIRTIO_NET_F_HOST_ECN |
+  VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6 | VIRTIO_NET_F_GUEST_ECN;
+
+/** A receive buffer popped from the ring, with room left to fill. */
+interface RxBuffer {
+  head: number;
+  writable: Segment[];
+  writableLen: number;
+}
+
+type Delivery = 'delivered' | 'dropped' | 'no-buffers';
+
+export class NetDevice implements VirtioDeviceBackend {
+  readonly features: bigint;
+  readonly numQueues: number;
+  readonly maxPairs: number;
+  readonly mtu: number;
+  readonly stats: NetStats = newStats();
+  private readonly log: Logger;
+  private readonly defaultMac: Mac;
+  private mac: Mac;
+  private linkUp = true;
+  private port: NetPort | null = null;
+  private mem: GuestMemory | null = null;
+  private negotiated = 0n;
+  private hdrLen = VNET_HDR_LEN;
+  private rxCaps: OffloadCaps = { csum: false, tso4: false, tso6: false, ecn: false };
+  private txCaps: OffloadCaps = { csum: false, tso4: false, tso6: false, ecn: false };
+  private readonly filter: RxFilter;
+  private activePairs = 1;
+  /** Receive queues by pair, as last handed to processQueue (null until the ring started). */
+  private rxQueues: (VirtqueueHandle | null)[];
+  private txQueues: (VirtqueueHandle | null)[];
+  /** Mergeable receive buffers popped for a frame that did not fit in what was available yet (§5.1.6.3.1). */
+  private spare: RxBuffer[][];
+  private readonly hdrScratch = new Uint8Array(VNET_HDR_LEN);
+  private ctx: DeviceContext | null = null;
+  /** Receive queues the driver has enabled (kicked at least once since they started): only those get frames. */
+  private rxEnabled: boolean[];
+
+  constructor(o: NetDeviceOptions) {
+    const pairs = o.queuePairs ?? 1;
+    if (!Number.isInteger(pairs) || pairs < 1 || pairs > MAX_QUEUE_PAIRS) throw new RangeError(`queue pairs ${pairs}: expected 1..${MAX_QUEUE_PAIRS}`);
+    this.maxPairs = pairs;
+    this.mtu = o.mtu ?? DEFAULT_MTU;
+    this.log = o.log;
+    this.defaultMac = o.mac;
+    this.mac = o.mac;
+    this.filter = new RxFilter(o.mac);
+    this.numQueues = 2 * pairs + 1;
+    this.features =
+      OFFLOAD_FEATURES | VIRTIO_NET_F_MAC | VIRTIO_NET_F_MTU | VIRTIO_NET_F_STATUS | VIRTIO_NET_F_MRG_RXBUF | VIRTIO_NET_F_CTRL_VQ |
+      VIRTIO_NET_F_CTRL_RX | VIRTIO_NET_F_CTRL_RX_EXTRA | VIRTIO_NET_F_CTRL_MAC_ADDR | VIRTIO_NET_F_CTRL_GUEST_OFFLOADS |
+      (pairs > 1 ? VIRTIO_NET_F_MQ : 0n);
+    this.rxQueues = new Array<VirtqueueHandle | null>(pairs).fill(null);
+    this.txQueues = new Array<VirtqueueHandle | null>(pairs).fill(null);
+    this.spare = Array.from({ length: pairs }, () => []);
+    this.rxEnabled = new Array<boolean>(pairs).fill(false);
+  }
+
+  /** Plug the device into a port (or unplug it with null): frames flow as soon as queues run. */
+  attach(port: NetPort | null): void {
+    this.port?.close();
+    this.port = port;
+    if (port === null) return;
+    port.onReadable = () => this.receive();
+    port.onWritable = () => {
+      for (const q of this.txQueues) if (q) this.transmit(q);
+    };
+    port.setRxOffloads?.(this.rxCaps);
+    this.receive();
+  }
+
+  get link(): boolean {
+    return this.linkUp;
+  }
+
+  /** Carrier on or off (config status LINK_UP, §5.1.4); frames are neither sent nor received while it is down. */
+  setLink(up: boolean): void {
+    if (up === this.linkUp) return;
+    this.linkUp = up;
+    this.log.info({ link: up ? 'up' : 'down' }, 'link state changed');
+    // STATUS changed: the driver gets a configuration change notification (virtio 1.2 §5.1.4.2, §2.5.1).
+    this.ctx?.configChanged();
+    if (up) this.receive();
+  }
+
+  get currentMac(): Mac {
+    return this.mac;
+  }
+
+  readConfig(): Uint8Array {
+    const c = new Uint8Array(CONFIG_SIZE);
+    const v = new DataView(c.buffer);
+    macToBytes(this.mac, c, CONFIG_MAC);
+    v.setUint16(CONFIG_STATUS, this.linkUp ? VIRTIO_NET_S_LINK_UP : 0, true);
+    v.setUint16(CONFIG_MAX_VQ_PAIRS, this.maxPairs, true);
+    v.setUint16(CONFIG_MTU, this.mtu, true);
+    return c;
+  }
+
+  /** Legacy drivers without CTRL_MAC_ADDR set the MAC by writing config space (§5.1.4.2); nothing else there is writable. */
+  writeConfig(offset: number, data: Uint8Array): void {
+    if (offset < CONFIG_MAC || offset + data.length > CONFIG_MAC + 6) throw new RangeError(`config write at ${offset}+${data.length}: only mac (0..5) is writable`);
+    const b = macToBytes(this.mac);
+    b.set(data, offset - CONFIG_MAC);
+    this.setMac(macFromBytes(b));
+  }
+
+  private setMac(m: Mac): void {
+    this.mac = m;
+    this.filter.mac = m;
+    this.log.info({ mac: formatMac(m) }, 'MAC address set');
+  }
+
+  activate(ctx: DeviceContext): void {
+    this.ctx = ctx;
+    this.mem = ctx.mem;
+    this.negotiated = ctx.features;
+    const f = ctx.features;
+    // The header carries num_buffers with VERSION_1 or MRG_RXBUF (§5.1.6.1).
+    this.hdrLen = f & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) ? VNET_HDR_LEN : VNET_HDR_LEN_LEGACY;
+    this.txCaps = { csum: !!(f & VIRTIO_NET_F_CSUM), tso4: !!(f & VIRTIO_NET_F_HOST_TSO4), tso6: !!(f & VIRTIO_NET_F_HOST_TSO6), ecn: !!(f & VIRTIO_NET_F_HOST_ECN) };
+    this.setGuestOffloads(f);
+    this.activePairs = 1;
+    this.log.debug({ features: `0x${f.toString(16)}`, hdrLen: this.hdrLen }, 'activated');
+  }
+
+  private setGuestOffloads(f: bigint): void {
+    this.rxCaps = { csum: !!(f & VIRTIO_NET_F_GUEST_CSUM), tso4: !!(f & VIRTIO_NET_F_GUEST_TSO4), tso6: !!(f & VIRTIO_NET_F_GUEST_TSO6), ecn: !!(f & VIRTIO_NET_F_GUEST_ECN) };
+    this.port?.setRxOffloads?.(this.rxCaps);
+  }
+
+  reset(): void {
+    this.ctx = null;
+    this.mem = null;
+    this.rxEnabled.fill(false);
+    this.negotiated = 0n;
+    this.rxQueues.fill(null);
+    this.txQueues.fill(null);
+    this.spare = Array.from({ length: this.maxPairs }, () => []);
+    this.mac = this.defaultMac;
+    this.filter.reset(this.defaultMac);
+    this.activePairs = 1;
+  }
+
+  private get ctrlIndex(): number {
+    return this.negotiated & VIRTIO_NET_F_MQ ? 2 * this.maxPairs : 2;
+  }
+
+  private isCtrl(index: number): boolean {
+    return (this.negotiated & VIRTIO_NET_F_CTRL_VQ) !== 0n && index === this.ctrlIndex;
+  }
+
+  startQueue(q: VirtqueueHandle): void {
+    if (this.isCtrl(q.index) || q.index >> 1 >= this.maxPairs) return;
+    const pair = q.index >> 1;
+    if (q.index % 2 === 0) {
+      this.rxQueues[pair] = q;
+      this.rxEnabled[pair] = false;
+      this.spare[pair] = [];
+    } else this.txQueues[pair] = q;
+  }
+
+  /** Give back the mergeable receive buffers held for a frame that had not fit yet (core rewinds the ring over them). */
+  stopQueue(index: number): number[] {
+    if (this.isCtrl(index) || index >> 1 >= this.maxPairs) return [];
+    const pair = index >> 1;
+    if (index % 2 === 1) {
+      this.txQueues[pair] = null;
+      return [];
+    }
+    this.rxQueues[pair] = null;
+    this.rxEnabled[pair] = false;
+    const held = this.spare[pair]!.map((b) => b.head);
+    this.spare[pair] = [];
+    return held;
+  }
+
+  processQueue(q: VirtqueueHandle): void {
+    if (this.isCtrl(q.index)) return this.control(q);
+    const pair = q.index >> 1;
+    if (pair >= this.maxPairs) return;
+    if (q.index % 2 === 0) {
+      this.rxQueues[pair] = q;
+      this.rxEnabled[pair] = true;
+      // A front-end that keeps the control queue (QEMU, DPDK) enables pairs by starting their rings.
+      if (!(this.negotiated & VIRTIO_NET_F_CTRL_VQ) || !(this.negotiated & VIRTIO_NET_F_MQ)) this.activePairs = Math.max(this.activePairs, pair + 1);
+      this.receive();
+    } else {
+      this.txQueues[pair] = q;
+      this.transmit(q);
+    }
+  }
+
+  // ---- transmit: guest → port ----
+
+  private transmit(q: VirtqueueHandle): void {
+    const mem = this.mem;
+    if (mem === null) return;
+    const port = this.port;
+    let sent = 0;
+    for (;;) {
+      // Take a port buffer first: when the port is full the chain stays in the ring and onWritable resumes us.
+      const buf = port && this.linkUp ? port.reserve() : null;
+      if (port && this.linkUp && buf === null) break;
+      const c = q.pop();
+      if (c === null) break;
+      const len = c.readableLen;
+      if (len < this.hdrLen) {
+        this.stats.tx_malformed++;
+        q.complete(c.head, 0);
+        continue;
+      }
+      if (buf === null) {
+        // No port, or the link is down: the frame is consumed and dropped (a cable pulled).
+        this.stats.tx_no_port++;
+        q.complete(c.head, 0);
+        continue;
+      }
+      const frameLen = len - this.hdrLen;
+      if (this.hdrLen + frameLen > buf.length) {
+        this.stats.tx_too_big++;
+        q.complete(c.head, 0);
+        continue;
+      }
+      // Copy the chain (header and frame) straight into the port buffer: the one copy on this side.
+      gather(mem, c.readable, buf, this.hdrLen === VNET_HDR_LEN ? 0 : VNET_HDR_LEN - this.hdrLen);
+      const h = decodeVnetHeader(buf.subarray(VNET_HDR_LEN - this.hdrLen), this.hdrLen);
+      const why = checkTxHeader(h, frameLen, this.txCaps, this.mtu);
+      q.complete(c.head, 0);
+      if (why !== null) {
+        this.stats[why]++;
+        this.log.debug({ reason: why, gsoType: h.gsoType, flags: h.flags, frameLen }, 'transmit frame dropped');
+        continue;
+      }
+      h.numBuffers = 0;
+      encodeVnetHeader(h, buf);
+      port!.commit(VNET_HDR_LEN + frameLen);
+      this.stats.tx_packets++;
+      this.stats.tx_bytes += frameLen;
+      sent++;
+    }
+    if (sent > 0) port?.flush();
+  }
+
+  // ---- receive: port → guest ----
+
+  private receive(): void {
+    const port = this.port;
+    if (port === null || this.mem === null || !this.linkUp) return;
+    let released = false;
+    for (;;) {
+      const f = port.peek();
+      if (f === null) break;
+      const r = this.deliverFrame(f);
+      if (r === 'no-buffers') break;
+      port.release();
+      released = true;
+    }
+    if (released) port.flush();
+  }
+
+  private deliverFrame(f: Uint8Array): Delivery {
+    if (f.length < VNET_HDR_LEN + ETH_HLEN) {
+      this.stats.rx_malformed++;
+      return 'dropped';
+    }
+    const h = decodeVnetHeader(f);
+    const frame = f.subarray(VNET_HDR_LEN);
+    if (!this.filter.accepts(macFromBytes(frame))) {
+      this.stats.rx_filtered++;
+      return 'dropped';
+    }
+    let pair = this.activePairs > 1 ? flowHash(frame) % this.activePairs : 0;
+    if (!this.rxEnabled[pair]) pair = 0;
+    const q = this.rxQueues[pair];
+    if (!q || !q.live || !this.rxEnabled[pair]) return 'no-buffers';
+    if (acceptsOffloads(h, this.rxCaps)) return this.deliver(q, pair, h, frame);
+    // The driver cannot take this frame's offloads: finish them here, the only place they are done in software.
+    if ((h.gsoType & 0x7f) !== VIRTIO_NET_HDR_GSO_NONE) {
+      if (q.available(1) < 1 && this.spare[pair]!.length === 0) return 'no-buffers';
+      const segs = segmentTcp(frame, h);
+      if (segs === null) {
+        this.stats.rx_bad_gso++;
+        return 'dropped';
+      }
+      this.stats.rx_segmented++;
+      const plain: VnetHeader = { flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0, numBuffers: 0 };
+      // Segments that find no buffer are lost, as on a NIC whose ring ran dry in the middle of a burst.
+      for (const s of segs) this.deliver(q, pair, plain, s);
+      return 'delivered';
+    }
+    if (needsChecksum(h)) {
+      if (h.csumStart + h.csumOffset + 2 > frame.length) {
+        this.stats.rx_malformed++;
+        return 'dropped';
+      }
+      finishChecksum(frame, h);
+      this.stats.rx_checksummed++;
+      return this.deliver(q, pair, { ...h, flags: h.flags & ~VIRTIO_NET_HDR_F_NEEDS_CSUM }, frame);
+    }
+    return this.deliver(q, pair, h, frame);
+  }
+
+  /** Write one frame into receive buffers (§5.1.6.3-4): one chain, or several with MRG_RXBUF and num_buffers in the first. */
+  private deliver(q: VirtqueueHandle, pair: number, h: VnetHeader, frame: Uint8Array): Delivery {
+    const mem = this.mem!;
+    const need = this.hdrLen + frame.length;
+    const mergeable = (this.negotiated & VIRTIO_NET_F_MRG_RXBUF) !== 0n;
+    const bufs = this.spare[pair]!;
+    if (!mergeable) {
+      if (q.available(1) < 1) return 'no-buffers';
+      const c = q.pop();
+      if (c === null) return 'no-buffers';
+      if (c.writableLen < need) {
+        // A buffer too small for the frame (the driver posted less than it negotiated for): give it back empty, drop the frame.
+        this.stats.rx_too_big++;
+        q.complete(c.head, 0);
+        return 'dropped';
+      }
+      bufs.push({ head: c.head, writable: c.writable, writableLen: c.writableLen });
+    } else {
+      let have = bufs.reduce((s, b) => s + b.writableLen, 0);
+      while (have < need) {
+        if (q.available(1) < 1) return 'no-buffers';
+        const c = q.pop();
+        if (c === null) return 'no-buffers';
+        if (c.writableLen < this.hdrLen) {
+          this.stats.rx_malformed++;
+          q.complete(c.head, 0);
+          continue;
+        }
+        bufs.push({ head: c.head, writable: c.writable, writableLen: c.writableLen });
+        have += c.writableLen;
+      }
+    }
+    // Enough room: header (num_buffers = chains used), then the frame across the chains in order.
+    let used = 0;
+    let rem = need;
+    while (rem > 0) {
+      rem -= Math.min(rem, bufs[used]!.writableLen);
+      used++;
+    }
+    h.numBuffers = used;
+    encodeVnetHeader(h, this.hdrScratch, this.hdrLen);
+    let srcOff = 0;
+    for (let i = 0; i < used; i++) {
+      const b = bufs[i]!;
+      const n = Math.min(b.writableLen, need - srcOff);
+      scatterPair(mem, b.writable, this.hdrScratch.subarray(0, this.hdrLen), frame, srcOff, n);
+      srcOff += n;
+      q.complete(b.head, n);
+    }
+    bufs.splice(0, used);
+    this.stats.rx_packets++;
+    this.stats.rx_bytes += frame.length;
+    return 'delivered';
+  }
+
+  // ---- control queue ----
+
+  private control(q: VirtqueueHandle): void {
+    const mem = this.mem;
+    if (mem === null) return;
+    for (let c = q.pop(); c !== null; c = q.pop()) {
+      // Driver-readable: class, command, data; device-writable: the one-byte ack (§5.1.6.5).
+      if (c.writableLen < 1 || c.readableLen > 4096) {
+        this.stats.ctrl_err++;
+        this.log.warn({ readable: c.readableLen, writable: c.writableLen }, 'malformed control command chain');
+        q.complete(c.head, 0);
+        continue;
+      }
+      const cmd = new Uint8Array(c.readableLen);
+      gather(mem, c.readable, cmd, 0);
+      const ack = this.runControl(cmd);
+      mem.writeU8(c.writable[0]!.addr, ack);
+      q.complete(c.head, 1);
+    }
+  }
+
+  private runControl(b: Uint8Array): number {
+    const p = parseCtrlCommand(b, this.negotiated, this.maxPairs);
+    if (!p.ok) {
+      this.stats.ctrl_err++;
+      this.log.warn({ reason: p.reason }, 'control command refused');
+      return VIRTIO_NET_ERR;
+    }
+    const c = p.command;
+    switch (c.kind) {
+      case 'rx':
+        this.filter.setRx(c.cmd, c.on);
+        break;
+      case 'mac-table':
+        this.filter.setTable(c.unicast, c.multicast);
+        break;
+      case 'mac-addr':
+        this.setMac(c.mac);
+        break;
+      case 'mq-pairs':
+        this.activePairs = c.pairs;
+        this.log.info({ pairs: c.pairs }, 'queue pairs set');
+        break;
+      case 'announce-ack':
+        break;
+      case 'guest-offloads': {
+        // Only offloads negotiated may be enabled (§5.1.6.5.6.1).
+        const allowed = this.negotiated & (VIRTIO_NET_F_GUEST_CSUM | VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6 | VIRTIO_NET_F_GUEST_ECN);
+        if ((c.offloads & ~allowed) !== 0n) {
+          this.stats.ctrl_err++;
+          this.log.warn({ offloads: `0x${c.offloads.toString(16)}` }, 'guest offloads beyond the negotiated ones');
+          return VIRTIO_NET_ERR;
+        }
+        this.setGuestOffloads(c.offloads);
+        break;
+      }
+    }
+    this.stats.ctrl_ok++;
+    return VIRTIO_NET_OK;
+  }
+}
+
+/** Copy a chain's readable segments into `dest` from offset `at`. */
+function gather(mem: GuestMemory, segs: readonly Segment[], dest: Uint8Array, at: number): void {
+  let o = at;
+  for (const s of segs) {
+    const n = Math.min(s.len, dest.length - o);
+    if (n <= 0) break;
+    mem.readInto(s.addr, dest.subarray(o, o + n));
+    o += n;
+  }
+}
+
+/**
+ * Write bytes [off, off+n) of the stream `hdr ‖ frame` into writable
+ * segments. Every segment was checked against guest memory when the chain
+ * was parsed (core's SplitQueue), so the writes cannot fall outside it.
+ */
+function scatterPair(mem: GuestMemory, segs: readonly Segment[], hdr: Uint8Array, frame: Uint8Array, off: number, n: number): void {
+  let left = n;
+  let pos = off;
+  for (const s of segs) {
+    if (left === 0) break;
+    let segOff = 0;
+    while (segOff < s.len && left > 0) {
+      const src = pos < hdr.length ? hdr.subarray(pos, Math.min(hdr.length, pos + left)) : frame.subarray(pos - hdr.length, pos - hdr.length + left);
+      const m = Math.min(src.length, s.len - segOff);
+      mem.write(s.addr + segOff, src.subarray(0, m));
+      segOff += m;
+      pos += m;
+      left -= m;
+    }
+  }
+}

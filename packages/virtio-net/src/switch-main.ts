@@ -1,0 +1,85 @@
+#!/usr/bin/env node
+// vmm-switch: one process per network. NIC processes (vmm-net) attach to
+// its unix socket and get a shared-memory link; the switch outlives any VM.
+
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { parseArgs } from 'node:util';
+import { ConfigError, createLogger, installDeviceProcessSignals, reportReady } from '@vmm/core';
+import { LOG_LEVELS, SWITCH_NAME, switchSocketPath } from './names.ts';
+import { DEFAULT_RING_SLOTS } from './ring.ts';
+import { Switch } from './switch.ts';
+
+const USAGE = `usage: vmm-switch --name NAME [options]
+
+An L2 learning switch for vmm-net NICs (MAC learning with ageing, flooding of
+unknown and broadcast frames, per-port counters). Frames move through
+shared-memory rings; the socket carries only attach requests.
+
+  --name NAME        network name (letters, digits, _ . -); NICs use --switch NAME
+  --socket PATH      socket to listen on (default: $VMM_RUN_DIR or $TMPDIR/vmm-UID, switch-NAME.sock)
+  --ageing-time S    seconds before a silent address is forgotten (default 300)
+  --slots N          frames per ring and direction, a power of 2 (default ${DEFAULT_RING_SLOTS})
+  --log-level L      ${LOG_LEVELS.join('|')} (default info)
+  --help             show this text
+`;
+
+export interface SwitchArgs {
+  name: string;
+  socket: string;
+  ageingMs: number;
+  slots: number;
+  logLevel: string;
+}
+
+export function parseSwitchArgs(argv: string[]): SwitchArgs | null {
+  let v;
+  try {
+    v = parseArgs({
+      args: argv, strict: true, allowPositionals: false,
+      options: { name: { type: 'string' }, socket: { type: 'string' }, 'ageing-time': { type: 'string' }, slots: { type: 'string' }, 'log-level': { type: 'string' }, help: { type: 'boolean' } },
+    }).values;
+  } catch (e) {
+    throw new ConfigError((e as Error).message, 'ERR_SWITCH_ARGS');
+  }
+  if (v.help) return null;
+  if (!v.name) throw new ConfigError('--name NAME is required', 'ERR_SWITCH_ARGS');
+  if (!SWITCH_NAME.test(v.name)) throw new ConfigError(`--name ${v.name}: use up to 32 letters, digits, _ . -`, 'ERR_SWITCH_ARGS');
+  const ageing = v['ageing-time'] === undefined ? 300 : Number(v['ageing-time']);
+  if (!Number.isFinite(ageing) || ageing <= 0) throw new ConfigError(`--ageing-time ${v['ageing-time']}: expected seconds > 0`, 'ERR_SWITCH_ARGS');
+  const slots = v.slots === undefined ? DEFAULT_RING_SLOTS : Number(v.slots);
+  if (!Number.isInteger(slots) || slots < 2 || slots > 65536 || (slots & (slots - 1)) !== 0) throw new ConfigError(`--slots ${v.slots}: expected a power of 2 from 2 to 65536`, 'ERR_SWITCH_ARGS');
+  const logLevel = v['log-level'] ?? process.env.VMM_LOG_LEVEL ?? 'info';
+  if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError(`--log-level ${logLevel}: expected one of ${LOG_LEVELS.join(', ')}`, 'ERR_SWITCH_ARGS');
+  return { name: v.name, socket: v.socket ?? switchSocketPath(v.name), ageingMs: ageing * 1000, slots, logLevel };
+}
+
+function main(): void {
+  let a: SwitchArgs | null;
+  try {
+    a = parseSwitchArgs(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`vmm-switch: ${(e as Error).message}\n${USAGE.split('\n')[0]}\n`);
+    process.exit(2);
+  }
+  if (a === null) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  const log = createLogger('switch', a.name, a.logLevel);
+  mkdirSync(dirname(a.socket), { recursive: true, mode: 0o700 });
+  const sw = new Switch({ socketPath: a.socket, name: a.name, ageingMs: a.ageingMs, slots: a.slots, log });
+  try {
+    sw.listen();
+  } catch (e) {
+    process.stderr.write(`vmm-switch: cannot listen on ${a.socket}: ${(e as Error).message}\n`);
+    process.exit(1);
+  }
+  installDeviceProcessSignals(() => {
+    log.info('SIGTERM: shutting down');
+    sw.close();
+  });
+  reportReady({ socket: a.socket });
+}
+
+if (process.argv[1] !== undefined && import.meta.filename === (await import('node:fs')).realpathSync(process.argv[1])) main();
