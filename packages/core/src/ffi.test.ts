@@ -1,11 +1,11 @@
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { closeSync, constants, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
-  closeFd, eventfdCreate, eventfdRead, eventfdWait, eventfdWrite, fdSize, isTerminal, memfdCreate, mmapShared, munmapBuffer, openPty, ownsTerminal, parentPid, pollFds, processGroup,
+  closeFd, eventfdCreate, eventfdRead, eventfdWait, eventfdWrite, fdSize, isTerminal, memfdCreate, mmapShared, munmapBuffer, openPty, ownsTerminal, parentPid, pollFds, processGroup, terminalIsRaw,
   recvWithFds, sendWithFds, SyscallError, unixAccept, unixConnect, unixListen, unixSocketPair, waitReadable, watchReadable,
 } from './ffi.ts';
 
@@ -150,6 +150,12 @@ describe('terminals and process lifetime', () => {
     const slave = openSync(pty.path, constants.O_RDWR | constants.O_NOCTTY);
     // Not our controlling terminal (tcgetpgrp: ENOTTY): job control cannot stop us for using it.
     expect(ownsTerminal(slave)).toBe(true);
+    // openPty leaves it raw; stty (another process, as a shell would) can make it cooked again, and we see it.
+    expect(terminalIsRaw(slave)).toBe(true);
+    execFileSync('stty', ['-F', pty.path, 'sane']);
+    expect(terminalIsRaw(slave)).toBe(false);
+    execFileSync('stty', ['-F', pty.path, 'raw', '-echo']);
+    expect(terminalIsRaw(pty.master)).toBe(true);
     closeSync(slave);
     closeFd(pty.master);
   });

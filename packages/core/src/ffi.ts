@@ -697,6 +697,23 @@ export function ownsTerminal(fd: number): boolean {
   return fg === (getpgrp_() as number);
 }
 
+const ICANON = 0o2; // termios c_lflag bits (asm-generic/termbits.h)
+const ECHO = 0o10;
+const OFF_LFLAG = 12; // struct termios { c_iflag, c_oflag, c_cflag, c_lflag, … }
+
+/**
+ * Whether the terminal on `fd` is in raw mode now (no canonical line
+ * editing, no echo), whoever set it: a shell that hands the terminal to a
+ * job may still be restoring its own modes when the job takes it, so a
+ * console that wants raw mode checks that it has it.
+ */
+export function terminalIsRaw(fd: number): boolean {
+  scratch.fill(0, OFF_TERMIOS, OFF_TERMIOS + TERMIOS_BYTES);
+  // Sound: struct termios is 60 bytes on Linux/glibc; the scratch slot has 64.
+  if ((tcgetattr_(fd, scratchAddr + OFF_TERMIOS) as number) !== 0) throw new SyscallError(`tcgetattr(${fd})`, errno());
+  return (scratchView.getUint32(OFF_TERMIOS + OFF_LFLAG, true) & (ICANON | ECHO)) === 0;
+}
+
 /** isatty(3). */
 export function isTerminal(fd: number): boolean {
   return (isatty_(fd) as number) === 1;

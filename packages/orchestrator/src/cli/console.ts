@@ -29,7 +29,7 @@ import { closeSync, constants, lstatSync, openSync, unlinkSync, writeSync } from
 import net from 'node:net';
 import { PassThrough } from 'node:stream';
 import tty from 'node:tty';
-import { dupFd, openPty, ownsTerminal } from '@vmm/core';
+import { dupFd, openPty, ownsTerminal, terminalIsRaw } from '@vmm/core';
 
 const CTRL_A = 0x01;
 /** The stdio console reads process.stdin and writes process.stdout: fds 0 and 1. */
@@ -37,7 +37,7 @@ const STDIN_FD = 0;
 const STDOUT_FD = 1;
 /** Guest output kept while vmm is a background job, shown when it comes to the foreground. */
 const HELD_BYTES = 64 * 1024;
-/** How often a background job checks whether it has been brought to the foreground. */
+/** How often the stdio console checks the terminal: foreground or background, still in raw mode. */
 const FOREGROUND_POLL_MS = 200;
 /** Output kept for a reader that is behind (a pty nobody reads, a slow socket client) before bytes are dropped. */
 const MAX_BACKLOG_BYTES = 1 << 20;
@@ -180,11 +180,12 @@ function stdioConsole(io: ConsoleIo): HostConsole {
     stdin.resume();
     attached = true;
   };
-  const detach = (): void => {
+  /** Stop reading; restore the modes we changed unless the terminal is no longer ours to change. */
+  const detach = (restore = true): void => {
     if (!attached) return;
     attached = false;
     stdin.off('data', onData);
-    if (raw && !gone) stdin.setRawMode(wasRaw);
+    if (raw && !gone && restore) stdin.setRawMode(wasRaw);
     raw = false;
     stdin.pause();
   };
@@ -203,19 +204,30 @@ function stdioConsole(io: ConsoleIo): HostConsole {
     heldBytes = 0;
     stdout.write(all.subarray(Math.max(0, all.length - HELD_BYTES)));
   };
-  // `fg` makes us the foreground job: take the keyboard and show the held
-  // output then. The shell sends SIGCONT only to a job that was stopped, so a
-  // job that was running in the background is noticed by a slow poll of
-  // tcgetpgrp (only while we are in the background).
-  const onCont = (): void => {
-    attach();
-    if (foreground()) flushHeld();
-    if (attached && poll) {
-      clearInterval(poll);
-      poll = undefined;
+  // A slow poll (only when stdin is a terminal) keeps the console in step
+  // with job control. `fg` makes us the foreground job: take the keyboard
+  // and show the held output then (the shell sends SIGCONT only to a job
+  // that was stopped, so a job running in the background is noticed by
+  // polling tcgetpgrp). Raw mode is checked, not assumed: the shell that
+  // hands over the terminal may restore its own modes just after we set
+  // ours, and a console left cooked would swallow Ctrl-A x into a line.
+  // Sent back to the background (SIGSTOP, `bg`), stop reading at once: a
+  // background read would get SIGTTIN.
+  const tick = (): void => {
+    if (gone || closed) return;
+    const fg = !stdin.isTTY || ownsTerminal(STDIN_FD);
+    if (!attached) {
+      if (fg) attach();
+    } else if (!fg) {
+      detach(false);
+    } else if (raw && !terminalIsRaw(STDIN_FD)) {
+      // libuv skips a mode it believes is set already: leave it, then set it again.
+      stdin.setRawMode(false);
+      stdin.setRawMode(true);
     }
+    if (foreground()) flushHeld();
   };
-  process.on('SIGCONT', onCont);
+  process.on('SIGCONT', tick);
   let poll: NodeJS.Timeout | undefined;
   const write = (bytes: Uint8Array): void => {
     if (gone || closed) return;
@@ -238,15 +250,15 @@ function stdioConsole(io: ConsoleIo): HostConsole {
     detach();
     closed = true;
     input.end();
-    process.off('SIGCONT', onCont);
+    process.off('SIGCONT', tick);
     clearInterval(poll);
     process.off('exit', close);
   };
   // Last resort: even an uncaught exception or process.exit() must not leave the terminal raw.
   process.on('exit', close);
   attach();
-  if (stdin.isTTY && !attached) {
-    poll = setInterval(onCont, FOREGROUND_POLL_MS);
+  if (stdin.isTTY) {
+    poll = setInterval(tick, FOREGROUND_POLL_MS);
     poll.unref();
   }
   if (stdin.isTTY && !attached) io.announce("vmm: in the background: the console is shown, and reads the keyboard, once this job is in the foreground ('fg')");
