@@ -60,7 +60,9 @@ export function runConsoleClient(argv: string[], io: ConsoleClientIo): Promise<n
       }
       sock.write(chunk);
     };
+    let connected = false;
     sock.on('connect', () => {
+      connected = true;
       // Only the terminal's foreground job may change its modes (else SIGTTOU).
       if (stdin.isTTY && ownsTerminal(0)) {
         stdin.setRawMode(true);
@@ -83,7 +85,7 @@ export function runConsoleClient(argv: string[], io: ConsoleClientIo): Promise<n
       stdin.resume();
     });
     sock.on('data', (d: Buffer) => stdout.write(d));
-    sock.on('error', (e) => finish(1, `vmm ctl console: ${sock.connecting ? 'cannot connect to' : 'lost'} ${path}: ${e.message}`));
+    sock.on('error', (e) => finish(1, `vmm ctl console: ${connected ? 'lost' : 'cannot connect to'} ${path}: ${e.message}`));
     sock.on('close', () => finish(0, raw ? 'vmm: the console closed (the VM has shut down)' : undefined));
   });
 }
