@@ -121,4 +121,12 @@ export interface VirtioDeviceBackend {
   stopQueue?(index: number): number[];
   /** Forget all driver state (connection lost, RESET_OWNER, RESET_DEVICE). In-flight completions after this are dropped. */
   reset(): void;
+  /**
+   * The driver reset the device (the front-end sent RESET_DEVICE or
+   * RESET_OWNER), as opposed to a lost connection, after which a restarted
+   * back-end's session is replayed. Called before reset(). A device whose
+   * state outlives its process (the IOMMU's domains) drops it here only;
+   * default: nothing beyond reset().
+   */
+  deviceReset?(): void;
 }

@@ -194,6 +194,25 @@ describe('vmm-iommu over vhost-user', () => {
     }
   });
 
+  it('a reconnection keeps the domains; RESET_DEVICE from the front-end (a driver reset) ends them', async () => {
+    const { proc, sock, table } = await serve('reset');
+    const c = await Client.connect(sock);
+    try {
+      expect((await c.send(attach(2, 8))).status).toBe(VIRTIO_IOMMU_S_OK);
+      expect((await c.send(map(2, 0x4000, 0x4fff, 0x8000_0000))).status).toBe(VIRTIO_IOMMU_S_OK);
+      const view = mapTable(table);
+      await c.d.reconnect();
+      expect(view.mappingsOf(view.findDomain(2))).toHaveLength(1);
+      await c.d.frontend.resetDevice();
+      expect(view.findDomain(2)).toBe(-1);
+      expect(view.endpointDomain(view.endpointIndex(8))).toBe(-1);
+      expect(view.stats.unmaps).toBe(1);
+    } finally {
+      c.d.close();
+      await proc.stop();
+    }
+  });
+
   it('runs from a plain shell: --help, and bad options are refused naming the value', async () => {
     const run = promisify(execFile);
     const node = process.execPath;

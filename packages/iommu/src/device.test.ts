@@ -201,6 +201,7 @@ describe('IommuDevice', () => {
     dev.reset();
     expect(table.mappingsOf(table.findDomain(1))).toHaveLength(1);
     dev.deviceReset();
+    dev.reset();
     expect(table.findDomain(1)).toBe(-1);
     expect(dev.snapshot().domains).toEqual([]);
   });
@@ -213,6 +214,7 @@ describe('IommuDevice', () => {
     const s = dev.snapshot();
     expect(s.domains).toEqual([{ id: 7, bypass: false, endpoints: [8, 16], mappings: 1, mappedBytes: 0x2000 }]);
     expect(s.counters).toMatchObject({ attach: 2, map: 1, errors: 0 });
-    expect(s.endpoints).toEqual([8, 16]);
+    expect(s.endpoints).toEqual([{ id: 8, domain: 7 }, { id: 16, domain: 7 }]);
+    expect(s).toMatchObject({ maps: 1, unmaps: 0, faults: 0, bypass: false });
   });
 });

@@ -21,7 +21,7 @@ import {
   VIRTIO_IOMMU_S_OK,
   bit,
 } from './spec.ts';
-import { READER_SLOTS, type IommuTable, type RecordedFault } from './table.ts';
+import { READER_SLOTS, summarize, type IommuTable, type RecordedFault, type TableSummary } from './table.ts';
 
 export interface IommuDeviceOptions {
   /** Page granularity (a power of two, ≥ 4096 is what Linux can use). Default 4096. */
@@ -296,9 +296,8 @@ export class IommuDevice implements VirtioDeviceBackend {
    * The driver session is over (connection lost, or the front-end starts a
    * new session). Requests in flight are dropped; the domains and mappings
    * stay in the table: the front-end reconnecting after this process was
-   * restarted replays the session and the guest's DMA must keep working
-   * (the transport cannot tell that apart from a guest reset yet — see
-   * deviceReset()).
+   * restarted replays the session and the guest's DMA must keep working.
+   * A reset by the driver comes as deviceReset() first.
    */
   reset(): void {
     this.#generation++;
@@ -309,41 +308,19 @@ export class IommuDevice implements VirtioDeviceBackend {
   }
 
   /**
-   * The guest reset the device (§5.13.5: "When the device is reset,
-   * endpoints are not attached to any domain"): every domain ends, with
-   * its mappings, and faults not yet reported are dropped.
+   * The driver reset the device (RESET_DEVICE from the front-end; §5.13.5:
+   * "When the device is reset, endpoints are not attached to any domain"):
+   * every domain ends, with its mappings, and faults not yet reported are
+   * dropped. reset() follows.
    */
   deviceReset(): void {
-    this.reset();
     this.#pendingFaults.length = 0;
     this.table.resetDomains();
+    this.#log?.info('device reset by the driver: every domain ended');
   }
 
-  /** For query-iommu: domains, endpoints, mappings and counters. */
-  snapshot(): IommuSnapshot {
-    const t = this.table;
-    const domains: IommuSnapshot['domains'] = [];
-    for (let s = 0; s < t.sizes.maxDomains; s++) {
-      const d = t.domainState(s);
-      if (!d.live) continue;
-      const maps = t.mappingsOf(s);
-      domains.push({
-        id: d.id,
-        bypass: d.bypass,
-        endpoints: t.endpointsOf(s).map((i) => t.endpointId(i)),
-        mappings: maps.length,
-        mappedBytes: maps.reduce((a, m) => a + (m.virtEnd - m.virtStart + 1), 0),
-      });
-    }
-    return { bypass: t.bypass, version: t.version, endpoints: t.endpointIds(), domains, counters: { ...this.counters }, table: t.stats };
+  /** The table's summary plus this process's request counters. */
+  snapshot(): TableSummary & { counters: IommuCounters } {
+    return { ...summarize(this.table), counters: { ...this.counters } };
   }
-}
-
-export interface IommuSnapshot {
-  bypass: boolean;
-  version: number;
-  endpoints: number[];
-  domains: { id: number; bypass: boolean; endpoints: number[]; mappings: number; mappedBytes: number }[];
-  counters: IommuCounters;
-  table: { maps: number; unmaps: number; faults: number; highWater: number };
 }

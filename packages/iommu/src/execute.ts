@@ -146,7 +146,7 @@ export function execute(t: IommuTable, req: IommuRequest, lim: IommuLimits): Exe
         if (vs <= r.end && ve >= r.start) return fail(VIRTIO_IOMMU_S_INVAL, `MAP [${hex(vs)}, ${hex(ve)}] overlaps reserved region [${hex(r.start)}, ${hex(r.end)}]`);
       }
       const flags = ((req.flags & VIRTIO_IOMMU_MAP_F_READ) !== 0 ? M_READ : 0) | ((req.flags & VIRTIO_IOMMU_MAP_F_WRITE) !== 0 ? M_WRITE : 0);
-      for (const m of t.mappingsOf(d)) {
+      for (const m of t.overlapping(d, vs, ve)) {
         // The very same mapping again is a MAP replayed after a restart of
         // vmm-iommu (inflight resubmission): it is in place, so it succeeded.
         if (m.virtStart === vs && m.virtEnd === ve && m.physStart === Number(req.physStart) && (m.flags & (M_READ | M_WRITE)) === flags) return { status: VIRTIO_IOMMU_S_OK };
@@ -170,7 +170,7 @@ export function execute(t: IommuTable, req: IommuRequest, lim: IommuLimits): Exe
       // Mappings live below 2^53; a range end beyond that covers them all the same.
       const vs = req.virtStart > MAX_SAFE ? Number.MAX_SAFE_INTEGER : Number(req.virtStart);
       const ve = req.virtEnd > MAX_SAFE ? Number.MAX_SAFE_INTEGER : Number(req.virtEnd);
-      const hit = t.mappingsOf(d).filter((m) => m.virtStart <= ve && m.virtEnd >= vs);
+      const hit = t.overlapping(d, vs, ve);
       const split = hit.find((m) => m.virtStart < vs || m.virtEnd > ve);
       if (split) {
         return fail(VIRTIO_IOMMU_S_RANGE, `UNMAP [${hex(vs)}, ${hex(ve)}] would split the mapping [${hex(split.virtStart)}, ${hex(split.virtEnd)}]; nothing unmapped`);

@@ -1,9 +1,33 @@
 // virtio-iommu's registration with the orchestrator (`@vmm/iommu/kind`):
 // what differs for the IOMMU on the generic vhost-user device path.
 
+import { closeSync, fstatSync, openSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { protocolFeatureBit, VhostUserProtocolFeature, type DeviceKind, type OptionDef } from '@vmm/core';
+import { mmapShared, munmapBuffer, protocolFeatureBit, VhostUserProtocolFeature, type DeviceKind, type OptionDef } from '@vmm/core';
 import { CFG, VIRTIO_ID_IOMMU } from './spec.ts';
+import { IommuTableView, summarize } from './table.ts';
+
+/**
+ * query-iommu's row: read straight from the table file (the same memory
+ * vmm-iommu writes), so it answers even while vmm-iommu is restarting.
+ */
+export function queryTable(id: string, table: string | undefined): Record<string, unknown> {
+  if (table === undefined) return { device: id, error: 'no --table given: the table is SOCKET.table of the device process' };
+  let buf: ArrayBuffer | null = null;
+  try {
+    const fd = openSync(table, 'r+');
+    try {
+      buf = mmapShared(fd, fstatSync(fd).size);
+    } finally {
+      closeSync(fd);
+    }
+    return { device: id, table, ...summarize(new IommuTableView(buf)) };
+  } catch (e) {
+    return { device: id, table, error: (e as Error).message };
+  } finally {
+    if (buf) munmapBuffer(buf);
+  }
+}
 
 /** vmm-iommu's options: the orchestrator's `--device virtio-iommu,…` and vmm-iommu's own argv. */
 export const IOMMU_OPTIONS: readonly OptionDef[] = [
@@ -29,4 +53,5 @@ export const iommuKind: DeviceKind = {
   // A spare would take the table over (repair) while the live process still writes it.
   warmSpare: () => false,
   fixedOnReplace: ['endpoints', 'table'],
+  query: { command: 'query-iommu', row: (id, o) => queryTable(id, o.table === undefined ? undefined : String(o.table)) },
 };

@@ -1,5 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import { GuestMemory, memfdCreate, mmapShared, closeFd } from '@vmm/core';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { execute, type IommuLimits } from './execute.ts';
 import { VIRTIO_IOMMU_FAULT_F_ADDRESS, VIRTIO_IOMMU_FAULT_F_WRITE, VIRTIO_IOMMU_FAULT_R_DOMAIN, VIRTIO_IOMMU_FAULT_R_MAPPING, VIRTIO_IOMMU_MAP_F_READ, VIRTIO_IOMMU_MAP_F_WRITE } from './spec.ts';
@@ -83,6 +84,38 @@ describe('IommuTable', () => {
     await Promise.all(workers.map((wk) => wk.terminate()));
     expect(got.every((g) => g.seen > 0)).toBe(true);
     expect(got.map((g) => g.torn)).toEqual([0, 0]);
+  });
+});
+
+describe("the writer's index", () => {
+  it('finds exactly the intersecting mappings of a domain, before and after a takeover rebuilds it', () => {
+    const sizes: TableSizes = { maxEndpoints: 1, maxDomains: 2, maxMappings: 64 };
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 0, max: 1 }), fc.integer({ min: 0, max: 63 }), fc.integer({ min: 1, max: 4 })), { maxLength: 80 }), fc.integer({ min: 0, max: 70 }), fc.integer({ min: 0, max: 8 }), (ops, qs, qn) => {
+        const buf = new ArrayBuffer(tableBytes(sizes));
+        let t = IommuTable.create(buf, sizes, [1], false);
+        const doms = [t.createDomain(1, false), t.createDomain(2, false)];
+        for (const [add, d, page, n] of ops) {
+          const vs = page * 0x1000;
+          const ve = vs + n * 0x1000 - 1;
+          const hits = t.overlapping(doms[d]!, vs, ve);
+          if (add && hits.length === 0) t.insertMapping(doms[d]!, vs, ve, 0x8000_0000, 2);
+          else if (!add) for (const m of hits) t.removeMapping(m.slot);
+        }
+        const check = (tt: IommuTable): void => {
+          for (const d of doms) {
+            const vs = qs * 0x1000;
+            const ve = vs + qn * 0x1000 + 0xfff;
+            const brute = tt.mappingsOf(d).filter((m) => m.virtStart <= ve && m.virtEnd >= vs).sort((a, b) => a.virtStart - b.virtStart);
+            expect(tt.overlapping(d, vs, ve)).toEqual(brute);
+          }
+        };
+        check(t);
+        t = IommuTable.attach(buf).table;
+        check(t);
+      }),
+      { numRuns: 300 },
+    );
   });
 });
 

@@ -66,6 +66,7 @@ export const FAULT_RING = 64;
 export const M_VALID = 1;
 export const M_READ = 2;
 export const M_WRITE = 4;
+/** @public (the table's layout: no device process sets it yet) */
 export const M_MMIO = 8;
 const GEN_ONE = 0x100;
 
@@ -196,15 +197,16 @@ export class IommuTableView {
   }
 
   /**
-   * A consistent snapshot of mapping `slot`, or null when the slot is free.
-   * Retries while the writer is in the middle of that slot.
+   * A consistent snapshot of mapping `slot`, or null when the slot is free
+   * or being written (a MAP not complete yet, or a slot being reused after
+   * its UNMAP completed: unmapped either way). Retries when the slot
+   * changed while it was read.
    */
   readMapping(slot: number): Mapping | null {
     const b = this.mapBase + slot * MAP_WORDS;
     for (;;) {
       const c1 = Atomics.load(this.w, b);
-      if ((c1 & GEN_ONE) !== 0) continue; // odd generation: being written
-      if ((c1 & M_VALID) === 0) return null;
+      if ((c1 & GEN_ONE) !== 0 || (c1 & M_VALID) === 0) return null; // odd generation: being written
       const m: Mapping = {
         slot,
         domainSlot: Atomics.load(this.w, b + 1),
@@ -273,8 +275,70 @@ export class IommuTableView {
   }
 }
 
-/** The writer (vmm-iommu). One per table. */
+/** One domain's mappings in the writer's index: sorted by start, never overlapping (MAP refuses overlaps). */
+interface IndexEntry {
+  vs: number;
+  ve: number;
+  slot: number;
+}
+
+/**
+ * The writer (vmm-iommu). One per table. Besides the shared table it keeps,
+ * in its own heap, an index of each domain's mappings sorted by address and
+ * a list of free slots, so MAP and UNMAP cost O(log n) instead of a scan of
+ * every slot; both are rebuilt from the table when a restarted writer takes
+ * it over (the table stays the only state).
+ */
 export class IommuTable extends IommuTableView {
+  readonly #index = new Map<number, IndexEntry[]>();
+  readonly #free: number[] = [];
+
+  // create() starts empty; attach() builds the index after repair().
+  private constructor(buffer: ArrayBufferLike, byteOffset = 0) {
+    super(buffer, byteOffset);
+  }
+
+  #rebuild(): void {
+    this.#index.clear();
+    this.#free.length = 0;
+    const hw = Atomics.load(this.w, W.highWater);
+    for (let s = hw - 1; s >= 0; s--) {
+      const m = this.readMapping(s);
+      if (!m) {
+        this.#free.push(s);
+        continue;
+      }
+      const list = this.#index.get(m.domainSlot) ?? [];
+      list.push({ vs: m.virtStart, ve: m.virtEnd, slot: s });
+      this.#index.set(m.domainSlot, list);
+    }
+    for (const list of this.#index.values()) list.sort((a, b) => a.vs - b.vs);
+  }
+
+  /** First index in `list` whose mapping ends at or after `addr`. */
+  static #firstEndingFrom(list: readonly IndexEntry[], addr: number): number {
+    let lo = 0;
+    let hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (list[mid]!.ve < addr) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /** The mappings of `domainSlot` that intersect [vs, ve], in address order. */
+  overlapping(domainSlot: number, vs: number, ve: number): Mapping[] {
+    const list = this.#index.get(domainSlot);
+    if (!list) return [];
+    const out: Mapping[] = [];
+    for (let i = IommuTable.#firstEndingFrom(list, vs); i < list.length && list[i]!.vs <= ve; i++) {
+      const m = this.readMapping(list[i]!.slot);
+      if (m) out.push(m);
+    }
+    return out;
+  }
+
   /** Initialise a fresh table in `buffer` (all zero) for the given endpoint ids. */
   static create(buffer: ArrayBufferLike, sizes: TableSizes, endpoints: readonly number[], bypass: boolean, byteOffset = 0): IommuTable {
     const bytes = tableBytes(sizes);
@@ -333,6 +397,7 @@ export class IommuTable extends IommuTableView {
     }
     for (let i = 0; i < READER_SLOTS; i++) Atomics.store(this.w, W.readerBase + 2 * i + 1, 0);
     this.bump();
+    this.#rebuild();
     return out;
   }
 
@@ -365,6 +430,7 @@ export class IommuTable extends IommuTableView {
   /** Ends a domain: its mappings first, then the slot. Endpoints must have left already. */
   endDomain(slot: number): void {
     for (const m of this.mappingsOf(slot)) this.removeMapping(m.slot);
+    this.#index.delete(slot);
     Atomics.store(this.w, this.domBase + slot * DOM_WORDS, D_FREE);
   }
 
@@ -385,16 +451,10 @@ export class IommuTable extends IommuTableView {
     return out;
   }
 
-  /** Inserts a mapping; returns its slot, or -1 when every slot is used. */
+  /** Inserts a mapping (the caller checked it overlaps none); returns its slot, or -1 when every slot is used. */
   insertMapping(domainSlot: number, virtStart: number, virtEnd: number, physStart: number, flags: number): number {
-    let slot = -1;
     const hw = Atomics.load(this.w, W.highWater);
-    for (let s = 0; s < hw; s++) {
-      if ((Atomics.load(this.w, this.mapBase + s * MAP_WORDS) & M_VALID) === 0) {
-        slot = s;
-        break;
-      }
-    }
+    let slot = this.#free.pop() ?? -1;
     if (slot < 0) {
       if (hw >= this.sizes.maxMappings) return -1;
       slot = hw;
@@ -412,14 +472,25 @@ export class IommuTable extends IommuTableView {
     if (slot === hw) Atomics.store(this.w, W.highWater, hw + 1);
     Atomics.store(this.w, b, c + 2 * GEN_ONE + (M_VALID | (flags & ~M_VALID & 0xff)));
     Atomics.add(this.w, W.maps, 1);
+    const list = this.#index.get(domainSlot) ?? [];
+    list.splice(IommuTable.#firstEndingFrom(list, virtStart), 0, { vs: virtStart, ve: virtEnd, slot });
+    this.#index.set(domainSlot, list);
     return slot;
   }
 
   removeMapping(slot: number): void {
+    const m = this.readMapping(slot);
+    if (!m) return;
     const b = this.mapBase + slot * MAP_WORDS;
     const c = Atomics.load(this.w, b);
     Atomics.store(this.w, b, (c & ~0xff) + 2 * GEN_ONE);
     Atomics.add(this.w, W.unmaps, 1);
+    const list = this.#index.get(m.domainSlot);
+    if (list) {
+      const i = IommuTable.#firstEndingFrom(list, m.virtStart);
+      if (list[i]?.slot === slot) list.splice(i, 1);
+    }
+    this.#free.push(slot);
   }
 
   /** True when no reader slot holds a request that started before `version`. */
@@ -449,4 +520,37 @@ export class IommuTable extends IommuTableView {
     Atomics.store(this.w, W.faultTail, head);
     return { faults, lost };
   }
+}
+
+/** What query-iommu shows: domains with their endpoints and mappings, the counters, the version. */
+export interface TableSummary {
+  bypass: boolean;
+  version: number;
+  endpoints: { id: number; domain: number | null }[];
+  domains: { id: number; bypass: boolean; endpoints: number[]; mappings: number; mappedBytes: number }[];
+  /** MAP and UNMAP requests applied (mappings added, removed) and faults recorded, since the table was made. */
+  maps: number;
+  unmaps: number;
+  faults: number;
+}
+
+export function summarize(t: IommuTableView): TableSummary {
+  const domains: TableSummary['domains'] = [];
+  const endpoints: TableSummary['endpoints'] = [];
+  const byDomain = new Map<number, number[]>();
+  for (let i = 0; i < t.sizes.maxEndpoints; i++) {
+    const id = t.endpointId(i);
+    if (t.endpointIndex(id) !== i) continue;
+    const d = t.endpointDomain(i);
+    endpoints.push({ id, domain: d < 0 ? null : t.domainState(d).id });
+    if (d >= 0) byDomain.set(d, [...(byDomain.get(d) ?? []), id]);
+  }
+  for (let s = 0; s < t.sizes.maxDomains; s++) {
+    const d = t.domainState(s);
+    if (!d.live) continue;
+    const maps = t.mappingsOf(s);
+    domains.push({ id: d.id, bypass: d.bypass, endpoints: byDomain.get(s) ?? [], mappings: maps.length, mappedBytes: maps.reduce((a, m) => a + (m.virtEnd - m.virtStart + 1), 0) });
+  }
+  const st = t.stats;
+  return { bypass: t.bypass, version: t.version, endpoints, domains, maps: st.maps, unmaps: st.unmaps, faults: st.faults };
 }

@@ -20,7 +20,7 @@ import { HSM, RUN, HartSignals } from './signals.ts';
 import { createHartMemory } from './hart/wasm.ts';
 import type { HartBoot } from './hart/hart.ts';
 import type { HartWorkerData, HartWorkerMessage } from './hart/hart-worker.ts';
-import { buildVirtDtb } from './platform/dtb.ts';
+import { buildVirtDtb, type DtbIommu } from './platform/dtb.ts';
 import { createPlatform, createPlatformState, resetPlatformState, type Platform, type PlatformState } from './platform/index.ts';
 
 export interface MachineConfig {
@@ -38,6 +38,8 @@ export interface MachineConfig {
   ramFd?: number;
   /** Entropy for chosen/rng-seed; default 32 fresh random bytes at every (re)boot. */
   rngSeed?: Uint8Array;
+  /** A virtio-iommu in one virtio-mmio slot translating the DMA of others (dtb.ts DtbIommu). */
+  iommu?: DtbIommu;
   /**
    * What a reset the guest asks for (finisher 0x7777, SBI SRST reboot) does:
    * true restarts the machine in place, as a real board (and QEMU) does;
@@ -192,6 +194,15 @@ export function setHartWorkerUrl(url: URL): void {
 /** MachineExit.message of a machine ended by Machine.stop(). */
 export const STOPPED_BY_HOST = 'stopped by host';
 
+/**
+ * The name of hart `h`'s worker thread. Node gives a worker's OS thread its
+ * name (Linux: /proc/PID/task/TID/comm), so the thread of each hart can be
+ * found from outside (QMP query-cpus-fast's thread-id, top -H, perf).
+ */
+export function hartThreadName(h: number): string {
+  return `hart${h}`;
+}
+
 /** How long harts get to notice RUN.STOPPING before their workers are terminated. */
 const STOP_GRACE_MS = 5000;
 
@@ -207,11 +218,11 @@ function validate(cfg: Pick<MachineConfig, 'harts' | 'memBytes'>): void {
  * The device tree and boot layout a machine with this configuration gets,
  * without starting it (`--dump-dtb`). Validates the configuration like startMachine.
  */
-export function machineDtb(cfg: Pick<MachineConfig, 'harts' | 'memBytes' | 'kernel' | 'initrd' | 'append' | 'bios' | 'rngSeed'>): { dtb: Uint8Array; layout: BootLayout } {
+export function machineDtb(cfg: Pick<MachineConfig, 'harts' | 'memBytes' | 'kernel' | 'initrd' | 'append' | 'bios' | 'rngSeed' | 'iommu'>): { dtb: Uint8Array; layout: BootLayout } {
   validate(cfg);
   const seed = cfg.rngSeed ?? crypto.getRandomValues(new Uint8Array(32));
   // The DTB's size does not depend on where the initrd lands: build it once to size it, then for real.
-  const dtbCfg = { harts: cfg.harts, memBytes: cfg.memBytes, bootargs: cfg.append, rngSeed: seed };
+  const dtbCfg = { harts: cfg.harts, memBytes: cfg.memBytes, bootargs: cfg.append, rngSeed: seed, ...(cfg.iommu ? { iommu: cfg.iommu } : {}) };
   const probe = buildVirtDtb({ ...dtbCfg, ...(cfg.initrd ? { initrd: { start: 0, end: 0 } } : {}) });
   const layout = planBoot(cfg, probe.length);
   const dtb = buildVirtDtb({ ...dtbCfg, ...(layout.initrd ? { initrd: layout.initrd } : {}) });
@@ -369,7 +380,7 @@ export function startMachine(cfg: MachineConfig): Machine {
     workers = [];
     for (let h = 0; h < cfg.harts; h++) {
       const data: HartWorkerData = { hartId: h, harts: cfg.harts, memory, ramSize: cfg.memBytes, signals: state.signals, platform: state, boot: boots[h]! };
-      const w = new Worker(url, { workerData: data, name: `hart${h}` });
+      const w = new Worker(url, { workerData: data, name: hartThreadName(h) });
       running.add(h);
       w.on('message', (m: HartWorkerMessage) => {
         if (m.type === 'error') {

@@ -320,6 +320,7 @@ export class VhostUserBackend {
       case Req.RESET_OWNER:
       case Req.RESET_DEVICE: {
         for (const v of this.vrings) this.stopRing(v, true);
+        this.device.deviceReset?.();
         if (this.activated) this.device.reset();
         this.activated = false;
         this.features = 0n;

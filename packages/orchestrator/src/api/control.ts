@@ -1,14 +1,9 @@
 // What the management API can ask of a running VM. The orchestrator's VM
 // object implements it; the QMP and WebSocket servers only translate.
 
-export type RunStatus = 'prelaunch' | 'running' | 'paused' | 'shutdown';
+import type { BlockDeviceStats } from '@vmm/virtio-blk/kind';
 
-export interface BlockInfo {
-  device: string;
-  file: string;
-  format: 'raw' | 'qcow2';
-  readOnly: boolean;
-}
+export type RunStatus = 'prelaunch' | 'running' | 'paused' | 'shutdown';
 
 export interface ProcessInfo {
   pid: number;
@@ -19,15 +14,36 @@ export interface ProcessInfo {
   state: 'running' | 'restarting' | 'stopped' | 'failed';
 }
 
+/** One hart as query-cpus-fast describes it. */
+export interface CpuInfo {
+  /** The hart id (QEMU's cpu-index and core-id on riscv virt). */
+  index: number;
+  /** The OS thread that runs it (the Linux tid of its worker thread). */
+  threadId: number;
+}
+
+/** One disk's I/O counters, read from its vmm-blk process. */
+export interface BlockStatsInfo {
+  device: string;
+  stats: BlockDeviceStats;
+}
+
 export interface VmControl {
+  /** The VM's name (`vmm run --name`, QEMU's -name), or null. */
+  name(): string | null;
   status(): RunStatus;
   stop(): Promise<void>;
   cont(): Promise<void>;
   reset(): Promise<void>;
   powerdown(): Promise<void>;
   quit(): Promise<void>;
-  queryBlock(): BlockInfo[];
+  /** QMP queries the device kinds add (DeviceKind.query: `query-block` for disks), answered by queryDevices. */
+  deviceQueries(): readonly string[];
+  /** One row per device of the kinds whose query `command` is. */
+  queryDevices(command: string): Record<string, unknown>[];
   queryProcesses(): ProcessInfo[];
+  queryCpus(): CpuInfo[];
+  queryBlockstats(): Promise<BlockStatsInfo[]>;
   deviceAdd(args: Record<string, unknown>): Promise<void>;
   deviceDel(id: string): Promise<void>;
   injectFault(args: Record<string, unknown>): Promise<Record<string, unknown>>;

@@ -4,7 +4,11 @@
 import { existsSync, unlinkSync, writeFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createLogger } from '@vmm/core';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { machineDtb, startMachine, type Machine, type MachineConfig, type MachineExit } from '@vmm/vcpu';
+import { buildIommuKernel } from '../guestkit/kernel.ts';
 import { stderrReporter } from '../guestkit/download.ts';
 import { GuestKitError } from '../guestkit/errors.ts';
 import { ExecOutputFilter, buildExecArchive, buildInitramfs } from '../guestkit/initramfs.ts';
@@ -13,6 +17,7 @@ import { kernelCmdline, type RunOptions } from './args.ts';
 import { ConsoleError, describeConsole, openConsole, type HostConsole } from './console.ts';
 import { daemonReady, isDaemonChild } from './daemon.ts';
 import { attachVm, type AttachedVm } from '../vm/attach.ts';
+import { iommuPlan, type IommuPlan } from '../vm/iommu.ts';
 
 /** A failure to report on one line with a non-zero status (not a usage error). */
 export class RunError extends Error {
@@ -56,13 +61,28 @@ function checkInitrd(bytes: Uint8Array, path: string): void {
 export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
   const logger = createLogger('vmm', undefined, o.logLevel);
   const reporter = stderrReporter(io.stderr);
+  let iommuDir: string | null = null;
+  try {
+    let iommu: IommuPlan | null = null;
+    if (o.iommu) {
+      iommuDir = mkdtempSync(join(tmpdir(), 'vmm-iommu-'));
+      iommu = iommuPlan(iommuDir);
+    }
+    return await runWith(o, io, logger, reporter, iommu);
+  } finally {
+    if (iommuDir) rmSync(iommuDir, { recursive: true, force: true });
+  }
+}
+
+async function runWith(o: RunOptions, io: RunIo, logger: ReturnType<typeof createLogger>, reporter: ReturnType<typeof stderrReporter>, iommu: IommuPlan | null): Promise<number> {
 
   let kit: GuestKit | null = null;
   const needKit = o.kernel === null || o.initrd === null || o.exec !== null || o.bios.kind === 'opensbi';
   if (needKit) {
     kit = await ensureGuestKit({ reporter });
   }
-  const kernelPath = o.kernel ?? kit!.kernel;
+  // The stock kernel cannot translate DMA (FACTS.md); --iommu boots the one the kit builds.
+  const kernelPath = o.kernel ?? (iommu ? (await buildIommuKernel({ reporter })).image : kit!.kernel);
   const kernel = await readInput('--kernel', kernelPath);
   try {
     checkKernelImage(kernel, `--kernel ${kernelPath}`);
@@ -100,7 +120,7 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
 
   if (o.dumpDtb !== null) {
     // Like QEMU's -M virt,dumpdtb=FILE: write the tree the guest would get (same layout), start nothing.
-    const { dtb } = machineDtb({ harts: o.smp, memBytes: o.memBytes, kernel, initrd, append: kernelCmdline(o), bios });
+    const { dtb } = machineDtb({ harts: o.smp, memBytes: o.memBytes, kernel, initrd, append: kernelCmdline(o), bios, ...(iommu ? { iommu: iommu.dtb } : {}) });
     await writeFile(o.dumpDtb, dtb);
     return 0;
   }
@@ -163,6 +183,7 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
       initrd,
       append: kernelCmdline(o),
       bios,
+      ...(iommu ? { iommu: iommu.dtb } : {}),
       // --exec: a reboot (panic=-1 included) ends the run, so a broken guest cannot loop.
       reboot: o.exec === null && !o.noReboot,
       console: {
@@ -178,12 +199,14 @@ export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
       },
       logger,
     });
-    if (o.devices.length > 0 || o.apiPort !== null || o.qmp !== null) {
+    const devices = iommu ? [iommu.spec, ...o.devices] : o.devices;
+    if (devices.length > 0 || o.apiPort !== null || o.qmp !== null) {
       // Devices are plugged while the harts are paused, so the guest finds them at probe time.
       attached = await attachVm(machine, {
-        devices: o.devices,
+        devices,
         apiPort: o.apiPort,
         qmpPath: o.qmp,
+        name: o.name,
         log: logger,
         logLevel: o.logLevel,
         announce,

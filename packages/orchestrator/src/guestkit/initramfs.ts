@@ -80,9 +80,13 @@ export const INIT_SCRIPT = `#!/bin/busybox sh
 /bin/busybox --install -s
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin HOME=/root TERM=\${TERM:-vt100}
 kver=$(uname -r)
-for m in $(cat /lib/modules/load-order); do
-  insmod /lib/modules/$kver/$m.ko || echo "init: insmod $m failed"
-done
+# A kernel with everything built in (the IOMMU kernel, guestkit/kernel.ts)
+# has no modules of its own here: nothing to load.
+if [ -d /lib/modules/$kver ]; then
+  for m in $(cat /lib/modules/load-order); do
+    insmod /lib/modules/$kver/$m.ko || echo "init: insmod $m failed"
+  done
+fi
 hostname vmm
 # The kernel's ip= argument (Documentation/admin-guide/nfs/nfsroot.rst:
 # ip=<client-ip>:<server-ip>:<gw-ip>:<netmask>:<hostname>:<device>:<autoconf>),

@@ -28,7 +28,7 @@ export const IOMMU_CONFIG_FRAGMENT = join(HERE, 'kernel', 'iommu.config');
 export const IOMMU_KCONFIG_PATCH = join(HERE, 'kernel', 'iommu-riscv.patch');
 
 export const CROSS_COMPILE = 'riscv64-linux-gnu-';
-/** Debian packages the build needs on the host (also in scripts/setup.sh). */
+/** Debian packages the build needs on the host (also in scripts/setup.sh). @public */
 export const KERNEL_BUILD_PACKAGES = ['gcc-riscv64-linux-gnu', 'make', 'bc', 'flex', 'bison', 'libssl-dev', 'libelf-dev', 'patch', 'xz-utils'] as const;
 /** Bumped when the build procedure itself changes, so old cache entries are not reused. */
 const KERNEL_BUILDER_VERSION = '1';

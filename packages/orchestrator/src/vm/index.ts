@@ -5,5 +5,6 @@ export * from './vhost-device.ts';
 export * from './vm.ts';
 export * from './attach.ts';
 export * from './guest-hotplug.ts';
+export * from './iommu.ts';
 
 export * from './session.ts';

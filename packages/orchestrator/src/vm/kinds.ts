@@ -3,10 +3,14 @@
 // internals); everything else is the generic vhost-user device (vhost-device.ts).
 
 import { DeviceOptionError, type DeviceKind } from '@vmm/core';
+import { iommuKind } from '@vmm/iommu/kind';
 import { blkKind } from '@vmm/virtio-blk/kind';
+import { netKind } from '@vmm/virtio-net/kind';
 
 export const DEVICE_KINDS: readonly DeviceKind[] = [
   blkKind,
+  iommuKind,
+  netKind,
 ];
 
 export class DeviceRegistry {

@@ -2,15 +2,17 @@
 // guest kit's kernel and initramfs with an --exec command under the same
 // calls `vmm run --disk … --qmp …` makes (startMachine, then attachVm), and
 // lets the caller react to what the command prints while it runs.
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createLogger } from '@vmm/core';
 import { startMachine, type MachineExit } from '@vmm/vcpu';
 import { silentReporter } from '../guestkit/download.ts';
 import { buildInitramfs, ExecOutputFilter, initrdWithExec } from '../guestkit/initramfs.ts';
 import { ensureGuestKit } from '../guestkit/kit.ts';
+import { buildIommuKernel } from '../guestkit/kernel.ts';
+import { iommuPlan } from './iommu.ts';
 import { attachVm, type AttachedVm } from './attach.ts';
 import { parseDiskFlag } from './device-spec.ts';
 import { DeviceRegistry } from './kinds.ts';
@@ -36,11 +38,16 @@ export interface GuestSessionOptions {
   /** Also serve the WebSocket API (0 = any free port); the token goes to `tokenPath`. */
   apiPort?: number;
   tokenPath?: string;
+  /** The VM's name (QMP query-name). */
+  name?: string;
+  /** Boot the IOMMU kernel with vmm-iommu in the top slot, as `vmm run --iommu` (vm/iommu.ts). */
+  iommu?: boolean;
 }
 
 export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSession> {
   const kit = await ensureGuestKit({ reporter: silentReporter });
-  const kernel = new Uint8Array(await readFile(kit.kernel));
+  const iommu = o.iommu ? iommuPlan(mkdtempSync(join(tmpdir(), 'vmm-iommu-'))) : null;
+  const kernel = new Uint8Array(await readFile(iommu ? (await buildIommuKernel({ reporter: silentReporter })).image : kit.kernel));
   const x = await initrdWithExec((await buildInitramfs(kit)).path, o.cmd);
   let out = '';
   const waiters: { text: string; resolve: () => void }[] = [];
@@ -63,21 +70,24 @@ export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSe
     // vmm.hotplug=1: the initramfs starts the guest's hot-plug helper (a QMP socket is always served here).
     append: `console=ttyS0 quiet panic=-1 cryptomgr.notests vmm.hotplug=1 ${o.append ?? ''}`,
     bios: { kind: 'builtin' },
+    ...(iommu ? { iommu: iommu.dtb } : {}),
     console: { input: null, output: (b) => filter.push(b) },
     logger: log,
   });
   const qmpPath = join(mkdtempSync(join(tmpdir(), 'vmm-session-')), 'qmp.sock');
   const attached = await attachVm(machine, {
-    devices: o.disks.map((d, i) => parseDiskFlag(new DeviceRegistry(), d, i)),
+    devices: [...(iommu ? [iommu.spec] : []), ...o.disks.map((d, i) => parseDiskFlag(new DeviceRegistry(), d, i))],
     apiPort: o.apiPort ?? null,
     ...(o.tokenPath ? { tokenPath: o.tokenPath } : {}),
     qmpPath,
+    name: o.name ?? null,
     log,
     logLevel: level,
     announce: () => {},
   });
   const done = machine.exited.then(async (exit) => {
     await attached.close();
+    if (iommu) rmSync(dirname(String(iommu.spec.options.table)), { recursive: true, force: true });
     return { exit, status: filter.status, transcript: filter.transcript };
   });
   return {
