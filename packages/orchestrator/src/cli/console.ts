@@ -220,12 +220,22 @@ function stdioConsole(io: ConsoleIo): HostConsole {
       if (fg) attach();
     } else if (!fg) {
       detach(false);
-    } else if (raw && !terminalIsRaw(STDIN_FD)) {
+    } else if (raw && !rawNow()) {
       // libuv skips a mode it believes is set already: leave it, then set it again.
       stdin.setRawMode(false);
       stdin.setRawMode(true);
     }
     if (foreground()) flushHeld();
+  };
+  /** The terminal's modes now; a terminal that cannot say (hung up: EIO) counts as gone, and is left alone. */
+  const rawNow = (): boolean => {
+    try {
+      return terminalIsRaw(STDIN_FD);
+    } catch {
+      gone = true;
+      detach(false);
+      return true;
+    }
   };
   process.on('SIGCONT', tick);
   let poll: NodeJS.Timeout | undefined;
