@@ -10,7 +10,7 @@ import { existsSync, lstatSync, mkdtempSync, readFileSync, truncateSync, writeFi
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { QmpClient } from '@vmm/orchestrator';
 import { VMM_CLI } from './guest-helpers.ts';
 import { alive, expectQuietShutdown, sessionOf, waitGone } from './shutdown-helpers.ts';
@@ -113,6 +113,7 @@ describe('--daemonize', () => {
     expect(lstatSync(qmp).isSocket()).toBe(true);
     expect(lstatSync(consolePath).isSocket()).toBe(true);
     const pid = Number(readFileSync(pidfile, 'utf8').trim());
+    leftDaemon = pid;
     expect(pid).not.toBe(parent.child.pid);
     expect(alive(pid)).toBe(true);
     // setsid: no controlling terminal, no signals from the one it was started on.
@@ -150,5 +151,12 @@ describe('--daemonize', () => {
     await waitGone(procs.map((p) => p.pid));
     expect(existsSync(pidfile), 'pidfile removed').toBe(false);
     expect(existsSync(consolePath), 'console socket removed').toBe(false);
+    leftDaemon = 0;
   });
+});
+
+/** A daemon a failed test left running (nobody else would end it): SIGTERM ends it and its device processes. */
+let leftDaemon = 0;
+afterAll(() => {
+  if (leftDaemon > 0 && alive(leftDaemon)) process.kill(leftDaemon, 'SIGTERM');
 });

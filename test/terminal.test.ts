@@ -160,6 +160,7 @@ describe('vmm on a terminal (tmux)', () => {
     // Paths under `dir`, outside the private /tmp: the hang-up test below checks on this daemon from outside.
     expect(await run('pnpm vmm run --daemonize --pidfile daemon.pid --qmp daemon.qmp --console unix:daemon.console --disk a.img', BOOT_MS)).toBe(0);
     const pid = readPid(join(dir, 'daemon.pid'));
+    daemonPid = pid;
     expect(existsSync(join(dir, 'daemon.qmp'))).toBe(true);
     const before = pane().length;
     const shown = prompts().length;
@@ -178,7 +179,6 @@ describe('vmm on a terminal (tmux)', () => {
     expect(status).toBe(0);
     expect(pane().slice(before)).toContain('vmm: detached from the console');
     expect(alive(pid), 'detaching leaves the VM running').toBe(true);
-    daemonPid = pid;
   });
 
   it('a terminal hang-up (tmux kill-session) ends a VM on the console with a quiet log, and not a daemonized one', async () => {
