@@ -226,4 +226,10 @@ export interface DeviceKind {
   readonly faults?: Readonly<Record<string, DeviceFault>>;
   /** The kind's QMP query (`query-block` for disks): its command and one row per device. */
   readonly query?: { readonly command: string; row(id: string, values: OptionValues): Record<string, unknown> };
+  /**
+   * A QMP query each device's process answers (`query-blockstats` for disks:
+   * counters only the process has): the command, and the control message
+   * sent with DeviceProcess.request(); the process's answer is the device's row.
+   */
+  readonly processQuery?: { readonly command: string; readonly message: Readonly<Record<string, unknown>> };
 }

@@ -57,4 +57,31 @@ setInterval(() => {}, 1000);
     expect(await p.exited()).toEqual({ code: 42, signal: null });
     expect(p.send({ code: 1 })).toBe(false);
   });
+  it('answers requests through onControlMessage: a result, an error, no answer, no process', async () => {
+    // The child is the real device-process side, imported from this module.
+    const child = `
+import { onControlMessage, reportReady } from ${JSON.stringify(new URL('./device-process.ts', import.meta.url).href)};
+let n = 0;
+onControlMessage(async (m) => {
+  if (m.query === 'count') return { n: ++n };
+  if (m.query === 'slow') return new Promise(() => {});
+  if (m.query === 'fire') { n += 100; return undefined; }
+  throw new RangeError('unknown query ' + JSON.stringify(m.query));
+});
+reportReady();
+setInterval(() => {}, 1000);
+`;
+    const p = new DeviceProcess({ name: 'q', args: ['--input-type=module', '-e', child], log });
+    await p.start();
+    expect(await p.request({ query: 'count' })).toEqual({ n: 1 });
+    expect(p.send({ query: 'fire' })).toBe(true); // one-way messages still work, in order
+    expect(await p.request({ query: 'count' })).toEqual({ n: 102 });
+    await expect(p.request({ query: 'nope' })).rejects.toThrow(/q: unknown query "nope"/);
+    await expect(p.request({ query: 'slow' }, 200)).rejects.toMatchObject({ code: 'ERR_DEVICE_PROCESS_REQUEST_TIMEOUT' });
+    const pending = p.request({ query: 'slow' }, 10_000);
+    p.kill('SIGKILL');
+    await expect(pending).rejects.toMatchObject({ code: 'ERR_DEVICE_PROCESS_EXITED' });
+    await p.exited();
+    await expect(p.request({ query: 'count' })).rejects.toMatchObject({ code: 'ERR_DEVICE_PROCESS_NOT_RUNNING' });
+  });
 });

@@ -38,6 +38,9 @@ export class DeviceProcessError extends VmmError {
   }
 }
 
+/** The message type of a child's answer to DeviceProcess.request(). */
+const CONTROL_REPLY = 'vmm-control-reply';
+
 type Child = ResultPromise<{ ipc: true; reject: false }>;
 
 export class DeviceProcess {
@@ -56,6 +59,7 @@ export class DeviceProcess {
   restarts = 0;
   /** The last 4 KiB the child wrote to stderr. */
   stderrTail = '';
+  private lastRequestId = 0;
 
   constructor(opts: DeviceProcessOptions) {
     this.name = opts.name;
@@ -154,6 +158,43 @@ export class DeviceProcess {
     return true;
   }
 
+  /**
+   * Ask the running child something over its IPC channel and wait for its
+   * answer (a query such as virtio-blk's I/O counters): the child's
+   * onControlMessage handler returns the answer. Rejects with a
+   * DeviceProcessError if no child is running, if it exits first, if it does
+   * not answer within `timeoutMs` (stopped with SIGSTOP, say), or with the
+   * error the handler threw.
+   */
+  request(message: Record<string, unknown>, timeoutMs = 2000): Promise<unknown> {
+    const child = this.child;
+    if (!child || this.lastExit) return Promise.reject(new DeviceProcessError(`${this.name} is not running`, 'ERR_DEVICE_PROCESS_NOT_RUNNING'));
+    const requestId = ++this.lastRequestId;
+    return new Promise<unknown>((resolve, reject) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        child.off('message', onMessage);
+      };
+      const onMessage = (m: unknown): void => {
+        const r = m as { type?: unknown; requestId?: unknown; error?: unknown; result?: unknown };
+        if (typeof m !== 'object' || m === null || r.type !== CONTROL_REPLY || r.requestId !== requestId) return;
+        done();
+        if (typeof r.error === 'string') reject(new DeviceProcessError(`${this.name}: ${r.error}`, 'ERR_DEVICE_PROCESS_REQUEST_FAILED'));
+        else resolve(r.result);
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(new DeviceProcessError(`${this.name} did not answer within ${timeoutMs} ms`, 'ERR_DEVICE_PROCESS_REQUEST_TIMEOUT'));
+      }, timeoutMs);
+      child.on('message', onMessage);
+      void this.exitPromise!.then(() => {
+        done();
+        reject(new DeviceProcessError(`${this.name} exited before it answered`, 'ERR_DEVICE_PROCESS_EXITED'));
+      });
+      child.send({ type: 'vmm-control', requestId, ...message });
+    });
+  }
+
   /** Send a signal (fault injection: 'SIGKILL' to crash it, 'SIGSTOP' to stall it). */
   kill(signal: NodeJS.Signals = 'SIGKILL'): void {
     this.child?.kill(signal);
@@ -193,10 +234,23 @@ export function reportReady(info: Record<string, unknown> = {}): void {
   process.send?.({ type: 'vmm-ready', ...info });
 }
 
-/** In a device process: handle control messages the parent sends with DeviceProcess.send(). */
-export function onControlMessage(handler: (message: Record<string, unknown>) => void): void {
+/**
+ * In a device process: handle control messages the parent sends with
+ * DeviceProcess.send() or .request(). For a request, what the handler
+ * returns (or resolves to) is the answer, and what it throws is sent back as
+ * the request's error.
+ */
+export function onControlMessage(handler: (message: Record<string, unknown>) => unknown): void {
   process.on('message', (m: unknown) => {
-    if (typeof m === 'object' && m !== null && (m as { type?: unknown }).type === 'vmm-control') handler(m as Record<string, unknown>);
+    if (typeof m !== 'object' || m === null || (m as { type?: unknown }).type !== 'vmm-control') return;
+    const { requestId } = m as { requestId?: unknown };
+    const answer = (reply: { result: unknown } | { error: string }): void => {
+      if (typeof requestId === 'number') process.send?.({ type: CONTROL_REPLY, requestId, ...reply });
+    };
+    void (async () => handler(m as Record<string, unknown>))().then(
+      (result) => answer({ result }),
+      (e: unknown) => answer({ error: e instanceof Error ? e.message : String(e) }),
+    );
   });
   // Listening must not keep the process alive on its own.
   process.channel?.unref();

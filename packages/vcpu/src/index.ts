@@ -12,6 +12,6 @@ export type { HartWorkerData, HartWorkerMessage } from "./hart/hart-worker.ts";
 /** The hart worker entry, for `new Worker(HART_WORKER_URL, { workerData: HartWorkerData })`. */
 export const HART_WORKER_URL = new URL("./hart/hart-worker.ts", import.meta.url);
 export * from "./platform/index.ts";
-export { startMachine, machineDtb, MachineConfigError, parseKernelImage, planBoot, setHartWorkerUrl, STOPPED_BY_HOST } from "./machine.ts";
+export { startMachine, machineDtb, hartThreadName, MachineConfigError, parseKernelImage, planBoot, setHartWorkerUrl, STOPPED_BY_HOST } from "./machine.ts";
 export type { Machine, MachineConfig, MachineExit, BootLayout, KernelImageInfo, ResetCause } from "./machine.ts";
 export { VirtioMmioState, INT as VIRTIO_INT, REG as VIRTIO_MMIO_REG, TRANSPORT_FEATURES, type IrqFn, type KickFn, type QueueConfig } from "./virtio-mmio/transport.ts";

@@ -194,6 +194,15 @@ export function setHartWorkerUrl(url: URL): void {
 /** MachineExit.message of a machine ended by Machine.stop(). */
 export const STOPPED_BY_HOST = 'stopped by host';
 
+/**
+ * The name of hart `h`'s worker thread. Node gives a worker's OS thread its
+ * name (Linux: /proc/PID/task/TID/comm), so the thread of each hart can be
+ * found from outside (QMP query-cpus-fast's thread-id, top -H, perf).
+ */
+export function hartThreadName(h: number): string {
+  return `hart${h}`;
+}
+
 /** How long harts get to notice RUN.STOPPING before their workers are terminated. */
 const STOP_GRACE_MS = 5000;
 
@@ -371,7 +380,7 @@ export function startMachine(cfg: MachineConfig): Machine {
     workers = [];
     for (let h = 0; h < cfg.harts; h++) {
       const data: HartWorkerData = { hartId: h, harts: cfg.harts, memory, ramSize: cfg.memBytes, signals: state.signals, platform: state, boot: boots[h]! };
-      const w = new Worker(url, { workerData: data, name: `hart${h}` });
+      const w = new Worker(url, { workerData: data, name: hartThreadName(h) });
       running.add(h);
       w.on('message', (m: HartWorkerMessage) => {
         if (m.type === 'error') {

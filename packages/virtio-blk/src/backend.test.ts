@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { createLogger, DeviceProcess } from '@vmm/core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BlkClient } from './client.ts';
+import { BLOCKSTATS_QUERY, type BlockDeviceStats } from './stats.ts';
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN } from './spec.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-blk-'));
@@ -71,6 +72,13 @@ describe('vmm-blk over vhost-user', () => {
       expect(new TextDecoder().decode(c.mem.read(id, 20)).replace(/\0+$/, '')).toBe(`disk-${format}`);
       const buf = c.alloc(512);
       expect(await c.request(0, VIRTIO_BLK_T_IN, SIZE / 512, [{ addr: buf, len: 512, write: true }])).toBe(VIRTIO_BLK_S_IOERR);
+      // The process's I/O counters, asked over its control channel as the orchestrator's query-blockstats asks them.
+      const stats = (await proc.request(BLOCKSTATS_QUERY)) as BlockDeviceStats;
+      expect(stats).toMatchObject({
+        wr_operations: 64, wr_bytes: 64 * 8192, wr_highest_offset: (Math.max(...sectors) * 512) + 8192,
+        rd_operations: 64, rd_bytes: SIZE, invalid_rd_operations: 1,
+        flush_operations: 1, failed_rd_operations: 0, failed_wr_operations: 0, invalid_wr_operations: 0,
+      });
       c.close();
       expect(await proc.stop()).toEqual({ code: 0, signal: null });
       // Host view of the image.
@@ -96,6 +104,7 @@ describe('vmm-blk over vhost-user', () => {
     expect(await c.read(8, b)).toBe(VIRTIO_BLK_S_OK);
     expect(Buffer.compare(b, pattern(0, SIZE).subarray(4096, 8192))).toBe(0);
     expect(await c.write(8, new Uint8Array(512))).toBe(VIRTIO_BLK_S_IOERR);
+    expect(await proc.request(BLOCKSTATS_QUERY)).toMatchObject({ rd_operations: 1, rd_bytes: 4096, wr_operations: 0, invalid_wr_operations: 1, wr_highest_offset: 0 });
     c.close();
     await proc.stop();
     expect(Buffer.compare(readFileSync(image), pattern(0, SIZE))).toBe(0);

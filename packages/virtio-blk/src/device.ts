@@ -4,6 +4,7 @@
 
 import { protocolFeatureBit, VhostUserProtocolFeature, type DeviceContext, type GuestMemory, type Logger, type VirtioDeviceBackend, type VirtqueueHandle } from '@vmm/core';
 import type { BlockImage } from './image.ts';
+import { BlkStats } from './stats.ts';
 import { executeRequest, parseRequest, type BlkLimits, type ChainBuffers, type ExecuteResult } from './request.ts';
 import {
   CFG,
@@ -15,6 +16,7 @@ import {
   VIRTIO_BLK_F_RO,
   VIRTIO_BLK_F_SEG_MAX,
   VIRTIO_BLK_F_WRITE_ZEROES,
+  VIRTIO_BLK_S_OK,
   VIRTIO_F_VERSION_1,
   VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC,
@@ -50,6 +52,8 @@ export class BlkDevice implements VirtioDeviceBackend {
   inFlight = 0;
   /** A write in flight when the process dies must be resubmitted, not lost: vhost-user inflight tracking. */
   readonly protocolFeatures = protocolFeatureBit(VhostUserProtocolFeature.INFLIGHT_SHMFD);
+  /** I/O accounting (query-blockstats). */
+  readonly stats = new BlkStats();
 
   constructor(image: BlockImage, options: BlkDeviceOptions = {}) {
     this.image = image;
@@ -158,7 +162,10 @@ export class BlkDevice implements VirtioDeviceBackend {
       this.#log?.warn({ reason: req.reason }, 'rejected descriptor chain');
       return null;
     }
+    if (req.type === 'error') this.stats.invalid(req.op);
+    const accounted = this.stats.start(req);
     const res = await executeRequest(req, this.image, this.serial);
+    if (req.type !== 'error') accounted(res.status === VIRTIO_BLK_S_OK);
     if (res.error !== undefined) this.#log?.warn({ status: res.status, reason: res.error }, 'request failed');
     return res;
   }

@@ -9,4 +9,5 @@ export { BlkDevice, type BlkDeviceOptions } from './device.ts';
 export { BlkClient, type BlkClientOptions, type BlkBuffer } from './client.ts';
 export { parseBlkArgs, type BlkOptions } from './main.ts';
 export { failRequestCount } from './faults.ts';
+export { BlkStats, BLOCKSTATS_QUERY, type BlkOp, type BlockDeviceStats } from './stats.ts';
 export { blkKind, BLK_OPTIONS } from './kind.ts';

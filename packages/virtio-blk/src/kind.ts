@@ -7,6 +7,9 @@ import { protocolFeatureBit, VhostUserProtocolFeature, type DeviceKind, type Opt
 import { CFG } from './spec.ts';
 import type { FaultCommand } from './faults.ts';
 import { probeImageFormat } from './qcow2.ts';
+import { BLOCKSTATS_QUERY } from './stats.ts';
+
+export type { BlockDeviceStats } from './stats.ts';
 
 /** vmm-blk's options: the orchestrator's `--device virtio-blk,…` / `device_add`, and vmm-blk's own argv. */
 export const BLK_OPTIONS: readonly OptionDef[] = [
@@ -62,10 +65,13 @@ export const blkKind: DeviceKind = {
     command: 'query-block',
     row: (id, o) => ({
       device: id,
+      qdev: id, // QEMU names a device that has an id by its id
       locked: false,
       removable: false,
       inserted: { file: o.file, ro: o.readonly === true, drv: o.format ?? 'raw', encrypted: false },
       type: 'unknown',
     }),
   },
+  // The I/O counters vmm-blk keeps (stats.ts), answered in QMP's BlockDeviceStats shape.
+  processQuery: { command: 'query-blockstats', message: BLOCKSTATS_QUERY },
 };

@@ -11,6 +11,7 @@ import { BlkDevice } from './device.ts';
 import { FaultInjectingImage } from './faults.ts';
 import { BLK_OPTIONS } from './kind.ts';
 import { openImage, Qcow2Image, type ImageFormat } from './qcow2.ts';
+import { BLOCKSTATS_QUERY } from './stats.ts';
 
 // Reads and writes run on libuv's pool; its default of 4 threads caps the
 // requests truly in flight. Must be set before the first fs call.
@@ -90,18 +91,21 @@ async function main(): Promise<void> {
   // Every request goes through the fault-injection layer; it is inert until
   // the orchestrator's inject-fault arms it over the IPC channel.
   const faulty = new FaultInjectingImage(image);
-  onControlMessage((m) => {
-    try {
-      log.warn({ fault: m }, faulty.control(m));
-    } catch (e) {
-      log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
-    }
-  });
   const device = new BlkDevice(faulty, {
     queues: opts.queues,
     serial: opts.serial,
     discardAlignment: image instanceof Qcow2Image ? image.header.clusterSize : 4096,
     log,
+  });
+  // The orchestrator's control channel: queries (query-blockstats) and fault injection.
+  onControlMessage((m) => {
+    if (m.query === BLOCKSTATS_QUERY.query) return device.stats.snapshot();
+    try {
+      log.warn({ fault: m }, faulty.control(m));
+    } catch (e) {
+      log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
+    }
+    return undefined;
   });
   let dma: EndpointTranslator | undefined;
   if (opts.iommu) {

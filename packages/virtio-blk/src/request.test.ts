@@ -212,3 +212,57 @@ describe('virtio-blk requests (virtio 1.2 §5.2.6)', () => {
     );
   });
 });
+
+describe('I/O accounting (query-blockstats counters, QEMU block/accounting.c semantics)', () => {
+  it('counts done, failed and invalid operations per op, bytes, times and the highest written offset', async () => {
+    const { FaultInjectingImage } = await import('./faults.ts');
+    const faulty = new FaultInjectingImage(image);
+    const d = new BlkDevice(faulty, {});
+    const fresh = d.stats.snapshot();
+    expect(fresh).not.toHaveProperty('idle_time_ns');
+    expect(fresh).toMatchObject({ rd_operations: 0, wr_operations: 0, wr_highest_offset: 0, account_invalid: true, account_failed: true, timed_stats: [] });
+    const run = async (c: ReturnType<typeof chain>): Promise<number | undefined> => (await d.handleChain(mem, c.chain))?.status;
+    const dwz = (type: number, sector: number, n: number): ReturnType<typeof chain> => {
+      const c = chain(type, 0n, [{ len: 16, writable: false }]);
+      const v = new DataView(ram, c.dataAt[0]! - RAM_BASE, 16);
+      v.setBigUint64(0, BigInt(sector), true);
+      v.setUint32(8, n, true);
+      v.setUint32(12, 0, true);
+      return c;
+    };
+
+    expect(await run(chain(VIRTIO_BLK_T_OUT, 3n, [{ len: 1536, writable: false, fill: 1 }]))).toBe(VIRTIO_BLK_S_OK);
+    expect(await run(chain(VIRTIO_BLK_T_IN, 0n, [{ len: 1024, writable: true }]))).toBe(VIRTIO_BLK_S_OK);
+    expect(await run(chain(VIRTIO_BLK_T_FLUSH, 0n, []))).toBe(VIRTIO_BLK_S_OK);
+    expect(await run(dwz(VIRTIO_BLK_T_WRITE_ZEROES, 100, 8))).toBe(VIRTIO_BLK_S_OK); // a write, as QEMU counts it
+    expect(await run(dwz(VIRTIO_BLK_T_DISCARD, 10, 16))).toBe(VIRTIO_BLK_S_OK); // an unmap
+    // Invalid: refused before any I/O.
+    expect(await run(chain(VIRTIO_BLK_T_IN, BigInt(DISK / 512), [{ len: 512, writable: true }]))).toBe(VIRTIO_BLK_S_IOERR);
+    expect(await run(chain(VIRTIO_BLK_T_OUT, 0n, [{ len: 100, writable: false }]))).toBe(VIRTIO_BLK_S_IOERR);
+    expect(await run(dwz(VIRTIO_BLK_T_DISCARD, DISK / 512, 1))).toBe(VIRTIO_BLK_S_IOERR);
+    // Failed: an I/O error while executing.
+    faulty.control({ fault: 'fail-requests', count: 2 });
+    expect(await run(chain(VIRTIO_BLK_T_IN, 0n, [{ len: 512, writable: true }]))).toBe(VIRTIO_BLK_S_IOERR);
+    expect(await run(chain(VIRTIO_BLK_T_OUT, 400n, [{ len: 512, writable: false }]))).toBe(VIRTIO_BLK_S_IOERR);
+    // Not accounted: get-id and unknown types.
+    expect(await run(chain(VIRTIO_BLK_T_GET_ID, 0n, [{ len: 20, writable: true }]))).toBe(VIRTIO_BLK_S_OK);
+    expect(await run(chain(99, 0n, []))).toBe(VIRTIO_BLK_S_UNSUPP);
+
+    const s = d.stats.snapshot();
+    expect(s).toMatchObject({
+      rd_operations: 1, rd_bytes: 1024, failed_rd_operations: 1, invalid_rd_operations: 1,
+      wr_operations: 2, wr_bytes: 1536 + 8 * 512, failed_wr_operations: 1, invalid_wr_operations: 1,
+      flush_operations: 1, failed_flush_operations: 0, invalid_flush_operations: 0,
+      unmap_operations: 1, unmap_bytes: 16 * 512, failed_unmap_operations: 0, invalid_unmap_operations: 1,
+      // The failed write at sector 400 does not count; the write-zeroes' end does.
+      wr_highest_offset: 108 * 512,
+      rd_merged: 0, wr_merged: 0, unmap_merged: 0,
+    });
+    for (const k of ['rd_total_time_ns', 'wr_total_time_ns', 'flush_total_time_ns', 'unmap_total_time_ns', 'idle_time_ns'] as const) {
+      expect(Number.isInteger(s[k]), k).toBe(true);
+      expect(s[k], k).toBeGreaterThan(0);
+    }
+    // Exactly QEMU 7.2's BlockDeviceStats members (checked against qemu-system-riscv64 in test/qmp.test.ts).
+    expect(Object.keys(s)).toHaveLength(27);
+  });
+});

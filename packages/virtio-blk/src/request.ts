@@ -12,6 +12,7 @@
 
 import type { DescriptorChain, GuestMemory } from '@vmm/core';
 import type { BlockImage } from './image.ts';
+import type { BlkOp } from './stats.ts';
 import {
   DWZ_SEGMENT_LEN,
   REQ_HEADER_LEN,
@@ -29,6 +30,15 @@ import {
   VIRTIO_BLK_T_WRITE_ZEROES,
   VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from './spec.ts';
+
+/** The accounting op of each request type that is accounted (QEMU's virtio-blk: write-zeroes are writes, discards unmaps). */
+const ACCOUNTED_AS: Partial<Record<number, BlkOp>> = {
+  [VIRTIO_BLK_T_IN]: 'read',
+  [VIRTIO_BLK_T_OUT]: 'write',
+  [VIRTIO_BLK_T_FLUSH]: 'flush',
+  [VIRTIO_BLK_T_DISCARD]: 'unmap',
+  [VIRTIO_BLK_T_WRITE_ZEROES]: 'write',
+};
 
 /**
  * The buffers of a chain as core's bounded iterator yields them: loops,
@@ -69,8 +79,8 @@ export type BlkRequest =
   | (Base & { type: 'get-id'; segments: Uint8Array[]; bytes: number })
   | (Base & { type: 'discard'; ranges: DwzRange[] })
   | (Base & { type: 'write-zeroes'; ranges: DwzRange[] })
-  /** Invalid but answerable: the status byte gets `code`. */
-  | (Base & { type: 'error'; code: typeof VIRTIO_BLK_S_IOERR | typeof VIRTIO_BLK_S_UNSUPP; reason: string });
+  /** Invalid but answerable: the status byte gets `code`; `op` is what the header asked for, when it is an accounted one (stats.ts). */
+  | (Base & { type: 'error'; code: typeof VIRTIO_BLK_S_IOERR | typeof VIRTIO_BLK_S_UNSUPP; reason: string; op?: BlkOp });
 
 /** No status byte can be written: the chain goes back with used length 0. */
 export interface RejectedChain {
@@ -136,7 +146,9 @@ export function parseRequest(mem: GuestMemory, chain: ChainBuffers, limits: BlkL
   } catch (e) {
     return { type: 'reject', reason: `status byte outside guest memory: ${(e as Error).message}` };
   }
-  const err = (reason: string, code: typeof VIRTIO_BLK_S_IOERR | typeof VIRTIO_BLK_S_UNSUPP = VIRTIO_BLK_S_IOERR): BlkRequest => ({ type: 'error', code, reason, status });
+  let op: BlkOp | undefined = undefined; // known once the header is read
+  const err = (reason: string, code: typeof VIRTIO_BLK_S_IOERR | typeof VIRTIO_BLK_S_UNSUPP = VIRTIO_BLK_S_IOERR): BlkRequest =>
+    op === undefined ? { type: 'error', code, reason, status } : { type: 'error', code, reason, status, op };
 
   let readable: Uint8Array[];
   let writableBufs: Uint8Array[];
@@ -151,6 +163,7 @@ export function parseRequest(mem: GuestMemory, chain: ChainBuffers, limits: BlkL
   const [inData] = splitAt(writableBufs, total(writableBufs) - 1);
   const hdr = new DataView(gather(hdrBufs, REQ_HEADER_LEN).buffer);
   const type = hdr.getUint32(0, true);
+  op = ACCOUNTED_AS[type];
   const sector64 = hdr.getBigUint64(8, true);
   const outBytes = total(outData);
   const inBytes = total(inData);

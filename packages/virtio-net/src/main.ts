@@ -4,31 +4,23 @@
 // -netdev vhost-user, DPDK's virtio_user) and plugs it into a vmm-switch
 // network or a host tap.
 
-import { parseArgs } from 'node:util';
-import { ConfigError, createLogger, installDeviceProcessSignals, onControlMessage, reportReady, VhostUserBackend, type Logger } from '@vmm/core';
+import { createLogger, DeviceOptionError, deviceUsage, installDeviceProcessSignals, onControlMessage, parseDeviceArgv, reportReady, VhostUserBackend, type Logger } from '@vmm/core';
+import { spawn } from 'node:child_process';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { formatMac, isMulticast, parseMac, type Mac } from './ctrl.ts';
 import { NetDevice } from './device.ts';
-import { LOG_LEVELS, SWITCH_NAME, switchSocketPath } from './names.ts';
-import { MAX_QUEUE_PAIRS } from './spec.ts';
+import { NET_OPTIONS } from './kind.ts';
+import { SWITCH_NAME, switchSocketPath } from './names.ts';
 import { SwitchAttachment } from './switch-client.ts';
 import { openTapPort } from './tap.ts';
 
-const USAGE = `usage: vmm-net --socket PATH (--switch NAME | --tap IFNAME) [options]
-
-Serves a virtio-net device (virtio 1.2 §5.1) as a vhost-user back-end
-(QEMU: -netdev vhost-user,chardev=…,queues=N) and connects it to a vmm-switch
-network or to a host tap device.
-
-  --socket PATH      vhost-user unix socket to listen on (replaced if stale)
-  --switch NAME      attach to the vmm-switch NAME (or the switch socket at a PATH); reconnects if it restarts
-  --tap IFNAME       use the host tap IFNAME (created if missing; needs CAP_NET_ADMIN)
-  --mac MAC          the NIC's address (default 52:54:00 and 3 random octets)
-  --queues N         queue pairs, 1..${MAX_QUEUE_PAIRS} (default 1; more offers VIRTIO_NET_F_MQ)
-  --mtu N            MTU offered in config space, 68..65535 (default 1500)
-  --id ID            device id in the logs (default net0)
-  --log-level L      ${LOG_LEVELS.join('|')} (default info)
-  --help             show this text
-`;
+const USAGE = deviceUsage(
+  'vmm-net',
+  'Serves a virtio-net device (virtio 1.2 §5.1) as a vhost-user back-end (QEMU: -netdev vhost-user,chardev=…,queues=N)\nand connects it to a vmm-switch network (--switch) or to a host tap device (--tap).',
+  NET_OPTIONS,
+);
 
 export interface NetArgs {
   socket: string;
@@ -42,7 +34,7 @@ export interface NetArgs {
 }
 
 const fail = (m: string): never => {
-  throw new ConfigError(m, 'ERR_NET_ARGS');
+  throw new DeviceOptionError(`virtio-net: ${m}`);
 };
 
 export function randomMac(): Mac {
@@ -50,39 +42,41 @@ export function randomMac(): Mac {
   return 0x52_54_00 * 2 ** 24 + b[0]! * 65536 + b[1]! * 256 + b[2]!;
 }
 
-/** Parse the command line; throws ConfigError naming the bad flag or value. Returns null for --help. */
+/**
+ * Parse the command line with the kind's option schema (the orchestrator's
+ * `--nic`, `--device virtio-net,…` and QMP device_add use the same one);
+ * throws DeviceOptionError naming the bad option and value. Null for --help.
+ */
 export function parseNetArgs(argv: string[]): NetArgs | null {
-  let v;
-  try {
-    v = parseArgs({
-      args: argv, strict: true, allowPositionals: false,
-      options: {
-        socket: { type: 'string' }, switch: { type: 'string' }, tap: { type: 'string' }, mac: { type: 'string' }, queues: { type: 'string' },
-        mtu: { type: 'string' }, id: { type: 'string' }, 'log-level': { type: 'string' }, help: { type: 'boolean' },
-      },
-    }).values;
-  } catch (e) {
-    return fail((e as Error).message);
-  }
-  if (v.help) return null;
-  if (!v.socket) fail('--socket PATH is required');
-  if ((v.switch === undefined) === (v.tap === undefined)) fail('exactly one of --switch NAME or --tap IFNAME is required');
-  if (v.switch !== undefined && !v.switch.includes('/') && !SWITCH_NAME.test(v.switch)) fail(`--switch ${v.switch}: not a switch name (letters, digits, _ . -) nor a socket path`);
-  if (v.tap !== undefined && !/^[A-Za-z0-9_.-]{1,15}$/.test(v.tap)) fail(`--tap ${v.tap}: an interface name is 1 to 15 letters, digits, _ . -`);
+  const f = parseDeviceArgv('virtio-net', NET_OPTIONS, argv);
+  if (f === null) return null;
+  const o = f.options;
+  const sw = o.switch === undefined ? undefined : String(o.switch);
+  const tap = o.tap === undefined ? undefined : String(o.tap);
+  if ((sw === undefined) === (tap === undefined)) fail('exactly one of switch=NAME or tap=IFNAME is required');
+  if (sw !== undefined && !sw.includes('/') && !SWITCH_NAME.test(sw)) fail(`switch=${sw}: not a switch name (up to 32 letters, digits, _ . -) nor a socket path`);
+  if (tap !== undefined && !/^[A-Za-z0-9_.-]{1,15}$/.test(tap)) fail(`tap=${tap}: an interface name is 1 to 15 letters, digits, _ . -`);
   let mac = randomMac();
-  if (v.mac !== undefined) {
-    const m = parseMac(v.mac);
-    if (m === null) fail(`--mac ${v.mac}: expected six hex octets like 52:54:00:12:34:56`);
-    if (isMulticast(m!)) fail(`--mac ${v.mac}: a multicast address cannot be a NIC's address`);
+  if (o.mac !== undefined) {
+    const m = parseMac(String(o.mac));
+    if (m === null) fail(`mac=${String(o.mac)}: expected six hex octets like 52:54:00:12:34:56`);
+    if (isMulticast(m!)) fail(`mac=${String(o.mac)}: a multicast address cannot be a NIC's address`);
     mac = m!;
   }
-  const queues = v.queues === undefined ? 1 : Number(v.queues);
-  if (!Number.isInteger(queues) || queues < 1 || queues > MAX_QUEUE_PAIRS) fail(`--queues ${v.queues}: expected an integer from 1 to ${MAX_QUEUE_PAIRS}`);
-  const mtu = v.mtu === undefined ? 1500 : Number(v.mtu);
-  if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535) fail(`--mtu ${v.mtu}: expected an integer from 68 to 65535`);
-  const logLevel = v['log-level'] ?? process.env.VMM_LOG_LEVEL ?? 'info';
-  if (!LOG_LEVELS.includes(logLevel)) fail(`--log-level ${logLevel}: expected one of ${LOG_LEVELS.join(', ')}`);
-  return { socket: v.socket!, switch: v.switch, tap: v.tap, mac, queues, mtu, id: v.id ?? 'net0', logLevel };
+  return { socket: f.socket, switch: sw, tap, mac, queues: Number(o.queues), mtu: Number(o.mtu), id: f.id ?? 'net0', logLevel: f.logLevel };
+}
+
+const SWITCH_MAIN = fileURLToPath(new URL('./switch-main.ts', import.meta.url));
+
+/** Start `vmm-switch --name NAME` detached from this process (its own session; logs to a file next to its socket). */
+function startSwitch(name: string, log: Logger): void {
+  const logFile = switchSocketPath(name).replace(/\.sock$/, '.log');
+  mkdirSync(dirname(logFile), { recursive: true, mode: 0o700 });
+  const fd = openSync(logFile, 'a');
+  const child = spawn(process.execPath, [SWITCH_MAIN, '--name', name], { detached: true, stdio: ['ignore', fd, fd] });
+  child.unref();
+  closeSync(fd);
+  log.info({ switch: name, pid: child.pid, log: logFile }, 'started vmm-switch on demand');
 }
 
 /** Faults the orchestrator can arm over the IPC channel. */
@@ -106,8 +100,29 @@ async function connect(a: NetArgs, device: NetDevice, log: Logger): Promise<() =
     return () => device.attach(null);
   }
   const sock = switchSocketPath(a.switch!);
-  const att = new SwitchAttachment({ socketPath: sock, name: a.id, mac: formatMac(a.mac), log, onPort: (p) => device.attach(p) });
-  await att.start();
+  const attach = async (): Promise<SwitchAttachment> => {
+    const att = new SwitchAttachment({ socketPath: sock, name: a.id, mac: formatMac(a.mac), log, onPort: (p) => device.attach(p) });
+    await att.start();
+    return att;
+  };
+  let att: SwitchAttachment;
+  try {
+    att = await attach();
+  } catch (e) {
+    // A switch named but not running is started on demand, on its own (it outlives this NIC and its VM).
+    if (a.switch!.includes('/')) throw e;
+    startSwitch(a.switch!, log);
+    const t0 = Date.now();
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 100));
+      try {
+        att = await attach();
+        break;
+      } catch (e2) {
+        if (Date.now() - t0 > 10_000) throw new Error(`started vmm-switch ${a.switch} but it did not answer within 10 s: ${(e2 as Error).message}`, { cause: e2 });
+      }
+    }
+  }
   return () => att.close();
 }
 

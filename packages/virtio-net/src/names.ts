@@ -16,5 +16,3 @@ export function switchSocketPath(nameOrPath: string): string {
 
 /** Switch names: what fits in a file name and a log line. */
 export const SWITCH_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/;
-
-export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];

@@ -311,4 +311,27 @@ describe('NetDevice', () => {
     expect(new Set([...queueOf.values()].map((s) => [...s][0])).size).toBeGreaterThan(1);
     void pa;
   });
+
+  it('link down: STATUS loses LINK_UP with a configuration change, frames are neither sent nor received until it is up', () => {
+    const a = nic(MAC_A);
+    const b = nic(MAC_B);
+    const [pa, pb] = LoopbackPort.pair(12 + S.MAX_GSO_FRAME);
+    a.dev.attach(pa);
+    b.dev.attach(pb);
+    const status = () => new DataView(b.dev.readConfig().buffer).getUint16(S.CONFIG_STATUS, true);
+    expect(status()).toBe(S.VIRTIO_NET_S_LINK_UP);
+    const changes = b.h.configChanges;
+    b.dev.setLink(false);
+    expect(status()).toBe(0);
+    expect(b.h.configChanges).toBe(changes + 1);
+    b.post(4, 2048);
+    a.send(rawFrame(MAC_B, MAC_A, 100, 1)); // waits in the port: b's carrier is down
+    b.send(rawFrame(MAC_A, MAC_B, 100, 2)); // dropped: nothing leaves a NIC without carrier
+    expect(b.h.poll(0)).toEqual([]);
+    expect(b.dev.stats.tx_no_port).toBe(1);
+    b.dev.setLink(true);
+    expect(b.h.configChanges).toBe(changes + 2);
+    expect(b.h.poll(0).length).toBe(1);
+    void pa;
+  });
 });

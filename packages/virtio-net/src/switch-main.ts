@@ -5,8 +5,8 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ConfigError, createLogger, installDeviceProcessSignals, reportReady } from '@vmm/core';
-import { LOG_LEVELS, SWITCH_NAME, switchSocketPath } from './names.ts';
+import { ConfigError, createLogger, installDeviceProcessSignals, LOG_LEVELS, reportReady } from '@vmm/core';
+import { SWITCH_NAME, switchSocketPath } from './names.ts';
 import { DEFAULT_RING_SLOTS } from './ring.ts';
 import { Switch } from './switch.ts';
 
@@ -50,7 +50,7 @@ export function parseSwitchArgs(argv: string[]): SwitchArgs | null {
   const slots = v.slots === undefined ? DEFAULT_RING_SLOTS : Number(v.slots);
   if (!Number.isInteger(slots) || slots < 2 || slots > 65536 || (slots & (slots - 1)) !== 0) throw new ConfigError(`--slots ${v.slots}: expected a power of 2 from 2 to 65536`, 'ERR_SWITCH_ARGS');
   const logLevel = v['log-level'] ?? process.env.VMM_LOG_LEVEL ?? 'info';
-  if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError(`--log-level ${logLevel}: expected one of ${LOG_LEVELS.join(', ')}`, 'ERR_SWITCH_ARGS');
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) throw new ConfigError(`--log-level ${logLevel}: expected one of ${LOG_LEVELS.join(', ')}`, 'ERR_SWITCH_ARGS');
   return { name: v.name, socket: v.socket ?? switchSocketPath(v.name), ageingMs: ageing * 1000, slots, logLevel };
 }
 

@@ -53,6 +53,8 @@ export interface PortStats {
 
 export interface StatsReply extends TypedMessage {
   type: 'stats-reply';
+  /** The switch process (it runs detached when started on demand). */
+  pid: number;
   ports: PortStats[];
   macs: { mac: string; port: number; ageMs: number }[];
   flooded: number;

@@ -86,4 +86,14 @@ describe('vmm-switch with vmm-net NICs', () => {
     await b.until(302);
     expect(b.received[301]!.frame).toEqual(rawFrame(BROADCAST, ma, 60, 7));
   });
+
+  it('starts a named switch that is not running yet, which outlives the NIC', async () => {
+    const nic = await start('nic-od', [NET, '--socket', join(dir, 'od.sock'), '--switch', 'ondemand', '--mac', '52:54:00:00:01:0d', '--id', 'od']);
+    const st = await querySwitch(join(dir, 'switch-ondemand.sock'));
+    expect(st.ports.map((p) => p.name)).toEqual(['od']);
+    expect(st.pid).not.toBe(nic.pid);
+    await nic.stop();
+    await waitFor('the NIC detached', async () => (await querySwitch(join(dir, 'switch-ondemand.sock'))).ports.length === 0);
+    process.kill(st.pid, 'SIGTERM');
+  });
 });

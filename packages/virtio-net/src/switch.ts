@@ -249,6 +249,7 @@ export class Switch {
     const now = Date.now();
     return {
       type: 'stats-reply',
+      pid: process.pid,
       ports: [...this.ports.values()].map((p) => ({ ...p.stats, rx_errors: p.stats.rx_errors + p.link.corrupt })),
       macs: [...this.fdb].map(([m, l]) => ({ mac: formatMac(m), port: l.port.id, ageMs: now - l.seen })),
       flooded: this.flooded,

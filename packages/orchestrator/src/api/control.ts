@@ -1,6 +1,8 @@
 // What the management API can ask of a running VM. The orchestrator's VM
 // object implements it; the QMP and WebSocket servers only translate.
 
+import type { BlockDeviceStats } from '@vmm/virtio-blk/kind';
+
 export type RunStatus = 'prelaunch' | 'running' | 'paused' | 'shutdown';
 
 export interface ProcessInfo {
@@ -12,7 +14,23 @@ export interface ProcessInfo {
   state: 'running' | 'restarting' | 'stopped' | 'failed';
 }
 
+/** One hart as query-cpus-fast describes it. */
+export interface CpuInfo {
+  /** The hart id (QEMU's cpu-index and core-id on riscv virt). */
+  index: number;
+  /** The OS thread that runs it (the Linux tid of its worker thread). */
+  threadId: number;
+}
+
+/** One disk's I/O counters, read from its vmm-blk process. */
+export interface BlockStatsInfo {
+  device: string;
+  stats: BlockDeviceStats;
+}
+
 export interface VmControl {
+  /** The VM's name (`vmm run --name`, QEMU's -name), or null. */
+  name(): string | null;
   status(): RunStatus;
   stop(): Promise<void>;
   cont(): Promise<void>;
@@ -24,6 +42,8 @@ export interface VmControl {
   /** One row per device of the kinds whose query `command` is. */
   queryDevices(command: string): Record<string, unknown>[];
   queryProcesses(): ProcessInfo[];
+  queryCpus(): CpuInfo[];
+  queryBlockstats(): Promise<BlockStatsInfo[]>;
   deviceAdd(args: Record<string, unknown>): Promise<void>;
   deviceDel(id: string): Promise<void>;
   injectFault(args: Record<string, unknown>): Promise<Record<string, unknown>>;

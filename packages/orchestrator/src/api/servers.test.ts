@@ -14,6 +14,9 @@ import { ApiHub, createToken } from './servers.ts';
 
 class StateVm implements VmControl {
   state: RunStatus = 'running';
+  name() { return 'test-vm'; }
+  queryCpus() { return [{ index: 0, threadId: 4242 }, { index: 1, threadId: 4243 }]; }
+  async queryBlockstats() { return []; }
   status(): RunStatus { return this.state; }
   async stop() { this.state = 'paused'; }
   async cont() { this.state = 'running'; }
@@ -70,22 +73,116 @@ describe('QMP over a unix socket', () => {
     sock.write('{"execute":"stop","id":"a"}\n{"execute":"query-status","id":"b"}\n');
     expect(await next()).toEqual({ return: {}, id: 'a' });
     expect(await next()).toEqual({ return: { status: 'paused', running: false, singlestep: false }, id: 'b' });
-    sock.write('{not json\n');
-    const bad = await next();
-    expect(bad).toHaveProperty('error.class', 'GenericError');
-    expect(String((bad.error as { desc: string }).desc)).toMatch(/JSON parse error/);
+    sock.write('{not json}\n');
+    expect(await next()).toEqual({ error: { class: 'GenericError', desc: "JSON parse error, invalid keyword 'not'" } });
     sock.write('{"execute":"no-such-thing"}\n');
     expect(await next()).toEqual({ error: { class: 'CommandNotFound', desc: 'The command no-such-thing has not been found' } });
     sock.write('{"execute":"device_del","arguments":{"id":"vdz"}}\n');
     expect(await next()).toEqual({ error: { class: 'DeviceNotFound', desc: "Device 'vdz' not found" } });
-    sock.write('{"execute":"device_add","arguments":{"driver":"virtio-blk"}}\n');
-    expect(await next()).toEqual({ error: { class: 'GenericError', desc: "Parameter 'id' is missing or not a string" } });
+    sock.write('{"execute":"device_add","arguments":{"id":"x"}}\n');
+    expect(await next()).toEqual({ error: { class: 'GenericError', desc: "Parameter 'driver' is missing" } });
     sock.write('[1,2]\n');
     expect(await next()).toEqual({ error: { class: 'GenericError', desc: 'QMP input must be a JSON object' } });
     hub.emit(makeEvent('BACKEND_RESTARTED', { id: 'vda' }));
     const ev = await next();
     expect(ev).toMatchObject({ event: 'BACKEND_RESTARTED', data: { id: 'vda' } });
     expect(ev).toHaveProperty('timestamp.seconds');
+    sock.end();
+  });
+});
+
+describe('QMP input as a stream of JSON values (QEMU json-streamer semantics)', () => {
+  async function connected(): Promise<{ sock: net.Socket; next: () => Promise<Record<string, unknown>> }> {
+    const dir = mkdtempSync(join(tmpdir(), 'vmm-qmp-'));
+    const path = join(dir, 'qmp.sock');
+    hub = new ApiHub(new StateVm(), log);
+    await hub.listenQmp(path);
+    const sock = net.connect(path);
+    const next = lines(sock);
+    await next(); // greeting
+    // The way QEMU's Python library writes: no newline, "arguments" first.
+    sock.write('{"arguments":{},"execute":"qmp_capabilities","id":"neg"}');
+    expect(await next()).toEqual({ return: {}, id: 'neg' });
+    return { sock, next };
+  }
+
+  it('answers commands without a newline, split anywhere, several in one write, spanning lines', async () => {
+    const { sock, next } = await connected();
+    sock.write('{"execute":"query-name","id":1}');
+    expect(await next()).toEqual({ return: { name: 'test-vm' }, id: 1 });
+    const text = '{"execute":"query-status",\n "id":2}{"execute":"query-cpus-fast","id":3} {"execute":"query-version","id":4}';
+    for (let i = 0; i < text.length; i += 7) sock.write(text.slice(i, i + 7));
+    expect(await next()).toEqual({ return: { status: 'running', running: true, singlestep: false }, id: 2 });
+    expect(await next()).toEqual({
+      return: [
+        { 'thread-id': 4242, props: { 'core-id': 0 }, 'qom-path': '/machine/soc0/harts[0]', 'cpu-index': 0, target: 'riscv64' },
+        { 'thread-id': 4243, props: { 'core-id': 1 }, 'qom-path': '/machine/soc0/harts[1]', 'cpu-index': 1, target: 'riscv64' },
+      ],
+      id: 3,
+    });
+    const version = await next();
+    expect(version).toMatchObject({ return: { qemu: { major: 0, minor: 1, micro: 0 }, package: 'vmm 0.1.0' }, id: 4 });
+    sock.end();
+  });
+
+  it('answers garbage as QEMU does and keeps the connection', async () => {
+    const { sock, next } = await connected();
+    sock.write('{"a": @}');
+    expect(await next()).toEqual({ error: { class: 'GenericError', desc: "JSON parse error, stray '@'" } });
+    expect(await next()).toEqual({ error: { class: 'GenericError', desc: 'JSON parse error, expecting value' } });
+    sock.write('hello\n42 ');
+    expect(await next()).toEqual({ error: { class: 'GenericError', desc: "JSON parse error, invalid keyword 'hello'" } });
+    expect(await next()).toEqual({ error: { class: 'GenericError', desc: 'QMP input must be a JSON object' } });
+    sock.write('{"execute":"query-name","id":"a\\"}b"}');
+    expect(await next()).toEqual({ return: { name: 'test-vm' }, id: 'a"}b' });
+    // Request checks (qmp-dispatch.c) and argument checks (the QAPI input visitor), with the id echoed.
+    const asks: [string, string, string][] = [
+      ['{"execute":1,"id":5}', 'GenericError', "QMP input member 'execute' must be a string"],
+      ['{"execute":"query-name","arguments":[],"id":5}', 'GenericError', "QMP input member 'arguments' must be an object"],
+      ['{"execute":"query-name","foo":1,"id":5}', 'GenericError', "QMP input member 'foo' is unexpected"],
+      ['{"exec-oob":"query-name","id":5}', 'GenericError', "QMP input member 'exec-oob' is unexpected"],
+      ['{"id":5}', 'GenericError', "QMP input lacks member 'execute'"],
+      ['{"execute":"query-status","arguments":{"x":1},"id":5}', 'GenericError', "Parameter 'x' is unexpected"],
+      ['{"execute":"device_del","id":5}', 'GenericError', "Parameter 'id' is missing"],
+      ['{"execute":"device_del","arguments":{"id":5},"id":5}', 'GenericError', "Invalid parameter type for 'id', expected: string"],
+      ['{"execute":"query-blockstats","arguments":{"query-nodes":"yes"},"id":5}', 'GenericError', "Invalid parameter type for 'query-nodes', expected: boolean"],
+      ['{"execute":"qmp_capabilities","arguments":{"enable":"oob"},"id":5}', 'GenericError', "Invalid parameter type for 'enable', expected: array"],
+      ['{"execute":"qmp_capabilities","id":5}', 'CommandNotFound', 'Capabilities negotiation is already complete, command ignored'],
+      ['{"execute":"query-events","id":5}', 'CommandNotFound', 'The command query-events has not been found'],
+    ];
+    for (const [ask, cls, desc] of asks) {
+      sock.write(ask);
+      expect(await next(), ask).toEqual({ error: { class: cls, desc }, id: 5 });
+    }
+    sock.end();
+  });
+
+  it('refuses a value over the size limit without closing, then goes on', async () => {
+    const { QMP_MAX_VALUE_BYTES } = await import('./servers.ts');
+    const { sock, next } = await connected();
+    sock.write(`{"execute":"query-name","id":"${'x'.repeat(QMP_MAX_VALUE_BYTES)}"}`);
+    expect(await next()).toEqual({ error: { class: 'GenericError', desc: 'JSON token size limit exceeded' } });
+    expect(await next()).toEqual({ error: { class: 'GenericError', desc: 'JSON parse error, expecting value' } });
+    sock.write('{"execute":"query-name","id":9}');
+    expect(await next()).toEqual({ return: { name: 'test-vm' }, id: 9 });
+    sock.end();
+  });
+
+  it('answers a burst of requests in order, however fast they come (reading pauses while replies wait)', async () => {
+    const { sock, next } = await connected();
+    const N = 2000;
+    sock.write(Array.from({ length: N }, (_, i) => `{"execute":"${i % 2 ? 'query-name' : 'query-status'}","id":${i}}`).join(''));
+    for (let i = 0; i < N; i++) expect((await next()).id).toBe(i);
+    sock.end();
+  });
+
+  it('lists every command in query-commands', async () => {
+    const { QMP_COMMANDS } = await import('./qmp.ts');
+    const { sock, next } = await connected();
+    sock.write('{"execute":"query-commands"}');
+    const names = ((await next()).return as { name: string }[]).map((c) => c.name);
+    expect(names).toEqual([...QMP_COMMANDS, 'query-block']); // vmm's own, then the device kinds' queries
+    for (const c of ['qmp_capabilities', 'query-version', 'query-name', 'query-cpus-fast', 'query-blockstats', 'query-commands', 'query-status', 'device_add']) expect(names).toContain(c);
     sock.end();
   });
 });
@@ -118,6 +215,14 @@ describe('WebSocket API', () => {
     expect(await next()).toHaveProperty('QMP');
     ws.send(JSON.stringify({ execute: 'query-block', id: 7 }));
     expect(await next()).toMatchObject({ id: 7, return: [{ device: 'vda', inserted: { drv: 'raw', ro: false } }] });
+    // A message is a complete input: several values are several requests; one left open is answered, not kept.
+    ws.send('{"execute":"query-name","id":1}{"execute":"query-status","id":2}');
+    expect(await next()).toEqual({ return: { name: 'test-vm' }, id: 1 });
+    expect(await next()).toMatchObject({ id: 2, return: { status: 'running' } });
+    ws.send('{"execute":"query-name"');
+    expect(await next()).toEqual({ error: { class: 'GenericError', desc: 'JSON parse error, premature EOI' } });
+    ws.send('{"execute":"query-name","id":3}');
+    expect(await next()).toEqual({ return: { name: 'test-vm' }, id: 3 });
     ws.close();
   });
 });

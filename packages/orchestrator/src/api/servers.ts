@@ -1,7 +1,8 @@
-// The management API's two transports: QMP's line protocol on a unix socket
-// (so QMP tools and `socat` can drive vmm) and JSON over WebSocket on
-// 127.0.0.1 guarded by a token. Both hand each text to a QmpSession and
-// push events to every client that finished its handshake.
+// The management API's two transports: QMP on a unix socket (so QMP tools,
+// client libraries and `socat` can drive vmm) and JSON over WebSocket on
+// 127.0.0.1 guarded by a token. Both frame the input into JSON values the
+// way QEMU does (json-stream.ts), hand each to a QmpSession, and push events
+// to every client that finished its handshake.
 
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { chmodSync, mkdirSync, unlinkSync, writeFileSync } from 'node:fs';
@@ -10,7 +11,8 @@ import { dirname } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { VmControl } from './control.ts';
-import { QMP_GREETING, QmpSession, type QmpEvent } from './qmp.ts';
+import { JsonStream, type JsonStreamItem } from './json-stream.ts';
+import { parseErrorReply, QMP_GREETING, QmpSession, type QmpEvent } from './qmp.ts';
 
 /** The part of a pino logger the API uses. */
 export interface ApiLogger {
@@ -27,6 +29,50 @@ interface Client {
 /** How long connected clients get to read their last replies and events when vmm shuts down. */
 const CLOSE_GRACE_MS = 1000;
 
+/** The largest JSON value a client may send (QEMU allows 64 MiB; no vmm command needs more than a few hundred bytes). */
+export const QMP_MAX_VALUE_BYTES = 1 << 20;
+/** Requests waiting for their replies before the socket stops reading (QEMU's QMP_REQ_QUEUE_LEN_MAX is 8). */
+const MAX_PENDING = 8;
+
+/**
+ * One connection's requests, answered one at a time in arrival order (a
+ * slow command delays the replies after it, as in QEMU). A client that
+ * sends faster than it reads is paused: reading stops while more than
+ * MAX_PENDING requests wait or the socket's output is backed up.
+ */
+class ReplyQueue {
+  private chain = Promise.resolve();
+  private pending = 0;
+  private readonly session: QmpSession;
+  /** Writes one reply; false if the transport wants a 'drain' first. */
+  private readonly write: (reply: Record<string, unknown>) => boolean;
+  private readonly sock: net.Socket | undefined;
+
+  constructor(session: QmpSession, write: (reply: Record<string, unknown>) => boolean, sock?: net.Socket) {
+    this.session = session;
+    this.write = write;
+    this.sock = sock;
+  }
+
+  push(item: JsonStreamItem): void {
+    this.pending++;
+    if (this.pending > MAX_PENDING) this.sock?.pause();
+    this.chain = this.chain.then(async () => {
+      const reply = 'value' in item ? await this.session.handle(item.value) : parseErrorReply(item.error);
+      const sock = this.sock;
+      if (!this.write(reply) && sock && !sock.destroyed) {
+        await new Promise<void>((r) => {
+          const go = (): void => { sock.off('drain', go); sock.off('close', go); r(); };
+          sock.on('drain', go);
+          sock.on('close', go);
+        });
+      }
+      this.pending--;
+      if (this.pending <= MAX_PENDING && this.sock?.isPaused()) this.sock.resume();
+    });
+  }
+}
+
 export class ApiHub {
   private readonly clients = new Set<Client>();
   private readonly closers: (() => Promise<void>)[] = [];
@@ -42,7 +88,11 @@ export class ApiHub {
     for (const c of this.clients) c.send(event);
   }
 
-  /** QMP over a unix socket: greeting, then one JSON object per line each way. */
+  /**
+   * QMP over a unix socket: the greeting, then a stream of JSON values from
+   * the client (json-stream.ts: no newline needed), one reply per value in
+   * order, events in between, each line ending in CRLF as QEMU's do.
+   */
   async listenQmp(path: string): Promise<void> {
     try { unlinkSync(path); } catch { /* no stale socket */ }
     const server = net.createServer((sock) => {
@@ -53,28 +103,9 @@ export class ApiHub {
       };
       this.clients.add(client);
       sock.write(JSON.stringify(QMP_GREETING) + '\r\n');
-      let buf = '';
-      let chain = Promise.resolve();
-      sock.setEncoding('utf8');
-      sock.on('data', (chunk: string) => {
-        buf += chunk;
-        if (buf.length > 1 << 20) {
-          this.log.warn({ bytes: buf.length }, 'QMP client sent an over-long line; closing');
-          sock.destroy();
-          return;
-        }
-        let nl: number;
-        while ((nl = buf.indexOf('\n')) >= 0) {
-          const line = buf.slice(0, nl).trim();
-          buf = buf.slice(nl + 1);
-          if (!line) continue;
-          // Replies go out in request order.
-          chain = chain.then(async () => {
-            const reply = await session.handle(line);
-            if (!sock.destroyed) sock.write(JSON.stringify(reply) + '\r\n');
-          });
-        }
-      });
+      const replies = new ReplyQueue(session, (reply) => sock.destroyed || sock.write(JSON.stringify(reply) + '\r\n'), sock);
+      const stream = new JsonStream((item) => replies.push(item), { maxValueBytes: QMP_MAX_VALUE_BYTES });
+      sock.on('data', (chunk: Buffer) => stream.feed(chunk));
       sock.on('close', () => this.clients.delete(client));
       sock.on('error', () => this.clients.delete(client));
     });
@@ -96,6 +127,7 @@ export class ApiHub {
     const wss = new WebSocketServer({
       host: '127.0.0.1',
       port,
+      maxPayload: QMP_MAX_VALUE_BYTES,
       verifyClient: (info, cb) => {
         const url = new URL(info.req.url ?? '/', 'http://localhost');
         const header = info.req.headers.authorization;
@@ -117,8 +149,15 @@ export class ApiHub {
       };
       this.clients.add(client);
       ws.send(JSON.stringify(QMP_GREETING));
-      ws.on('message', (data) => {
-        void session.handle(data.toString()).then((reply) => ws.send(JSON.stringify(reply)));
+      const replies = new ReplyQueue(session, (reply) => {
+        ws.send(JSON.stringify(reply));
+        return true;
+      });
+      // Each message is a complete input: what it leaves open is answered as QEMU answers input that ends early.
+      const stream = new JsonStream((item) => replies.push(item), { maxValueBytes: QMP_MAX_VALUE_BYTES });
+      ws.on('message', (data: Buffer) => {
+        stream.feed(data);
+        stream.flush();
       });
       ws.on('close', () => this.clients.delete(client));
     });

@@ -16,13 +16,15 @@ describe('vmm run flags', () => {
     expect(kernelCmdline({ ...o, verbose: true })).not.toContain('quiet');
     expect(parseRunArgs(['--no-reboot']).noReboot).toBe(true);
     expect(parseRunArgs(['--bios', '/x/fw.bin']).bios).toEqual({ kind: 'file', path: '/x/fw.bin' });
-    const d = parseRunArgs(['--disk', 'a.img', '--disk', 'b.qcow2,format=qcow2,readonly,id=data', '--device', 'virtio-blk,file=c.img,queues=2', '--api-port', '0', '--qmp', '/tmp/q.sock']);
+    const d = parseRunArgs(['--disk', 'a.img', '--disk', 'b.qcow2,format=qcow2,readonly,id=data', '--device', 'virtio-blk,file=c.img,queues=2', '--api-port', '0', '--qmp', '/tmp/q.sock', '--name', 'web1']);
     expect(d.devices.map((x) => [x.kind.name, x.options.file, x.options.format, x.options.readonly, x.options.queues, x.id])).toEqual([
       ['virtio-blk', 'a.img', undefined, false, 1, 'disk0'],
       ['virtio-blk', 'b.qcow2', 'qcow2', true, 1, 'data'],
       ['virtio-blk', 'c.img', undefined, false, 2, 'dev0'],
     ]);
-    expect(d).toMatchObject({ apiPort: 0, qmp: '/tmp/q.sock' });
+    expect(d).toMatchObject({ apiPort: 0, qmp: '/tmp/q.sock', name: 'web1' });
+    expect(parseRunArgs([]).name).toBeNull();
+    expect(() => parseRunArgs(['--name', ''])).toThrow(/--name: empty value/);
     expect(kernelCmdline(d)).toBe('console=ttyS0 earlycon=sbi cryptomgr.notests vmm.hotplug=1');
   });
 
@@ -50,7 +52,7 @@ describe('vmm run flags', () => {
       [['--disk', 'a.img,bogus=1'], /--disk a\.img,bogus=1: virtio-blk: unknown option 'bogus'/],
       [['--disk', 'a.img,queues=99'], /virtio-blk: queues=99: expected an integer from 1 to 16/],
       [['--device', 'virtio-blk,file=a.img,serial=123456789012345678901'], /virtio-blk: serial=123456789012345678901: longer than 20 bytes/],
-      [['--device', 'virtio-net,mac=x'], /--device virtio-net,mac=x: driver=virtio-net: unknown device kind \(virtio-blk, virtio-iommu\)/],
+      [['--device', 'virtio-gpu,mode=x'], /--device virtio-gpu,mode=x: driver=virtio-gpu: unknown device kind \(virtio-blk, virtio-iommu, virtio-net\)/],
       [['--device', 'virtio-blk,format=vmdk'], /virtio-blk: format=vmdk: expected raw or qcow2/],
       [['--device', 'virtio-blk'], /virtio-blk: option 'file' is required/],
       [['--api-port', '70000'], /--api-port "70000"/],

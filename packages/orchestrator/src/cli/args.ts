@@ -3,7 +3,7 @@
 // one line and exits 2.
 import { parseArgs } from 'node:util';
 import { MAX_HARTS, WASM_RAM_OFFSET } from '@vmm/vcpu';
-import { parseDeviceFlag, parseDiskFlag } from '../vm/device-spec.ts';
+import { parseDeviceFlag, parseDiskFlag, parseNicFlag } from '../vm/device-spec.ts';
 import { DeviceRegistry } from '../vm/kinds.ts';
 import type { DeviceSpec } from '../vm/vhost-device.ts';
 
@@ -37,6 +37,8 @@ export interface RunOptions {
   apiPort: number | null;
   /** QMP unix socket path, or null. */
   qmp: string | null;
+  /** The VM's name (QEMU's -name; QMP query-name), or null. */
+  name: string | null;
   /** A virtio-iommu (vmm-iommu) translating every other slot's DMA; the IOMMU guest kernel unless --kernel. */
   iommu: boolean;
 }
@@ -77,9 +79,11 @@ export function parseRunArgs(argv: string[]): RunOptions {
         help: { type: 'boolean', short: 'h' },
         disk: { type: 'string', multiple: true },
         device: { type: 'string', multiple: true },
+        nic: { type: 'string', multiple: true },
         'api-port': { type: 'string' },
         api: { type: 'string' },
         qmp: { type: 'string' },
+        name: { type: 'string' },
         iommu: { type: 'boolean' },
       },
     });
@@ -132,6 +136,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
   const devices = [
     ...(v.disk ?? []).map((d, i) => deviceFlag('disk', d, () => parseDiskFlag(registry, d, i))),
     ...(v.device ?? []).map((d, i) => deviceFlag('device', d, () => parseDeviceFlag(registry, d, i))),
+    ...(v.nic ?? []).map((d, i) => deviceFlag('nic', d, () => parseNicFlag(registry, d, i))),
   ];
   let apiPort: number | null = null;
   // --api PORT as the issue names it; --api-port is the same flag.
@@ -157,6 +162,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
     devices,
     apiPort,
     qmp: nonEmpty('qmp', v.qmp),
+    name: nonEmpty('name', v.name),
     iommu: v.iommu === true,
   };
 }
@@ -197,10 +203,14 @@ options:
   --log-level LEVEL  fatal|error|warn|info|debug|trace|silent (default warn), logs on stderr
   --disk SPEC        a virtio-blk disk (repeatable): FILE[,format=raw|qcow2][,readonly]
                      [,id=NAME][,queues=N][,serial=S], served by a vmm-blk process
+  --nic SPEC         a virtio-net NIC (repeatable): switch=NAME|tap=IF[,mac=M][,queues=N]
+                     [,mtu=N][,id=NAME], served by a vmm-net process; a switch NAME
+                     not running yet is started (vmm-switch, it outlives the VM)
   --device SPEC      a device of any registered kind (repeatable): KIND[,id=NAME][,opt=V…],
                      e.g. virtio-blk,file=d.img,queues=2 (options as for QMP device_add)
   --api N            WebSocket management API on 127.0.0.1:N (0 = any free port; also --api-port)
   --qmp PATH         QMP on a unix socket at PATH
+  --name NAME        the VM's name, as QMP query-name reports it (QEMU's -name)
   --iommu            a virtio-iommu (vmm-iommu process) in the top slot, every other slot
                      its endpoint; boots the IOMMU guest kernel (\`pnpm guest kernel --iommu\`,
                      built on first use) unless --kernel is given

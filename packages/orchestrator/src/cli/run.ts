@@ -179,6 +179,7 @@ async function runWith(o: RunOptions, io: RunIo, logger: ReturnType<typeof creat
         devices,
         apiPort: o.apiPort,
         qmpPath: o.qmp,
+        name: o.name,
         log: logger,
         logLevel: o.logLevel,
         announce: (line) => io.stderr.write(`${line}${interactive ? '\r' : ''}\n`),

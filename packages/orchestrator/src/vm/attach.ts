@@ -24,6 +24,8 @@ export interface AttachOptions {
   logLevel: string;
   /** Told the token and port, for the user (stderr). */
   announce: (line: string) => void;
+  /** The VM's name (QMP query-name), or null. */
+  name?: string | null;
 }
 
 export interface AttachedVm {
@@ -41,6 +43,7 @@ export async function attachVm(machine: Machine, o: AttachOptions): Promise<Atta
     runDir,
     log: o.log,
     logLevel: o.logLevel,
+    name: o.name ?? null,
     emit: (event, data) => {
       o.log.info({ event, ...data }, 'event');
       hub?.emit(makeEvent(event, data));

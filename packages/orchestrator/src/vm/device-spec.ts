@@ -41,6 +41,11 @@ export function parseDiskFlag(registry: DeviceRegistry, value: string, index: nu
   return build(registry.get('virtio-blk'), { ...opts, file }, `disk${index}`);
 }
 
+/** `--nic switch=NAME[,opt=…]` or `--nic tap=IF[,…]`: `--device virtio-net,…` with the default id net0, net1, … */
+export function parseNicFlag(registry: DeviceRegistry, value: string, index: number): DeviceSpec {
+  return build(registry.get('virtio-net'), splitOptionList(value), `net${index}`);
+}
+
 /** QMP device_add { driver: KIND, id, …the kind's options, replace? }. */
 export function parseDeviceAdd(registry: DeviceRegistry, args: Record<string, unknown>): DeviceSpec {
   const kind = registry.get(String(args.driver ?? ''));

@@ -5,10 +5,12 @@
 import { DeviceOptionError, type DeviceKind } from '@vmm/core';
 import { iommuKind } from '@vmm/iommu/kind';
 import { blkKind } from '@vmm/virtio-blk/kind';
+import { netKind } from '@vmm/virtio-net/kind';
 
 export const DEVICE_KINDS: readonly DeviceKind[] = [
   blkKind,
   iommuKind,
+  netKind,
 ];
 
 export class DeviceRegistry {

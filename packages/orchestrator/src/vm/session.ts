@@ -38,6 +38,8 @@ export interface GuestSessionOptions {
   /** Also serve the WebSocket API (0 = any free port); the token goes to `tokenPath`. */
   apiPort?: number;
   tokenPath?: string;
+  /** The VM's name (QMP query-name). */
+  name?: string;
   /** Boot the IOMMU kernel with vmm-iommu in the top slot, as `vmm run --iommu` (vm/iommu.ts). */
   iommu?: boolean;
 }
@@ -78,6 +80,7 @@ export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSe
     apiPort: o.apiPort ?? null,
     ...(o.tokenPath ? { tokenPath: o.tokenPath } : {}),
     qmpPath,
+    name: o.name ?? null,
     log,
     logLevel: level,
     announce: () => {},

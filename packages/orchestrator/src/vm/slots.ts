@@ -4,7 +4,7 @@
 // the transports, the interrupt lines and guest RAM, so a protocol test can
 // drive it with no guest at all (the test plays the driver on the registers).
 
-import { DeviceOptionError, parseDeviceOptions, type Logger, type OptionDef } from '@vmm/core';
+import { DeviceOptionError, parseDeviceOptions, VIRTIO_STATUS_DRIVER, type Logger, type OptionDef } from '@vmm/core';
 import type { IrqFn, VirtioMmioState } from '@vmm/vcpu';
 import { QmpError, type ProcessInfo } from '../api/control.ts';
 import { parseDeviceAdd } from './device-spec.ts';
@@ -118,7 +118,9 @@ export class DeviceSlots {
       let resets0 = slot.transport.resets;
       while (slot.device) {
         if (!slot.removing) resets0 = slot.transport.resets;
-        else if (slot.transport.resets !== resets0 || slot.transport.status === 0) {
+        // Released: the driver reset the device since device_del, or no driver holds it (never bound, or let go
+        // already, e.g. after a back-end was given up; Linux leaves ACKNOWLEDGE set after a driver's removal).
+        else if (slot.transport.resets !== resets0 || !(slot.transport.status & VIRTIO_STATUS_DRIVER)) {
           const dev = slot.device;
           const id = dev.spec.id;
           slot.device = null;
@@ -143,6 +145,22 @@ export class DeviceSlots {
   /** Rows of a kind's QMP query (DeviceKind.query), e.g. query-block. */
   query(command: string): Record<string, unknown>[] {
     return this.devices().flatMap((d) => (d.kind.query?.command === command ? [d.kind.query.row(d.spec.id, d.spec.options)] : []));
+  }
+
+  /**
+   * Answers to a kind's process query (DeviceKind.processQuery), e.g.
+   * query-blockstats: each device's own process is asked; one that cannot
+   * answer (stopped, restarting) fails the query with its name.
+   */
+  async processQuery(command: string): Promise<{ id: string; answer: unknown }[]> {
+    return Promise.all(this.devices().flatMap((d) => {
+      const q = d.kind.processQuery;
+      if (q?.command !== command) return [];
+      return [d.process.request(q.message).then(
+        (answer) => ({ id: d.spec.id, answer }),
+        (e: unknown) => { throw new QmpError('GenericError', `${d.kind.name} ${d.spec.id}: no answer from its back-end: ${(e as Error).message}`); },
+      )];
+    }));
   }
 
   processes(rss: (pid: number | undefined) => number | null): ProcessInfo[] {

@@ -24,7 +24,7 @@
 import { join } from 'node:path';
 import {
   BASE_PROTOCOL_FEATURES, VIRTIO_F_ACCESS_PLATFORM, closeFd, DEVICE_SPECIFIC_FEATURES, DeviceProcess, eventfdCreate, eventfdRead, optionsToArgv, protocolFeatureBit,
-  VHOST_USER_F_PROTOCOL_FEATURES, VhostUserFrontend, VhostUserProtocolFeature, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER_OK, VmmError,
+  VHOST_USER_F_PROTOCOL_FEATURES, VhostUserFrontend, VhostUserProtocolFeature, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER, VIRTIO_STATUS_DRIVER_OK, VmmError,
   watchReadable, type DeviceKind, type FdWatch, type Logger, type OptionValue,
 } from '@vmm/core';
 import { TRANSPORT_FEATURES, VIRTIO_INT, type IrqFn, type VirtioMmioState } from '@vmm/vcpu';
@@ -454,7 +454,8 @@ export class VhostUserDevice {
   requestEject(): void {
     const t = this.ctx.transport;
     t.requestEject();
-    t.needsReset(this.ctx.irq);
+    // A device no driver holds (never bound, or already released) has nobody to tell.
+    if (t.status & VIRTIO_STATUS_DRIVER) t.needsReset(this.ctx.irq);
   }
 
   /** Remove from the slot, stop the process, release every fd. */

@@ -8,7 +8,10 @@
 import { readFileSync } from 'node:fs';
 import type { Logger } from '@vmm/core';
 import { IRQ, MMIO, RAM_BASE, STOPPED_BY_HOST, VirtioMmioState, WASM_RAM_OFFSET, type Machine, type MachineExit } from '@vmm/vcpu';
-import { QmpError, type ProcessInfo, type RunStatus, type VmControl } from '../api/control.ts';
+import { QmpError, type BlockStatsInfo, type CpuInfo, type ProcessInfo, type RunStatus, type VmControl } from '../api/control.ts';
+import type { QmpEventName } from '../api/qmp.ts';
+import type { BlockDeviceStats } from '@vmm/virtio-blk/kind';
+import { hartThreads } from './cpus.ts';
 import { DeviceRegistry } from './kinds.ts';
 import { DeviceSlots } from './slots.ts';
 import type { DeviceSpec, VhostUserDevice } from './vhost-device.ts';
@@ -18,7 +21,9 @@ export interface VmOptions {
   log: Logger;
   logLevel: string;
   /** Where events go (the API hub). */
-  emit: (event: string, data: Record<string, unknown>) => void;
+  emit: (event: QmpEventName, data: Record<string, unknown>) => void;
+  /** The VM's name (`--name`), or null. */
+  name?: string | null;
   /** The device kinds device_add accepts (default: every registered kind). */
   registry?: DeviceRegistry;
 }
@@ -137,6 +142,20 @@ export class Vm implements VmControl {
   /** Every device, of any kind, in the order the guest names them (slots fill from the top: vda is the highest slot). */
   devices(): VhostUserDevice[] {
     return this.slots.devices();
+  }
+
+  name(): string | null {
+    return this.opts.name ?? null;
+  }
+
+  /** The harts run in this process's worker threads (the machine process is the vmm process today). */
+  queryCpus(): CpuInfo[] {
+    return hartThreads(process.pid, this.machine.platformState.harts);
+  }
+
+  /** Each disk's I/O counters, asked of its vmm-blk process (blkKind.processQuery). */
+  async queryBlockstats(): Promise<BlockStatsInfo[]> {
+    return (await this.slots.processQuery('query-blockstats')).map((r) => ({ device: r.id, stats: r.answer as BlockDeviceStats }));
   }
 
   queryProcesses(): ProcessInfo[] {

@@ -15,6 +15,8 @@ export interface TestpmdOptions {
   queues?: number;
   /** lcores (default "0,1": the main core and one forwarding core). */
   lcores?: string;
+  /** The main lcore (default the first of lcores); the other one forwards. */
+  mainLcore?: number;
   extra?: string[];
 }
 
@@ -41,7 +43,7 @@ export function parseTestpmdStats(out: string): TestpmdStats {
 export function startTestpmd(o: TestpmdOptions): TestpmdRun {
   const q = o.queues ?? 1;
   const args = [
-    '-l', o.lcores ?? '0,1', '--no-huge', '-m', '512', '--no-pci', `--file-prefix=${o.prefix}`, '--vdev', o.vdev, '--',
+    '-l', o.lcores ?? '0,1', ...(o.mainLcore === undefined ? [] : ['--main-lcore', String(o.mainLcore)]), '--no-huge', '-m', '512', '--no-pci', `--file-prefix=${o.prefix}`, '--vdev', o.vdev, '--',
     `--forward-mode=${o.mode}`, '-a', '--nb-cores=1', '--no-mlockall', '--total-num-mbufs=8192', `--rxq=${q}`, `--txq=${q}`,
     // A stats period keeps testpmd running with stdin closed (otherwise it waits for Enter and exits on EOF).
     '--stats-period', '60', ...(o.extra ?? []),
