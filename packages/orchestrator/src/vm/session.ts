@@ -42,12 +42,14 @@ export interface GuestSessionOptions {
   name?: string;
   /** Boot the IOMMU kernel with vmm-iommu in the top slot, as `vmm run --iommu` (vm/iommu.ts). */
   iommu?: boolean;
+  /** Boot the IOMMU kernel even without the IOMMU (to compare the two with only the IOMMU differing). */
+  iommuKernel?: boolean;
 }
 
 export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSession> {
   const kit = await ensureGuestKit({ reporter: silentReporter });
   const iommu = o.iommu ? iommuPlan(mkdtempSync(join(tmpdir(), 'vmm-iommu-'))) : null;
-  const kernel = new Uint8Array(await readFile(iommu ? (await buildIommuKernel({ reporter: silentReporter })).image : kit.kernel));
+  const kernel = new Uint8Array(await readFile(iommu || o.iommuKernel ? (await buildIommuKernel({ reporter: silentReporter })).image : kit.kernel));
   const x = await initrdWithExec((await buildInitramfs(kit)).path, o.cmd);
   let out = '';
   const waiters: { text: string; resolve: () => void }[] = [];
