@@ -10,6 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureGuestKit, buildInitramfs, initrdWithExec, ExecOutputFilter, silentReporter } from '@vmm/orchestrator';
 import type { GuestKit } from '@vmm/orchestrator';
+import { ENGINE_KINDS, type EngineKind } from '@vmm/vcpu';
 
 export class BenchGuestError extends Error {
   readonly code = 'ERR_BENCH_GUEST';
@@ -63,9 +64,19 @@ function timed(cmd: string, args: string[], marker: string, timeoutMs: number, f
   });
 }
 
-/** Our vmm: `vmm run --exec CMD` (stdout is exactly the command's output). */
-export function runOurs(command: string, marker: string, timeoutMs: number): Promise<GuestRun> {
-  return timed(process.execPath, [CLI, 'run', '--mem', MEM, '--exec', command], marker, timeoutMs, (b, emit) => emit(b.toString()));
+/** Our vmm: `vmm run --engine E --exec CMD` (stdout is exactly the command's output). */
+export function runOurs(command: string, marker: string, timeoutMs: number, engine: EngineKind = 'interp'): Promise<GuestRun> {
+  return timed(process.execPath, [CLI, 'run', '--engine', engine, '--mem', MEM, '--exec', command], marker, timeoutMs, (b, emit) => emit(b.toString()));
+}
+
+/** `--engine interp|jit|both` (default interp): the vmm engines a benchmark measures. */
+export function engineArg(args: string[]): EngineKind[] {
+  const i = args.indexOf('--engine');
+  if (i < 0) return ['interp'];
+  const v = args[i + 1] ?? '';
+  if (v === 'both') return [...ENGINE_KINDS];
+  if (!(ENGINE_KINDS as readonly string[]).includes(v)) throw new RangeError(`--engine must be ${ENGINE_KINDS.join(', ')} or both, got ${JSON.stringify(v)}`);
+  return [v as EngineKind];
 }
 
 /**

@@ -1,13 +1,16 @@
 // Large-count differential run of our RV64GC hart against qemu-riscv64:
-//   pnpm exec node scripts/difftest.ts --count 10000000 --seed 1 [--groups 400] [--classes a,b] [--max-failures 10] [--traps N]
+//   pnpm exec node scripts/difftest.ts --count 10000000 --seed 1 [--groups 400] [--classes a,b] [--max-failures 10] [--traps N] [--engine interp|jit]
 // Programs get seeds S, S+1, …; each has --groups groups (≈1.3 instructions
 // each). Every distinct divergence (by instruction class and mnemonic) is
 // minimised and printed; the exit status is 1 if any was found. --traps N
 // also runs N trap programs per trap kind (instructions that must trap).
+// --engine jit runs our side on the translator (code translated the first
+// time it runs), so the same programs check it against qemu.
 
 import { parseArgs } from 'node:util';
 import { check, checkTrap, generate, minimise, formatDivergence, CLASS_NAMES, TRAP_KIND_NAMES, assemble } from '@vmm/vcpu/testing';
 import type { Divergence, Program } from '@vmm/vcpu/testing';
+import { ENGINE_KINDS, type EngineKind } from '@vmm/vcpu';
 
 const { values } = parseArgs({
   options: {
@@ -17,6 +20,7 @@ const { values } = parseArgs({
     classes: { type: 'string' },
     'max-failures': { type: 'string', default: '10' },
     traps: { type: 'string', default: '0' },
+    engine: { type: 'string', default: 'interp' },
   },
 });
 const count = Number(values.count), seed0 = Number(values.seed), groups = Number(values.groups);
@@ -26,6 +30,8 @@ if (!Number.isInteger(traps) || traps < 0) throw new RangeError(`--traps must be
 for (const [k, v] of [['count', count], ['seed', seed0], ['groups', groups], ['max-failures', maxFailures]] as const) {
   if (!Number.isInteger(v) || v < 0) throw new RangeError(`--${k} must be a non-negative integer, got ${String(v)}`);
 }
+if (!(ENGINE_KINDS as readonly string[]).includes(values.engine)) throw new RangeError(`--engine must be ${ENGINE_KINDS.join(' or ')}, got ${values.engine}`);
+const engine = values.engine as EngineKind;
 const classes = values.classes?.split(',');
 for (const c of classes ?? []) if (!CLASS_NAMES.includes(c)) throw new RangeError(`unknown class ${c} (known: ${CLASS_NAMES.join(', ')})`);
 
@@ -44,14 +50,14 @@ let seed = seed0;
 while (insns < count && seen.size < maxFailures) {
   // Two programs at a time: their qemu processes overlap our (synchronous) runs.
   const batch = [generate({ seed: seed++, groups, classes }), generate({ seed: seed++, groups, classes })];
-  const results = await Promise.all(batch.map((p) => check(p)));
+  const results = await Promise.all(batch.map((p) => check(p, undefined, { engine })));
   for (let i = 0; i < batch.length; i++) {
     const p = batch[i]!;
     insns += assemble(p).bodyInsns;
     programs++;
     const d = results[i];
     if (!d) continue;
-    const m = await minimise(p, d);
+    const m = await minimise(p, d, 300, { engine });
     const k = key(p, m);
     seen.set(k, (seen.get(k) ?? 0) + 1);
     if (seen.get(k) === 1) console.log(`\n${formatDivergence(p, m)}\n`);
@@ -64,14 +70,14 @@ while (insns < count && seen.size < maxFailures) {
 let trapProblems = 0;
 for (const kind of TRAP_KIND_NAMES) {
   for (let k = 0; k < traps; k++) {
-    const p = await checkTrap(seed0 + k, kind);
+    const p = await checkTrap(seed0 + k, kind, engine);
     if (p) { trapProblems++; console.log(p); }
   }
 }
 if (traps) console.log(`traps: ${traps * TRAP_KIND_NAMES.length} programs, ${trapProblems} disagreements`);
 if (trapProblems) process.exitCode = 1;
 const secs = (Date.now() - t0) / 1000;
-console.log(`difftest: seeds ${seed0}..${seed - 1}, ${programs} programs, ${insns} instructions, ${secs.toFixed(1)} s (${Math.round(insns / secs)} insn/s)`);
+console.log(`difftest (${engine}): seeds ${seed0}..${seed - 1}, ${programs} programs, ${insns} instructions, ${secs.toFixed(1)} s (${Math.round(insns / secs)} insn/s)`);
 if (seen.size) {
   console.log(`${seen.size} distinct divergences:`);
   for (const [k, n] of seen) console.log(`  ${k}  ×${n}`);

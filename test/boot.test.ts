@@ -105,6 +105,14 @@ describe('vmm run --exec (our machine)', () => {
     expect(r.code, r.stderr.slice(-3000)).toBe(0);
   });
 
+  // Every test above runs the default engine (the translator); the interpreter, its reference, keeps one boot.
+  it('--engine interp: the interpreter alone boots the same guest', { timeout: 900_000 }, async () => {
+    const r = await vmm(['--engine', 'interp', '--smp', '2', '--exec', 'uname -m; nproc']);
+    expect(r.timedOut, r.stderr.slice(-3000)).toBe(false);
+    expect(r.stdout).toBe('riscv64\n2\n');
+    expect(r.code, r.stderr.slice(-3000)).toBe(0);
+  });
+
   it('exits with the status of the command (3)', async () => {
     const r = await vmm(['--exec', 'echo out; exit 3']);
     expect(r.stdout).toBe('out\n');

@@ -78,8 +78,13 @@ async function scenario(g: Awaited<ReturnType<typeof bootGuest>>, f: { raw: stri
     await g.waitFor('@@KILL-PHASE@@');
     expect(g.output()).toContain('hello from the host');
     expect(g.output()).toContain('EXT4-OK');
-    const before = (await q.cmd('query-processes')).return as { id: string; pid: number }[];
+    const before = (await q.cmd('query-processes')).return as { id: string; pid: number; harts?: { hart: number; engine: string; blocks: number; codeCacheBytes: number }[] }[];
     const pid0 = before.find((p) => p.id === 'disk1')!.pid;
+    // The vmm process reports each hart's engine and the translator's code cache after the boot.
+    const harts = before.find((p) => p.id === 'orchestrator+machine')!.harts!;
+    expect(harts.map((h) => [h.hart, h.engine])).toEqual([[0, 'jit']]);
+    expect(harts[0]!.blocks).toBeGreaterThan(0);
+    expect(harts[0]!.codeCacheBytes).toBeGreaterThan(harts[0]!.blocks);
     for (let k = 0; k < KILLS; k++) {
       await new Promise((r) => setTimeout(r, 1500));
       expect(await q.cmd('inject-fault', { kind: 'kill', device: 'disk1' })).toHaveProperty('return');

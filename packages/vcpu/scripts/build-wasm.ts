@@ -40,7 +40,7 @@ export async function buildWasm(force = false): Promise<boolean> {
   const { error } = await asc.main([
     join(srcDir, 'index.ts'),
     '-O3', '--noAssert', '--runtime', 'stub',
-    '--importMemory', '--sharedMemory', '--initialMemory', '1', '--maximumMemory', '65536',
+    '--importMemory', '--importTable', '--sharedMemory', '--initialMemory', '1', '--maximumMemory', '65536',
     '--enable', 'threads', '--memoryBase', '4096',
     '-o', tmp,
   ], {

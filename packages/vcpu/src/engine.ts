@@ -22,6 +22,27 @@ export type Priv = (typeof PRIV)[keyof typeof PRIV];
 export const ENGINE_MODE = { firmware: 0, builtin: 1, snippet: 2 } as const;
 export type EngineMode = keyof typeof ENGINE_MODE;
 
+/** Which engine executes guest code: the interpreter alone, or the translator with the interpreter behind it. */
+export const ENGINE_KINDS = ['interp', 'jit'] as const;
+export type EngineKind = (typeof ENGINE_KINDS)[number];
+/** What a hart's engine reports while it runs (query-processes): the translator's code cache. */
+export interface HartEngineInfo {
+  hart: number;
+  engine: EngineKind;
+  /** Translated blocks in the code cache and their generated wasm, bytes (0 for interp). */
+  blocks: number;
+  codeCacheBytes: number;
+  /** Time spent translating, ms. */
+  compileMs: number;
+  /** Guest instructions run by translated blocks, as of the last translation. */
+  translatedInstructions: number;
+}
+/** Float64 fields per hart in the shared engine-stats buffer (HartWorkerData.engineStats). */
+export const ENGINE_STAT_FIELDS = 4;
+
+/** The engine a machine's harts run when nobody chose one (`vmm run --engine`). */
+export const DEFAULT_ENGINE: EngineKind = 'jit';
+
 export interface ExecutionEngine {
   readonly hartId: number;
   /** Run at most `maxInstructions` (1..2^31-1) instructions. */
@@ -47,4 +68,6 @@ export interface ExecutionEngine {
   /** Is any interrupt pending and enabled in mie (the WFI wake-up condition, §3.3.3)? */
   wfiWake(): boolean;
   flushTlb(): void;
+  /** Drop any translated code (SBI remote fence.i); the interpreter has none. */
+  fenceI(): void;
 }

@@ -18,7 +18,7 @@ const ram = new Uint8Array(d.memory.buffer, WASM_RAM_OFFSET, d.ramSize);
 const cell = p.signals.irqCell(d.hartId);
 const idle = (): void => { while (p.signals.runState() !== RUN.STOPPING) Atomics.wait(cell.array, cell.index, Atomics.load(cell.array, cell.index), 50); };
 
-const done = (): void => parentPort?.postMessage({ type: 'exit', hartId: d.hartId, exit: { kind: 'stopping' }, instret: 0n } satisfies HartWorkerMessage);
+const done = (): void => parentPort?.postMessage({ type: 'exit', hartId: d.hartId, exit: { kind: 'stopping' }, instret: 0n, cpuMs: 0 } satisfies HartWorkerMessage);
 if (d.hartId !== 0) {
   idle();
   done();
@@ -43,7 +43,7 @@ if (d.hartId !== 0) {
   if (script.throw) throw new Error(script.throw);
   if (script.report) parentPort?.postMessage({ type: 'error', hartId: d.hartId, message: script.report } satisfies HartWorkerMessage);
   if (script.fatal) {
-    parentPort?.postMessage({ type: 'exit', hartId: d.hartId, exit: { kind: 'fatal', cause: 2n, tval: 0x13n, pc: d.boot.pc, priv: 1 }, instret: 5n } satisfies HartWorkerMessage);
+    parentPort?.postMessage({ type: 'exit', hartId: d.hartId, exit: { kind: 'fatal', cause: 2n, tval: 0x13n, pc: d.boot.pc, priv: 1 }, instret: 5n, cpuMs: 0 } satisfies HartWorkerMessage);
   } else {
     if (script.finisher !== undefined) p.bus.store(MMIO.test.base, 4, BigInt(script.finisher), d.hartId);
     idle();

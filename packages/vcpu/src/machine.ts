@@ -20,6 +20,7 @@ import { HSM, RUN, HartSignals } from './signals.ts';
 import { createHartMemory } from './hart/wasm.ts';
 import type { HartBoot } from './hart/hart.ts';
 import type { HartWorkerData, HartWorkerMessage } from './hart/hart-worker.ts';
+import { DEFAULT_ENGINE, ENGINE_STAT_FIELDS, type EngineKind, type HartEngineInfo } from './engine.ts';
 import { buildVirtDtb, type DtbIommu } from './platform/dtb.ts';
 import { createPlatform, createPlatformState, resetPlatformState, type Platform, type PlatformState } from './platform/index.ts';
 
@@ -46,6 +47,8 @@ export interface MachineConfig {
    * false ends it with reason 'reset' (QEMU's -no-reboot). Default false.
    */
   reboot?: boolean;
+  /** What executes guest code in every hart (default DEFAULT_ENGINE). */
+  engine?: EngineKind;
 }
 
 /** Who asked for a reset: the guest (SRST, finisher) or the host (Machine.reset, QMP system_reset). */
@@ -82,6 +85,8 @@ export interface Machine {
   readonly platform: Platform;
   readonly platformState: PlatformState;
   readonly memory: WebAssembly.Memory;
+  /** Each hart's engine and, for the translator, its code cache (live figures). */
+  engineInfo(): HartEngineInfo[];
 }
 
 export class MachineConfigError extends ConfigError {
@@ -263,6 +268,9 @@ export function startMachine(cfg: MachineConfig): Machine {
   const state = createPlatformState({ harts: cfg.harts, memBytes: cfg.memBytes });
   const platform = createPlatform(state, 0);
   const signals = new HartSignals(cfg.harts, state.signals);
+  const engine = cfg.engine ?? DEFAULT_ENGINE;
+  const engineStats = new SharedArrayBuffer(cfg.harts * ENGINE_STAT_FIELDS * 8);
+  const engineView = new Float64Array(engineStats);
   const boots: HartBoot[] = [];
   for (let h = 0; h < cfg.harts; h++) {
     if (cfg.bios.kind === 'firmware') {
@@ -379,11 +387,13 @@ export function startMachine(cfg: MachineConfig): Machine {
     const running = new Set<number>();
     workers = [];
     for (let h = 0; h < cfg.harts; h++) {
-      const data: HartWorkerData = { hartId: h, harts: cfg.harts, memory, ramSize: cfg.memBytes, signals: state.signals, platform: state, boot: boots[h]! };
+      const data: HartWorkerData = { hartId: h, harts: cfg.harts, memory, ramSize: cfg.memBytes, signals: state.signals, platform: state, boot: boots[h]!, engine, engineStats };
       const w = new Worker(url, { workerData: data, name: hartThreadName(h) });
       running.add(h);
       w.on('message', (m: HartWorkerMessage) => {
-        if (m.type === 'error') {
+        if (m.type === 'log') {
+          log.warn({ hart: h, ...m.fields }, `machine: ${m.msg}`);
+        } else if (m.type === 'error') {
           log.error({ hart: h, message: m.message }, 'machine: hart failed');
           finish({ reason: 'error', code: 1, message: `hart ${h}: ${m.message}` });
         } else if (m.exit.kind === 'fatal') {
@@ -392,7 +402,7 @@ export function startMachine(cfg: MachineConfig): Machine {
           log.error({ hart: h, instret: m.instret }, message);
           finish({ reason: 'error', code: 1, message });
         } else {
-          log.debug({ hart: h, exit: m.exit.kind, instret: m.instret }, 'machine: hart ended');
+          log.debug({ hart: h, exit: m.exit.kind, instret: m.instret, cpuMs: m.cpuMs, jit: m.jit }, 'machine: hart ended');
         }
       });
       w.on('error', (err) => {
@@ -473,6 +483,10 @@ export function startMachine(cfg: MachineConfig): Machine {
     platform,
     platformState: state,
     memory,
+    engineInfo: () => Array.from({ length: cfg.harts }, (_, h): HartEngineInfo => {
+      const f = h * ENGINE_STAT_FIELDS;
+      return { hart: h, engine, blocks: engineView[f]!, codeCacheBytes: engineView[f + 1]!, compileMs: Math.round(engineView[f + 2]! * 10) / 10, translatedInstructions: engineView[f + 3]! };
+    }),
     pause: () => {
       paused = true;
       if (!final && !restart) signals.setRunState(RUN.PAUSED);

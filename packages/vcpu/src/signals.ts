@@ -15,9 +15,10 @@ export const MIP = { SSIP: 1 << 1, MSIP: 1 << 3, STIP: 1 << 5, MTIP: 1 << 7, SEI
 /**
  * Requests carried in the same word, above every mip bit: set by another
  * thread, handled and cleared by the hart at its next poll. REQ_TLB_FLUSH
- * implements SBI RFENCE remote sfence.vma / fence.i (SBI 2.0 §8).
+ * implements SBI RFENCE remote sfence.vma / fence.i (SBI 2.0 §8); a remote
+ * fence.i also sets FENCE_I, which drops the hart's translated code.
  */
-export const REQ = { TLB_FLUSH: 1 << 30 } as const;
+export const REQ = { TLB_FLUSH: 1 << 30, FENCE_I: 1 << 29 } as const;
 
 /** SBI HSM hart states (SBI 2.0 §9). */
 export const HSM = { STARTED: 0, STOPPED: 1, START_PENDING: 2, STOP_PENDING: 3, SUSPENDED: 4 } as const;

@@ -1,6 +1,7 @@
 // What the management API can ask of a running VM. The orchestrator's VM
 // object implements it; the QMP and WebSocket servers only translate.
 
+import type { HartEngineInfo } from '@vmm/vcpu';
 import type { BlockDeviceStats } from '@vmm/virtio-blk/kind';
 
 export type RunStatus = 'prelaunch' | 'running' | 'paused' | 'shutdown';
@@ -12,6 +13,8 @@ export interface ProcessInfo {
   restarts: number;
   rssBytes: number | null;
   state: 'running' | 'restarting' | 'stopped' | 'failed';
+  /** The vmm process: each hart's engine and its translator's code cache. */
+  harts?: HartEngineInfo[];
 }
 
 /** One hart as query-cpus-fast describes it. */

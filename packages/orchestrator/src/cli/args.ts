@@ -2,7 +2,7 @@
 // UsageError naming the flag and the value; the entry point prints it on
 // one line and exits 2.
 import { parseArgs } from 'node:util';
-import { MAX_HARTS, WASM_RAM_OFFSET } from '@vmm/vcpu';
+import { DEFAULT_ENGINE, ENGINE_KINDS, MAX_HARTS, WASM_RAM_OFFSET, type EngineKind } from '@vmm/vcpu';
 import { parseDeviceFlag, parseDiskFlag, parseNicFlag } from '../vm/device-spec.ts';
 import { DeviceRegistry } from '../vm/kinds.ts';
 import type { DeviceSpec } from '../vm/vhost-device.ts';
@@ -37,6 +37,8 @@ export interface RunOptions {
   apiPort: number | null;
   /** QMP unix socket path, or null. */
   qmp: string | null;
+  /** What executes guest code: the interpreter, or the translator with the interpreter behind it. */
+  engine: EngineKind;
   /** The VM's name (QEMU's -name; QMP query-name), or null. */
   name: string | null;
   /** A virtio-iommu (vmm-iommu) translating every other slot's DMA; the IOMMU guest kernel unless --kernel. */
@@ -83,6 +85,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
         'api-port': { type: 'string' },
         api: { type: 'string' },
         qmp: { type: 'string' },
+        engine: { type: 'string' },
         name: { type: 'string' },
         iommu: { type: 'boolean' },
       },
@@ -146,6 +149,9 @@ export function parseRunArgs(argv: string[]): RunOptions {
     apiPort = Number(v['api-port']);
   }
 
+  const engine = v.engine ?? DEFAULT_ENGINE;
+  if (!(ENGINE_KINDS as readonly string[]).includes(engine)) throw new UsageError(`--engine ${JSON.stringify(engine)}: expected ${ENGINE_KINDS.join(' or ')}`);
+
   return {
     smp,
     memBytes,
@@ -162,6 +168,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
     devices,
     apiPort,
     qmp: nonEmpty('qmp', v.qmp),
+    engine: engine as EngineKind,
     name: nonEmpty('name', v.name),
     iommu: v.iommu === true,
   };
@@ -210,6 +217,8 @@ options:
                      e.g. virtio-blk,file=d.img,queues=2 (options as for QMP device_add)
   --api N            WebSocket management API on 127.0.0.1:N (0 = any free port; also --api-port)
   --qmp PATH         QMP on a unix socket at PATH
+  --engine KIND      interp (the interpreter) | jit (hot code translated to
+                     WebAssembly, the interpreter for the rest); default ${DEFAULT_ENGINE}
   --name NAME        the VM's name, as QMP query-name reports it (QEMU's -name)
   --iommu            a virtio-iommu (vmm-iommu process) in the top slot, every other slot
                      its endpoint; boots the IOMMU guest kernel (\`pnpm guest kernel --iommu\`,

@@ -150,6 +150,7 @@ async function runWith(o: RunOptions, io: RunIo, logger: ReturnType<typeof creat
       );
     }
     machine = startMachine({
+      engine: o.engine,
       harts: o.smp,
       memBytes: o.memBytes,
       kernel,

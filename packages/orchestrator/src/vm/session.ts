@@ -14,7 +14,7 @@ import { ensureGuestKit } from '../guestkit/kit.ts';
 import { buildIommuKernel } from '../guestkit/kernel.ts';
 import { behindIommu, iommuPlan } from './iommu.ts';
 import { attachVm, type AttachedVm } from './attach.ts';
-import { parseDiskFlag } from './device-spec.ts';
+import { parseDiskFlag, parseNicFlag } from './device-spec.ts';
 import { DeviceRegistry } from './kinds.ts';
 
 export interface GuestSession {
@@ -31,6 +31,8 @@ export interface GuestSession {
 export interface GuestSessionOptions {
   cmd: string;
   disks: string[];
+  /** NICs as for `vmm run --nic` (switch=NAME|tap=IF,…), ids net0, net1, … */
+  nics?: string[];
   smp?: number;
   memBytes?: number;
   append?: string;
@@ -78,7 +80,10 @@ export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSe
   });
   const qmpPath = join(mkdtempSync(join(tmpdir(), 'vmm-session-')), 'qmp.sock');
   const attached = await attachVm(machine, {
-    devices: ((disks) => (iommu ? [iommu.spec, ...behindIommu(iommu, disks)] : disks))(o.disks.map((d, i) => parseDiskFlag(new DeviceRegistry(), d, i))),
+    devices: [
+      ...(iommu ? [iommu.spec, ...behindIommu(iommu, o.disks.map((d, i) => parseDiskFlag(new DeviceRegistry(), d, i)))] : o.disks.map((d, i) => parseDiskFlag(new DeviceRegistry(), d, i))),
+      ...(o.nics ?? []).map((n, i) => parseNicFlag(new DeviceRegistry(), n, i)),
+    ],
     apiPort: o.apiPort ?? null,
     ...(o.tokenPath ? { tokenPath: o.tokenPath } : {}),
     qmpPath,

@@ -159,7 +159,7 @@ export class Vm implements VmControl {
   }
 
   queryProcesses(): ProcessInfo[] {
-    const me: ProcessInfo = { pid: process.pid, role: 'vmm', id: 'orchestrator+machine', restarts: 0, rssBytes: rssBytes(process.pid), state: this.shutdown ? 'stopped' : 'running' };
+    const me: ProcessInfo = { pid: process.pid, role: 'vmm', id: 'orchestrator+machine', restarts: 0, rssBytes: rssBytes(process.pid), state: this.shutdown ? 'stopped' : 'running', harts: this.machine.engineInfo() };
     return [me, ...this.slots.processes(rssBytes)];
   }
 

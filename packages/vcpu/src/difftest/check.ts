@@ -2,6 +2,7 @@
 // the shortest failing prefix and then a small failing subset of groups.
 
 import { runSnippet } from '../hart/snippet.ts';
+import type { EngineKind } from '../engine.ts';
 import type { Program } from './generator.ts';
 import { assemble, describeOffset, OUT_SIZE, toElf, BASE } from './image.ts';
 import type { Image } from './image.ts';
@@ -34,11 +35,13 @@ export type SideResult = { out: Uint8Array } | { exit: string };
 export interface CheckOptions {
   /** Our side (default: runSnippet on a bare U-mode hart). Tests substitute a faulty one to check detection. */
   ours?: (img: Image) => SideResult;
+  /** Engine of our side when `ours` is not given (default interp). */
+  engine?: EngineKind;
 }
 
 /** Our side: runSnippet on the image, read the output region back from guest RAM. */
-export function runOurs(img: Image): SideResult {
-  const r = runSnippet({ ram: img.segment, entry: BigInt(img.entry), maxInstructions: budget(img), privilege: 'U' });
+export function runOurs(img: Image, engine: EngineKind = 'interp'): SideResult {
+  const r = runSnippet({ ram: img.segment, entry: BigInt(img.entry), maxInstructions: budget(img), privilege: 'U', engine });
   if (r.exit.kind !== 'ecall') {
     const why = r.exit.kind === 'trap' ? `trap cause ${r.exit.cause} tval 0x${r.exit.tval.toString(16)}` : 'instruction limit';
     return { exit: `${why} at pc 0x${r.pc.toString(16)}` };
@@ -66,7 +69,7 @@ export async function check(program: Program, keep?: number[], opts: CheckOption
   const groups = keep ?? program.groups.map((_, i) => i);
   const ref = runQemu(toElf(img), OUT_SIZE);
   ref.catch(() => undefined); // handled below; keeps a throw from our side from leaving it unhandled
-  const mine = (opts.ours ?? runOurs)(img);
+  const mine = opts.ours ? opts.ours(img) : runOurs(img, opts.engine);
   // qemu rejecting a program (SIGILL, no dump) is a generator bug: name the seed.
   const expected = await ref.catch((e: unknown) => {
     throw new QemuError(`seed ${program.seed} (${groups.length} groups): ${e instanceof Error ? e.message : String(e)}`);

@@ -11,6 +11,7 @@ import type { Group, Program } from './generator.ts';
 import { assemble, toElf } from './image.ts';
 import { execQemu } from './qemu.ts';
 import { runSnippet } from '../hart/snippet.ts';
+import type { EngineKind } from '../engine.ts';
 
 export interface TrapCase {
   readonly name: string;
@@ -87,12 +88,12 @@ export function trapProgram(seed: number, kind: string, prefixGroups = 20): { pr
 }
 
 /** Run a trap program on both sides; null when they agree, else a description of the disagreement. */
-export async function checkTrap(seed: number, kind: string): Promise<string | null> {
+export async function checkTrap(seed: number, kind: string, engine: EngineKind = 'interp'): Promise<string | null> {
   const { program, kase } = trapProgram(seed, kind);
   const img = assemble(program);
   const last = img.listing.filter((l) => l.group === program.groups.length - 1).at(-1)!;
   const q = await execQemu(toElf(img));
-  const r = runSnippet({ ram: img.segment, entry: BigInt(img.entry), maxInstructions: img.bodyInsns + 1000, privilege: 'U' });
+  const r = runSnippet({ ram: img.segment, entry: BigInt(img.entry), maxInstructions: img.bodyInsns + 1000, privilege: 'U', engine });
   const what = `seed ${seed} ${kind}: ${last.insn.asm} (0x${last.insn.word.toString(16)}) at 0x${last.addr.toString(16)}`;
   if (q.signal !== kase.signal) return `${what}: qemu ended with ${q.signal ?? `exit ${String(q.status)}`}, expected ${kase.signal} — a generator assumption, not a hart bug`;
   if (r.exit.kind !== 'trap') return `${what}: qemu ${q.signal}, ours stopped with ${r.exit.kind} at pc 0x${r.pc.toString(16)}`;

@@ -147,10 +147,11 @@ export class Hart {
   private poll(): void {
     const { array, index } = this.irq;
     let v = Atomics.load(array, index);
-    if (v & (REQ.TLB_FLUSH | MIP.SSIP)) {
+    if (v & (REQ.TLB_FLUSH | REQ.FENCE_I | MIP.SSIP)) {
       // Requests and SSIP edges (SBI IPI) are consumed: the guest clears sip.SSIP itself.
-      const take = v & (REQ.TLB_FLUSH | MIP.SSIP);
+      const take = v & (REQ.TLB_FLUSH | REQ.FENCE_I | MIP.SSIP);
       v = Atomics.and(array, index, ~take) & ~take;
+      if (take & REQ.FENCE_I) this.engine.fenceI();
       if (take & REQ.TLB_FLUSH) this.engine.flushTlb();
       if (take & MIP.SSIP) this.engine.raiseSoftBits(MIP.SSIP);
     }

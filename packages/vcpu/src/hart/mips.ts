@@ -1,4 +1,4 @@
-// Quick interpreter speed check: `pnpm exec node packages/vcpu/src/hart/mips.ts [millions]`.
+// Quick engine speed check: `pnpm exec node packages/vcpu/src/hart/mips.ts [millions] [interp|jit]`.
 // Runs a load/store/ALU/branch loop (5 instructions per iteration) in
 // batches the way a hart worker does and prints MIPS per wall second and per
 // CPU second (the latter is steadier on a shared machine). Not a test.
@@ -13,7 +13,8 @@ const prog = assemble([
   A.ecall(),
 ]);
 const ramSize = 1 << 20;
-const core = new HartCore({ memory: createHartMemory(ramSize), hartId: 0, ramSize, mode: 'snippet' });
+const engine = process.argv[3] === 'jit' ? 'jit' : 'interp';
+const core = new HartCore({ memory: createHartMemory(ramSize), hartId: 0, ramSize, mode: 'snippet', engine });
 for (let round = 0; round < 2; round++) {
   core.reset();
   core.ram().set(prog);
@@ -25,5 +26,5 @@ for (let round = 0; round < 2; round++) {
   const cu = process.cpuUsage(c0);
   const cpu = (cu.user + cu.system) / 1e6;
   const n = Number(core.instret);
-  console.log(`round ${round}: ${(n / 1e6).toFixed(0)} M instructions, ${(n / wall / 1e6).toFixed(1)} MIPS (wall), ${(n / cpu / 1e6).toFixed(1)} MIPS (per CPU second)`);
+  console.log(`${engine} round ${round}: ${(n / 1e6).toFixed(0)} M instructions, ${(n / wall / 1e6).toFixed(1)} MIPS (wall), ${(n / cpu / 1e6).toFixed(1)} MIPS (per CPU second)`);
 }

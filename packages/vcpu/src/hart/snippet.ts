@@ -4,7 +4,7 @@
 // after maxInstructions.
 
 import { HartCore, createHartMemory, HartConfigError } from './wasm.ts';
-import { PRIV } from '../engine.ts';
+import { PRIV, type EngineKind } from '../engine.ts';
 
 export interface SnippetOptions {
   /** Copied to guest RAM at RAM_BASE; the rest of RAM is zero. */
@@ -19,6 +19,8 @@ export interface SnippetOptions {
   fcsr?: number;
   maxInstructions: number;
   privilege?: 'M' | 'U';
+  /** Default: interp. With 'jit', code is translated the first time it runs (threshold 1): snippets run once. */
+  engine?: EngineKind;
 }
 
 export interface SnippetResult {
@@ -34,13 +36,14 @@ export interface SnippetResult {
   ram: Uint8Array;
 }
 
-const cores = new Map<number, HartCore>();
+const cores = new Map<string, HartCore>();
 
-function coreFor(ramSize: number): HartCore {
-  let c = cores.get(ramSize);
+function coreFor(ramSize: number, engine: EngineKind): HartCore {
+  const key = `${engine}:${ramSize}`;
+  let c = cores.get(key);
   if (!c) {
-    c = new HartCore({ memory: createHartMemory(ramSize), hartId: 0, ramSize, mode: 'snippet' });
-    cores.set(ramSize, c);
+    c = new HartCore({ memory: createHartMemory(ramSize), hartId: 0, ramSize, mode: 'snippet', engine, jitThreshold: 1 });
+    cores.set(key, c);
   }
   return c;
 }
@@ -51,7 +54,7 @@ export function runSnippet(opts: SnippetOptions): SnippetResult {
   const ramSize = opts.ramSize ?? Math.max(1 << 20, Math.ceil(opts.ram.length / 65536) * 65536);
   if (opts.ram.length > ramSize) throw new HartConfigError(`snippet of ${opts.ram.length} bytes does not fit in ramSize ${ramSize}`);
   if (!Number.isInteger(opts.maxInstructions) || opts.maxInstructions < 0) throw new HartConfigError(`maxInstructions must be a non-negative integer, got ${opts.maxInstructions}`);
-  const core = coreFor(ramSize);
+  const core = coreFor(ramSize, opts.engine ?? 'interp');
   core.reset();
   const ram = core.ram();
   ram.fill(0);

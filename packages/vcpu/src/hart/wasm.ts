@@ -7,7 +7,8 @@ import { fileURLToPath } from 'node:url';
 import { WASM_RAM_OFFSET, MAX_HARTS } from '../layout.ts';
 import type { AccessSize, PhysBus } from '../bus.ts';
 import { wasmIsStale } from '../../scripts/build-wasm.ts';
-import { ENGINE_MODE, type EngineExit, type EngineMode, type ExecutionEngine, type Priv } from '../engine.ts';
+import { ENGINE_MODE, type EngineExit, type EngineKind, type EngineMode, type ExecutionEngine, type Priv } from '../engine.ts';
+import { JIT_SLOTS, JIT_THRESHOLD, Translator, type JitCoreExports, type JitStats } from '../jit/translator.ts';
 
 const BUILD_SCRIPT = fileURLToPath(new URL('../../scripts/build-wasm.ts', import.meta.url));
 /** Where the compiled hart core lives (git-ignored; `pnpm --filter @vmm/vcpu build`). */
@@ -69,6 +70,8 @@ interface CoreExports {
   hostCsrWrite(n: number, v: bigint): number;
   flushTlb(): void;
   expandCompressed(h: number): number;
+  setJit(on: number): void;
+  setJitThreshold(n: number): void;
 }
 
 export interface HartCoreOptions {
@@ -82,6 +85,14 @@ export interface HartCoreOptions {
   module?: WebAssembly.Module;
   /** The `time` CSR in TIMEBASE_HZ ticks (HartSignals.nowTicks). Default: 0. */
   time?: () => bigint;
+  /** Execution engine: the interpreter alone, or with the translator (src/jit). Default: interp. */
+  engine?: EngineKind;
+  /** Executions of a block entry before it is translated (default JIT_THRESHOLD; 1 = at once, for tests). */
+  jitThreshold?: number;
+  /** Where the translator publishes its code-cache figures for other threads (ENGINE_STAT_FIELDS doubles). */
+  engineStats?: Float64Array;
+  /** Warnings from the translator (a generated block that failed to compile, logged once). */
+  log?: (msg: string, fields: Record<string, unknown>) => void;
 }
 
 const EXIT_KIND = ['limit', 'ecall', 'wfi', 'trap'] as const;
@@ -93,6 +104,9 @@ export class HartCore implements ExecutionEngine {
   readonly memory: WebAssembly.Memory;
   readonly ramSize: number;
   private readonly e: CoreExports;
+  readonly engine: EngineKind;
+  /** The translator, when engine is 'jit'. */
+  readonly jit: Translator | undefined;
   private readonly xs: BigUint64Array;
   private readonly fs: BigUint64Array;
 
@@ -105,9 +119,14 @@ export class HartCore implements ExecutionEngine {
     this.ramSize = ramSize;
     const time = opts.time ?? (() => 0n);
     const scratchBox: { v?: BigUint64Array } = {};
+    this.engine = opts.engine ?? 'interp';
+    const jitBox: { t?: Translator } = {};
+    const table = new WebAssembly.Table({ element: 'anyfunc', initial: this.engine === 'jit' ? JIT_SLOTS : 1 });
     const imports = {
       env: {
         memory,
+        table,
+        jitCompile: (hp: number, pc: bigint): number => jitBox.t?.compile(hp >>> 0, BigInt.asUintN(64, pc)) ?? 0,
         mmioLoad: (pa: number, size: number): number => {
           const v = bus?.load(pa, size as AccessSize, hartId) ?? null;
           if (v === null) return 1;
@@ -121,6 +140,11 @@ export class HartCore implements ExecutionEngine {
     const inst = new WebAssembly.Instance(opts.module ?? loadHartModule(), imports);
     this.e = inst.exports as unknown as CoreExports;
     this.e.init(hartId, ENGINE_MODE[opts.mode], ramSize);
+    if (this.engine === 'jit') {
+      jitBox.t = this.jit = new Translator({ memory, table, core: inst.exports as unknown as JitCoreExports, log: opts.log, publish: opts.engineStats });
+      this.e.setJitThreshold(opts.jitThreshold ?? JIT_THRESHOLD);
+      this.e.setJit(1);
+    }
     scratchBox.v = new BigUint64Array(memory.buffer, this.e.scratchAddr(), 1);
     this.xs = new BigUint64Array(memory.buffer, this.e.xBase(), 32);
     this.fs = new BigUint64Array(memory.buffer, this.e.fBase(), 32);
@@ -156,6 +180,15 @@ export class HartCore implements ExecutionEngine {
   raiseSoftBits(bits: number): void { this.e.raiseSoftBits(BigInt(bits >>> 0)); }
   wfiWake(): boolean { return this.e.wfiWake() !== 0; }
   flushTlb(): void { this.e.flushTlb(); }
+  /** FENCE.I requested from outside (SBI remote fence.i): drop translated code. */
+  fenceI(): void { this.jit?.flush(); }
+  /** Translator counters (undefined for the interpreter). */
+  jitStats(): JitStats | undefined {
+    const j = this.jit;
+    if (!j) return undefined;
+    const c = j.core;
+    return { ...j.stats, revalidated: j.stats.revalidated + Number(c.jitRevalidationCount()), jitInstructions: Number(c.jitInstructions()), fenceI: c.jitFenceCount() >>> 0, codeWrites: c.jitCodeWriteCount() >>> 0 };
+  }
   /** The 32-bit expansion of a 16-bit instruction (0 = illegal); exposed for decoder tests. */
   expandCompressed(h: number): number { return this.e.expandCompressed(h) >>> 0; }
   /** Guest RAM as bytes (RAM_BASE at index 0). */

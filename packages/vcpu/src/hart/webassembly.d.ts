@@ -15,9 +15,17 @@ declare global {
       static exports(module: Module): { name: string; kind: string }[];
       static imports(module: Module): { module: string; name: string; kind: string }[];
     }
-    type ExportValue = ((...args: never[]) => unknown) | Global | Memory;
+    interface TableDescriptor { element: 'anyfunc' | 'externref'; initial: number; maximum?: number }
+    class Table {
+      constructor(descriptor: TableDescriptor);
+      readonly length: number;
+      get(index: number): ExportValue | null;
+      set(index: number, value: ExportValue | null): void;
+      grow(delta: number): number;
+    }
+    type ExportValue = ((...args: never[]) => unknown) | Global | Memory | Table;
     type Exports = Record<string, ExportValue>;
-    type ImportValue = ((...args: never[]) => unknown) | Global | Memory | number | bigint;
+    type ImportValue = ((...args: never[]) => unknown) | Global | Memory | Table | number | bigint;
     type Imports = Record<string, Record<string, ImportValue>>;
     class Instance {
       constructor(module: Module, imports?: Imports);

@@ -173,8 +173,10 @@ export class Sbi implements SbiHandler {
     if (!t) return { error: SBI_ERR.INVALID_PARAM };
     const s = this.ctx.signals;
     const remote: number[] = [];
+    // remote_fence_i (fid 0) also drops translated code; both bits are consumed by one poll.
+    const req = fid === 0 ? REQ.TLB_FLUSH | REQ.FENCE_I : REQ.TLB_FLUSH;
     for (const h of t) {
-      s.raise(h, REQ.TLB_FLUSH);
+      s.raise(h, req);
       if (h !== regs.hartId) remote.push(h);
     }
     for (const h of remote) {
