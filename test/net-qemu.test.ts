@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger, DeviceProcess } from '@vmm/core';
-import { ExecOutputFilter, initrdWithExec, type GuestKit } from '@vmm/orchestrator';
+import { buildExecArchive, ensureGuestPackages, ExecOutputFilter, guestPackagesArchive, initrdWithExec, silentReporter, type GuestKit } from '@vmm/orchestrator';
+import { readFileSync } from 'node:fs';
 import { querySwitch } from '@vmm/virtio-net';
 import { writeFileSync } from 'node:fs';
 import { kitAndInitramfs, qemuArgs, requireQemu, runBounded } from './guest-helpers.ts';
@@ -48,8 +49,14 @@ n=0; until nc 10.0.0.3 5000 < /tmp/f; do n=$((n+1)); [ $n -gt 60 ] && exit 22; s
 n=0; while netstat -tn | grep ':5000 ' | grep -qE 'ESTABLISHED|FIN_WAIT1|CLOSING|LAST_ACK'; do n=$((n+1)); [ $n -gt 600 ] && exit 23; sleep 0.2; done
 `;
 
-async function guest(name: string, ip: string, mac: string, script: string): Promise<{ output: string; status: number | null; transcript: string }> {
-  const x = await initrdWithExec(initramfs, script);
+async function guest(name: string, ip: string, mac: string, script: string, packages: string[] = []): Promise<{ output: string; status: number | null; transcript: string }> {
+  let x: { initrd: Uint8Array; markers: { begin: string; end: string } };
+  if (packages.length === 0) x = await initrdWithExec(initramfs, script);
+  else {
+    // Base initramfs, then the Debian packages' archive, then the command's.
+    const e = buildExecArchive(script);
+    x = { initrd: Buffer.concat([readFileSync(initramfs), guestPackagesArchive(await ensureGuestPackages(packages, silentReporter)), e.archive]), markers: e.markers };
+  }
   const initrd = join(dir, `initrd-${name}.cpio`);
   writeFileSync(initrd, x.initrd);
   const r = await runBounded('qemu-system-riscv64', [
@@ -127,5 +134,26 @@ describe('two QEMU guests on one vmm-switch (virtio-net-pci over vhost-user)', (
     expect(second.pid).not.toBe(first.pid);
     expect(second.ports.map((p) => p.name).sort()).toEqual(['ka', 'kb']);
     process.kill(second.pid, 'SIGTERM');
+  });
+
+  it('run iperf3 (a Debian package with its dependency closure in the initramfs) between the two guests', async () => {
+    const SW = `e2eiperf${process.pid}`;
+    const sw = new DeviceProcess({ name: 'switch-iperf', args: [SWITCH, '--name', SW], env, log });
+    await sw.start();
+    procs.push(sw);
+    const macs = { a: '52:54:00:00:0e:2a', b: '52:54:00:00:0e:2b' };
+    for (const [n, mac] of Object.entries(macs)) {
+      const p = new DeviceProcess({ name: `net-i${n}`, args: [NET, '--socket', join(dir, `${n}.sock`), '--switch', SW, '--mac', mac, '--id', `i${n}`], env, log });
+      await p.start();
+      procs.push(p);
+    }
+    const server = 'iperf3 -s -1 > /tmp/s.log 2>&1; tail -n 4 /tmp/s.log';
+    const client = 'n=0; until iperf3 -c 10.0.0.3 -t 4 -f m > /tmp/c.log 2>&1; do n=$((n+1)); [ $n -gt 60 ] && { cat /tmp/c.log; exit 30; }; sleep 1; done; grep -E "sender|receiver" /tmp/c.log';
+    const [b, a] = await Promise.all([guest('b', '10.0.0.3', macs.b, server, ['iperf3']), guest('a', '10.0.0.2', macs.a, client, ['iperf3'])]);
+    expect(a.status, a.transcript).toBe(0);
+    expect(b.status, b.transcript).toBe(0);
+    const rate = /([\d.]+) Mbits\/sec.*receiver/.exec(a.output);
+    expect(rate, a.output).not.toBeNull();
+    expect(Number(rate![1])).toBeGreaterThan(0);
   });
 });
