@@ -1,11 +1,11 @@
-// `pnpm bench net [--seconds S] [--mib M] [--pps-only]`: networking, ours
+// `pnpm bench net [--seconds S] [--tcp-seconds T] [--pps-only]`: networking, ours
 // against a reference measured in the same run.
 //  (a) packets per second, no guest in the way: DPDK testpmd (txonly,
 //      64-byte UDP frames) → virtio_user → vmm-net → vmm-switch → vmm-net →
 //      virtio_user → testpmd (rxonly), against testpmd txonly → virtio_user
 //      → DPDK's own vhost back-end (net_vhost, rxonly) on the same cores.
-//  (b) guest-to-guest TCP: two QEMU guests (TCG) copy M MiB over TCP with
-//      busybox nc through vmm-net + vmm-switch, against the same two guests
+//  (b) guest-to-guest TCP: two QEMU guests (TCG) run iperf3 (guest kit
+//      --package) for T seconds through vmm-net + vmm-switch, against the same two guests
 //      on taps joined by a Linux bridge (-netdev tap, in a network namespace
 //      the benchmark makes and removes).
 // (c) two vmm guests is not measured yet (needs `vmm run --nic`).
@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createLogger, DeviceProcess } from '@vmm/core';
-import { ExecOutputFilter, initrdWithExec } from '@vmm/orchestrator';
+import { buildExecArchive, ensureGuestPackages, ExecOutputFilter, guestPackagesArchive, silentReporter } from '@vmm/orchestrator';
 import { querySwitch } from '@vmm/virtio-net';
 import { haveTestpmd, startTestpmd } from '@vmm/virtio-net/testing';
 import { argValue, prepareGuest, type Guest } from './_guest.ts';
@@ -109,22 +109,14 @@ function bareNodeRss(): number {
 
 // ---- (b) TCP between two QEMU guests ----
 
-const receiver = (peer: string) => `
-printf '%s\\n' 'read t0 x < /proc/uptime; wc -c > /tmp/n; read t1 x < /proc/uptime; echo "$t0 $t1" > /tmp/t' > /tmp/rx.sh; chmod +x /tmp/rx.sh
-ping -c 1 -W 30 ${peer} > /dev/null
-nc -l -p 5000 -e /tmp/rx.sh
-echo "tcp $(cat /tmp/n) $(cat /tmp/t)"
-`;
-const sender = (peer: string, mib: number) => `
-ping -c 2 -W 30 ${peer} > /dev/null || exit 21
-n=0; until dd if=/dev/zero bs=64k count=${mib * 16} 2>/dev/null | nc ${peer} 5000; do n=$((n+1)); [ $n -gt 60 ] && exit 22; sleep 1; done
-n=0; while netstat -tn | grep ':5000 ' | grep -qE 'ESTABLISHED|FIN_WAIT1|CLOSING|LAST_ACK'; do n=$((n+1)); [ $n -gt 900 ] && exit 23; sleep 0.2; done
-`;
+// iperf3 (a Debian package with its closure, appended to the initramfs) for 8 s; the receiver's side reports.
+const SERVER = 'iperf3 -s -1 -f m > /tmp/s.log 2>&1; grep -E "receiver" /tmp/s.log || tail -n 5 /tmp/s.log';
+const client = (peer: string, seconds: number) => `n=0; until iperf3 -c ${peer} -t ${seconds} -f m > /tmp/c.log 2>&1; do n=$((n+1)); [ $n -gt 90 ] && { cat /tmp/c.log; exit 30; }; sleep 1; done; grep -E "sender|receiver" /tmp/c.log`;
 
 async function qemuGuest(g: Guest, dir: string, name: string, ip: string, script: string, netArgs: string[], prefix: string[] = []): Promise<string> {
-  const x = await initrdWithExec(g.initramfs, script);
+  const x = buildExecArchive(script);
   const initrd = join(dir, `initrd-${name}.cpio`);
-  writeFileSync(initrd, x.initrd);
+  writeFileSync(initrd, Buffer.concat([readFileSync(g.initramfs), guestPackagesArchive(await ensureGuestPackages(['iperf3'], silentReporter)), x.archive]));
   const args = [
     '-M', 'virt', '-m', '512M', '-smp', '1', '-nographic', '-no-reboot', '-bios', g.kit.opensbi.fwDynamic, '-kernel', g.kit.kernel, '-initrd', initrd,
     '-append', `console=ttyS0 panic=-1 quiet ip=${ip}::10.0.0.1:255.255.255.0::eth0:off`, ...netArgs,
@@ -145,13 +137,13 @@ async function qemuGuest(g: Guest, dir: string, name: string, ip: string, script
   return output;
 }
 
-function mbitPerS(receiverOutput: string): number {
-  const m = /tcp (\d+) ([\d.]+) ([\d.]+)/.exec(receiverOutput);
-  if (!m) throw new Error(`no tcp line in the receiver's output: ${receiverOutput}`);
-  return (Number(m[1]) * 8) / (Number(m[3]) - Number(m[2])) / 1e6;
+function mbitPerS(clientOutput: string): number {
+  const m = /([\d.]+) Mbits\/sec.*receiver/.exec(clientOutput);
+  if (!m) throw new Error(`no iperf3 receiver line in the client's output: ${clientOutput}`);
+  return Number(m[1]);
 }
 
-async function tcpOurs(g: Guest, mib: number): Promise<number> {
+async function tcpOurs(g: Guest, seconds: number): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), 'vmm-bench-tcp-'));
   const env = { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir };
   const procs: DeviceProcess[] = [];
@@ -159,18 +151,18 @@ async function tcpOurs(g: Guest, mib: number): Promise<number> {
     await startProc('switch', [SWITCH, '--name', 'tcp'], env, procs);
     const net = (n: string, mac: string) => ['-object', 'memory-backend-memfd,id=mem,size=512M,share=on', '-numa', 'node,memdev=mem', '-chardev', `socket,id=c,path=${join(dir, `${n}.sock`)}`, '-netdev', 'vhost-user,id=n,chardev=c,queues=1', '-device', `virtio-net-pci,netdev=n,mac=${mac},romfile=`];
     for (const n of ['a', 'b']) await startProc(`net-${n}`, [NET, '--socket', join(dir, `${n}.sock`), '--switch', 'tcp', '--mac', `52:54:00:00:0c:0${n === 'a' ? 'a' : 'b'}`, '--id', n], env, procs);
-    const [rx] = await Promise.all([
-      qemuGuest(g, dir, 'b', '10.0.0.3', receiver('10.0.0.2'), net('b', '52:54:00:00:0c:0b')),
-      qemuGuest(g, dir, 'a', '10.0.0.2', sender('10.0.0.3', mib), net('a', '52:54:00:00:0c:0a')),
+    const [, tx] = await Promise.all([
+      qemuGuest(g, dir, 'b', '10.0.0.3', SERVER, net('b', '52:54:00:00:0c:0b')),
+      qemuGuest(g, dir, 'a', '10.0.0.2', client('10.0.0.3', seconds), net('a', '52:54:00:00:0c:0a')),
     ]);
-    return mbitPerS(rx);
+    return mbitPerS(tx);
   } finally {
     await Promise.all(procs.map((p) => p.stop()));
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
-async function tcpBridge(g: Guest, mib: number): Promise<number> {
+async function tcpBridge(g: Guest, seconds: number): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), 'vmm-bench-br-'));
   const ns = `vmmbr${process.pid}`;
   const nsx = (...a: string[]) => execFileSync('ip', ['netns', 'exec', ns, ...a]);
@@ -185,11 +177,11 @@ async function tcpBridge(g: Guest, mib: number): Promise<number> {
     }
     const net = (t: string, mac: string) => ['-netdev', `tap,id=n,ifname=${t},script=no,downscript=no`, '-device', `virtio-net-pci,netdev=n,mac=${mac},romfile=`];
     const inNs = ['ip', 'netns', 'exec', ns];
-    const [rx] = await Promise.all([
-      qemuGuest(g, dir, 'b', '10.0.0.3', receiver('10.0.0.2'), net('tapb', '52:54:00:00:0d:0b'), inNs),
-      qemuGuest(g, dir, 'a', '10.0.0.2', sender('10.0.0.3', mib), net('tapa', '52:54:00:00:0d:0a'), inNs),
+    const [, tx] = await Promise.all([
+      qemuGuest(g, dir, 'b', '10.0.0.3', SERVER, net('tapb', '52:54:00:00:0d:0b'), inNs),
+      qemuGuest(g, dir, 'a', '10.0.0.2', client('10.0.0.3', seconds), net('tapa', '52:54:00:00:0d:0a'), inNs),
     ]);
-    return mbitPerS(rx);
+    return mbitPerS(tx);
   } finally {
     execFileSync('ip', ['netns', 'del', ns]);
     rmSync(dir, { recursive: true, force: true });
@@ -198,7 +190,7 @@ async function tcpBridge(g: Guest, mib: number): Promise<number> {
 
 export async function main(args: string[]): Promise<void> {
   const seconds = argValue(args, '--seconds', 8);
-  const mib = argValue(args, '--mib', 16);
+  const tcpSeconds = argValue(args, '--tcp-seconds', 8);
   if (!haveTestpmd()) throw new Error('dpdk-testpmd not found: scripts/setup.sh installs dpdk-dev and its PMDs');
   console.log(`(a) 64-byte frames, testpmd txonly → rxonly, ${seconds} s each`);
   const ours = await ppsOurs(seconds);
@@ -211,10 +203,10 @@ export async function main(args: string[]): Promise<void> {
   let tcpRatio: number | null = null;
   if (!args.includes('--pps-only')) {
     const g = await prepareGuest();
-    console.log(`(b) TCP, ${mib} MiB between two QEMU guests (busybox nc)`);
-    const t1 = await tcpOurs(g, mib);
+    console.log(`(b) TCP, iperf3 -t ${tcpSeconds} between two QEMU guests`);
+    const t1 = await tcpOurs(g, tcpSeconds);
     console.log(`  vmm-net + vmm-switch:  ${t1.toFixed(1)} Mbit/s`);
-    const t2 = await tcpBridge(g, mib);
+    const t2 = await tcpBridge(g, tcpSeconds);
     console.log(`  Linux bridge + taps:   ${t2.toFixed(1)} Mbit/s`);
     tcpRatio = t1 / t2;
   }

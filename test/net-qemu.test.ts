@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger, DeviceProcess } from '@vmm/core';
-import { ExecOutputFilter, initrdWithExec, type GuestKit } from '@vmm/orchestrator';
+import { buildExecArchive, ensureGuestPackages, ExecOutputFilter, guestPackagesArchive, initrdWithExec, silentReporter, type GuestKit } from '@vmm/orchestrator';
+import { readFileSync } from 'node:fs';
 import { querySwitch } from '@vmm/virtio-net';
 import { writeFileSync } from 'node:fs';
 import { kitAndInitramfs, qemuArgs, requireQemu, runBounded } from './guest-helpers.ts';
@@ -40,16 +41,22 @@ nc -l -p 5000 -e /tmp/rx.sh
 echo "received $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)"
 `;
 // The sender waits for its last byte to be acknowledged (the connection leaves ESTABLISHED/FIN_WAIT1) before powering off.
-const SENDER = `
-dd if=/dev/urandom of=/tmp/f bs=64k count=64 2>/dev/null
+const sender = (blocks: number) => `
+dd if=/dev/urandom of=/tmp/f bs=64k count=${blocks} 2>/dev/null
 echo "sent $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)"
 ping -c 3 -W 20 10.0.0.3 | grep -q '3 packets received' || { echo "ping to 10.0.0.3 failed"; exit 21; }
 n=0; until nc 10.0.0.3 5000 < /tmp/f; do n=$((n+1)); [ $n -gt 60 ] && exit 22; sleep 1; done
 n=0; while netstat -tn | grep ':5000 ' | grep -qE 'ESTABLISHED|FIN_WAIT1|CLOSING|LAST_ACK'; do n=$((n+1)); [ $n -gt 600 ] && exit 23; sleep 0.2; done
 `;
 
-async function guest(name: string, ip: string, mac: string, script: string): Promise<{ output: string; status: number | null; transcript: string }> {
-  const x = await initrdWithExec(initramfs, script);
+async function guest(name: string, ip: string, mac: string, script: string, packages: string[] = []): Promise<{ output: string; status: number | null; transcript: string }> {
+  let x: { initrd: Uint8Array; markers: { begin: string; end: string } };
+  if (packages.length === 0) x = await initrdWithExec(initramfs, script);
+  else {
+    // Base initramfs, then the Debian packages' archive, then the command's.
+    const e = buildExecArchive(script);
+    x = { initrd: Buffer.concat([readFileSync(initramfs), guestPackagesArchive(await ensureGuestPackages(packages, silentReporter)), e.archive]), markers: e.markers };
+  }
   const initrd = join(dir, `initrd-${name}.cpio`);
   writeFileSync(initrd, x.initrd);
   const r = await runBounded('qemu-system-riscv64', [
@@ -79,7 +86,7 @@ describe('two QEMU guests on one vmm-switch (virtio-net-pci over vhost-user)', (
       await p.start();
       procs.push(p);
     }
-    const [b, a] = await Promise.all([guest('b', '10.0.0.3', macs.b, RECEIVER), guest('a', '10.0.0.2', macs.a, SENDER)]);
+    const [b, a] = await Promise.all([guest('b', '10.0.0.3', macs.b, RECEIVER), guest('a', '10.0.0.2', macs.a, sender(64))]);
     expect(a.status, a.transcript).toBe(0);
     expect(b.status, b.transcript).toBe(0);
     const sent = /sent (\d+) ([0-9a-f]{64})/.exec(a.output);
@@ -93,5 +100,60 @@ describe('two QEMU guests on one vmm-switch (virtio-net-pci over vhost-user)', (
     expect(pa.rx_bytes).toBeGreaterThan(4 << 20);
     expect(pa.rx_bytes / pa.rx_packets).toBeGreaterThan(1514);
     expect(st.ports.every((p) => p.tx_dropped === 0 && p.rx_errors === 0)).toBe(true);
+  });
+
+  it('the switch is killed mid-transfer: a NIC starts it again, every NIC re-attaches, the copy completes intact', async () => {
+    const SW = `e2ekill${process.pid}`;
+    const sock = join(dir, `switch-${SW}.sock`);
+    const macs = { a: '52:54:00:00:0e:1a', b: '52:54:00:00:0e:1b' };
+    for (const [n, mac] of Object.entries(macs)) {
+      // No switch runs yet: the first NIC starts it on demand.
+      const p = new DeviceProcess({ name: `net-k${n}`, args: [NET, '--socket', join(dir, `${n}.sock`), '--switch', SW, '--mac', mac, '--id', `k${n}`], env, log });
+      await p.start();
+      procs.push(p);
+    }
+    const first = await querySwitch(sock);
+    const run = Promise.all([guest('b', '10.0.0.3', macs.b, RECEIVER), guest('a', '10.0.0.2', macs.a, sender(256))]);
+    // Kill the switch once a quarter of the 16 MiB went through it.
+    const t0 = Date.now();
+    for (;;) {
+      const st = await querySwitch(sock);
+      if ((st.ports.find((p) => p.name === 'ka')?.rx_bytes ?? 0) > 4 << 20) break;
+      if (Date.now() - t0 > 600_000) throw new Error('the transfer never got going');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    process.kill(first.pid, 'SIGKILL');
+    const [b, a] = await run;
+    expect(a.status, a.transcript).toBe(0);
+    expect(b.status, b.transcript).toBe(0);
+    const sent = /sent (\d+) ([0-9a-f]{64})/.exec(a.output);
+    const got = /received (\d+) ([0-9a-f]{64})/.exec(b.output);
+    expect(sent?.[1]).toBe(String(16 << 20));
+    expect(got?.slice(1)).toEqual(sent?.slice(1));
+    const second = await querySwitch(sock);
+    expect(second.pid).not.toBe(first.pid);
+    expect(second.ports.map((p) => p.name).sort()).toEqual(['ka', 'kb']);
+    process.kill(second.pid, 'SIGTERM');
+  });
+
+  it('run iperf3 (a Debian package with its dependency closure in the initramfs) between the two guests', async () => {
+    const SW = `e2eiperf${process.pid}`;
+    const sw = new DeviceProcess({ name: 'switch-iperf', args: [SWITCH, '--name', SW], env, log });
+    await sw.start();
+    procs.push(sw);
+    const macs = { a: '52:54:00:00:0e:2a', b: '52:54:00:00:0e:2b' };
+    for (const [n, mac] of Object.entries(macs)) {
+      const p = new DeviceProcess({ name: `net-i${n}`, args: [NET, '--socket', join(dir, `${n}.sock`), '--switch', SW, '--mac', mac, '--id', `i${n}`], env, log });
+      await p.start();
+      procs.push(p);
+    }
+    const server = 'iperf3 -s -1 > /tmp/s.log 2>&1; tail -n 4 /tmp/s.log';
+    const client = 'n=0; until iperf3 -c 10.0.0.3 -t 4 -f m > /tmp/c.log 2>&1; do n=$((n+1)); [ $n -gt 60 ] && { cat /tmp/c.log; exit 30; }; sleep 1; done; grep -E "sender|receiver" /tmp/c.log';
+    const [b, a] = await Promise.all([guest('b', '10.0.0.3', macs.b, server, ['iperf3']), guest('a', '10.0.0.2', macs.a, client, ['iperf3'])]);
+    expect(a.status, a.transcript).toBe(0);
+    expect(b.status, b.transcript).toBe(0);
+    const rate = /([\d.]+) Mbits\/sec.*receiver/.exec(a.output);
+    expect(rate, a.output).not.toBeNull();
+    expect(Number(rate![1])).toBeGreaterThan(0);
   });
 });

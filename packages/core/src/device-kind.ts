@@ -221,6 +221,12 @@ export interface DeviceKind {
   readonly protocolFeatures: bigint;
   /** Whether a warm spare process may take over after a crash (not when the process caches state another one changed). */
   warmSpare(values: OptionValues): boolean;
+  /**
+   * Checks across options or of a value's shape that the schema cannot say
+   * (exactly one of two options, a MAC address): throws DeviceOptionError
+   * naming the option. Called wherever options are parsed for this kind.
+   */
+  validate?(values: OptionValues): void;
   /** Options a replacement back-end (device_add … replace=true) must keep. */
   readonly fixedOnReplace?: readonly string[];
   readonly faults?: Readonly<Record<string, DeviceFault>>;

@@ -8,7 +8,7 @@
 // only; our own transport may hand us the control queue as well.
 
 import type { DeviceContext, GuestMemory, Logger, Segment, VirtqueueHandle, VirtioDeviceBackend } from '@vmm/core';
-import { VIRTIO_F_VERSION_1 } from '@vmm/core';
+import { protocolFeatureBit, VhostUserProtocolFeature, VIRTIO_F_VERSION_1 } from '@vmm/core';
 import { parseCtrlCommand, RxFilter, macFromBytes, macToBytes, formatMac, type Mac } from './ctrl.ts';
 import { acceptsOffloads, checkTxHeader, decodeVnetHeader, encodeVnetHeader, type OffloadCaps, type VnetHeader } from './header.ts';
 import { finishChecksum, needsChecksum, segmentTcp } from './offload.ts';
@@ -42,12 +42,21 @@ export interface NetStats {
   rx_malformed: number;
   ctrl_ok: number;
   ctrl_err: number;
+  /** Frames the drop / corrupt faults acted on (fault injection). */
+  fault_dropped: number;
+  fault_corrupted: number;
+}
+
+/** Fault injection (the orchestrator's inject-fault): each received frame is dropped with probability `drop`, else corrupted with `corrupt`. */
+export interface NetFaults {
+  drop: number;
+  corrupt: number;
 }
 
 const newStats = (): NetStats => ({
   tx_packets: 0, tx_bytes: 0, tx_bad_header: 0, tx_too_big: 0, tx_too_short: 0, tx_malformed: 0, tx_no_port: 0,
   rx_packets: 0, rx_bytes: 0, rx_filtered: 0, rx_too_big: 0, rx_bad_gso: 0, rx_segmented: 0, rx_checksummed: 0, rx_malformed: 0,
-  ctrl_ok: 0, ctrl_err: 0,
+  ctrl_ok: 0, ctrl_err: 0, fault_dropped: 0, fault_corrupted: 0,
 });
 
 export interface NetDeviceOptions {
@@ -75,6 +84,8 @@ type Delivery = 'delivered' | 'dropped' | 'no-buffers';
 export class NetDevice implements VirtioDeviceBackend {
   readonly features: bigint;
   readonly numQueues: number;
+  /** Inflight tracking (vhost-user INFLIGHT_SHMFD): after a crash, the receive buffers we held and unfinished transmits come back. */
+  readonly protocolFeatures = protocolFeatureBit(VhostUserProtocolFeature.INFLIGHT_SHMFD);
   readonly maxPairs: number;
   readonly mtu: number;
   readonly stats: NetStats = newStats();
@@ -97,6 +108,10 @@ export class NetDevice implements VirtioDeviceBackend {
   private spare: RxBuffer[][];
   private readonly hdrScratch = new Uint8Array(VNET_HDR_LEN);
   private ctx: DeviceContext | null = null;
+  /** Armed by inject-fault; inert at 0. */
+  readonly faults: NetFaults = { drop: 0, corrupt: 0 };
+  /** The randomness faults use (tests replace it). */
+  random: () => number = Math.random;
   /** Receive queues the driver has enabled (kicked at least once since they started): only those get frames. */
   private rxEnabled: boolean[];
 
@@ -334,6 +349,11 @@ export class NetDevice implements VirtioDeviceBackend {
       this.stats.rx_filtered++;
       return 'dropped';
     }
+    if (this.faults.drop > 0 && this.random() < this.faults.drop) {
+      this.stats.fault_dropped++;
+      return 'dropped';
+    }
+    if (this.faults.corrupt > 0 && this.random() < this.faults.corrupt) return this.deliverCorrupted(h, frame);
     let pair = this.activePairs > 1 ? flowHash(frame) % this.activePairs : 0;
     if (!this.rxEnabled[pair]) pair = 0;
     const q = this.rxQueues[pair];
@@ -363,6 +383,33 @@ export class NetDevice implements VirtioDeviceBackend {
       return this.deliver(q, pair, { ...h, flags: h.flags & ~VIRTIO_NET_HDR_F_NEEDS_CSUM }, frame);
     }
     return this.deliver(q, pair, h, frame);
+  }
+
+  /**
+   * The corrupt fault: the frame reaches the driver with one payload byte
+   * flipped and no checksum offload claimed (partial checksums finished,
+   * GSO segmented, DATA_VALID cleared), so the guest's own checksum
+   * validation sees every corrupted frame.
+   */
+  private deliverCorrupted(h: VnetHeader, frame: Uint8Array): Delivery {
+    const q = this.rxQueues[0];
+    if (!q || !q.live || !this.rxEnabled[0]) return 'no-buffers';
+    const gso = (h.gsoType & 0x7f) !== VIRTIO_NET_HDR_GSO_NONE;
+    const frames = gso ? segmentTcp(frame, h) : [frame.slice()];
+    if (frames === null) {
+      this.stats.rx_bad_gso++;
+      return 'dropped';
+    }
+    const plain: VnetHeader = { flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0, numBuffers: 0 };
+    for (const f of frames) {
+      if (!gso && needsChecksum(h) && h.csumStart + h.csumOffset + 2 <= f.length) finishChecksum(f, h);
+      // Past Ethernet + IPv4/IPv6 + TCP/UDP headers when there is a payload; else the last byte.
+      const at = f.length > 74 ? 74 + Math.floor(this.random() * (f.length - 74)) : f.length - 1;
+      f[at]! ^= 0xff;
+      this.stats.fault_corrupted++;
+      this.deliver(q, 0, { ...plain }, f);
+    }
+    return 'delivered';
   }
 
   /** Write one frame into receive buffers (§5.1.6.3-4): one chain, or several with MRG_RXBUF and num_buffers in the first. */

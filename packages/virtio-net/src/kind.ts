@@ -3,7 +3,9 @@
 // orchestrator imports this entry only, never the package's internals.
 
 import { fileURLToPath } from 'node:url';
-import { type DeviceKind, type OptionDef } from '@vmm/core';
+import { DeviceOptionError, protocolFeatureBit, VhostUserProtocolFeature, type DeviceKind, type OptionDef, type OptionValues } from '@vmm/core';
+import { isMulticast, parseMac, type Mac } from './ctrl.ts';
+import { SWITCH_NAME } from './names.ts';
 import { CONFIG_SIZE, MAX_QUEUE_PAIRS, VIRTIO_ID_NET } from './spec.ts';
 
 /** vmm-net's options: the orchestrator's `--nic …` / `--device virtio-net,…` / `device_add`, and vmm-net's own argv. */
@@ -14,6 +16,24 @@ export const NET_OPTIONS: readonly OptionDef[] = [
   { name: 'queues', type: 'int', min: 1, max: MAX_QUEUE_PAIRS, default: 1, help: 'queue pairs; more than one offers VIRTIO_NET_F_MQ' },
   { name: 'mtu', type: 'int', min: 68, max: 65535, default: 1500, help: 'MTU offered in config space' },
 ];
+
+const fail = (m: string): never => {
+  throw new DeviceOptionError(`virtio-net: ${m}`);
+};
+
+/** What the schema cannot say: exactly one of switch/tap, their shapes, a unicast MAC. Returns the MAC when one is given. */
+export function checkNetOptions(o: OptionValues): Mac | null {
+  const sw = o.switch === undefined ? undefined : String(o.switch);
+  const tap = o.tap === undefined ? undefined : String(o.tap);
+  if ((sw === undefined) === (tap === undefined)) fail('exactly one of switch=NAME or tap=IFNAME is required');
+  if (sw !== undefined && !sw.includes('/') && !SWITCH_NAME.test(sw)) fail(`switch=${sw}: not a switch name (up to 32 letters, digits, _ . -) nor a socket path`);
+  if (tap !== undefined && !/^[A-Za-z0-9_.-]{1,15}$/.test(tap)) fail(`tap=${tap}: an interface name is 1 to 15 letters, digits, _ . -`);
+  if (o.mac === undefined) return null;
+  const m = parseMac(String(o.mac));
+  if (m === null) fail(`mac=${String(o.mac)}: expected six hex octets like 52:54:00:12:34:56`);
+  if (isMulticast(m!)) fail(`mac=${String(o.mac)}: a multicast address cannot be a NIC's address`);
+  return m;
+}
 
 export const netKind: DeviceKind = {
   name: 'virtio-net',
@@ -26,13 +46,25 @@ export const netKind: DeviceKind = {
   main: fileURLToPath(new URL('./main.ts', import.meta.url)),
   // receiveq/transmitq per pair, then the control queue (virtio 1.2 §5.1.2).
   queues: (o) => 2 * Number(o.queues ?? 1) + 1,
-  protocolFeatures: 0n,
+  // A restarted vmm-net gets back the receive buffers the crashed one held and resends unfinished transmits.
+  protocolFeatures: protocolFeatureBit(VhostUserProtocolFeature.INFLIGHT_SHMFD),
+  validate: (o) => void checkNetOptions(o),
   // A NIC keeps no state a crash could make stale: a spare can take over at once.
   warmSpare: () => true,
   fixedOnReplace: ['queues', 'mac'],
   faults: {
     'link-down': { help: 'the guest sees the carrier go (config STATUS without LINK_UP)', options: [], message: () => ({ fault: 'link-down' }) },
     'link-up': { help: 'the carrier comes back', options: [], message: () => ({ fault: 'link-up' }) },
+    drop: {
+      help: 'drop each received frame with probability rate (0 turns it off)',
+      options: [{ name: 'rate', type: 'string', maxBytes: 12, default: '0.1', help: 'probability from 0 to 1' }],
+      message: (o) => ({ fault: 'drop', rate: Number(o.rate) }),
+    },
+    corrupt: {
+      help: 'flip a byte in each received frame with probability rate, without checksum offload, so the guest detects it',
+      options: [{ name: 'rate', type: 'string', maxBytes: 12, default: '0.1', help: 'probability from 0 to 1' }],
+      message: (o) => ({ fault: 'corrupt', rate: Number(o.rate) }),
+    },
   },
   query: {
     command: 'query-nics',

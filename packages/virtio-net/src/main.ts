@@ -4,15 +4,15 @@
 // -netdev vhost-user, DPDK's virtio_user) and plugs it into a vmm-switch
 // network or a host tap.
 
-import { createLogger, DeviceOptionError, deviceUsage, installDeviceProcessSignals, onControlMessage, parseDeviceArgv, reportReady, VhostUserBackend, type Logger } from '@vmm/core';
+import { createLogger, deviceUsage, installDeviceProcessSignals, onControlMessage, parseDeviceArgv, reportReady, VhostUserBackend, type Logger } from '@vmm/core';
 import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { formatMac, isMulticast, parseMac, type Mac } from './ctrl.ts';
+import { formatMac, type Mac } from './ctrl.ts';
 import { NetDevice } from './device.ts';
-import { NET_OPTIONS } from './kind.ts';
-import { SWITCH_NAME, switchSocketPath } from './names.ts';
+import { checkNetOptions, NET_OPTIONS } from './kind.ts';
+import { switchSocketPath } from './names.ts';
 import { SwitchAttachment } from './switch-client.ts';
 import { openTapPort } from './tap.ts';
 
@@ -33,10 +33,6 @@ export interface NetArgs {
   logLevel: string;
 }
 
-const fail = (m: string): never => {
-  throw new DeviceOptionError(`virtio-net: ${m}`);
-};
-
 export function randomMac(): Mac {
   const b = crypto.getRandomValues(new Uint8Array(3));
   return 0x52_54_00 * 2 ** 24 + b[0]! * 65536 + b[1]! * 256 + b[2]!;
@@ -51,18 +47,9 @@ export function parseNetArgs(argv: string[]): NetArgs | null {
   const f = parseDeviceArgv('virtio-net', NET_OPTIONS, argv);
   if (f === null) return null;
   const o = f.options;
+  const mac = checkNetOptions(o) ?? randomMac();
   const sw = o.switch === undefined ? undefined : String(o.switch);
   const tap = o.tap === undefined ? undefined : String(o.tap);
-  if ((sw === undefined) === (tap === undefined)) fail('exactly one of switch=NAME or tap=IFNAME is required');
-  if (sw !== undefined && !sw.includes('/') && !SWITCH_NAME.test(sw)) fail(`switch=${sw}: not a switch name (up to 32 letters, digits, _ . -) nor a socket path`);
-  if (tap !== undefined && !/^[A-Za-z0-9_.-]{1,15}$/.test(tap)) fail(`tap=${tap}: an interface name is 1 to 15 letters, digits, _ . -`);
-  let mac = randomMac();
-  if (o.mac !== undefined) {
-    const m = parseMac(String(o.mac));
-    if (m === null) fail(`mac=${String(o.mac)}: expected six hex octets like 52:54:00:12:34:56`);
-    if (isMulticast(m!)) fail(`mac=${String(o.mac)}: a multicast address cannot be a NIC's address`);
-    mac = m!;
-  }
   return { socket: f.socket, switch: sw, tap, mac, queues: Number(o.queues), mtu: Number(o.mtu), id: f.id ?? 'net0', logLevel: f.logLevel };
 }
 
@@ -88,6 +75,13 @@ function control(device: NetDevice, m: Record<string, unknown>): string {
     case 'link-up':
       device.setLink(true);
       return 'link up';
+    case 'drop':
+    case 'corrupt': {
+      const rate = Number(m.rate);
+      if (!(rate >= 0 && rate <= 1)) throw new RangeError(`${m.fault} rate=${String(m.rate)}: expected a probability from 0 to 1`);
+      device.faults[m.fault] = rate;
+      return `${m.fault} rate ${rate}`;
+    }
     default:
       throw new RangeError(`unknown fault ${JSON.stringify(m.fault)}`);
   }
@@ -100,8 +94,15 @@ async function connect(a: NetArgs, device: NetDevice, log: Logger): Promise<() =
     return () => device.attach(null);
   }
   const sock = switchSocketPath(a.switch!);
+  // A named switch that dies is started again (at most every 2 s, after a random pause so NICs of one network rarely race).
+  let lastStart = 0;
+  const restart = (): void => {
+    if (a.switch!.includes('/') || Date.now() - lastStart < 2000) return;
+    lastStart = Date.now();
+    setTimeout(() => startSwitch(a.switch!, log), Math.floor(Math.random() * 300)).unref();
+  };
   const attach = async (): Promise<SwitchAttachment> => {
-    const att = new SwitchAttachment({ socketPath: sock, name: a.id, mac: formatMac(a.mac), log, onPort: (p) => device.attach(p) });
+    const att = new SwitchAttachment({ socketPath: sock, name: a.id, mac: formatMac(a.mac), log, onPort: (p) => device.attach(p), onUnreachable: restart });
     await att.start();
     return att;
   };

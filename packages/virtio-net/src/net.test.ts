@@ -334,4 +334,30 @@ describe('NetDevice', () => {
     expect(b.h.poll(0).length).toBe(1);
     void pa;
   });
+
+  it('drop and corrupt faults: dropped frames are counted, corrupted ones reach the driver without checksum offload and fail its check', () => {
+    const a = nic(MAC_A);
+    const b = nic(MAC_B);
+    const [pa, pb] = LoopbackPort.pair(12 + S.MAX_GSO_FRAME);
+    a.dev.attach(pa);
+    b.dev.attach(pb);
+    const addrs = b.post(64, 4096);
+    const t = tcp4Frame({ dst: MAC_B, src: MAC_A, payload: new Uint8Array(5000).fill(3), partial: true });
+    const gso = hdr({ flags: 1, gsoType: 1, gsoSize: 1448, csumStart: t.csumStart, csumOffset: 16, hdrLen: t.hdrLen });
+    b.dev.faults.drop = 1;
+    a.send(t.frame, gso);
+    expect(b.h.poll(0)).toEqual([]);
+    expect(b.dev.stats.fault_dropped).toBe(1);
+    b.dev.faults.drop = 0;
+    b.dev.faults.corrupt = 1;
+    a.send(t.frame, gso);
+    const used = b.h.poll(0);
+    expect(used.length).toBe(4); // segmented: the driver checks each segment itself
+    for (const [i, u] of used.entries()) {
+      expect(decodeVnetHeader(b.h.mem.read(addrs[i]!, 12))).toMatchObject({ flags: 0, gsoType: 0 });
+      expect(ipv4ChecksumsOk(b.h.mem.read(addrs[i]! + 12, u.len - 12))).toBe(false);
+    }
+    expect(b.dev.stats.fault_corrupted).toBe(4);
+    void pa;
+  });
 });

@@ -17,6 +17,8 @@ export interface SwitchAttachmentOptions {
   onPort: (port: RingPort | null) => void;
   /** Delay between reconnection attempts (default 200 ms). */
   retryMs?: number;
+  /** A reconnection attempt found nobody listening (the switch died): e.g. start it again. */
+  onUnreachable?: () => void;
 }
 
 export class SwitchAttachment {
@@ -54,6 +56,7 @@ export class SwitchAttachment {
         this.firstAttach = null;
         return;
       }
+      this.o.onUnreachable?.();
       this.retry();
       return;
     }

@@ -2,10 +2,10 @@
 // vmm-switch: one process per network. NIC processes (vmm-net) attach to
 // its unix socket and get a shared-memory link; the switch outlives any VM.
 
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ConfigError, createLogger, installDeviceProcessSignals, LOG_LEVELS, reportReady } from '@vmm/core';
+import { closeFd, ConfigError, createLogger, installDeviceProcessSignals, LOG_LEVELS, reportReady, unixConnect } from '@vmm/core';
 import { SWITCH_NAME, switchSocketPath } from './names.ts';
 import { DEFAULT_RING_SLOTS } from './ring.ts';
 import { Switch } from './switch.ts';
@@ -68,6 +68,16 @@ function main(): void {
   }
   const log = createLogger('switch', a.name, a.logLevel);
   mkdirSync(dirname(a.socket), { recursive: true, mode: 0o700 });
+  // Starting a switch that already answers is not an error: it is the one network (NICs start switches on demand).
+  if (existsSync(a.socket)) {
+    try {
+      closeFd(unixConnect(a.socket));
+      log.info({ socket: a.socket }, 'a vmm-switch already serves this network; leaving it be');
+      return;
+    } catch {
+      // a stale socket: replaced below
+    }
+  }
   const sw = new Switch({ socketPath: a.socket, name: a.name, ageingMs: a.ageingMs, slots: a.slots, log });
   try {
     sw.listen();
@@ -79,6 +89,11 @@ function main(): void {
     log.info('SIGTERM: shutting down');
     sw.close();
   });
+  sw.onTakenOver = () => {
+    log.warn({ socket: a.socket }, 'another vmm-switch took over this socket; exiting');
+    sw.close();
+    process.exit(0);
+  };
   reportReady({ socket: a.socket });
 }
 

@@ -48,7 +48,7 @@ describe('vmm-switch with vmm-net NICs', () => {
     const nics: NicDriver[] = [];
     for (const [i, mac] of MACS.entries()) {
       const sock = join(dir, `nic${i}.sock`);
-      await start(`nic${i}`, [NET, '--socket', sock, '--switch', 'lab0', '--mac', formatMac(mac), '--id', `nic${i}`]);
+      await start(`nic${i}`, [NET, '--socket', sock, '--switch', join(dir, 'switch-lab0.sock'), '--mac', formatMac(mac), '--id', `nic${i}`]);
       const d = await NicDriver.connect(sock);
       drivers.push(d);
       nics.push(d);
@@ -78,7 +78,7 @@ describe('vmm-switch with vmm-net NICs', () => {
     expect(byName.get('nic0')!).toMatchObject({ rx_packets: 301, tx_packets: 1, tx_dropped: 0 });
     expect(c.received.length).toBe(1);
 
-    // The switch is killed: the NICs reconnect to its replacement and frames flow again.
+    // The switch is killed: the NICs (given its socket path, so none starts one itself) reconnect to its replacement.
     await sw.kill('SIGKILL');
     await start('switch2', [SWITCH, '--name', 'lab0']);
     await waitFor('3 NICs re-attached', async () => (await querySwitch(swSock)).ports.length === 3);
@@ -95,5 +95,31 @@ describe('vmm-switch with vmm-net NICs', () => {
     await nic.stop();
     await waitFor('the NIC detached', async () => (await querySwitch(join(dir, 'switch-ondemand.sock'))).ports.length === 0);
     process.kill(st.pid, 'SIGTERM');
+  });
+
+  it('a port whose NIC takes no frames fills, drops and counts, and the other ports keep receiving everything', async () => {
+    await start('switch-full', [SWITCH, '--name', 'full0', '--slots', '64']);
+    const mk = async (i: number, receive: boolean): Promise<NicDriver> => {
+      const sock = join(dir, `full${i}.sock`);
+      await start(`full${i}`, [NET, '--socket', sock, '--switch', 'full0', '--mac', formatMac(MACS[i]!), '--id', `full${i}`]);
+      const d = await NicDriver.connect(sock, { receive });
+      drivers.push(d);
+      return d;
+    };
+    const a = await mk(0, true);
+    const stuck = await mk(1, false);
+    const c = await mk(2, true);
+    // Broadcasts reach every port: the stuck one's ring (64 slots) fills; sent in steps of 20 the live port's never does.
+    for (let i = 0; i < 200; i++) {
+      await a.send(rawFrame(BROADCAST, MACS[0]!, 100, i));
+      if (i % 20 === 19) await c.until(i + 1);
+    }
+    c.received.forEach((r, i) => expect(r.frame).toEqual(rawFrame(BROADCAST, MACS[0]!, 100, i)));
+    const st = await querySwitch(join(dir, 'switch-full0.sock'));
+    const p = new Map(st.ports.map((x) => [x.name, x]));
+    expect(p.get('full2')).toMatchObject({ tx_packets: 200, tx_dropped: 0 });
+    expect(p.get('full1')!.tx_dropped).toBeGreaterThan(0);
+    expect(p.get('full1')!.tx_packets + p.get('full1')!.tx_dropped).toBe(200);
+    expect(stuck.received.length).toBe(0);
   });
 });

@@ -5,7 +5,7 @@
 // with it; a full port ring drops frames for that port and counts them,
 // never holding up the others.
 
-import { existsSync, unlinkSync } from 'node:fs';
+import { existsSync, statSync, unlinkSync } from 'node:fs';
 import { closeFd, createLogger, unixAccept, unixListen, watchReadable, type FdWatch, type Logger } from '@vmm/core';
 import { formatMac, isMulticast, macFromBytes, type Mac } from './ctrl.ts';
 import { RingPort, createLink } from './ring-port.ts';
@@ -58,6 +58,9 @@ export class Switch {
   private flooded = 0;
   private sweep: NodeJS.Timeout | null = null;
   private readonly pending = new Set<{ fd: number; watch: FdWatch; reader: MessageReader }>();
+  private socketIno = 0;
+  /** The socket path no longer names our socket (another switch replaced it, or it was removed). */
+  onTakenOver: (() => void) | undefined;
 
   constructor(o: SwitchOptions) {
     this.name = o.name;
@@ -71,7 +74,11 @@ export class Switch {
     if (existsSync(this.socketPath)) unlinkSync(this.socketPath);
     this.listenFd = unixListen(this.socketPath);
     this.listenWatch = watchReadable(this.listenFd, () => this.accept());
-    this.sweep = setInterval(() => this.age(Date.now()), Math.min(this.ageingMs, 10_000));
+    this.socketIno = statSync(this.socketPath).ino;
+    this.sweep = setInterval(() => {
+      this.age(Date.now());
+      if (this.onTakenOver && (!existsSync(this.socketPath) || statSync(this.socketPath).ino !== this.socketIno)) this.onTakenOver();
+    }, Math.min(this.ageingMs, 2_000));
     this.sweep.unref();
     this.log.info({ socket: this.socketPath }, 'switch listening');
   }
@@ -86,7 +93,8 @@ export class Switch {
       c.watch.close();
       closeFd(c.fd);
     }
-    if (existsSync(this.socketPath)) unlinkSync(this.socketPath);
+    // Remove the socket only if it is still ours.
+    if (existsSync(this.socketPath) && statSync(this.socketPath).ino === this.socketIno) unlinkSync(this.socketPath);
   }
 
   private accept(): void {

@@ -3,7 +3,9 @@ import { copyFile, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { stderrReporter } from './download.ts';
 import { GuestKitError } from './errors.ts';
-import { buildInitramfs, initrdWithExec } from './initramfs.ts';
+import { buildExecArchive, buildInitramfs, initrdWithExec } from './initramfs.ts';
+import { ensureGuestPackages, guestPackagesArchive } from './packages.ts';
+import { readFile } from 'node:fs/promises';
 import { ensureGuestKit } from './kit.ts';
 import { buildIommuKernel } from './kernel.ts';
 
@@ -16,9 +18,11 @@ OpenSBI) pinned in guest.lock.json, caches them under
 commands:
   fetch [--update]          download and unpack what the lock names
                             (--update: re-resolve from the archive, rewrite the lock)
-  build [--exec CMD] [-o FILE]
+  build [--exec CMD] [--package NAME]… [-o FILE]
                             build the initramfs (cached); print its path, or copy
-                            it to FILE; with --exec, append the command archive
+                            it to FILE; with --exec, append the command archive;
+                            --package adds a Debian riscv64 package and its Depends:
+                            closure (pinned in guest.lock.json; needs -o FILE)
   paths                     print the kit's file paths as JSON (fetching if needed)
   kernel --iommu [--jobs N] [--force]
                             build the IOMMU guest kernel (Debian's linux-source-6.12 +
@@ -43,6 +47,7 @@ async function main(argv: string[]): Promise<number> {
       iommu: { type: 'boolean' },
       jobs: { type: 'string', short: 'j' },
       force: { type: 'boolean' },
+      package: { type: 'string', multiple: true },
     },
   });
   const cmd = positionals[0];
@@ -65,7 +70,15 @@ async function main(argv: string[]): Promise<number> {
     case 'build': {
       const kit = await ensureGuestKit({ reporter });
       const built = await buildInitramfs(kit);
-      if (values.exec !== undefined) {
+      const pkgs = values.package ?? [];
+      for (const n of pkgs) if (!/^[a-z0-9][a-z0-9+.-]+$/.test(n)) throw new UsageError(`--package ${JSON.stringify(n)}: not a Debian package name`);
+      if (pkgs.length > 0) {
+        if (!values.output) throw new UsageError('--package needs -o FILE');
+        const parts = [await readFile(built.path), guestPackagesArchive(await ensureGuestPackages(pkgs, reporter))];
+        if (values.exec !== undefined) parts.push(buildExecArchive(values.exec).archive);
+        await writeFile(values.output, Buffer.concat(parts));
+        process.stdout.write(`${values.output}\n`);
+      } else if (values.exec !== undefined) {
         if (!values.output) throw new UsageError('--exec needs -o FILE');
         const x = await initrdWithExec(built.path, values.exec);
         await writeFile(values.output, x.initrd);

@@ -24,3 +24,4 @@ export {
   type BuiltInitramfs,
   type ExecArchive,
 } from './initramfs.ts';
+export { ensureGuestPackages, guestPackagesArchive, resolveClosure } from './packages.ts';

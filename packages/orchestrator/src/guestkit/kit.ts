@@ -21,7 +21,7 @@ const COMPONENT = 'main';
 const INDEX_PATH = `${COMPONENT}/binary-${GUEST_ARCH}/Packages.xz`;
 
 /** 'kernel-source' (linux-source-6.12, for the IOMMU kernel) is fetched only when that kernel is built. */
-export type PackageRole = 'kernel' | 'busybox' | 'opensbi' | 'kernel-source';
+export type PackageRole = 'kernel' | 'busybox' | 'opensbi' | 'kernel-source' | 'guest-package';
 
 /** The roles every `pnpm guest fetch` brings; the others are fetched on demand. */
 const BASE_ROLES: readonly PackageRole[] = ['kernel', 'busybox', 'opensbi'];

@@ -18,7 +18,9 @@ export function checkId(kind: string, id: string): string {
 function build(kind: DeviceKind, raw: Record<string, unknown>, defaultId: string | undefined): DeviceSpec {
   const id = raw.id === undefined ? defaultId : String(raw.id);
   if (id === undefined) throw new DeviceOptionError(`${kind.name}: option 'id' is required`);
-  return { kind, id: checkId(kind.name, id), options: parseDeviceOptions(kind.name, kind.options, raw, DEVICE_ADD_KEYS) };
+  const options = parseDeviceOptions(kind.name, kind.options, raw, DEVICE_ADD_KEYS);
+  kind.validate?.(options);
+  return { kind, id: checkId(kind.name, id), options };
 }
 
 /** One `--device KIND,opt=…,id=…` value; `index` names the default id (dev0, dev1, …). */

@@ -29,13 +29,15 @@ export class NicDriver {
     this.bufSize = bufSize;
   }
 
-  static async connect(sock: string, o: { queueSize?: number; bufSize?: number; features?: bigint } = {}): Promise<NicDriver> {
+  static async connect(sock: string, o: { queueSize?: number; bufSize?: number; features?: bigint; /** Post receive buffers (default true); false: a guest that never takes frames. */ receive?: boolean } = {}): Promise<NicDriver> {
     const qs = o.queueSize ?? 256;
     const d = await VhostUserDriver.start(VhostUserFrontend.connect(sock), { queues: 2, queueSize: qs, deviceFeatures: o.features ?? DRIVER_FEATURES, ramSize: 32 << 20 });
     const n = new NicDriver(d, o.bufSize ?? 2048);
     for (let i = 0; i < qs; i++) n.txFree.push(d.alloc(n.bufSize, 64));
-    for (let i = 0; i < qs; i++) n.postRx(d.alloc(n.bufSize, 64));
-    void n.rxLoop();
+    if (o.receive !== false) {
+      for (let i = 0; i < qs; i++) n.postRx(d.alloc(n.bufSize, 64));
+      void n.rxLoop();
+    }
     return n;
   }
 
