@@ -274,6 +274,20 @@ describe('the generic vhost-user device path (echo kind, no guest)', () => {
       expect(fromFlag(['--device', k.flag])).toBe(`--device ${k.flag}: ${k.want}`);
       expect(fromProcess(blkKind.main, k.argv)).toContain(`vmm-blk: ${k.want}\n`);
     }
+    // Every registered kind, in the same words from the three: its first integer option, one past its limit.
+    const checked: string[] = [];
+    for (const kind of DEVICE_KINDS) {
+      const def = kind.options.find((o) => o.type === 'int');
+      if (!def || def.type !== 'int') continue;
+      checked.push(kind.name);
+      const bad = def.max + 1;
+      const want = `${kind.name}: ${def.name}=${bad}: expected an integer from ${def.min} to ${def.max}`;
+      expect(await fromQmp({ driver: kind.name, id: 'x', [def.name]: bad })).toBe(want);
+      expect(fromFlag(['--device', `${kind.name},${def.name}=${bad}`])).toBe(`--device ${kind.name},${def.name}=${bad}: ${want}`);
+      expect(fromProcess(kind.main, [`--${def.name}`, String(bad)])).toContain(`${want}\n`);
+    }
+    expect(checked).toEqual(DEVICE_KINDS.filter((k) => k.options.some((o) => o.type === 'int')).map((k) => k.name));
+    expect(checked).toContain('virtio-blk');
     // The test-only kind's process parses with the same schema and words.
     expect(await fromQmp({ driver: 'echo', id: 'x', queues: 0 })).toBe('echo: queues=0: expected an integer from 1 to 16');
     expect(fromProcess(echoKind.main, ['--queues', '0'])).toContain('echo: queues=0: expected an integer from 1 to 16');
