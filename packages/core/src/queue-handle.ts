@@ -5,7 +5,7 @@
 import type { Logger } from 'pino';
 import type { VirtqueueHandle } from './device.ts';
 import { VmmError } from './errors.ts';
-import type { GuestMemory } from './memory.ts';
+import type { DmaTranslator, GuestMemory } from './memory.ts';
 import type { InflightQueue } from './vhost-user/inflight.ts';
 import { VirtqueueError, type DescriptorChain, type SplitQueue } from './virtqueue.ts';
 
@@ -23,6 +23,8 @@ export interface QueueHandleOptions {
   onIdle?: (h: QueueHandle) => void;
   /** The ring is inconsistent (avail.idx ran away): the device needs a reset. */
   onBroken?: () => void;
+  /** Behind an IOMMU: every chain is a request from before it is parsed until it completes (DmaTranslator). */
+  dma?: DmaTranslator;
 }
 
 export class QueueHandle implements VirtqueueHandle {
@@ -36,6 +38,8 @@ export class QueueHandle implements VirtqueueHandle {
   private flushScheduled = false;
   /** Heads popped and not completed, each with the avail index it was popped at (-1: resubmitted from the inflight region). */
   private readonly popped = new Map<number, number>();
+  /** Behind an IOMMU: each popped chain's request token (DmaTranslator.begin). */
+  private readonly dmaTokens = new Map<number, number>();
   /** Set when the ring was stopped or the device reset: later completions are dropped. */
   dead = false;
   broken = false;
@@ -61,6 +65,22 @@ export class QueueHandle implements VirtqueueHandle {
 
   pop(): DescriptorChain | null {
     if (this.dead || this.broken) return null;
+    const dma = this.o.dma;
+    if (!dma) return this.popChain();
+    // The request begins before its descriptors are translated, so an UNMAP
+    // made meanwhile waits for it; it ends with complete().
+    const token = dma.begin();
+    let c: DescriptorChain | null = null;
+    try {
+      c = this.popChain();
+    } finally {
+      if (c === null) dma.end(token);
+      else this.dmaTokens.set(c.head, token);
+    }
+    return c;
+  }
+
+  private popChain(): DescriptorChain | null {
     while (this.resubmit.length > 0) {
       const head = this.resubmit.shift()!;
       try {
@@ -97,6 +117,14 @@ export class QueueHandle implements VirtqueueHandle {
     }
   }
 
+  /** The request of chain `head` is over (completed, given back, or its queue stopped). */
+  private endDma(head: number): void {
+    const token = this.dmaTokens.get(head);
+    if (token === undefined) return;
+    this.dmaTokens.delete(head);
+    this.o.dma!.end(token);
+  }
+
   available(want = 1): number {
     if (this.dead || this.broken) return 0;
     const n = this.resubmit.length + this.q.pending();
@@ -106,6 +134,7 @@ export class QueueHandle implements VirtqueueHandle {
   }
 
   complete(head: number, writtenLen: number): void {
+    this.endDma(head);
     if (this.dead) return;
     if (!this.popped.delete(head)) throw new VmmError(`queue ${this.index}: completing head ${head} that is not in flight`, 'guest', 'ERR_VIRTQ_NOT_IN_FLIGHT');
     this.inflight?.beforeUsed(head);
@@ -134,6 +163,7 @@ export class QueueHandle implements VirtqueueHandle {
       for (const h of held) {
         this.popped.delete(h);
         this.inflight?.forget(h);
+        this.endDma(h);
       }
       this.q.lastAvail = (last - held.length) & 0xffff;
     } else {

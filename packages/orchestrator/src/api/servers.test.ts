@@ -176,6 +176,24 @@ describe('QMP input as a stream of JSON values (QEMU json-streamer semantics)', 
     sock.end();
   });
 
+  it('answers everything a client sent before its EOF (echo … | socat), then closes', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vmm-qmp-'));
+    const path = join(dir, 'qmp.sock');
+    const vm = new StateVm();
+    vm.queryBlockstats = async () => { await new Promise((r) => setTimeout(r, 100)); return []; }; // an answer that takes a while
+    hub = new ApiHub(vm, log);
+    await hub.listenQmp(path);
+    const sock = net.connect({ path, allowHalfOpen: true });
+    let out = '';
+    sock.setEncoding('utf8');
+    sock.on('data', (d: string) => (out += d));
+    const closed = new Promise<void>((r) => sock.on('close', () => r()));
+    sock.end('{"execute":"qmp_capabilities"}{"execute":"query-blockstats","id":1}{"execute":"query-name","id":2}{"execute":"query-na');
+    await closed;
+    const replies = out.trim().split('\r\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(replies.slice(1)).toEqual([{ return: {} }, { return: [], id: 1 }, { return: { name: 'test-vm' }, id: 2 }]);
+  });
+
   it('lists every command in query-commands', async () => {
     const { QMP_COMMANDS } = await import('./qmp.ts');
     const { sock, next } = await connected();

@@ -54,6 +54,11 @@ class ReplyQueue {
     this.sock = sock;
   }
 
+  /** Resolves once every request so far has been answered. */
+  idle(): Promise<void> {
+    return this.chain;
+  }
+
   push(item: JsonStreamItem): void {
     this.pending++;
     if (this.pending > MAX_PENDING) this.sock?.pause();
@@ -95,7 +100,8 @@ export class ApiHub {
    */
   async listenQmp(path: string): Promise<void> {
     try { unlinkSync(path); } catch { /* no stale socket */ }
-    const server = net.createServer((sock) => {
+    // allowHalfOpen: a client that sends its commands and then EOF (`echo … | socat`) still gets every reply.
+    const server = net.createServer({ allowHalfOpen: true }, (sock) => {
       const session = new QmpSession(this.vm, true);
       const client: Client = {
         send: (ev) => { if (session.ready) sock.write(JSON.stringify(ev) + '\r\n'); },
@@ -106,6 +112,8 @@ export class ApiHub {
       const replies = new ReplyQueue(session, (reply) => sock.destroyed || sock.write(JSON.stringify(reply) + '\r\n'), sock);
       const stream = new JsonStream((item) => replies.push(item), { maxValueBytes: QMP_MAX_VALUE_BYTES });
       sock.on('data', (chunk: Buffer) => stream.feed(chunk));
+      // End of the client's input: answer what came (an unfinished value is dropped, as QEMU drops it), then close.
+      sock.on('end', () => void replies.idle().then(() => sock.end()));
       sock.on('close', () => this.clients.delete(client));
       sock.on('error', () => this.clients.delete(client));
     });

@@ -16,7 +16,7 @@ import { checkKernelImage, ensureGuestKit, type GuestKit } from '../guestkit/kit
 import { kernelCmdline, type RunOptions } from './args.ts';
 import { attachHostConsole, type HostConsole } from './console.ts';
 import { attachVm, type AttachedVm } from '../vm/attach.ts';
-import { iommuPlan, type IommuPlan } from '../vm/iommu.ts';
+import { behindIommu, iommuPlan, type IommuPlan } from '../vm/iommu.ts';
 
 /** A failure to report on one line with a non-zero status (not a usage error). */
 export class RunError extends Error {
@@ -173,7 +173,7 @@ async function runWith(o: RunOptions, io: RunIo, logger: ReturnType<typeof creat
       },
       logger,
     });
-    const devices = iommu ? [iommu.spec, ...o.devices] : o.devices;
+    const devices = iommu ? [iommu.spec, ...behindIommu(iommu, o.devices)] : o.devices;
     if (devices.length > 0 || o.apiPort !== null || o.qmp !== null) {
       // Devices are plugged while the harts are paused, so the guest finds them at probe time.
       attached = await attachVm(machine, {

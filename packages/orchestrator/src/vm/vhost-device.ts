@@ -23,7 +23,7 @@
 
 import { join } from 'node:path';
 import {
-  BASE_PROTOCOL_FEATURES, closeFd, DEVICE_SPECIFIC_FEATURES, DeviceProcess, eventfdCreate, eventfdRead, optionsToArgv, protocolFeatureBit,
+  BASE_PROTOCOL_FEATURES, VIRTIO_F_ACCESS_PLATFORM, closeFd, DEVICE_SPECIFIC_FEATURES, DeviceProcess, eventfdCreate, eventfdRead, optionsToArgv, protocolFeatureBit,
   VHOST_USER_F_PROTOCOL_FEATURES, VhostUserFrontend, VhostUserProtocolFeature, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER, VIRTIO_STATUS_DRIVER_OK, VmmError,
   watchReadable, type DeviceKind, type FdWatch, type Logger, type OptionValue,
 } from '@vmm/core';
@@ -36,7 +36,8 @@ const WANTED_PROTOCOL = [
 ].reduce((acc, b) => acc | protocolFeatureBit(b), 0n);
 
 /** What the guest may see of the features a back-end offers: every device-specific bit (virtio 1.2 §6), and the transport-owned ones our transport carries. */
-const GUEST_FEATURES = DEVICE_SPECIFIC_FEATURES | TRANSPORT_FEATURES;
+// ACCESS_PLATFORM reaches the guest only from a back-end behind the IOMMU (virtio 1.2 §6.1: DMA addresses are then I/O virtual).
+const GUEST_FEATURES = DEVICE_SPECIFIC_FEATURES | TRANSPORT_FEATURES | VIRTIO_F_ACCESS_PLATFORM;
 
 /**
  * Give up on a back-end after this many crashes in a row with no progress in
