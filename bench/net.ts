@@ -8,7 +8,8 @@
 //      --package) for T seconds through vmm-net + vmm-switch, against the same two guests
 //      on taps joined by a Linux bridge (-netdev tap, in a network namespace
 //      the benchmark makes and removes).
-// (c) two vmm guests is not measured yet (needs `vmm run --nic`).
+//  (c) the same iperf3 between two vmm guests (`vmm run --nic switch=…`),
+//      printed against (b)'s reference; tcp_ratio stays (b)'s.
 // Also prints the RSS of vmm-net and vmm-switch during (a) next to a bare
 // Node process. Last line: {"bench":"net","pps_ratio":…,"tcp_ratio":…}.
 
@@ -188,6 +189,45 @@ async function tcpBridge(g: Guest, seconds: number): Promise<number> {
   }
 }
 
+const CLI = fileURLToPath(new URL('../packages/orchestrator/src/cli.ts', import.meta.url));
+
+/** `vmm run --initrd BASE+iperf3 --nic switch=… --exec CMD`: our whole stack, vCPU included. */
+function vmmGuest(initrd: string, runDir: string, ip: string, mac: string, script: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, 'run', '--mem', '512M', '--initrd', initrd, '--nic', `switch=tcpvmm,mac=${mac}`, '--append', `ip=${ip}::10.0.0.1:255.255.255.0::eth0:off`, '--exec', script], {
+      stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VMM_RUN_DIR: runDir },
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 600_000);
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      if (code === 0) resolve(out);
+      else reject(new Error(`vmm guest ${ip} exited ${code}: ${out.slice(-1500)} ${err.slice(-1500)}`));
+    });
+  });
+}
+
+async function tcpVmm(g: Guest, seconds: number): Promise<number> {
+  const dir = mkdtempSync(join(tmpdir(), 'vmm-bench-tcpvmm-'));
+  const procs: DeviceProcess[] = [];
+  try {
+    await startProc('switch', [SWITCH, '--name', 'tcpvmm'], { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir }, procs);
+    const initrd = join(dir, 'initrd.cpio');
+    writeFileSync(initrd, Buffer.concat([readFileSync(g.initramfs), guestPackagesArchive(await ensureGuestPackages(['iperf3'], silentReporter))]));
+    const [, tx] = await Promise.all([
+      vmmGuest(initrd, dir, '10.0.0.3', '52:54:00:00:0e:0b', SERVER),
+      vmmGuest(initrd, dir, '10.0.0.2', '52:54:00:00:0e:0a', client('10.0.0.3', seconds)),
+    ]);
+    return mbitPerS(tx);
+  } finally {
+    await Promise.all(procs.map((p) => p.stop()));
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 export async function main(args: string[]): Promise<void> {
   const seconds = argValue(args, '--seconds', 8);
   const tcpSeconds = argValue(args, '--tcp-seconds', 8);
@@ -209,6 +249,9 @@ export async function main(args: string[]): Promise<void> {
     const t2 = await tcpBridge(g, tcpSeconds);
     console.log(`  Linux bridge + taps:   ${t2.toFixed(1)} Mbit/s`);
     tcpRatio = t1 / t2;
+    console.log(`(c) TCP, iperf3 -t ${tcpSeconds} between two vmm guests (vmm run --nic switch=…)`);
+    const t3 = await tcpVmm(g, tcpSeconds);
+    console.log(`  vmm guests, vmm-net + vmm-switch: ${t3.toFixed(1)} Mbit/s (${(t3 / t2).toFixed(2)} × the QEMU guests on a Linux bridge)`);
   }
   console.log(JSON.stringify({ bench: 'net', pps_ratio: Number(ppsRatio.toFixed(3)), tcp_ratio: tcpRatio === null ? null : Number(tcpRatio.toFixed(3)) }));
 }

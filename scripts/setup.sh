@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything vmm needs on a fresh Debian machine, idempotently:
-# Debian packages (QEMU as reference peer, dtc, e2fsprogs, socat), pnpm,
+# Debian packages (QEMU as reference peer, dtc, e2fsprogs, socat, tmux for
+# the terminal tests), pnpm,
 # the npm dependencies (which bring the pinned Node), the AssemblyScript
 # vCPU build, and the guest kit (Debian riscv64 kernel, modules, busybox,
 # OpenSBI) cached outside the repo; the cross compiler and kernel build
@@ -8,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(qemu-system-misc qemu-system-common qemu-user qemu-utils device-tree-compiler socat e2fsprogs xz-utils cpio kmod binutils-riscv64-linux-gnu gpgv debian-archive-keyring dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-mempool-ring23 iproute2 gcc-riscv64-linux-gnu make bc flex bison libssl-dev libelf-dev patch)
+APT_PACKAGES=(qemu-system-misc qemu-system-common qemu-user qemu-utils device-tree-compiler socat tmux e2fsprogs xz-utils cpio kmod binutils-riscv64-linux-gnu gpgv debian-archive-keyring dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-mempool-ring23 iproute2 gcc-riscv64-linux-gnu make bc flex bison libssl-dev libelf-dev patch)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -2,10 +2,8 @@
 // transport, the orchestrator's generic vhost-user device plugging vmm-net)
 // on one vmm-switch (started by the test, so that it is the test's to stop). They copy 1 MiB over
 // TCP with a matching sha256 (the sender retries until the receiver
-// listens); then the switch is asked for its address table. No ping here:
-// busybox ping reads the time CSR from U-mode (rdtime), which our vCPU
-// still traps as an illegal instruction. Bounded deadlines, no timing
-// assertions.
+// listens) after pinging each other; then the switch is asked for its
+// address table. Bounded deadlines, no timing assertions.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,12 +24,14 @@ afterAll(async () => {
 const SW = `e2evmm${process.pid}`;
 const RECEIVER = `
 echo 'cat > /tmp/f' > /tmp/rx.sh; chmod +x /tmp/rx.sh
+ping -c 2 -W 60 10.0.0.2 > /dev/null || { echo "no ping reply from 10.0.0.2"; exit 20; }
 nc -l -p 5000 -e /tmp/rx.sh
 echo "received $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)"
 `;
 const SENDER = `
 dd if=/dev/urandom of=/tmp/f bs=64k count=16 2>/dev/null
 echo "sent $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)"
+ping -c 3 -W 60 10.0.0.3 | grep -q '3 packets received' || { echo "ping to 10.0.0.3 failed"; exit 21; }
 n=0; until nc 10.0.0.3 5000 < /tmp/f; do n=$((n+1)); [ $n -gt 120 ] && exit 22; sleep 1; done
 n=0; while netstat -tn | grep ':5000 ' | grep -qE 'ESTABLISHED|FIN_WAIT1|CLOSING|LAST_ACK'; do n=$((n+1)); [ $n -gt 1500 ] && exit 23; sleep 0.2; done
 `;
@@ -42,7 +42,7 @@ const vm = (ip: string, mac: string, script: string) =>
   });
 
 describe('two vmm VMs on one vmm-switch (vmm run --nic switch=…)', () => {
-  it('copy 1 MiB over TCP with matching checksums', async () => {
+  it('ping each other and copy 1 MiB over TCP with matching checksums', async () => {
     await sw.start();
     const macs = { a: '52:54:00:00:0a:0a', b: '52:54:00:00:0a:0b' };
     const [b, a] = await Promise.all([vm('10.0.0.3', macs.b, RECEIVER), vm('10.0.0.2', macs.a, SENDER)]);

@@ -1,8 +1,30 @@
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { DeviceProcess, DeviceProcessError } from './device-process.ts';
 import { createLogger } from './logger.ts';
 
-const log = createLogger('test', 'device-process', 'silent');
+const DEVICE_PROCESS_TS = fileURLToPath(new URL('./device-process.ts', import.meta.url));
+
+/** Session id of a process (field 6 of /proc/PID/stat, after the parenthesised name). */
+function sessionOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[3]);
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const log = createLogger('device-process-test', undefined, 'silent');
 // A child that reports ready and then idles; on SIGTERM it exits 0 only if asked to.
 // The handler goes in before the handshake: the parent may signal as soon as it reads it.
 const script = (handleTerm: boolean) => `
@@ -56,6 +78,58 @@ setInterval(() => {}, 1000);
     expect(p.send({ code: 42 })).toBe(true);
     expect(await p.exited()).toEqual({ code: 42, signal: null });
     expect(p.send({ code: 1 })).toBe(false);
+  });
+  it('runs the child in a session of its own, so terminal signals (Ctrl-C, hang-up) do not reach it', async () => {
+    const p = new DeviceProcess({ name: 't', args: ['-e', script(true)], log });
+    await p.start();
+    const pid = p.pid!;
+    expect(sessionOf(pid)).toBe(pid);
+    expect(sessionOf(pid)).not.toBe(sessionOf(process.pid));
+    await p.stop();
+  });
+  it('a device process ends when its orchestrator is SIGKILLed (PR_SET_PDEATHSIG), through its SIGTERM cleanup', async () => {
+    // A middle process plays the orchestrator: it starts a device process
+    // that uses installDeviceProcessSignals, prints its pid, and idles.
+    const device = `
+import { installDeviceProcessSignals, reportReady } from ${JSON.stringify(DEVICE_PROCESS_TS)};
+installDeviceProcessSignals(() => process.stderr.write('cleanup ran\\n'));
+reportReady();
+setInterval(() => {}, 1000);
+`;
+    const orchestrator = `
+import { DeviceProcess } from ${JSON.stringify(DEVICE_PROCESS_TS)};
+import { createLogger } from ${JSON.stringify(fileURLToPath(new URL('./logger.ts', import.meta.url)))};
+const p = new DeviceProcess({ name: 'child', args: ['--input-type=module', '-e', ${JSON.stringify(device)}], log: createLogger('t', undefined, 'silent'), stdio: 'ignore' });
+await p.start();
+process.stdout.write(String(p.pid) + '\\n');
+setInterval(() => {}, 1000);
+`;
+    const middle = execFile(process.execPath, ['--input-type=module', '-e', orchestrator]);
+    const devicePid = await new Promise<number>((resolve, reject) => {
+      middle.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+      middle.once('exit', (code) => reject(new Error(`orchestrator stand-in exited (${code})`)));
+    });
+    expect(alive(devicePid)).toBe(true);
+    middle.kill('SIGKILL');
+    for (let i = 0; i < 100 && alive(devicePid); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(alive(devicePid)).toBe(false);
+  });
+  it("logs about a device process name it with device and devicePid: the line's pid stays the writer's, no key twice", async () => {
+    const lines: string[] = [];
+    const sink = new Writable({ write(chunk: Buffer, _enc, cb) { lines.push(...chunk.toString().split('\n').filter(Boolean)); cb(); } });
+    // The orchestrator's logger: its base binds role and pid (createLogger's shape).
+    const orchestratorLog = pino({ base: { role: 'vmm', pid: process.pid } }, sink);
+    const p = new DeviceProcess({ name: 'disk9', args: ['-e', script(true)], log: orchestratorLog });
+    await p.start();
+    const devicePid = p.pid;
+    await p.stop();
+    expect(lines.length).toBe(2);
+    for (const raw of lines) {
+      expect(raw.match(/"pid":/g)).toHaveLength(1);
+      expect(raw.match(/"device":/g)).toHaveLength(1);
+      expect(JSON.parse(raw)).toMatchObject({ pid: process.pid, device: 'disk9', devicePid });
+    }
+    expect(lines.map((l) => (JSON.parse(l) as { msg: string }).msg)).toEqual(['device process ready', 'device process stopped']);
   });
   it('answers requests through onControlMessage: a result, an error, no answer, no process', async () => {
     // The child is the real device-process side, imported from this module.

@@ -5,12 +5,29 @@
 // Handshake: the child calls reportReady() once its socket is listening,
 // which sends {type: 'vmm-ready'} over the Node IPC channel execa opens.
 // A child that exits or stays silent past the deadline fails start().
+//
+// Lifetime: a device process lives exactly as long as its orchestrator says.
+// It runs in a session of its own (setsid), so the signals a terminal sends
+// to its foreground job or on hang-up (Ctrl-C's SIGINT, SIGHUP when the
+// window or ssh session closes, SIGTSTP) reach only the orchestrator, which
+// then stops the devices in order; and installDeviceProcessSignals() arms
+// PR_SET_PDEATHSIG, so a device process also ends when its orchestrator dies
+// without a word (SIGKILL). QEMU's vhost-user back-ends are left to whoever
+// started them; here that is always the orchestrator.
+//
+// Logs: `pid` is always the pid of the process that writes the line (the
+// logger's base); lines about a device process carry `device` (its name)
+// and `devicePid`.
 
 import { fileURLToPath } from 'node:url';
 import type { ResultPromise } from 'execa';
 import type { Logger } from 'pino';
 import { VmmError } from './errors.ts';
+import { parentPid, setParentDeathSignal } from './ffi.ts';
 import { createLogger } from './logger.ts';
+
+/** The orchestrator's pid, given to each device process so it can tell whether its parent is still the one that started it. */
+const PARENT_PID_ENV = 'VMM_PARENT_PID';
 
 export interface DeviceProcessOptions {
   /** Name used in logs and errors (e.g. "blk0"). */
@@ -72,7 +89,7 @@ export class DeviceProcess {
   constructor(opts: DeviceProcessOptions) {
     this.name = opts.name;
     this.opts = opts;
-    this.log = opts.log ?? createLogger('device-process', opts.name);
+    this.log = opts.log ?? createLogger('device-process');
   }
 
   get pid(): number | undefined {
@@ -101,8 +118,10 @@ export class DeviceProcess {
       // stderr is forwarded line by line (so the child's logs still reach
       // ours) and its tail kept, to say why a child died before it was ready.
       stderr: stdio === 'inherit' ? 'pipe' : stdio,
-      env: this.opts.env,
-      // Own process group is not needed: we signal the pid we spawned, nothing else.
+      env: { ...this.opts.env, [PARENT_PID_ENV]: String(process.pid) },
+      // setsid(): the terminal's job-control and hang-up signals go to the
+      // orchestrator only; it decides when a device process ends (see top).
+      detached: true,
       cleanup: true,
     }) as Child;
     this.child = child;
@@ -115,9 +134,10 @@ export class DeviceProcess {
       const info: ExitInfo = { code: r.exitCode ?? null, signal: r.signal ?? null };
       this.lastExit = info;
       if (this.child === child) {
-        if (this.stopping) this.log.info(info, 'device process stopped');
+        const fields = { device: this.name, devicePid: child.pid, ...info };
+        if (this.stopping) this.log.info(fields, 'device process stopped');
         else {
-          this.log.error(info, 'device process exited unexpectedly');
+          this.log.error(fields, 'device process exited unexpectedly');
           this.onUnexpectedExit?.(info);
         }
       }
@@ -150,7 +170,8 @@ export class DeviceProcess {
         reject(new DeviceProcessError(`${this.name} exited before it was ready (code ${info.code}, signal ${info.signal})${said ? `: ${said}` : ''}`, 'ERR_DEVICE_PROCESS_EXITED'));
       });
     });
-    this.log.info({ pid: child.pid, ...this.readyInfo }, 'device process ready');
+    const { type: _type, ...said } = this.readyInfo;
+    this.log.info({ device: this.name, devicePid: child.pid, ...said }, 'device process ready');
   }
 
   /** Resolves when the current process exits. */
@@ -223,7 +244,7 @@ export class DeviceProcess {
     let timer: NodeJS.Timeout | undefined;
     const killed = new Promise<void>((resolve) => {
       timer = setTimeout(() => {
-        this.log.warn({ pid: child.pid, graceMs: grace }, 'no exit after SIGTERM; SIGKILL');
+        this.log.warn({ device: this.name, devicePid: child.pid, graceMs: grace }, 'no exit after SIGTERM; SIGKILL');
         child.kill('SIGKILL');
         resolve();
       }, grace);
@@ -271,14 +292,26 @@ export function onControlMessage(handler: (message: Record<string, unknown>) => 
 /**
  * In a device process: on SIGTERM run `cleanup` then exit 0, so stop() ends
  * cleanly; also drop the IPC channel so it does not keep the process alive.
+ * When started by a DeviceProcess, also end (the same way) when the
+ * orchestrator does: PR_SET_PDEATHSIG delivers SIGTERM at its death, and a
+ * parent that died before that was armed is noticed at once (getppid).
  */
 export function installDeviceProcessSignals(cleanup: () => void): void {
   process.channel?.unref();
-  process.once('SIGTERM', () => {
+  let done = false;
+  const end = (): void => {
+    if (done) return;
+    done = true;
     try {
       cleanup();
     } finally {
       process.exit(0);
     }
-  });
+  };
+  process.once('SIGTERM', end);
+  const parent = process.env[PARENT_PID_ENV];
+  if (parent !== undefined) {
+    setParentDeathSignal('SIGTERM');
+    if (parentPid() !== Number(parent)) setImmediate(end);
+  }
 }

@@ -1,11 +1,11 @@
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
-  closeFd, eventfdCreate, eventfdRead, eventfdWait, eventfdWrite, fdSize, memfdCreate, mmapShared, munmapBuffer, pollFds,
+  closeFd, eventfdCreate, eventfdRead, eventfdWait, eventfdWrite, fdSize, isTerminal, memfdCreate, mmapShared, munmapBuffer, openPty, ownsTerminal, parentPid, pollFds, processGroup, terminalIsRaw,
   recvWithFds, sendWithFds, SyscallError, unixAccept, unixConnect, unixListen, unixSocketPair, waitReadable, watchReadable,
 } from './ffi.ts';
 
@@ -138,5 +138,35 @@ describe('unix sockets with SCM_RIGHTS', () => {
     expect(total).toBe(5n);
     closeFd(mine);
     closeFd(efd);
+  });
+});
+
+describe('terminals and process lifetime', () => {
+  it('a new pty: a /dev/pts path, the master is a terminal; a terminal that is not our controlling one is ours to use', () => {
+    const pty = openPty();
+    expect(pty.path).toMatch(/^\/dev\/pts\/\d+$/);
+    expect(existsSync(pty.path)).toBe(true);
+    expect(isTerminal(pty.master)).toBe(true);
+    const slave = openSync(pty.path, constants.O_RDWR | constants.O_NOCTTY);
+    // Not our controlling terminal (tcgetpgrp: ENOTTY): job control cannot stop us for using it.
+    expect(ownsTerminal(slave)).toBe(true);
+    // openPty leaves it raw; stty (another process, as a shell would) can make it cooked again, and we see it.
+    expect(terminalIsRaw(slave)).toBe(true);
+    execFileSync('stty', ['-F', pty.path, 'sane']);
+    expect(terminalIsRaw(slave)).toBe(false);
+    execFileSync('stty', ['-F', pty.path, 'raw', '-echo']);
+    expect(terminalIsRaw(pty.master)).toBe(true);
+    closeSync(slave);
+    closeFd(pty.master);
+  });
+  it('what is not a terminal is never ours; the process group and parent are the kernel\'s', () => {
+    const fd = eventfdCreate();
+    expect(isTerminal(fd)).toBe(false);
+    expect(ownsTerminal(fd)).toBe(false);
+    closeFd(fd);
+    const stat = readFileSync('/proc/self/stat', 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    expect(processGroup()).toBe(Number(fields[2]));
+    expect(parentPid()).toBe(process.ppid);
   });
 });

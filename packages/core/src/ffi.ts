@@ -112,7 +112,8 @@ function errno(): number {
 // addresses written inside msghdr stay valid, and every call is synchronous
 // on this thread, so no two calls share it at once.
 // Layout: [0,64) msghdr, [64,80) iovec, [128,512) control, [512,640) sockaddr_un,
-// [1024, 2048) pollfd array, [4096, SCRATCH) data.
+// [1024, 2048) pollfd array, [2048, 2060) epoll_event, [2304, 2368) termios,
+// [2560, 2816) ptsname, [4096, SCRATCH) data.
 // ---------------------------------------------------------------------------
 const SCRATCH_SIZE = 4096 + 65536;
 const SCRATCH_DATA = 4096;
@@ -787,4 +788,137 @@ export function hostAddress(b: Uint8Array): number {
     bufferAddresses.set(b.buffer, base);
   }
   return base + b.byteOffset;
+}
+
+// ---------------------------------------------------------------------------
+// Process lifetime and terminals: job control (who owns the terminal),
+// parent-death signals for device processes, pseudo-terminals, dup2.
+// ---------------------------------------------------------------------------
+
+const getpgrp_ = libc.func('int getpgrp(void)');
+const getppid_ = libc.func('int getppid(void)');
+const tcgetpgrp_ = libc.func('int tcgetpgrp(int fd)');
+const isatty_ = libc.func('int isatty(int fd)');
+const prctl_ = libc.func('int prctl(int option, ...)');
+const dup2_ = libc.func('int dup2(int oldfd, int newfd)');
+const posix_openpt_ = libc.func('int posix_openpt(int flags)');
+const grantpt_ = libc.func('int grantpt(int fd)');
+const unlockpt_ = libc.func('int unlockpt(int fd)');
+const ptsname_r_ = libc.func('int ptsname_r(int fd, uintptr_t buf, size_t len)');
+const tcgetattr_ = libc.func('int tcgetattr(int fd, uintptr_t termios)');
+const tcsetattr_ = libc.func('int tcsetattr(int fd, int actions, uintptr_t termios)');
+const cfmakeraw_ = libc.func('void cfmakeraw(uintptr_t termios)');
+
+const PR_SET_PDEATHSIG = 1; // prctl(2)
+const ENOTTY = 25;
+const O_NOCTTY = 0o400;
+const TCSANOW = 0;
+const OFF_TERMIOS = 2304; // struct termios (60 bytes on Linux glibc) in scratch, after the epoll event
+const TERMIOS_BYTES = 64;
+const OFF_PTSNAME = 2560; // ptsname_r buffer
+const PTSNAME_MAX = 256;
+
+/** getpgrp(2): this process's process group. */
+export function processGroup(): number {
+  return getpgrp_() as number;
+}
+
+/** getppid(2): the parent's pid now (1, or a subreaper's, once the parent has died). */
+export function parentPid(): number {
+  return getppid_() as number;
+}
+
+/**
+ * Whether this process may read the terminal on `fd` and change its modes
+ * without being stopped: fd is a terminal and either our process group is
+ * its foreground group (tcgetpgrp(3)), or it is not our controlling
+ * terminal at all (ENOTTY), where job control does not apply. A background
+ * job that reads its controlling terminal gets SIGTTIN and one that changes
+ * its modes gets SIGTTOU (POSIX "General Terminal Interface", job control),
+ * which stops the whole job.
+ */
+export function ownsTerminal(fd: number): boolean {
+  if ((isatty_(fd) as number) !== 1) return false;
+  const fg = tcgetpgrp_(fd) as number;
+  if (fg < 0) return errno() === ENOTTY;
+  return fg === (getpgrp_() as number);
+}
+
+const ICANON = 0o2; // termios c_lflag bits (asm-generic/termbits.h)
+const ECHO = 0o10;
+const OFF_LFLAG = 12; // struct termios { c_iflag, c_oflag, c_cflag, c_lflag, … }
+
+/**
+ * Whether the terminal on `fd` is in raw mode now (no canonical line
+ * editing, no echo), whoever set it: a shell that hands the terminal to a
+ * job may still be restoring its own modes when the job takes it, so a
+ * console that wants raw mode checks that it has it.
+ */
+export function terminalIsRaw(fd: number): boolean {
+  scratch.fill(0, OFF_TERMIOS, OFF_TERMIOS + TERMIOS_BYTES);
+  // Sound: struct termios is 60 bytes on Linux/glibc; the scratch slot has 64.
+  if ((tcgetattr_(fd, scratchAddr + OFF_TERMIOS) as number) !== 0) throw new SyscallError(`tcgetattr(${fd})`, errno());
+  return (scratchView.getUint32(OFF_TERMIOS + OFF_LFLAG, true) & (ICANON | ECHO)) === 0;
+}
+
+/** isatty(3). */
+export function isTerminal(fd: number): boolean {
+  return (isatty_(fd) as number) === 1;
+}
+
+const SIGNAL_NUMBERS: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
+
+/**
+ * prctl(PR_SET_PDEATHSIG): the kernel sends `signal` to this process when
+ * the thread that spawned it exits (for a Node parent: its main thread,
+ * i.e. the parent process). A device process uses it so that it never
+ * outlives its orchestrator, even one killed with SIGKILL.
+ */
+export function setParentDeathSignal(signal: NodeJS.Signals): void {
+  const n = SIGNAL_NUMBERS[signal];
+  if (n === undefined) throw new VmmError(`setParentDeathSignal: unsupported signal ${signal}`, 'config', 'ERR_SIGNAL');
+  // Sound: PR_SET_PDEATHSIG takes one integer argument and no pointers.
+  if ((prctl_(PR_SET_PDEATHSIG, 'unsigned long', n) as number) !== 0) throw new SyscallError('prctl(PR_SET_PDEATHSIG)', errno());
+}
+
+/** dup2(2): make `newFd` refer to what `oldFd` refers to (used to point a daemon's stdio at /dev/null or a log file). */
+export function dup2Fd(oldFd: number, newFd: number): void {
+  if ((dup2_(oldFd, newFd) as number) < 0) throw new SyscallError(`dup2(${oldFd}, ${newFd})`, errno());
+}
+
+export interface Pty {
+  /** The master side, ours (close-on-exec, blocking; a Node tty stream can own it). */
+  master: number;
+  /** The slave's path (/dev/pts/N) a terminal program opens. */
+  path: string;
+}
+
+/**
+ * A new pseudo-terminal pair (posix_openpt(3), grantpt, unlockpt, ptsname_r)
+ * with the line discipline in raw mode (cfmakeraw(3)): no echo, no line
+ * editing, no signals, no CR/LF translation, so bytes pass through
+ * unchanged both ways, as QEMU's pty chardev sets it up. Without raw mode
+ * the slave's echo would send the guest's own output back as its input.
+ */
+export function openPty(): Pty {
+  const master = posix_openpt_(O_RDWR | O_NOCTTY | O_CLOEXEC) as number;
+  if (master < 0) throw new SyscallError('posix_openpt', errno());
+  const fail = (call: string): never => {
+    const e = errno();
+    close(master);
+    throw new SyscallError(call, e);
+  };
+  if ((grantpt_(master) as number) !== 0) fail('grantpt');
+  if ((unlockpt_(master) as number) !== 0) fail('unlockpt');
+  scratch.fill(0, OFF_PTSNAME, OFF_PTSNAME + PTSNAME_MAX);
+  // Sound: ptsname_r writes at most PTSNAME_MAX bytes (NUL included) into scratch.
+  if ((ptsname_r_(master, scratchAddr + OFF_PTSNAME, PTSNAME_MAX) as number) !== 0) fail('ptsname_r');
+  const nameBytes = scratch.subarray(OFF_PTSNAME, OFF_PTSNAME + PTSNAME_MAX);
+  const path = new TextDecoder().decode(nameBytes.subarray(0, nameBytes.indexOf(0)));
+  scratch.fill(0, OFF_TERMIOS, OFF_TERMIOS + TERMIOS_BYTES);
+  // Sound: struct termios is 60 bytes on Linux/glibc; the scratch slot has 64.
+  if ((tcgetattr_(master, scratchAddr + OFF_TERMIOS) as number) !== 0) fail('tcgetattr');
+  cfmakeraw_(scratchAddr + OFF_TERMIOS);
+  if ((tcsetattr_(master, TCSANOW, scratchAddr + OFF_TERMIOS) as number) !== 0) fail('tcsetattr');
+  return { master, path };
 }

@@ -49,6 +49,17 @@ export interface AddressTranslator {
   translate(iova: number, len: number, access: Access): { gpa: number; len: number };
 }
 
+/**
+ * The IOMMU a device process translates its DMA through, with strict-mode
+ * request tracking: a request begin()s before its first translation and
+ * end()s after its last access, so the IOMMU can tell when no request uses
+ * a translation it took away (an UNMAP completes only then).
+ */
+export interface DmaTranslator extends AddressTranslator {
+  begin(): number;
+  end(token: number): void;
+}
+
 /** One mapped stretch of guest-physical memory. */
 export interface GuestRegion {
   readonly gpa: GuestAddress;

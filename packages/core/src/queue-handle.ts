@@ -4,7 +4,7 @@
 
 import type { Logger } from 'pino';
 import type { VirtqueueHandle } from './device.ts';
-import type { GuestMemory } from './memory.ts';
+import type { DmaTranslator, GuestMemory } from './memory.ts';
 import type { InflightQueue } from './vhost-user/inflight.ts';
 import { VirtqueueError, type DescriptorChain, type SplitQueue } from './virtqueue.ts';
 
@@ -22,6 +22,8 @@ export interface QueueHandleOptions {
   onIdle?: (h: QueueHandle) => void;
   /** The ring is inconsistent (avail.idx ran away): the device needs a reset. */
   onBroken?: () => void;
+  /** Behind an IOMMU: every chain is a request from before it is parsed until it completes (DmaTranslator). */
+  dma?: DmaTranslator;
 }
 
 export class QueueHandle implements VirtqueueHandle {
@@ -35,6 +37,8 @@ export class QueueHandle implements VirtqueueHandle {
   private flushScheduled = false;
   /** Heads popped and not completed, each with the avail index it was popped at (-1: resubmitted from the inflight region). */
   private readonly popped = new Map<number, number>();
+  /** Behind an IOMMU: each popped chain's request token (DmaTranslator.begin). */
+  private readonly dmaTokens = new Map<number, number>();
   /** Set when the ring was stopped or the device reset: later completions are dropped. */
   dead = false;
   broken = false;
@@ -62,6 +66,22 @@ export class QueueHandle implements VirtqueueHandle {
 
   pop(): DescriptorChain | null {
     if (this.dead || this.broken) return null;
+    const dma = this.o.dma;
+    if (!dma) return this.popChain();
+    // The request begins before its descriptors are translated, so an UNMAP
+    // made meanwhile waits for it; it ends with complete().
+    const token = dma.begin();
+    let c: DescriptorChain | null = null;
+    try {
+      c = this.popChain();
+    } finally {
+      if (c === null) dma.end(token);
+      else this.dmaTokens.set(c.head, token);
+    }
+    return c;
+  }
+
+  private popChain(): DescriptorChain | null {
     while (this.resubmit.length > 0) {
       const head = this.resubmit.shift()!;
       if (this.popped.has(head)) continue;
@@ -123,6 +143,14 @@ export class QueueHandle implements VirtqueueHandle {
     this.scheduleFlush();
   }
 
+  /** The request of chain `head` is over (completed, given back, or its queue stopped). */
+  private endDma(head: number): void {
+    const token = this.dmaTokens.get(head);
+    if (token === undefined) return;
+    this.dmaTokens.delete(head);
+    this.o.dma!.end(token);
+  }
+
   available(want = 1): number {
     if (this.dead || this.broken) return 0;
     const n = this.resubmit.length + this.q.pending();
@@ -138,12 +166,17 @@ export class QueueHandle implements VirtqueueHandle {
    * would otherwise kill the device process from a completion callback.
    */
   complete(head: number, writtenLen: number): void {
-    if (this.dead) return;
+    if (this.dead) {
+      this.endDma(head);
+      return;
+    }
     if (!this.popped.delete(head)) {
+      // Not this ring's request: its DMA token (if that head is in flight now) belongs to the running request, keep it.
       this.strayCompletions++;
       this.o.log.warn({ queue: this.index, head, code: 'ERR_VIRTQ_NOT_IN_FLIGHT' }, 'dropping a completion for a head that is not in flight');
       return;
     }
+    this.endDma(head);
     this.inflight?.beforeUsed(head);
     this.q.pushUsed(head, writtenLen);
     this.inflight?.afterUsed(head, this.q.usedIdx);
@@ -170,6 +203,7 @@ export class QueueHandle implements VirtqueueHandle {
       for (const h of held) {
         this.popped.delete(h);
         this.inflight?.forget(h);
+        this.endDma(h);
       }
       this.q.lastAvail = (last - held.length) & 0xffff;
     } else {

@@ -148,14 +148,14 @@ describe('IommuDevice', () => {
     await status(attachReq(1, 8));
     await status(mapReq(1, 0x10_0000, 0x10_0fff, 0x8010_0000));
     const tr = new EndpointTranslator(new IommuTableView(table.buffer), 8, 0);
-    tr.begin(); // a disk request is using the mapping
+    const req = tr.begin(); // a disk request is using the mapping
     expect(tr.translate(0x10_0000, 16, 'write').gpa).toBe(0x8010_0000);
     post(unmapReq(1, 0x10_0000, 0x10_0fff));
     await new Promise((r) => setTimeout(r, 30));
     expect(h.poll(REQUEST_QUEUE)).toEqual([]); // held back
     // The mapping is already gone for new translations…
     expect(() => tr.translate(0x10_0000, 16, 'write')).toThrow(/no mapping/);
-    tr.end(); // …and once the old request ended, the UNMAP completes.
+    tr.end(req); // …and once the old request ended, the UNMAP completes.
     const [u] = await h.wait(REQUEST_QUEUE);
     expect(u!.len).toBe(4);
   });

@@ -6,3 +6,4 @@ export { parseRequest, writeReply, writeStatus, type IommuRequest, type Parsed, 
 export { execute, type ExecResult, type IommuLimits, type ReservedRegion } from './execute.ts';
 export { IommuDevice, type IommuDeviceOptions, type IommuCounters } from './device.ts';
 export { EndpointTranslator } from './translator.ts';
+export { mapTableFile } from './file.ts';

@@ -175,14 +175,35 @@ describe('EndpointTranslator', () => {
   it('a reader slot in use holds back quiescence until the request ends', () => {
     const { t } = setup();
     const tr = new EndpointTranslator(new IommuTableView(t.buffer), 8, 3);
-    tr.begin();
+    const a = tr.begin();
     const v = t.bump();
     expect(t.quiescent(v)).toBe(false);
-    tr.end();
+    tr.end(a);
     expect(t.quiescent(v)).toBe(true);
     // A request that begins after the bump does not hold it.
-    tr.begin();
+    const b = tr.begin();
     expect(t.quiescent(v)).toBe(true);
-    tr.end();
+    tr.end(b);
+  });
+
+  it('each request counts on its own: the oldest one in flight holds, later ones do not', () => {
+    const { t } = setup();
+    const tr = new EndpointTranslator(new IommuTableView(t.buffer), 8, 2);
+    const a = tr.begin();
+    const v2 = t.bump();
+    const b = tr.begin(); // began after v2
+    expect(t.quiescent(v2)).toBe(false); // a is older than v2
+    tr.end(a);
+    expect(t.quiescent(v2)).toBe(true); // only b is left, and it saw v2
+    const v3 = t.bump();
+    expect(t.quiescent(v3)).toBe(false); // b is older than v3
+    const c = tr.begin();
+    tr.end(b);
+    expect(t.quiescent(v3)).toBe(true); // c began under v3
+    expect(tr.inFlight).toBe(1);
+    tr.end(c);
+    tr.end(c); // ending twice is harmless
+    expect(tr.inFlight).toBe(0);
+    expect(t.quiescent(t.bump())).toBe(true);
   });
 });

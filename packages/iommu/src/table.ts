@@ -263,6 +263,11 @@ export class IommuTableView {
     Atomics.store(this.w, W.readerBase + 2 * i + 1, 0);
   }
 
+  /** Reader slot `i` now holds `version` (the oldest request of that reader still in flight began under it). */
+  hold(i: number, version: number): void {
+    Atomics.store(this.w, W.readerBase + 2 * i + 1, version);
+  }
+
   /** Records a translation fault for vmm-iommu to report on the event queue (device processes). */
   recordFault(f: RecordedFault): void {
     const n = Atomics.add(this.w, W.faultHead, 1);

@@ -22,7 +22,8 @@ export class EndpointTranslator implements AddressTranslator {
   readonly #index: number;
   readonly #readerSlot: number;
   #hint = -1;
-  #depth = 0;
+  /** Versions of the requests in flight → how many; in insertion order, which is version order (versions only grow). */
+  readonly #inflight = new Map<number, number>();
   faults = 0;
 
   /**
@@ -40,16 +41,34 @@ export class EndpointTranslator implements AddressTranslator {
   }
 
   /**
-   * A request starts using translations: until end(), vmm-iommu holds back
-   * the completion of an UNMAP made after this point (strict mode). Nests.
+   * A request starts using translations; returns the token to end() it
+   * with. vmm-iommu holds back the completion of an UNMAP made after this
+   * point until the request ends (strict mode). Each request counts on its
+   * own: the reader slot holds the version of the oldest request still in
+   * flight, so a device that is never idle does not hold every UNMAP back,
+   * only those made while one of its requests was already running.
    */
-  begin(): void {
-    if (this.#depth++ === 0) this.table.enter(this.#readerSlot);
+  begin(): number {
+    const v = this.#inflight.size === 0 ? this.table.enter(this.#readerSlot) : this.table.version;
+    this.#inflight.set(v, (this.#inflight.get(v) ?? 0) + 1);
+    return v;
   }
 
-  end(): void {
-    if (this.#depth === 0) return;
-    if (--this.#depth === 0) this.table.leave(this.#readerSlot);
+  end(token: number): void {
+    const n = this.#inflight.get(token);
+    if (n === undefined) return;
+    if (n > 1) this.#inflight.set(token, n - 1);
+    else this.#inflight.delete(token);
+    const oldest = this.#inflight.keys().next();
+    if (oldest.done) this.table.leave(this.#readerSlot);
+    else this.table.hold(this.#readerSlot, oldest.value);
+  }
+
+  /** Requests begun and not ended. */
+  get inFlight(): number {
+    let n = 0;
+    for (const c of this.#inflight.values()) n += c;
+    return n;
   }
 
   translate(iova: number, len: number, access: Access): { gpa: number; len: number } {

@@ -4,24 +4,32 @@ import { fileURLToPath } from 'node:url';
 import { isVmmError } from '@vmm/core';
 import { RUN_HELP, UsageError, parseRunArgs } from './cli/args.ts';
 import { RunError, runVm } from './cli/run.ts';
+import { daemonize, isDaemonChild } from './cli/daemon.ts';
+import { runConsoleClient } from './cli/console-client.ts';
 import { runCtl } from './api/client.ts';
 
 const HELP = `usage: pnpm vmm <command> [options]
 
 commands:
   run      boot a virtual machine (pnpm vmm run --help)
-  ctl      send a management command to a running one (pnpm vmm ctl --help)
+  ctl      send a management command to a running one (pnpm vmm ctl --help),
+           or attach to its console: pnpm vmm ctl console PATH (--console unix:PATH)
 
 The guest kit (Debian riscv64 kernel, busybox, OpenSBI): pnpm guest --help
 `;
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
+  // `pnpm vmm …` runs this script from the workspace root; relative paths the
+  // user typed (--disk a.img, --qmp, --pidfile) mean the directory they typed
+  // them in, which pnpm passes as INIT_CWD.
+  if (process.env.npm_lifecycle_event === 'vmm' && process.env.INIT_CWD) process.chdir(process.env.INIT_CWD);
   try {
     if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help') {
       (cmd === undefined ? process.stderr : process.stdout).write(HELP);
       return cmd === undefined ? 2 : 0;
     }
+    if (cmd === 'ctl' && rest[0] === 'console') return await runConsoleClient(rest.slice(1), { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
     if (cmd === 'ctl') return await runCtl(rest, (s) => process.stdout.write(s + '\n'), (s) => process.stderr.write(s + '\n'));
     if (cmd !== 'run') throw new UsageError(`unknown command ${JSON.stringify(cmd)} (try: pnpm vmm run --help)`);
     const opts = parseRunArgs(rest);
@@ -29,6 +37,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(RUN_HELP);
       return 0;
     }
+    if (opts.daemonize && !isDaemonChild()) return await daemonize(rest, process.stderr);
     return await runVm(opts, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr });
   } catch (e) {
     if (e instanceof UsageError) {

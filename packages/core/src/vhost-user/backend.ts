@@ -9,13 +9,13 @@
 import { existsSync, unlinkSync } from 'node:fs';
 import type { Logger } from 'pino';
 import {
-  VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, type DeviceContext, type VirtioDeviceBackend,
+  VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, type DeviceContext, type VirtioDeviceBackend,
 } from '../device.ts';
 import { ConfigError, VmmError } from '../errors.ts';
 import { VIRTIO_STATUS_DEVICE_NEEDS_RESET } from '../virtio-device.ts';
 import { closeFd, eventfdRead, eventfdWrite, fdSize, memfdCreate, mmapShared, sendWithFds, unixAccept, unixListen, watchReadable, type FdWatch } from '../ffi.ts';
 import { createLogger } from '../logger.ts';
-import { GuestMemory } from '../memory.ts';
+import { GuestMemory, guestAddress, type DmaTranslator, type GuestAddress } from '../memory.ts';
 import { SplitQueue, MAX_QUEUE_SIZE } from '../virtqueue.ts';
 import { QueueHandle } from '../queue-handle.ts';
 import {
@@ -51,6 +51,13 @@ export interface VhostUserBackendOptions {
   protocolFeatures?: bigint;
   /** How long GET_VRING_BASE waits for the device to finish a ring's requests (default 5 s). */
   drainTimeoutMs?: number;
+  /**
+   * The device sits behind an IOMMU: VIRTIO_F_ACCESS_PLATFORM is offered,
+   * and once negotiated every ring and buffer address is an I/O virtual
+   * address translated through this (virtio 1.2 §6.1; the ring addresses of
+   * SET_VRING_ADDR are IOVAs then, as with vhost-user's IOTLB).
+   */
+  dma?: DmaTranslator;
 }
 
 interface Vring {
@@ -82,6 +89,7 @@ export class VhostUserBackend {
   private readonly device: VirtioDeviceBackend;
   private readonly protocolFeaturesOffered: bigint;
   private readonly drainTimeoutMs: number;
+  private readonly dma: DmaTranslator | null;
   private listenFd = -1;
   private listenWatch: FdWatch | null = null;
   private conn: VhostUserConnection | null = null;
@@ -114,11 +122,12 @@ export class VhostUserBackend {
     if (wanted & ~OPTIONAL_PROTOCOL_FEATURES) throw new ConfigError(`the device asks for vhost-user protocol features 0x${(wanted & ~OPTIONAL_PROTOCOL_FEATURES).toString(16)} this server does not implement`, 'ERR_VHOST_USER_PROTOCOL_FEATURES');
     this.protocolFeaturesOffered = (opts.protocolFeatures ?? BASE_PROTOCOL_FEATURES | wanted) & BACKEND_PROTOCOL_FEATURES;
     this.drainTimeoutMs = opts.drainTimeoutMs ?? 5000;
+    this.dma = opts.dma ?? null;
     this.vrings = Array.from({ length: device.numQueues }, (_, i) => newVring(i));
   }
 
   get offeredFeatures(): bigint {
-    return this.device.features | RING_FEATURES | VHOST_USER_F_PROTOCOL_FEATURES;
+    return this.device.features | RING_FEATURES | VHOST_USER_F_PROTOCOL_FEATURES | (this.dma ? VIRTIO_F_ACCESS_PLATFORM : 0n);
   }
 
   /** Bind the socket (replacing a stale one) and start accepting front-ends. */
@@ -514,10 +523,14 @@ export class VhostUserBackend {
       return;
     }
     const eventIdx = (this.features & VIRTIO_F_EVENT_IDX) !== 0n;
-    const desc = this.mem.userToGuest(v.addr.desc, 16 * v.num);
-    const avail = this.mem.userToGuest(v.addr.avail, 6 + 2 * v.num);
-    const used = this.mem.userToGuest(v.addr.used, 6 + 8 * v.num);
-    let q = new SplitQueue(this.mem, { size: v.num, desc, avail, used, eventIdx }, v.base);
+    const dma = this.dma !== null && (this.features & VIRTIO_F_ACCESS_PLATFORM) !== 0n ? this.dma : null;
+    // Behind the IOMMU the rings and buffers are at I/O virtual addresses.
+    const mem = dma ? this.mem.withTranslator(dma) : this.mem;
+    const at = (a: bigint, len: number): GuestAddress => (dma ? guestAddress(a) : this.mem.userToGuest(a, len));
+    const desc = at(v.addr.desc, 16 * v.num);
+    const avail = at(v.addr.avail, 6 + 2 * v.num);
+    const used = at(v.addr.used, 6 + 8 * v.num);
+    let q = new SplitQueue(mem, { size: v.num, desc, avail, used, eventIdx }, v.base);
     let inflight: InflightQueue | null = null;
     let resubmit: number[] = [];
     const stride = inflightQueueStride(this.inflightQueueSize);
@@ -536,7 +549,7 @@ export class VhostUserBackend {
         resubmit = rec.resubmit;
         if (resubmit.length > 0 || rec.lastAvail !== v.base) {
           this.log.info({ vring: v.index, resubmit: resubmit.length, lastAvail: rec.lastAvail, base: v.base }, 'resuming from the inflight region');
-          q = new SplitQueue(this.mem, { size: v.num, desc, avail, used, eventIdx }, rec.lastAvail);
+          q = new SplitQueue(mem, { size: v.num, desc, avail, used, eventIdx }, rec.lastAvail);
         }
       }
     }
@@ -546,8 +559,9 @@ export class VhostUserBackend {
     }
     v.handle = new QueueHandle({
       index: v.index,
-      mem: this.mem,
+      mem,
       queue: q,
+      ...(dma ? { dma } : {}),
       inflight,
       resubmit,
       log: this.log,

@@ -12,7 +12,9 @@ export const CTL_USAGE = `usage: vmm ctl (--qmp PATH | --api PORT [--token-file 
   query-block, query-blockstats, query-processes, query-iommu, query-commands, stop, cont,
   system_reset, system_powerdown, quit, device_add, device_del, inject-fault).
   Arguments are key=value; values that parse as JSON (numbers, true, false, objects) are sent as such.
-  Prints the command's "return" as JSON; an error prints its class and description and exits 1.`;
+  Prints the command's "return" as JSON; an error prints its class and description and exits 1.
+usage: vmm ctl console PATH
+  Attach to the serial console of a VM started with --console unix:PATH; Ctrl-] detaches.`;
 
 export class CtlUsageError extends Error {
   readonly code = 'ERR_USAGE';

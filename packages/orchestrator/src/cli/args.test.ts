@@ -28,6 +28,21 @@ describe('vmm run flags', () => {
     expect(kernelCmdline(d)).toBe('console=ttyS0 earlycon=sbi cryptomgr.notests vmm.hotplug=1');
   });
 
+  it('--console, --daemonize, --pidfile: stdio by default, none when daemonized, conflicts refused naming the flag', () => {
+    expect(parseRunArgs([]).console).toEqual({ kind: 'stdio' });
+    expect(parseRunArgs(['--daemonize', '--pidfile', '/tmp/p']).console).toEqual({ kind: 'none' });
+    expect(parseRunArgs(['--daemonize', '--pidfile', '/tmp/p'])).toMatchObject({ daemonize: true, pidfile: '/tmp/p' });
+    expect(parseRunArgs(['--console', 'pty']).console).toEqual({ kind: 'pty' });
+    expect(parseRunArgs(['--console', 'unix:/tmp/c.sock']).console).toEqual({ kind: 'unix', path: '/tmp/c.sock' });
+    expect(parseRunArgs(['--console', 'file:out.txt', '--daemonize']).console).toEqual({ kind: 'file', path: 'out.txt' });
+    expect(() => parseRunArgs(['--console', 'tcp:1234'])).toThrow(/--console "tcp:1234": expected one of stdio, none, pty, unix:PATH, file:PATH/);
+    expect(() => parseRunArgs(['--console', 'unix:'])).toThrow(/--console "unix:"/);
+    expect(() => parseRunArgs(['--daemonize', '--console', 'stdio'])).toThrow(/--console stdio cannot be used with --daemonize/);
+    expect(() => parseRunArgs(['--daemonize', '--exec', 'true'])).toThrow(/--exec cannot be used with --daemonize/);
+    expect(() => parseRunArgs(['--exec', 'true', '--console', 'pty'])).toThrow(/--console pty: --exec/);
+    expect(() => parseRunArgs(['--pidfile', ''])).toThrow(/--pidfile: empty value/);
+  });
+
   it('parses sizes with K/M/G suffixes, bare numbers as MiB', () => {
     expect(parseSize('512M')).toBe(512 * 2 ** 20);
     expect(parseSize('65536K')).toBe(64 * 2 ** 20);

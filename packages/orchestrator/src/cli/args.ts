@@ -6,6 +6,7 @@ import { DEFAULT_ENGINE, ENGINE_KINDS, MAX_HARTS, WASM_RAM_OFFSET, type EngineKi
 import { parseDeviceFlag, parseDiskFlag, parseNicFlag } from '../vm/device-spec.ts';
 import { DeviceRegistry } from '../vm/kinds.ts';
 import type { DeviceSpec } from '../vm/vhost-device.ts';
+import { CONSOLE_CHOICES, parseConsoleSpec, type ConsoleSpec } from './console.ts';
 
 export class UsageError extends Error {
   readonly code = 'ERR_USAGE';
@@ -43,6 +44,12 @@ export interface RunOptions {
   name: string | null;
   /** A virtio-iommu (vmm-iommu) translating every other slot's DMA; the IOMMU guest kernel unless --kernel. */
   iommu: boolean;
+  /** Where the serial console goes (default stdio; none with --daemonize). */
+  console: ConsoleSpec;
+  /** Detach from the terminal once the VM is up (QEMU's -daemonize). */
+  daemonize: boolean;
+  /** Write vmm's pid here while it runs (QEMU's -pidfile). */
+  pidfile: string | null;
 }
 
 export const MIN_MEM = 64 * 1024 * 1024;
@@ -88,6 +95,9 @@ export function parseRunArgs(argv: string[]): RunOptions {
         engine: { type: 'string' },
         name: { type: 'string' },
         iommu: { type: 'boolean' },
+        console: { type: 'string' },
+        daemonize: { type: 'boolean' },
+        pidfile: { type: 'string' },
       },
     });
   } catch (e) {
@@ -149,6 +159,16 @@ export function parseRunArgs(argv: string[]): RunOptions {
     apiPort = Number(v['api-port']);
   }
 
+  const daemonize = v.daemonize === true;
+  let consoleSpec: ConsoleSpec = { kind: daemonize ? 'none' : 'stdio' };
+  if (v.console !== undefined) {
+    const c = parseConsoleSpec(v.console);
+    if (c === null) throw new UsageError(`--console ${JSON.stringify(v.console)}: expected one of ${CONSOLE_CHOICES}`);
+    consoleSpec = c;
+  }
+  if (daemonize && consoleSpec.kind === 'stdio') throw new UsageError('--console stdio cannot be used with --daemonize (a daemon has no terminal): use pty, unix:PATH, file:PATH or none');
+  if (v.exec !== undefined && daemonize) throw new UsageError('--exec cannot be used with --daemonize (the command\'s output goes to this terminal)');
+  if (v.exec !== undefined && consoleSpec.kind !== 'stdio') throw new UsageError(`--console ${v.console}: --exec prints the command's output here, so its console is stdio`);
   const engine = v.engine ?? DEFAULT_ENGINE;
   if (!(ENGINE_KINDS as readonly string[]).includes(engine)) throw new UsageError(`--engine ${JSON.stringify(engine)}: expected ${ENGINE_KINDS.join(' or ')}`);
 
@@ -171,6 +191,9 @@ export function parseRunArgs(argv: string[]): RunOptions {
     engine: engine as EngineKind,
     name: nonEmpty('name', v.name),
     iommu: v.iommu === true,
+    console: consoleSpec,
+    daemonize,
+    pidfile: nonEmpty('pidfile', v.pidfile),
   };
 }
 
@@ -223,8 +246,18 @@ options:
   --iommu            a virtio-iommu (vmm-iommu process) in the top slot, every other slot
                      its endpoint; boots the IOMMU guest kernel (\`pnpm guest kernel --iommu\`,
                      built on first use) unless --kernel is given
+  --console WHERE    the serial console: stdio (this terminal, the default) | none |
+                     pty (a new /dev/pts/N, its path printed) | unix:PATH (a socket;
+                     attach with 'pnpm vmm ctl console PATH' or socat) | file:PATH (output only)
+  --daemonize        detach once the VM is up (QMP socket listening); the parent exits 0
+                     (console default none; stdio is refused)
+  --pidfile PATH     write vmm's pid to PATH while it runs
   --help, -h         this text
 
 console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A, Ctrl-A h shows help;
 'poweroff' in the guest ends vmm with status 0; 'reboot' restarts the machine.
+A job in the background ('&') keeps running and leaves the terminal alone
+(no reads, no mode changes, the guest's output held); 'fg' shows the console
+and hands it the keyboard.
+SIGINT, SIGTERM and SIGHUP (the terminal closed) end vmm as quit does, status 0.
 `;

@@ -1,7 +1,7 @@
 // `vmm run`: gather kernel, initrd and firmware (the guest kit by default,
 // fetched and built on first use), start the machine, wire the console,
 // and turn the machine's exit into the process's exit status.
-import { existsSync } from 'node:fs';
+import { existsSync, unlinkSync, writeFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createLogger } from '@vmm/core';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -14,9 +14,10 @@ import { GuestKitError } from '../guestkit/errors.ts';
 import { ExecOutputFilter, buildExecArchive, buildInitramfs } from '../guestkit/initramfs.ts';
 import { checkKernelImage, ensureGuestKit, type GuestKit } from '../guestkit/kit.ts';
 import { kernelCmdline, type RunOptions } from './args.ts';
-import { attachHostConsole, type HostConsole } from './console.ts';
+import { ConsoleError, describeConsole, openConsole, type HostConsole } from './console.ts';
+import { daemonReady, isDaemonChild } from './daemon.ts';
 import { attachVm, type AttachedVm } from '../vm/attach.ts';
-import { iommuPlan, type IommuPlan } from '../vm/iommu.ts';
+import { behindIommu, iommuPlan, type IommuPlan } from '../vm/iommu.ts';
 
 /** A failure to report on one line with a non-zero status (not a usage error). */
 export class RunError extends Error {
@@ -129,25 +130,51 @@ async function runWith(o: RunOptions, io: RunIo, logger: ReturnType<typeof creat
   let machine: Machine | null = null;
   let attached: AttachedVm | null = null;
   const interactive = o.exec === null;
-
-  const onSignal = (sig: NodeJS.Signals): void => {
-    logger.info({ sig }, 'stopping the machine');
+  const stopAll = (): void => {
     quitRequested = true;
-    void machine?.stop();
+    // The VM's teardown disarms supervision before it stops anything (Vm.close).
+    void (attached ? attached.vm.close() : machine?.stop());
+  };
+
+  // SIGINT, SIGTERM and SIGHUP end the VM as quit does, as they end QEMU
+  // ("terminating on signal N"). A hang-up means the terminal is gone: stop
+  // using it first. The device processes are in sessions of their own
+  // (DeviceProcess), so these signals reach only vmm, which stops them in order.
+  const onSignal = (signal: NodeJS.Signals): void => {
+    // A hang-up often comes twice (the kernel to the foreground job, the shell to all its jobs).
+    if (quitRequested) {
+      logger.debug({ signal }, 'already stopping');
+      return;
+    }
+    logger.info({ signal }, 'stopping the machine');
+    if (signal === 'SIGHUP') hostConsole?.hangUp();
+    stopAll();
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGHUP', onSignal);
-  if (!interactive) process.on('SIGINT', onSignal);
+  process.on('SIGINT', onSignal);
+  const removePidfile = (): void => {
+    try { unlinkSync(o.pidfile!); } catch { /* already gone */ }
+  };
+  if (o.pidfile !== null) {
+    try {
+      writeFileSync(o.pidfile, `${process.pid}\n`);
+    } catch (e) {
+      throw new RunError('ERR_PIDFILE', `--pidfile ${o.pidfile}: ${(e as Error).message}`);
+    }
+    process.on('exit', removePidfile);
+  }
+  const announce = (line: string): void => {
+    io.stderr.write(`${line}${hostConsole?.raw ? '\r' : ''}\n`);
+  };
   try {
     if (interactive) {
-      hostConsole = attachHostConsole(
-        io.stdin,
-        () => {
-          quitRequested = true;
-          void machine?.stop();
-        },
-        (s) => io.stdout.write(s),
-      );
+      try {
+        hostConsole = await openConsole(o.console, { stdin: io.stdin, stdout: io.stdout, announce, onQuit: stopAll });
+      } catch (e) {
+        if (e instanceof ConsoleError) throw new RunError(e.code, e.message);
+        throw new RunError('ERR_CONSOLE', `--console ${describeConsole(o.console)}: ${(e as Error).message}`);
+      }
     }
     machine = startMachine({
       engine: o.engine,
@@ -167,13 +194,13 @@ async function runWith(o: RunOptions, io: RunIo, logger: ReturnType<typeof creat
             filter.push(bytes);
             if (o.verbose) io.stderr.write(bytes);
           } else {
-            io.stdout.write(bytes);
+            hostConsole?.write(bytes);
           }
         },
       },
       logger,
     });
-    const devices = iommu ? [iommu.spec, ...o.devices] : o.devices;
+    const devices = iommu ? [iommu.spec, ...behindIommu(iommu, o.devices)] : o.devices;
     if (devices.length > 0 || o.apiPort !== null || o.qmp !== null) {
       // Devices are plugged while the harts are paused, so the guest finds them at probe time.
       attached = await attachVm(machine, {
@@ -183,9 +210,11 @@ async function runWith(o: RunOptions, io: RunIo, logger: ReturnType<typeof creat
         name: o.name,
         log: logger,
         logLevel: o.logLevel,
-        announce: (line) => io.stderr.write(`${line}${interactive ? '\r' : ''}\n`),
+        announce,
       });
     }
+    // The VM is up (its QMP socket listening): a daemon's parent may exit now.
+    if (isDaemonChild()) daemonReady();
     const exit = await machine.exited;
     logger.info({ exit }, 'machine exited');
     if (filter) return execStatus(exit, filter, quitRequested, io);
@@ -208,7 +237,8 @@ async function runWith(o: RunOptions, io: RunIo, logger: ReturnType<typeof creat
     throw e;
   } finally {
     await attached?.close().catch((e: unknown) => logger.warn({ err: e }, 'closing the VM attachments failed'));
-    hostConsole?.restore();
+    hostConsole?.close();
+    if (o.pidfile !== null) removePidfile();
     process.off('SIGTERM', onSignal);
     process.off('SIGHUP', onSignal);
     process.off('SIGINT', onSignal);

@@ -45,7 +45,8 @@ export async function attachVm(machine: Machine, o: AttachOptions): Promise<Atta
     logLevel: o.logLevel,
     name: o.name ?? null,
     emit: (event, data) => {
-      o.log.info({ event, ...data }, 'event');
+      // Nested: event data has keys of its own (device, pid) that must not repeat the logger's.
+      o.log.info({ event, data }, 'event');
       hub?.emit(makeEvent(event, data));
     },
   });

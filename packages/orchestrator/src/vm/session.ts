@@ -12,7 +12,7 @@ import { silentReporter } from '../guestkit/download.ts';
 import { buildInitramfs, ExecOutputFilter, initrdWithExec } from '../guestkit/initramfs.ts';
 import { ensureGuestKit } from '../guestkit/kit.ts';
 import { buildIommuKernel } from '../guestkit/kernel.ts';
-import { iommuPlan } from './iommu.ts';
+import { behindIommu, iommuPlan } from './iommu.ts';
 import { attachVm, type AttachedVm } from './attach.ts';
 import { parseDiskFlag, parseNicFlag } from './device-spec.ts';
 import { DeviceRegistry } from './kinds.ts';
@@ -44,12 +44,14 @@ export interface GuestSessionOptions {
   name?: string;
   /** Boot the IOMMU kernel with vmm-iommu in the top slot, as `vmm run --iommu` (vm/iommu.ts). */
   iommu?: boolean;
+  /** Boot the IOMMU kernel even without the IOMMU (to compare the two with only the IOMMU differing). */
+  iommuKernel?: boolean;
 }
 
 export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSession> {
   const kit = await ensureGuestKit({ reporter: silentReporter });
   const iommu = o.iommu ? iommuPlan(mkdtempSync(join(tmpdir(), 'vmm-iommu-'))) : null;
-  const kernel = new Uint8Array(await readFile(iommu ? (await buildIommuKernel({ reporter: silentReporter })).image : kit.kernel));
+  const kernel = new Uint8Array(await readFile(iommu || o.iommuKernel ? (await buildIommuKernel({ reporter: silentReporter })).image : kit.kernel));
   const x = await initrdWithExec((await buildInitramfs(kit)).path, o.cmd);
   let out = '';
   const waiters: { text: string; resolve: () => void }[] = [];
@@ -63,7 +65,7 @@ export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSe
     }
   });
   const level = o.logLevel ?? 'warn';
-  const log = createLogger('vmm', 'session', level);
+  const log = createLogger('vmm-session', undefined, level);
   const machine = startMachine({
     harts: o.smp ?? 1,
     memBytes: o.memBytes ?? 512 << 20,
@@ -79,8 +81,7 @@ export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSe
   const qmpPath = join(mkdtempSync(join(tmpdir(), 'vmm-session-')), 'qmp.sock');
   const attached = await attachVm(machine, {
     devices: [
-      ...(iommu ? [iommu.spec] : []),
-      ...o.disks.map((d, i) => parseDiskFlag(new DeviceRegistry(), d, i)),
+      ...(iommu ? [iommu.spec, ...behindIommu(iommu, o.disks.map((d, i) => parseDiskFlag(new DeviceRegistry(), d, i)))] : o.disks.map((d, i) => parseDiskFlag(new DeviceRegistry(), d, i))),
       ...(o.nics ?? []).map((n, i) => parseNicFlag(new DeviceRegistry(), n, i)),
     ],
     apiPort: o.apiPort ?? null,

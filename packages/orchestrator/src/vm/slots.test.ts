@@ -26,7 +26,8 @@ import { DeviceSlots } from './slots.ts';
 const RAM_BASE = 0x8000_0000;
 const RAM_SIZE = 4 << 20;
 const QSIZE = 16;
-const log = createLogger('test', 'slots', 'warn');
+// The orchestrator's shape: role and pid bound, no device (lines about a device name it themselves).
+const log = createLogger('slots-test', undefined, 'warn');
 const dir = mkdtempSync(join(tmpdir(), 'vmm-slots-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -285,7 +286,7 @@ describe('the generic vhost-user device path (echo kind, no guest)', () => {
     };
     const cases: { qmp: Record<string, unknown>; flag: string; argv: string[]; want: string }[] = [
       { qmp: { driver: 'virtio-blk', id: 'x', file: 'a.img', queues: 99 }, flag: 'virtio-blk,file=a.img,queues=99', argv: ['--file', 'a.img', '--queues', '99'], want: 'virtio-blk: queues=99: expected an integer from 1 to 16' },
-      { qmp: { driver: 'virtio-blk', id: 'x', file: 'a.img', bogus: 1 }, flag: 'virtio-blk,file=a.img,bogus=1', argv: ['--file', 'a.img', '--bogus', '1'], want: "virtio-blk: unknown option 'bogus' (file, format, readonly, queues, serial)" },
+      { qmp: { driver: 'virtio-blk', id: 'x', file: 'a.img', bogus: 1 }, flag: 'virtio-blk,file=a.img,bogus=1', argv: ['--file', 'a.img', '--bogus', '1'], want: "virtio-blk: unknown option 'bogus' (file, format, readonly, queues, serial, iommu-table, iommu-endpoint, iommu-reader)" },
       { qmp: { driver: 'virtio-blk', id: 'x', file: 'a.img', format: 'vmdk' }, flag: 'virtio-blk,file=a.img,format=vmdk', argv: ['--file', 'a.img', '--format', 'vmdk'], want: 'virtio-blk: format=vmdk: expected raw or qcow2' },
       { qmp: { driver: 'virtio-blk', id: 'x', file: 'a.img', readonly: 'maybe' }, flag: 'virtio-blk,file=a.img,readonly=maybe', argv: ['--file', 'a.img', '--readonly', 'maybe'], want: 'virtio-blk: readonly=maybe: expected on or off' },
     ];
@@ -294,6 +295,20 @@ describe('the generic vhost-user device path (echo kind, no guest)', () => {
       expect(fromFlag(['--device', k.flag])).toBe(`--device ${k.flag}: ${k.want}`);
       expect(fromProcess(blkKind.main, k.argv)).toContain(`vmm-blk: ${k.want}\n`);
     }
+    // Every registered kind, in the same words from the three: its first integer option, one past its limit.
+    const checked: string[] = [];
+    for (const kind of DEVICE_KINDS) {
+      const def = kind.options.find((o) => o.type === 'int');
+      if (!def || def.type !== 'int') continue;
+      checked.push(kind.name);
+      const bad = def.max + 1;
+      const want = `${kind.name}: ${def.name}=${bad}: expected an integer from ${def.min} to ${def.max}`;
+      expect(await fromQmp({ driver: kind.name, id: 'x', [def.name]: bad })).toBe(want);
+      expect(fromFlag(['--device', `${kind.name},${def.name}=${bad}`])).toBe(`--device ${kind.name},${def.name}=${bad}: ${want}`);
+      expect(fromProcess(kind.main, [`--${def.name}`, String(bad)])).toContain(`${want}\n`);
+    }
+    expect(checked).toEqual(DEVICE_KINDS.filter((k) => k.options.some((o) => o.type === 'int')).map((k) => k.name));
+    expect(checked).toContain('virtio-blk');
     // The test-only kind's process parses with the same schema and words.
     expect(await fromQmp({ driver: 'echo', id: 'x', queues: 0 })).toBe('echo: queues=0: expected an integer from 1 to 16');
     expect(fromProcess(echoKind.main, ['--queues', '0'])).toContain('echo: queues=0: expected an integer from 1 to 16');

@@ -229,12 +229,17 @@ export class DeviceSlots {
     return { device: id, ...values };
   }
 
-  async close(): Promise<void> {
+  /** First step of a teardown: no more plugging, and every device's supervision off (VhostUserDevice.disarm). */
+  disarm(): void {
     this.closed = true;
-    await Promise.all(this.slots.map(async (s) => {
-      const d = s.device;
-      s.device = null;
-      await d?.close();
-    }));
+    for (const d of this.devices()) d.disarm();
+  }
+
+  /** Disarm, then close the devices one at a time in the guest's order (each stops its spare, then its serving process). */
+  async close(): Promise<void> {
+    this.disarm();
+    const devices = this.devices();
+    for (const s of this.slots) s.device = null;
+    for (const d of devices) await d.close();
   }
 }

@@ -23,7 +23,7 @@
 
 import { join } from 'node:path';
 import {
-  BASE_PROTOCOL_FEATURES, closeFd, DEVICE_SPECIFIC_FEATURES, DeviceProcess, eventfdCreate, eventfdRead, optionsToArgv, protocolFeatureBit,
+  BASE_PROTOCOL_FEATURES, VIRTIO_F_ACCESS_PLATFORM, closeFd, DEVICE_SPECIFIC_FEATURES, DeviceProcess, eventfdCreate, eventfdRead, optionsToArgv, protocolFeatureBit,
   VHOST_USER_F_PROTOCOL_FEATURES, VhostUserFrontend, VhostUserProtocolFeature, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER, VIRTIO_STATUS_DRIVER_OK, VmmError,
   watchReadable, type DeviceKind, type FdWatch, type Logger, type OptionValue,
 } from '@vmm/core';
@@ -37,7 +37,8 @@ const WANTED_PROTOCOL = [
 ].reduce((acc, b) => acc | protocolFeatureBit(b), 0n);
 
 /** What the guest may see of the features a back-end offers: every device-specific bit (virtio 1.2 §6), and the transport-owned ones our transport carries. */
-const GUEST_FEATURES = DEVICE_SPECIFIC_FEATURES | TRANSPORT_FEATURES;
+// ACCESS_PLATFORM reaches the guest only from a back-end behind the IOMMU (virtio 1.2 §6.1: DMA addresses are then I/O virtual).
+const GUEST_FEATURES = DEVICE_SPECIFIC_FEATURES | TRANSPORT_FEATURES | VIRTIO_F_ACCESS_PLATFORM;
 
 /**
  * Give up on a back-end after this many crashes in a row with no progress in
@@ -118,7 +119,7 @@ export class VhostUserDevice {
    * (DeviceKind.warmSpare: not a qcow2 disk, whose spare would hold
    * metadata read before the crashed process changed it).
    */
-  private spare: { proc: DeviceProcess; socket: string; ready: boolean } | null = null;
+  private spare: { proc: DeviceProcess; socket: string; ready: boolean; started: Promise<void> } | null = null;
   private spareSeq = 0;
   private readonly spareAllowed: boolean;
 
@@ -159,7 +160,7 @@ export class VhostUserDevice {
           this.state = 'restarting';
           this.fe?.disconnect();
           await old.stop();
-          this.dropSpare();
+          await this.dropSpare();
           const next = this.makeProcess(spec, this.socketPath);
           next.restarts = old.restarts;
           try {
@@ -475,7 +476,7 @@ export class VhostUserDevice {
     });
     this.startSpare();
     const ms = Math.round((performance.now() - t0) * 10) / 10;
-    this.ctx.log.warn({ device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, ms, ...info }, 'back-end restarted');
+    this.ctx.log.warn({ device: this.spec.id, devicePid: this.proc.pid, restarts: this.proc.restarts, ms, ...info }, 'back-end restarted');
     this.ctx.emit('BACKEND_RESTARTED', { device: this.spec.id, driver: this.kind.name, pid: this.proc.pid, restarts: this.proc.restarts, recovery_ms: ms });
     // Kicks that arrived while it was down are still counted in the kick eventfds.
   }
@@ -493,49 +494,72 @@ export class VhostUserDevice {
     if (t.status & VIRTIO_STATUS_DRIVER) t.needsReset(this.ctx.irq);
   }
 
-  /** Remove from the slot, stop the process, release every fd. */
-  async close(): Promise<void> {
+  /**
+   * The first step of every teardown: from here on an exit of the serving
+   * process or of the spare is the end we asked for, not a crash to recover
+   * from (no restart, no spare replacement, no error logged). Idempotent.
+   */
+  disarm(): void {
     if (this.closed) return;
     this.closed = true;
     this.state = 'stopped';
     this.cancelStallWatch();
+    this.proc.onUnexpectedExit = undefined;
+    if (this.spare) this.spare.proc.onUnexpectedExit = undefined;
     const { array, index } = this.ctx.transport.changeCell();
     Atomics.notify(array, index);
-    await this.ops;
-    this.ctx.transport.unplug();
-    this.fe?.close();
-    this.fe = null;
-    for (const w of this.watches) w.close();
-    for (const fd of [...this.kickFds, ...this.callFds, ...this.errFds]) closeFd(fd);
-    this.dropSpare();
-    if (this.proc.running) await this.proc.stop();
   }
+
+  /** Disarm, remove from the slot, release every fd, then stop the processes in order: the spare, then the serving one. */
+  async close(): Promise<void> {
+    if (this.closing) return this.closing;
+    this.disarm();
+    this.closing = (async () => {
+      await this.ops;
+      this.ctx.transport.unplug();
+      this.fe?.close();
+      this.fe = null;
+      for (const w of this.watches) w.close();
+      for (const fd of [...this.kickFds, ...this.callFds, ...this.errFds]) closeFd(fd);
+      await this.dropSpare();
+      if (this.proc.running) await this.proc.stop();
+    })();
+    return this.closing;
+  }
+  private closing: Promise<void> | null = null;
 
   private startSpare(): void {
     if (!this.spareAllowed || this.closed || this.spare) return;
     const socket = join(this.ctx.runDir, `${this.spec.id}-${++this.spareSeq}.sock`);
     const proc = this.makeProcess(this.spec, socket);
-    const entry = { proc, socket, ready: false };
     // An idle spare that dies is simply replaced; the guest never used it.
     proc.onUnexpectedExit = () => {
       if (this.spare !== entry) return;
       this.spare = null;
       setTimeout(() => this.startSpare(), 500).unref();
     };
-    this.spare = entry;
-    proc.start().then(
+    const started: Promise<void> = proc.start().then(
       () => { entry.ready = true; },
       (e: unknown) => {
+        // A spare dropped while it was starting (teardown, replace) failing to start is no news.
+        if (this.spare !== entry) return;
         this.ctx.log.warn({ device: this.spec.id, err: (e as Error).message }, 'warm spare did not start');
-        if (this.spare === entry) this.spare = null;
+        this.spare = null;
       },
     );
+    const entry = { proc, socket, ready: false, started };
+    this.spare = entry;
   }
 
-  private dropSpare(): void {
+  /** Stop the spare (if any); resolves once it has exited. */
+  private async dropSpare(): Promise<void> {
     const s = this.spare;
     this.spare = null;
-    if (s?.proc.running) void s.proc.stop();
+    if (!s) return;
+    s.proc.onUnexpectedExit = undefined;
+    // A spare still starting is stopped once its start settles (stop() needs a started child).
+    if (!s.ready) await s.started;
+    if (s.proc.running) await s.proc.stop();
   }
 
   /** The warm spare's pid, if one is ready. */

@@ -45,6 +45,8 @@ export class Vm implements VmControl {
   private readonly slots: DeviceSlots;
   private paused = false;
   private shutdown = false;
+  /** SHUTDOWN has gone out (quit sends its own, before the teardown). */
+  private shutdownAnnounced = false;
   private readonly ram: DataView;
 
   constructor(machine: Machine, opts: VmOptions) {
@@ -68,7 +70,8 @@ export class Vm implements VmControl {
     });
     void machine.exited.then((exit) => {
       // QMP SHUTDOWN for every end but quit (which announces itself), with QEMU's reasons.
-      if (!this.shutdown) this.opts.emit('SHUTDOWN', shutdownEvent(exit));
+      if (!this.shutdownAnnounced) this.opts.emit('SHUTDOWN', shutdownEvent(exit));
+      this.shutdownAnnounced = true;
       this.shutdown = true;
     });
     // A system reset (ours or the guest's) reset every transport; wait until each back-end has stopped its rings.
@@ -114,17 +117,37 @@ export class Vm implements VmControl {
     this.opts.emit('POWERDOWN', {});
   }
 
+  /**
+   * QMP quit: as QEMU, the client gets its {"return": {}} first, then the
+   * SHUTDOWN event and the teardown (which closes every QMP connection).
+   */
   async quit(): Promise<void> {
-    this.opts.emit('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
-    await this.close();
+    if (this.shutdown) return;
+    this.shutdown = true;
+    this.shutdownAnnounced = true;
+    setImmediate(() => {
+      this.opts.emit('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
+      void this.close();
+    });
   }
 
-  /** Stop every device process and the machine. */
-  async close(): Promise<void> {
-    this.shutdown = true;
-    await this.slots.close();
-    await this.machine.stop();
+  /**
+   * Tear the VM down, in this order: disarm every device's supervision (an
+   * exit from now on is the one we ask for), stop the harts, then stop each
+   * device's processes one device at a time in the guest's order (vda
+   * first); each process logs one info line as it goes. Idempotent: quit, a
+   * signal and the machine's own exit may all ask for it.
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.shutdown = true;
+      this.slots.disarm();
+      await this.machine.stop();
+      await this.slots.close();
+    })();
+    return this.closing;
   }
+  private closing: Promise<void> | null = null;
 
   deviceQueries(): readonly string[] {
     return [...new Set(this.slots.registry.kinds.flatMap((k) => (k.query ? [k.query.command] : [])))];
