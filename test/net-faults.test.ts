@@ -1,5 +1,5 @@
 // Supervision and faults for NICs, end to end: a vmm VM (our vCPU) and a
-// QEMU guest on one vmm-switch. While the vmm guest sends 4 MiB over TCP to
+// QEMU guest on one vmm-switch. While the vmm guest sends 16 MiB over TCP to
 // the QEMU guest, its vmm-net is killed (QMP inject-fault kind=kill): the
 // orchestrator restarts it, replays the vhost-user session (inflight region:
 // receive buffers and unfinished transmits come back), the new process
@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger, DeviceProcess } from '@vmm/core';
 import { ExecOutputFilter, initrdWithExec, QmpClient, startGuestSession, type GuestKit } from '@vmm/orchestrator';
+import { querySwitch } from '@vmm/virtio-net';
 import { kitAndInitramfs, qemuArgs, requireQemu, runBounded } from './guest-helpers.ts';
 
 const NET = fileURLToPath(new URL('../packages/virtio-net/src/main.ts', import.meta.url));
@@ -44,7 +45,7 @@ nc -l -p 5000 -e /tmp/rx.sh
 echo "received $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)"
 `;
 const SENDER = `
-dd if=/dev/urandom of=/tmp/f bs=64k count=64 2>/dev/null
+dd if=/dev/urandom of=/tmp/f bs=64k count=256 2>/dev/null
 sum=$(sha256sum /tmp/f | cut -d' ' -f1)
 echo @@SENDING@@
 n=0; until nc 10.0.0.3 5000 < /tmp/f; do n=$((n+1)); [ $n -gt 120 ] && exit 22; sleep 1; done
@@ -78,7 +79,14 @@ describe('NIC faults: a vmm guest and a QEMU guest on one vmm-switch', () => {
     const q = await QmpClient.connect(g.qmpPath);
     try {
       await g.waitFor('@@SENDING@@');
-      await new Promise((r) => setTimeout(r, 3000));
+      // Kill once 2 MiB of the 16 MiB went through the switch from the vmm guest's port.
+      const t0 = Date.now();
+      for (;;) {
+        const st = await querySwitch(join(dir, `switch-${SW}.sock`));
+        if ((st.ports.find((p) => p.mac === '52:54:00:00:0f:0a')?.rx_bytes ?? 0) > 2 << 20) break;
+        if (Date.now() - t0 > 600_000) throw new Error('the transfer never got going');
+        await new Promise((r) => setTimeout(r, 50));
+      }
       expect(g.output()).not.toContain('SENT'); // the kill lands during the transfer
       expect(await q.cmd('inject-fault', { kind: 'kill', device: 'net0' })).toHaveProperty('return.pid');
       await g.waitFor('@@LINK@@', 800_000);
@@ -98,7 +106,7 @@ describe('NIC faults: a vmm guest and a QEMU guest on one vmm-switch', () => {
     expect(end.status, end.transcript.slice(-3000)).toBe(0);
     const sent = /SENT (\d+) ([0-9a-f]{64})/.exec(g.output());
     const got = /received (\d+) ([0-9a-f]{64})/.exec(rx);
-    expect(sent?.[1]).toBe(String(4 << 20));
+    expect(sent?.[1]).toBe(String(16 << 20));
     expect(got?.slice(1), r.stdout.slice(-2000)).toEqual(sent?.slice(1));
   });
 });
