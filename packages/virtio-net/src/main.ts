@@ -63,7 +63,7 @@ function startSwitch(name: string, log: Logger): void {
   const child = spawn(process.execPath, [SWITCH_MAIN, '--name', name], { detached: true, stdio: ['ignore', fd, fd] });
   child.unref();
   closeSync(fd);
-  log.info({ switch: name, pid: child.pid, log: logFile }, 'started vmm-switch on demand');
+  log.info({ switch: name, switchPid: child.pid, log: logFile }, 'started vmm-switch on demand');
 }
 
 /** Faults the orchestrator can arm over the IPC channel. */

@@ -470,7 +470,7 @@ export class VhostUserDevice {
       completions: () => this.completions,
       states: () => this.diagnose(),
       onStall: (rings) => {
-        this.ctx.log.error({ device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, rings: describeRings(rings) }, `no request completed for ${STALL_MS} ms after the restart`);
+        this.ctx.log.error({ device: this.spec.id, devicePid: this.proc.pid, restarts: this.proc.restarts, rings: describeRings(rings) }, `no request completed for ${STALL_MS} ms after the restart`);
         this.ctx.emit('BACKEND_STALLED', { device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, ms: STALL_MS, rings });
       },
     });
