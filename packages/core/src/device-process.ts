@@ -310,6 +310,9 @@ export function installDeviceProcessSignals(cleanup: () => void): void {
   };
   process.once('SIGTERM', end);
   const parent = process.env[PARENT_PID_ENV];
+  // It names this process's parent only: a process this one starts on its own
+  // (vmm-net's on-demand vmm-switch, which must outlive it) must not inherit it.
+  delete process.env[PARENT_PID_ENV];
   if (parent !== undefined) {
     setParentDeathSignal('SIGTERM');
     if (parentPid() !== Number(parent)) setImmediate(end);

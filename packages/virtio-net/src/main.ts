@@ -60,7 +60,9 @@ function startSwitch(name: string, log: Logger): void {
   const logFile = switchSocketPath(name).replace(/\.sock$/, '.log');
   mkdirSync(dirname(logFile), { recursive: true, mode: 0o700 });
   const fd = openSync(logFile, 'a');
-  const child = spawn(process.execPath, [SWITCH_MAIN, '--name', name], { detached: true, stdio: ['ignore', fd, fd] });
+  // Not this NIC's child in lifetime: no VMM_PARENT_PID (that would tie it to the orchestrator that started this NIC).
+  const { VMM_PARENT_PID: _ours, ...env } = process.env;
+  const child = spawn(process.execPath, [SWITCH_MAIN, '--name', name], { detached: true, stdio: ['ignore', fd, fd], env });
   child.unref();
   closeSync(fd);
   log.info({ switch: name, switchPid: child.pid, log: logFile }, 'started vmm-switch on demand');
