@@ -259,10 +259,13 @@ export class IoRing {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.watch.close();
     this.failAll(new VmmError('io_uring ring closed', 'transient', 'ERR_IO_URING_CLOSED'));
-    closeFd(this.eventFd);
+    // The ring first: it holds a reference to the registered eventfd's file, so closing the eventfd (and its watch)
+    // while the ring still lives left an epoll registration on a live file whose libuv handle was gone — the
+    // process crashed at exit (SIGSEGV in the loop's cleanup).
     closeFd(this.m.fd);
+    this.watch.close();
+    closeFd(this.eventFd);
     if (shared === this) shared = undefined;
   }
 }
