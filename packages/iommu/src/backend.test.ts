@@ -20,18 +20,15 @@ import {
   VIRTIO_IOMMU_F_PROBE,
   VIRTIO_IOMMU_FAULT_R_MAPPING,
   VIRTIO_IOMMU_MAP_F_READ,
-  VIRTIO_IOMMU_MAP_F_WRITE,
   VIRTIO_IOMMU_S_INVAL,
   VIRTIO_IOMMU_S_NOENT,
   VIRTIO_IOMMU_S_OK,
   VIRTIO_IOMMU_S_RANGE,
-  VIRTIO_IOMMU_T_ATTACH,
-  VIRTIO_IOMMU_T_MAP,
-  VIRTIO_IOMMU_T_UNMAP,
   bit,
 } from './spec.ts';
 import { IommuTableView } from './table.ts';
 import { EndpointTranslator } from './translator.ts';
+import { attachReq as attach, mapReq as map, unmapReq as unmap } from './testing/requests.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-iommu-'));
 const log = createLogger('test', 'iommu', 'warn');
@@ -39,34 +36,6 @@ const MAIN = join(import.meta.dirname, 'main.ts');
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const FEATURES = bit(VIRTIO_IOMMU_F_INPUT_RANGE) | bit(VIRTIO_IOMMU_F_DOMAIN_RANGE) | bit(VIRTIO_IOMMU_F_MAP_UNMAP) | bit(VIRTIO_IOMMU_F_PROBE) | bit(VIRTIO_IOMMU_F_BYPASS_CONFIG);
-
-function bytes(len: number, fill: (v: DataView) => void): Uint8Array {
-  const b = new Uint8Array(len);
-  fill(new DataView(b.buffer));
-  return b;
-}
-const attach = (domain: number, endpoint: number) =>
-  bytes(20, (v) => {
-    v.setUint8(0, VIRTIO_IOMMU_T_ATTACH);
-    v.setUint32(4, domain, true);
-    v.setUint32(8, endpoint, true);
-  });
-const map = (domain: number, vs: number, ve: number, ps: number, flags = VIRTIO_IOMMU_MAP_F_READ | VIRTIO_IOMMU_MAP_F_WRITE) =>
-  bytes(36, (v) => {
-    v.setUint8(0, VIRTIO_IOMMU_T_MAP);
-    v.setUint32(4, domain, true);
-    v.setBigUint64(8, BigInt(vs), true);
-    v.setBigUint64(16, BigInt(ve), true);
-    v.setBigUint64(24, BigInt(ps), true);
-    v.setUint32(32, flags, true);
-  });
-const unmap = (domain: number, vs: number, ve: number) =>
-  bytes(28, (v) => {
-    v.setUint8(0, VIRTIO_IOMMU_T_UNMAP);
-    v.setUint32(4, domain, true);
-    v.setBigUint64(8, BigInt(vs), true);
-    v.setBigUint64(16, BigInt(ve), true);
-  });
 
 /** A minimal virtio-iommu driver: one request at a time on the request queue. */
 class Client {

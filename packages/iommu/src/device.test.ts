@@ -12,18 +12,13 @@ import {
   VIRTIO_IOMMU_FAULT_F_ADDRESS,
   VIRTIO_IOMMU_FAULT_F_READ,
   VIRTIO_IOMMU_FAULT_R_MAPPING,
-  VIRTIO_IOMMU_MAP_F_READ,
-  VIRTIO_IOMMU_MAP_F_WRITE,
   VIRTIO_IOMMU_S_INVAL,
   VIRTIO_IOMMU_S_OK,
-  VIRTIO_IOMMU_T_ATTACH,
-  VIRTIO_IOMMU_T_MAP,
-  VIRTIO_IOMMU_T_PROBE,
-  VIRTIO_IOMMU_T_UNMAP,
   bit,
 } from './spec.ts';
 import { IommuTable, IommuTableView, tableBytes, type TableSizes } from './table.ts';
 import { EndpointTranslator } from './translator.ts';
+import { attachReq, mapReq, probeReq, req, unmapReq } from './testing/requests.ts';
 
 const SIZES: TableSizes = { maxEndpoints: 4, maxDomains: 4, maxMappings: 64 };
 const log = createLogger('iommu-test', undefined, 'silent');
@@ -55,41 +50,6 @@ function rig(opts: { acceptFeatures?: bigint } = {}) {
   };
   return { table, dev, h, post, status };
 }
-
-const req = (len: number, fill: (v: DataView) => void): Uint8Array => {
-  const b = new Uint8Array(len);
-  fill(new DataView(b.buffer));
-  return b;
-};
-const attachReq = (domain: number, endpoint: number, flags = 0) =>
-  req(20, (v) => {
-    v.setUint8(0, VIRTIO_IOMMU_T_ATTACH);
-    v.setUint32(4, domain, true);
-    v.setUint32(8, endpoint, true);
-    v.setUint32(12, flags, true);
-  });
-const mapReq = (domain: number, vs: number, ve: number, ps: number, flags = VIRTIO_IOMMU_MAP_F_READ | VIRTIO_IOMMU_MAP_F_WRITE) =>
-  req(36, (v) => {
-    v.setUint8(0, VIRTIO_IOMMU_T_MAP);
-    v.setUint32(4, domain, true);
-    v.setBigUint64(8, BigInt(vs), true);
-    v.setBigUint64(16, BigInt(ve), true);
-    v.setBigUint64(24, BigInt(ps), true);
-    v.setUint32(32, flags, true);
-  });
-const unmapReq = (domain: number, vs: number, ve: number) =>
-  req(28, (v) => {
-    v.setUint8(0, VIRTIO_IOMMU_T_UNMAP);
-    v.setUint32(4, domain, true);
-    v.setBigUint64(8, BigInt(vs), true);
-    v.setBigUint64(16, BigInt(ve), true);
-  });
-const probeReq = (endpoint: number) =>
-  req(72, (v) => {
-    v.setUint8(0, VIRTIO_IOMMU_T_PROBE);
-    v.setUint32(4, endpoint, true);
-    v.setUint8(10, 0xff); // reserved: the device MUST ignore it
-  });
 
 describe('IommuDevice', () => {
   it('presents the config space of §5.13.4', () => {
