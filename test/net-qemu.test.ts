@@ -96,9 +96,10 @@ describe('two QEMU guests on one vmm-switch (virtio-net-pci over vhost-user)', (
     const st = await querySwitch(join(dir, 'switch-e2e.sock'));
     expect(st.macs.map((m) => m.mac).sort()).toEqual([macs.a, macs.b]);
     const pa = st.ports.find((p) => p.name === 'a')!;
-    // 4 MiB in frames averaging above the 1514-byte wire maximum: TSO super-frames went through unsegmented.
+    // Frames above the 1514-byte wire maximum crossed the switch: TSO super-frames went through unsegmented
+    // (how many the guest's TCP sends that way depends on timing, so not their average size).
     expect(pa.rx_bytes).toBeGreaterThan(4 << 20);
-    expect(pa.rx_bytes / pa.rx_packets).toBeGreaterThan(1514);
+    expect(pa.rx_largest).toBeGreaterThan(1514);
     expect(st.ports.every((p) => p.tx_dropped === 0 && p.rx_errors === 0)).toBe(true);
   });
 

@@ -43,6 +43,8 @@ export interface PortStats {
   mac: string;
   rx_packets: number;
   rx_bytes: number;
+  /** The largest frame this port sent in (bytes, without the vnet header): above the MTU only for GSO super-frames. */
+  rx_largest: number;
   tx_packets: number;
   tx_bytes: number;
   /** Frames for this port dropped because its ring was full. */

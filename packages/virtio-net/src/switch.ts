@@ -139,7 +139,7 @@ export class Switch {
     const link = new RingPort(end);
     const p: Port = {
       id, name, mac, link, conn, connWatch: null as unknown as FdWatch, scheduled: false, dirty: false,
-      stats: { port: id, name, mac, rx_packets: 0, rx_bytes: 0, tx_packets: 0, tx_bytes: 0, tx_dropped: 0, rx_errors: 0 },
+      stats: { port: id, name, mac, rx_packets: 0, rx_bytes: 0, rx_largest: 0, tx_packets: 0, tx_bytes: 0, tx_dropped: 0, rx_errors: 0 },
     };
     try {
       sendMessage(conn, { type: 'attached', port: id, slots: this.slots, capacity: SWITCH_SLOT_CAPACITY }, peerFds);
@@ -207,6 +207,7 @@ export class Switch {
       }
       src.stats.rx_packets++;
       src.stats.rx_bytes += f.length - VNET_HDR_LEN;
+      src.stats.rx_largest = Math.max(src.stats.rx_largest, f.length - VNET_HDR_LEN);
       const dst = macFromBytes(f, VNET_HDR_LEN);
       const from = macFromBytes(f, VNET_HDR_LEN + 6);
       if (!isMulticast(from)) {
