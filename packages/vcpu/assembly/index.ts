@@ -59,6 +59,7 @@ const CTAB: usize = 0x200000; // 65536 × u32
 // Translator (src/jit): per-hart state offsets and the block lookup table (see the end of this file).
 const JIT_PC: usize = 1280; // u64: next pc written by a translated block on exit
 const JIT_DKEY: usize = 1288; // u64: mirror of dKey for the inlined TLB probe
+const JIT_FKEY: usize = 1296; // u64: mirror of fKey for the fetch-TLB probe of chained blocks
 // Per-hart translator area at JIT_TAB_BASE + hartId × JIT_TAB_STRIDE (8 harts end at 0xf00000):
 const JIT_TAB_BASE: usize = 0x400000;
 const JIT_TAB_STRIDE: usize = 0x160000;
@@ -246,6 +247,7 @@ function updateKeys(): void {
   dKey = k << 52;
   store<u64>(base + JIT_DKEY, dKey);
   fKey = <u64>priv << 52;
+  store<u64>(base + JIT_FKEY, fKey);
   fetchPage = 1;
 }
 
@@ -1155,19 +1157,12 @@ export function run(n: i32): i32 {
   let left = n;
   const xr = xb;
   if (mode != MODE_SNIPPET && takeInterrupt()) { batchLeft = left; return exitReason; }
+  // Block boundary: the translator's lookup is probed only here — at the start, after a taken
+  // branch or jump, a new fetch page (traps, xRET, FENCE.I, SFENCE.VMA and satp writes reset it),
+  // a return from translated code, or an instruction a region stops at (CSR, AMO, FP) — not at
+  // every interpreted instruction.
+  let jp = true;
   while (left > 0) {
-    if (jitOn && (pc & ~0xfff) == fetchPage) {
-      // Translated code, looked up by the physical (host) address of pc (see jitEnter).
-      const r = jitEnter(left);
-      if (r != left) {
-        jitRetired += <u64>(left - r);
-        left = r;
-        pc = load<u64>(base + JIT_PC);
-        if (ev != EV_NONE) { batchLeft = left; if (deliverException()) break; }
-        continue;
-      }
-    }
-    left--;
     // ── fetch ──
     let insn: u32;
     let ilen: u64 = 4;
@@ -1176,8 +1171,25 @@ export function run(n: i32): i32 {
       insn = load<u32>(<usize>(cur + fetchDelta));
     } else {
       insn = fetchSlow(cur);
-      if (ev != EV_NONE) { batchLeft = left; if (deliverException()) break; continue; }
+      if (ev != EV_NONE) { left--; batchLeft = left; if (deliverException()) break; continue; }
+      jp = true;
     }
+    if (jp) {
+      jp = false;
+      if (jitOn) {
+        // Translated code, looked up by the physical (host) address of pc (see jitEnter).
+        const r = jitEnter(left);
+        if (r != left) {
+          jitRetired += <u64>(left - r);
+          left = r;
+          pc = load<u64>(base + JIT_PC);
+          jp = true;
+          if (ev != EV_NONE) { batchLeft = left; if (deliverException()) break; }
+          continue;
+        }
+      }
+    }
+    left--;
     const raw = insn;
     if ((insn & 3) != 3) {
       ilen = 2;
@@ -1256,6 +1268,7 @@ export function run(n: i32): i32 {
           default: { ill = true; take = false; }
         }
         if (take) {
+          jp = true;
           const imm = ((<i32>insn >> 31) << 12) | <i32>(((insn >> 7) & 1) << 11) | <i32>(((insn >> 25) & 0x3f) << 5) | <i32>(((insn >> 8) & 0xf) << 1);
           npc = cur + <u64><i64>imm;
         }
@@ -1306,6 +1319,7 @@ export function run(n: i32): i32 {
         const imm = ((<i32>insn >> 31) << 20) | <i32>(((insn >> 12) & 0xff) << 12) | <i32>(((insn >> 20) & 1) << 11) | <i32>(((insn >> 21) & 0x3ff) << 1);
         setXR(xr, rd, npc);
         npc = cur + <u64><i64>imm;
+        jp = true;
         break;
       }
       case OPC_JALR: {
@@ -1313,6 +1327,7 @@ export function run(n: i32): i32 {
         const t = (XR(xr, rs1) + <u64><i64>(<i32>insn >> 20)) & ~1;
         setXR(xr, rd, npc);
         npc = t;
+        jp = true;
         break;
       }
       case OPC_AUIPC: setXR(xr, rd, cur + <u64><i64><i32>(insn & 0xfffff000)); break;
@@ -1360,13 +1375,14 @@ export function run(n: i32): i32 {
         else if (f3 != 0) ill = true;
         break;
       }
-      case OPC_AMO: execAmo(insn); break; // cold: out of line
-      case OPC_SYSTEM: batchLeft = left; npc = execSystem(insn, npc); break; // cold: out of line
+      case OPC_AMO: execAmo(insn); jp = true; break; // cold: out of line
+      case OPC_SYSTEM: batchLeft = left; npc = execSystem(insn, npc); jp = true; break; // cold: out of line
       case OPC_LOAD_FP: {
         if (!fpOn() || (f3 != 2 && f3 != 3)) { ill = true; break; }
         const va = XR(xr, rs1) + <u64><i64>(<i32>insn >> 20);
         if (f3 == 2) { const v = loadN(va, 4); if (ev == EV_NONE) setF32(rd, <u32>v); }
         else { const v = loadN(va, 8); if (ev == EV_NONE) setF(rd, v); }
+        jp = true;
         break;
       }
       case OPC_STORE_FP: {
@@ -1374,14 +1390,17 @@ export function run(n: i32): i32 {
         const imm = ((<i32>insn >> 25) << 5) | <i32>((insn >> 7) & 0x1f);
         const va = XR(xr, rs1) + <u64><i64>imm;
         storeN(va, f3 == 2 ? 4 : 8, F(rs2));
+        jp = true;
         break;
       }
       case OPC_MADD: case OPC_MSUB: case OPC_NMSUB: case OPC_NMADD: {
         if (!fpOn() || !execFma(insn, insn & 0x7f)) ill = true;
+        jp = true;
         break;
       }
       case OPC_OP_FP: {
         if (!fpOn() || !execOpFp(insn)) ill = true;
+        jp = true;
         break;
       }
       default: ill = true;
@@ -1496,6 +1515,7 @@ let jitRetired: u64 = 0; // instructions run by translated blocks (a trapping on
 let jitFences: u32 = 0; // FENCE.I executed
 let jitCodeWrites: u32 = 0; // stores into translated pages (jitCodeWritten)
 let jitRevalidations: u64 = 0; // blocks compared with their shadow copy after a flush
+let jitEntries: u64 = 0; // blocks entered from this loop (a chain of blocks that tail-call each other counts once)
 
 @inline function jitEnter(left: i32): i32 {
   const cur = pc;
@@ -1505,10 +1525,10 @@ let jitRevalidations: u64 = 0; // blocks compared with their shadow copy after a
   if (load<u32>(e) != hp) { store<u32>(e, hp); v = 0; }
   if (v > 0) {
     const g = load<u32>(jitTab + JIT_GEN);
-    if (load<u32>(e, 8) == g) return call_indirect<i32>(<u32>v, left, cur);
+    if (load<u32>(e, 8) == g) { jitEntries++; return call_indirect<i32>(<u32>v, left, cur); }
     // Code may have changed since the block was checked: compare it with its shadow copy.
     jitRevalidations++;
-    if (jitSameCode(<usize>load<u32>(e, 12), hp)) { store<u32>(e, g, 8); return call_indirect<i32>(<u32>v, left, cur); }
+    if (jitSameCode(<usize>load<u32>(e, 12), hp)) { store<u32>(e, g, 8); jitEntries++; return call_indirect<i32>(<u32>v, left, cur); }
     v = jitHot + 1; // changed: translate again
   }
   if (v > jitHot + 1) { store<i32>(e, v - 1, 4); return left; }
@@ -1518,6 +1538,7 @@ let jitRevalidations: u64 = 0; // blocks compared with their shadow copy after a
     store<i32>(e, f, 4);
     store<u32>(e, load<u32>(jitTab + JIT_GEN), 8);
     store<u32>(e, load<u32>(jitTab + JIT_RET), 12);
+    jitEntries++;
     return call_indirect<i32>(<u32>f, left, cur);
   }
   return left;
@@ -1583,6 +1604,7 @@ export function jitInstructions(): u64 { return jitRetired; }
 export function jitFenceCount(): u32 { return jitFences; }
 export function jitCodeWriteCount(): u32 { return jitCodeWrites; }
 export function jitRevalidationCount(): u64 { return jitRevalidations; }
+export function jitEntryCount(): u64 { return jitEntries; }
 export function jitRetAddr(): usize { return jitTabAddr() + JIT_RET; }
 export function jitShadowAddr(): usize { return jitTabAddr() + JIT_SHADOW; }
 export function jitShadowEnd(): usize { return jitTabAddr() + JIT_TAB_STRIDE; }
@@ -1590,6 +1612,8 @@ export function jitTabAddr(): usize { return JIT_TAB_BASE + <usize>hartId * JIT_
 export function jitGenAddr(): usize { return jitTabAddr() + JIT_GEN; }
 export function jitPcAddr(): usize { return base + JIT_PC; }
 export function jitDKeyAddr(): usize { return base + JIT_DKEY; }
+export function jitFKeyAddr(): usize { return base + JIT_FKEY; }
+export function jitTabMask(): u32 { return JIT_TAB_MASK; }
 export function tlbTagsAddr(): usize { return tlbTags; }
 export function tlbDeltasAddr(): usize { return tlbDeltas; }
 export function tlbEntries(): i32 { return <i32>TLB_N; }

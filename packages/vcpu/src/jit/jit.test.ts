@@ -198,6 +198,28 @@ describe('translator vs interpreter in lockstep', () => {
     expect(jit.x(5)).toBe(3000n);
   });
 
+  it('blocks chain: calls into another page and returns run block to block without the interpreter', () => {
+    // main (page 0): call f on page 1 with JAL, count down; f returns with JALR. Each iteration is
+    // three blocks (main up to the JAL, f, the return point up to the BNE back to main's head).
+    const f = 0x1000;
+    const main = program([
+      ...li(5, 4000n), ...li(2, DATA),
+      L('loop'), A.addi(6, 6, 1), (_at, pc) => A.jal(1, f - pc),
+      A.addi(5, 5, -1), bne(5, 0, 'loop'),
+      L('end'), jal(0, 'end'),
+    ]);
+    const fn = assemble([A.add(7, 7, 6), A.sd(7, 2, 0), A.ld(8, 2, 0), A.jalr(0, 1, 0)]);
+    const code = new Uint8Array(f + fn.length);
+    code.set(main); code.set(fn, f);
+    const { jit } = lockstep(code, { batches: 40, seed: 8 });
+    expect(jit.x(5)).toBe(0n);
+    const s = jit.jitStats()!;
+    // 4000 iterations × 3 blocks; the interpreter's loop entered translated code only a few
+    // times per batch (40 batches): the rest were tail calls from block to block.
+    expect(s.jitInstructions).toBeGreaterThan(4000 * 7);
+    expect(s.entries).toBeLessThan(400);
+  });
+
   it('a remote fence.i (Hart.poll → fenceI) makes a hart drop code another thread rewrote', () => {
     const code = program([
       L('loop'), A.addi(5, 5, 1), jal(0, 'loop'),

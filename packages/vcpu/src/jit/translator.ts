@@ -26,8 +26,14 @@
 //  - pc-relative values (AUIPC, JAL links, branch targets) are computed from
 //    the virtual pc the region was entered with, since the same physical page
 //    may be mapped at several virtual addresses.
-// Blocks chain through the interpreter's dispatcher (a lookup by physical
-// address at the top of its loop), not through each other.
+// Blocks chain (QEMU's goto_tb): a block leaving to a pc that is not a trap
+// looks the next block up itself — the fetch TLB for the host address, then
+// the core's lookup table — and, when that block is translated and checked
+// in the current code generation, tail-calls it (`return_call_indirect`)
+// with the remaining budget instead of returning to the interpreter. Each
+// block checks its budget at entry, so a chain never runs past the batch;
+// anything else (cold or stale entry, TLB miss) returns to the core, which
+// counts hotness, re-validates or interprets as before.
 
 import { Bytes, OP, T, writeModule, type FuncType } from './wasm-writer.ts';
 import { WASM_RAM_OFFSET } from '../layout.ts';
@@ -51,6 +57,7 @@ export interface JitCoreExports {
   jitInstructions(): bigint;
   jitFenceCount(): number;
   jitRevalidationCount(): bigint;
+  jitEntryCount(): bigint;
   jitRetAddr(): number;
   jitShadowAddr(): number;
   jitShadowEnd(): number;
@@ -59,6 +66,8 @@ export interface JitCoreExports {
   jitGenAddr(): number;
   jitPcAddr(): number;
   jitDKeyAddr(): number;
+  jitFKeyAddr(): number;
+  jitTabMask(): number;
   tlbTagsAddr(): number;
   tlbDeltasAddr(): number;
   tlbEntries(): number;
@@ -100,6 +109,8 @@ export interface JitStats {
   compileNs: number;
   /** Guest instructions executed by translated blocks (the rest were interpreted). */
   jitInstructions: number;
+  /** Entries into translated code from the interpreter's loop (blocks reached by chaining are not counted). */
+  entries: number;
   /** FENCE.I executed by this hart. */
   fenceI: number;
   /** Stores by this hart into pages it had translated code from. */
@@ -278,6 +289,9 @@ export class Translator {
   private readonly tlbMask: number;
   private readonly pcAddr: number;
   private readonly dkeyAddr: number;
+  private readonly fkeyAddr: number;
+  private readonly jitTab: number;
+  private readonly jitTabMask: number;
   private readonly blocks = new Map<number, Block>();
   private readonly freeSlots: number[] = [];
   private nextSlot = 1;
@@ -286,7 +300,7 @@ export class Translator {
   private readonly gBody = new Gen();
   private readonly gHead = new Gen();
   private readonly head = new Bytes(8192);
-  readonly stats: JitStats = { blocks: 0, cacheBytes: 0, guestInsns: 0, compiled: 0, untranslatable: 0, invalid: 0, revalidated: 0, evictions: 0, compileNs: 0, jitInstructions: 0, fenceI: 0, codeWrites: 0 };
+  readonly stats: JitStats = { blocks: 0, cacheBytes: 0, guestInsns: 0, compiled: 0, untranslatable: 0, invalid: 0, revalidated: 0, evictions: 0, compileNs: 0, jitInstructions: 0, entries: 0, fenceI: 0, codeWrites: 0 };
 
   constructor(opts: TranslatorOptions) {
     this.memory = opts.memory;
@@ -307,9 +321,12 @@ export class Translator {
     this.tlbMask = c.tlbEntries() - 1;
     this.pcAddr = c.jitPcAddr();
     this.dkeyAddr = c.jitDKeyAddr();
+    this.fkeyAddr = c.jitFKeyAddr();
+    this.jitTab = c.jitTabAddr();
+    this.jitTabMask = c.jitTabMask();
     const pages = opts.memory.buffer.byteLength / 65536;
     this.memLimits = { min: pages, max: pages, shared: true };
-    this.imports = { memory: opts.memory };
+    this.imports = { memory: opts.memory, table: opts.table };
     for (const h of HELPERS) this.imports[h] = c[h];
     if (this.table.length < JIT_SLOTS) throw new Error(`jit: function table has ${this.table.length} slots, need ${JIT_SLOTS}`);
   }
@@ -464,7 +481,8 @@ export class Translator {
     /** Leave the block: left = base − retired, npc already in L_NPC. */
     const exitWith = (retired: number): void => { g.get(L_BASE).i32(retired).op(OP.i32_sub).set(L_LEFT).br('exit'); };
     const exitTo = (i: number, d: number): void => { pcPlus(i, d); g.set(L_NPC); exitWith(i + 1); };
-    const trapExit = (i: number): void => { pcOf(i); g.set(L_NPC); exitWith(i + 1); };
+    // A trap exit marks L_T (else a br_table ordinal, ≥ 0) so that the epilogue does not chain.
+    const trapExit = (i: number): void => { pcOf(i); g.set(L_NPC); g.i32(-1).set(L_T); exitWith(i + 1); };
     /** Control goes to pc(i)+d after instruction i retired. */
     const jump = (i: number, d: number): void => {
       const t = index.get(insns[i]!.delta + d);
@@ -617,6 +635,21 @@ export class Translator {
     // Exit: store the written registers and the next pc, return the budget.
     for (const r of g.dirty) g.i32(0).get(g.regLocal[r]!).mem(OP.i64_store, 3, this.xb + 8 * r);
     g.i32(0).get(L_NPC).mem(OP.i64_store, 3, this.pcAddr);
+    // Chain: fetch-TLB hit for npc (the tag the core's fetchSlow installs), then the core's lookup
+    // entry for its host address (see jitEnter): same tag, a block, checked in this generation.
+    g.get(L_T).i32(0).op(OP.i32_ge_s).open(OP.if, 'chain');
+    g.get(L_NPC).i64(12).op(OP.i64_shr_u).set(L_VA);
+    g.get(L_VA).op(OP.i32_wrap_i64).i32(this.tlbMask).op(OP.i32_and).i32(3).op(OP.i32_shl).tee(L_TI);
+    g.mem(OP.i64_load, 3, this.tlbTags); // fetch TLB: kind 0
+    g.get(L_VA).i32(0).mem(OP.i64_load, 3, this.fkeyAddr).op(OP.i64_or).op(OP.i64_eq).open(OP.if, 'ftlb');
+    g.get(L_NPC).get(L_TI).mem(OP.i64_load, 3, this.tlbDeltas).op(OP.i64_add).op(OP.i32_wrap_i64).tee(L_TI); // hp
+    g.i32(1).op(OP.i32_shr_u).i32(this.jitTabMask).op(OP.i32_and).i32(4).op(OP.i32_shl).tee(L_BASE); // entry offset
+    g.mem(OP.i32_load, 2, this.jitTab).get(L_TI).op(OP.i32_eq);
+    g.get(L_BASE).mem(OP.i32_load, 2, this.jitTab + 8).i32(0).mem(OP.i32_load, 2, this.genAddr).op(OP.i32_eq).op(OP.i32_and);
+    g.get(L_BASE).mem(OP.i32_load, 2, this.jitTab + 4).tee(L_T).i32(0).op(OP.i32_gt_s).op(OP.i32_and).open(OP.if, 'next');
+    g.get(L_LEFT).get(L_NPC).get(L_T);
+    g.op(OP.return_call_indirect); g.b.u32(0); g.b.u32(0); // type 0 (block), table 0 (env.table)
+    g.end().end().end();
     g.get(L_LEFT);
 
     // Head: load the used registers and dKey; refuse to start without budget for a straight run.
@@ -632,6 +665,7 @@ export class Translator {
       types: TYPES,
       funcImports: g.used.map((name) => ({ name, type: HELPER_TYPE[name] })),
       memory: this.memLimits,
+      table: { min: JIT_SLOTS },
       func: { type: 0, locals: [{ count: 4, type: T.i32 }, { count: 3 + g.nRegs, type: T.i64 }], body: head },
       exportName: 'b',
     });
