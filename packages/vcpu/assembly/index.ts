@@ -1544,10 +1544,10 @@ let jitEntries: u64 = 0; // blocks entered from this loop (a chain of blocks tha
   return left;
 }
 
-/** Are the guest bytes at host address hp those of the shadow copy at s ([u32 length][pad][bytes])? */
+/** Are the guest bytes around host address hp those of the shadow copy at s ([u32 length][i32 start relative to hp][bytes])? */
 function jitSameCode(s: usize, hp: u32): bool {
   const n = <usize>load<u32>(s);
-  const a = s + 8, b = <usize>hp;
+  const a = s + 8, b = <usize>(<i32>hp + load<i32>(s, 4));
   let i: usize = 0;
   for (; i + 8 <= n; i += 8) if (load<u64>(a + i) != load<u64>(b + i)) return false;
   for (; i < n; i++) if (load<u8>(a + i) != load<u8>(b + i)) return false;

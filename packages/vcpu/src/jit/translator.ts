@@ -7,8 +7,10 @@
 //
 // A region starts at the pc the interpreter found hot and runs forward to the
 // first instruction the translator does not handle (CSR, AMO, FP, ECALL,
-// FENCE.I, xRET, WFI, SFENCE.VMA …), an unconditional jump out of the region,
-// the end of the page, or MAX_REGION instructions. Inside it:
+// FENCE.I, xRET, WFI, SFENCE.VMA …), a JALR, the end of the page, or
+// MAX_REGION instructions; a JAL whose target is on the same page is
+// followed (the region goes on at the target, as a trace), one whose target
+// is off the page or already in the region ends it. Inside it:
 //  - guest registers live in wasm locals (loaded on entry, the written ones
 //    stored back on exit);
 //  - every taken branch or JAL whose target is an instruction of the region
@@ -42,6 +44,8 @@ import { WASM_RAM_OFFSET } from '../layout.ts';
 export const JIT_THRESHOLD = 4000;
 /** Longest region in instructions. */
 export const MAX_REGION = 64;
+/** Widest stretch of guest bytes one region may cover (its shadow copy) when it follows JALs. */
+const MAX_SPAN = 512;
 /** Code-cache bound (bytes of generated wasm per hart) before everything is evicted. */
 export const CODE_CACHE_BYTES = 64 * 1024 * 1024;
 /** Function-table slots for blocks (index 0 stays empty). */
@@ -157,18 +161,28 @@ interface Block {
   /** Bytes of generated wasm. */
   bytes: number;
   insns: number;
-  /** The guest code it was translated from. */
+  /** The guest code it was translated from: bytes [entry + lo, entry + lo + code.length). */
   code: Uint8Array;
+  lo: number;
   /** Address of its shadow copy in the core's translator area. */
   shadow: number;
 }
 
 interface Insn {
-  /** Byte offset from the region's first instruction. */
+  /** Byte offset from the region's first instruction (negative after a JAL backwards). */
   delta: number;
   len: 2 | 4;
   /** 32-bit form (RVC expanded). */
   w: number;
+  /** A JAL the region follows: the next instruction of the list is its target. */
+  follow?: boolean;
+}
+
+/** The stretch of the page a region's instructions cover, relative to its entry. */
+function spanOf(insns: Insn[]): { lo: number; hi: number } {
+  let lo = 0, hi = 0;
+  for (const i of insns) { lo = Math.min(lo, i.delta); hi = Math.max(hi, i.delta + i.len); }
+  return { lo, hi };
 }
 
 const immI = (w: number): number => w >> 20;
@@ -358,7 +372,7 @@ export class Translator {
   flush(): void { this.core.jitFlush(); }
 
   private sameCode(b: Block, hp: number): boolean {
-    const cur = this.u8.subarray(hp, hp + b.code.length);
+    const cur = this.u8.subarray(hp + b.lo, hp + b.lo + b.code.length);
     for (let i = 0; i < cur.length; i++) if (cur[i] !== b.code[i]) return false;
     return true;
   }
@@ -380,8 +394,8 @@ export class Translator {
       const insns = this.scan(hp);
       if (insns.length === 0) { this.stats.untranslatable++; return 0; }
       const bytes = this.emit(insns);
-      const last = insns[insns.length - 1]!;
-      const codeLen = last.delta + last.len;
+      const { lo, hi } = spanOf(insns);
+      const codeLen = hi - lo;
       const shadowNeed = 8 + ((codeLen + 7) & ~7);
       if ((this.freeSlots.length === 0 && this.nextSlot >= JIT_SLOTS) || this.stats.cacheBytes + bytes.length > CODE_CACHE_BYTES
         || this.shadowNext + shadowNeed > this.shadowEnd) {
@@ -402,15 +416,16 @@ export class Translator {
       }
       const slot = this.freeSlots.pop() ?? this.nextSlot++;
       this.table.set(slot, fn);
-      // The shadow copy: [u32 length][pad][guest bytes], what the core compares after a flush.
+      // The shadow copy: [u32 length][i32 start relative to the entry][guest bytes], what the core compares after a flush.
       const shadow = this.shadowNext;
       this.shadowNext += shadowNeed;
       this.dv.setUint32(shadow, codeLen, true);
-      this.u8.copyWithin(shadow + 8, hp, hp + codeLen);
+      this.dv.setInt32(shadow + 4, lo, true);
+      this.u8.copyWithin(shadow + 8, hp + lo, hp + hi);
       this.ret[0] = shadow;
       // From now on a store by this hart into the page invalidates its blocks (see jitCodeWritten).
       this.core.jitMarkCodePage(BigInt((hp & ~0xfff) - WASM_RAM_OFFSET));
-      this.blocks.set(hp, { slot, bytes: bytes.length, insns: insns.length, code: this.u8.slice(hp, hp + codeLen), shadow });
+      this.blocks.set(hp, { slot, bytes: bytes.length, insns: insns.length, code: this.u8.slice(hp + lo, hp + hi), lo, shadow });
       this.stats.compiled++;
       this.stats.blocks++;
       this.stats.cacheBytes += bytes.length;
@@ -427,8 +442,11 @@ export class Translator {
   scan(hp: number): Insn[] {
     const page = hp & ~0xfff;
     const out: Insn[] = [];
-    let off = hp & 0xfff;
-    while (out.length < MAX_REGION && off < 0x1000) {
+    const start = hp & 0xfff;
+    const seen = new Set<number>();
+    let spanLo = start, spanHi = start;
+    let off = start;
+    while (out.length < MAX_REGION && off < 0x1000 && !seen.has(off)) {
       const lo = this.dv.getUint16(page + off, true);
       let w: number, len: 2 | 4;
       if ((lo & 3) === 3) {
@@ -441,12 +459,25 @@ export class Translator {
         len = 2;
       }
       if (!translatable(w)) break;
-      const delta = off - (hp & 0xfff);
-      out.push({ delta, len, w });
+      if (Math.max(spanHi, off + len) - Math.min(spanLo, off) > MAX_SPAN) break;
+      const ins: Insn = { delta: off - start, len, w };
+      out.push(ins);
+      seen.add(off);
+      spanLo = Math.min(spanLo, off); spanHi = Math.max(spanHi, off + len);
       off += len;
       const opc = w & 0x7f;
-      if (opc === 0x67 || opc === 0x6f) break; // JALR, JAL: nothing after them is reached from them
+      if (opc === 0x67) break; // JALR: nothing after it is reached from it
+      if (opc === 0x6f) {
+        // JAL: go on at its target when that is on this page, not yet in the region, within the span.
+        const t = off - len + immJ(w);
+        if (t < 0 || t >= 0x1000 || seen.has(t) || Math.max(spanHi, t + 4) - Math.min(spanLo, t) > MAX_SPAN) break;
+        ins.follow = true;
+        off = t;
+      }
     }
+    // A region that ends just after a followed JAL leaves through it (to its target) instead.
+    const last = out[out.length - 1];
+    if (last?.follow) last.follow = false;
     return out;
   }
 
@@ -462,10 +493,16 @@ export class Translator {
     const targetOf = (ins: Insn): number | undefined => {
       const opc = ins.w & 0x7f;
       if (opc === 0x63) return index.get(ins.delta + immB(ins.w));
-      if (opc === 0x6f) return index.get(ins.delta + immJ(ins.w));
+      if (opc === 0x6f && !ins.follow) return index.get(ins.delta + immJ(ins.w));
       return undefined;
     };
     for (const ins of insns) { const t = targetOf(ins); if (t !== undefined) isLabel[t] = 1; }
+    // The region may end by running into one of its own instructions (after a followed JAL backwards).
+    const last = insns[n - 1]!;
+    const lastOpc = last.w & 0x7f;
+    const fallsOff = lastOpc !== 0x6f && lastOpc !== 0x67;
+    const fallTarget = fallsOff ? index.get(last.delta + last.len) : undefined;
+    if (fallTarget !== undefined) isLabel[fallTarget] = 1;
     const ordinal = new Int32Array(n).fill(-1);
     const labels: string[] = [];
     for (let i = 0; i < n; i++) if (isLabel[i]) { ordinal[i] = labels.length; labels.push(`L${i}`); }
@@ -523,7 +560,7 @@ export class Translator {
         case 0x17: if (rd) { pcPlus(i, w & 0xfffff000); g.setX(rd); } break; // AUIPC
         case 0x6f: // JAL
           if (rd) { pcPlus(i, len); g.setX(rd); }
-          jump(i, immJ(w));
+          if (!insns[i]!.follow) jump(i, immJ(w)); // else the region goes on at the target, next in the list
           break;
         case 0x67: // JALR: target before the link (rd may be rs1)
           g.x(rs1).i64(immI(w)).op(OP.i64_add).i64(-2).op(OP.i64_and).set(L_NPC);
@@ -627,9 +664,8 @@ export class Translator {
         default: throw new Error(`jit: untranslatable instruction 0x${(w >>> 0).toString(16)} reached the emitter`);
       }
     }
-    // Fell off the end: the next instruction is the interpreter's.
-    const last = insns[n - 1]!;
-    pcPlus(n - 1, last.len); g.set(L_NPC); exitWith(n);
+    // Fell off the end: on to the next instruction (in the region, or a chained block or the interpreter).
+    if (fallsOff) jump(n - 1, last.len);
     g.end(); // top
     g.end(); // exit
     // Exit: store the written registers and the next pc, return the budget.
