@@ -391,7 +391,12 @@ export class Translator {
     }
     const t0 = process.hrtime.bigint();
     try {
-      const insns = this.scan(hp);
+      // One snapshot of the page: the region is decoded from it and its shadow copy taken from it
+      // (read twice from live memory, a writer in between — another hart, a device's DMA — would
+      // leave a block of the old bytes with a shadow of the new ones).
+      const page = hp & ~0xfff;
+      const snap = this.u8.slice(page, page + 0x1000);
+      const insns = this.scan(hp, snap);
       if (insns.length === 0) { this.stats.untranslatable++; return 0; }
       const bytes = this.emit(insns);
       const { lo, hi } = spanOf(insns);
@@ -421,11 +426,13 @@ export class Translator {
       this.shadowNext += shadowNeed;
       this.dv.setUint32(shadow, codeLen, true);
       this.dv.setInt32(shadow + 4, lo, true);
-      this.u8.copyWithin(shadow + 8, hp + lo, hp + hi);
+      const start = hp & 0xfff;
+      const code = snap.subarray(start + lo, start + hi);
+      this.u8.set(code, shadow + 8);
       this.ret[0] = shadow;
       // From now on a store by this hart into the page invalidates its blocks (see jitCodeWritten).
       this.core.jitMarkCodePage(BigInt((hp & ~0xfff) - WASM_RAM_OFFSET));
-      this.blocks.set(hp, { slot, bytes: bytes.length, insns: insns.length, code: this.u8.slice(hp + lo, hp + hi), lo, shadow });
+      this.blocks.set(hp, { slot, bytes: bytes.length, insns: insns.length, code: code.slice(), lo, shadow });
       this.stats.compiled++;
       this.stats.blocks++;
       this.stats.cacheBytes += bytes.length;
@@ -438,20 +445,20 @@ export class Translator {
     }
   }
 
-  /** Decode the region starting at host address hp (never past its page). */
-  scan(hp: number): Insn[] {
-    const page = hp & ~0xfff;
+  /** Decode the region starting at host address hp (never past its page) from `page`, the bytes of its page (default: live memory). */
+  scan(hp: number, page: Uint8Array = this.u8.subarray(hp & ~0xfff, (hp & ~0xfff) + 0x1000)): Insn[] {
+    const dv = new DataView(page.buffer, page.byteOffset, 0x1000);
     const out: Insn[] = [];
     const start = hp & 0xfff;
     const seen = new Set<number>();
     let spanLo = start, spanHi = start;
     let off = start;
     while (out.length < MAX_REGION && off < 0x1000 && !seen.has(off)) {
-      const lo = this.dv.getUint16(page + off, true);
+      const lo = dv.getUint16(off, true);
       let w: number, len: 2 | 4;
       if ((lo & 3) === 3) {
         if (off > 0xffc) break; // the upper half is on the next page
-        w = this.dv.getUint32(page + off, true) | 0;
+        w = dv.getUint32(off, true) | 0;
         len = 4;
       } else {
         w = this.core.expandCompressed(lo) | 0;
