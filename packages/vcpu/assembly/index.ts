@@ -995,6 +995,30 @@ function execFma(insn: u32, op: u32): bool {
 }
 
 // ─── cold instructions, out of run() so that the hot loop stays small ─────
+/**
+ * F/D loads, stores and arithmetic (ISA §11–12): illegal while mstatus.FS is
+ * Off (privileged 1.12 §3.1.6.6). `raw` is the instruction as fetched (the
+ * 16-bit form of a compressed one), the tval of an illegal-instruction trap.
+ */
+function execFp(insn: u32, raw: u32): void {
+  const op = insn & 0x7f;
+  const rd = (insn >> 7) & 31, rs1 = (insn >> 15) & 31, f3 = (insn >> 12) & 7;
+  if (!fpOn()) { raise(2, <u64>raw); return; }
+  if (op == OPC_LOAD_FP || op == OPC_STORE_FP) {
+    if (f3 != 2 && f3 != 3) { raise(2, <u64>raw); return; }
+    if (op == OPC_LOAD_FP) {
+      const va = X(rs1) + <u64><i64>(<i32>insn >> 20);
+      if (f3 == 2) { const v = loadN(va, 4); if (ev == EV_NONE) setF32(rd, <u32>v); }
+      else { const v = loadN(va, 8); if (ev == EV_NONE) setF(rd, v); }
+    } else {
+      const imm = ((<i32>insn >> 25) << 5) | <i32>((insn >> 7) & 0x1f);
+      storeN(X(rs1) + <u64><i64>imm, f3 == 2 ? 4 : 8, F((insn >> 20) & 31));
+    }
+    return;
+  }
+  if (!(op == OPC_OP_FP ? execOpFp(insn) : execFma(insn, op))) raise(2, <u64>raw);
+}
+
 /** AMO (ISA §8): LR/SC and the read-modify-write AMOs. Raises its own exceptions (no compressed form). */
 function execAmo(insn: u32): void {
   const rd = (insn >> 7) & 31, rs1 = (insn >> 15) & 31, rs2 = (insn >> 20) & 31, f3 = (insn >> 12) & 7;
@@ -1184,7 +1208,13 @@ export function run(n: i32): i32 {
           left = r;
           pc = load<u64>(base + JIT_PC);
           jp = true;
-          if (ev != EV_NONE) { batchLeft = left; if (deliverException()) break; }
+          if (ev != EV_NONE) {
+            batchLeft = left;
+            if (ev < 64) { if (deliverException()) break; continue; }
+            // EV_IRQ: a CSR write in the block (jitCold) may have unmasked an interrupt.
+            ev = EV_NONE;
+            if (mode != MODE_SNIPPET && takeInterrupt()) break;
+          }
           continue;
         }
       }
@@ -1377,32 +1407,10 @@ export function run(n: i32): i32 {
       }
       case OPC_AMO: execAmo(insn); jp = true; break; // cold: out of line
       case OPC_SYSTEM: batchLeft = left; npc = execSystem(insn, npc); jp = true; break; // cold: out of line
-      case OPC_LOAD_FP: {
-        if (!fpOn() || (f3 != 2 && f3 != 3)) { ill = true; break; }
-        const va = XR(xr, rs1) + <u64><i64>(<i32>insn >> 20);
-        if (f3 == 2) { const v = loadN(va, 4); if (ev == EV_NONE) setF32(rd, <u32>v); }
-        else { const v = loadN(va, 8); if (ev == EV_NONE) setF(rd, v); }
+      case OPC_LOAD_FP: case OPC_STORE_FP: case OPC_MADD: case OPC_MSUB: case OPC_NMSUB: case OPC_NMADD: case OPC_OP_FP:
+        execFp(insn, ilen == 2 ? raw & 0xffff : raw); // cold: out of line, shared with translated blocks (jitCold)
         jp = true;
         break;
-      }
-      case OPC_STORE_FP: {
-        if (!fpOn() || (f3 != 2 && f3 != 3)) { ill = true; break; }
-        const imm = ((<i32>insn >> 25) << 5) | <i32>((insn >> 7) & 0x1f);
-        const va = XR(xr, rs1) + <u64><i64>imm;
-        storeN(va, f3 == 2 ? 4 : 8, F(rs2));
-        jp = true;
-        break;
-      }
-      case OPC_MADD: case OPC_MSUB: case OPC_NMSUB: case OPC_NMADD: {
-        if (!fpOn() || !execFma(insn, insn & 0x7f)) ill = true;
-        jp = true;
-        break;
-      }
-      case OPC_OP_FP: {
-        if (!fpOn() || !execOpFp(insn)) ill = true;
-        jp = true;
-        break;
-      }
       default: ill = true;
     }
     if (ill) raise(2, <u64>(ilen == 2 ? raw & 0xffff : raw));
@@ -1629,6 +1637,24 @@ export function jitLoad(va: u64, f3: i32): u64 {
 export function jitStore(va: u64, size: i32, v: u64): void { storeSlow(va, size, v); }
 /** Did the last helper raise an exception? */
 export function jitFault(): bool { return ev != EV_NONE; }
+/**
+ * An instruction a block leaves to the core — AMO/LR/SC, a CSR instruction,
+ * FP — run as the interpreter runs it, the block having stored the x
+ * registers it reads or writes (it reloads rd after). `left` is the budget
+ * after this instruction (instret/cycle reads). Returns 0 to go on, 1 for an
+ * exception (ev set: the block exits at this instruction), 2 when it
+ * completed but the block must leave (EV_IRQ: a CSR write; the core then
+ * checks interrupts, as after the interpreter's CSR writes).
+ */
+export function jitCold(insn: u32, raw: u32, left: i32): i32 {
+  batchLeft = left;
+  const op = insn & 0x7f;
+  if (op == OPC_AMO) execAmo(insn);
+  else if (op == OPC_SYSTEM) execSystem(insn, 0); // CSR instructions only (the translator's choice)
+  else execFp(insn, raw);
+  if (ev == EV_NONE) return 0;
+  return ev < 64 ? 1 : 2;
+}
 export function jitMulh(a: u64, b: u64): u64 { return mulh(a, b); }
 export function jitMulhsu(a: u64, b: u64): u64 { return mulhsu(a, b); }
 export function jitMulhu(a: u64, b: u64): u64 { return mulhu(a, b); }

@@ -246,6 +246,32 @@ describe('translator vs interpreter in lockstep', () => {
     expect(s.jitInstructions).toBeGreaterThan(2000 * 4);
   });
 
+  it('CSR reads and writes, AMO, LR/SC and FP inside a hot block run through jitCold like the interpreter (instret reads, an FP trap while FS is off)', () => {
+    // The handler (FP illegal with FS off) turns FS on and retries; the loop turns FS off every
+    // 256 iterations, so the trap hits a block in the middle. mscratch writes leave the block (EV_IRQ).
+    const code = program([
+      ...li(5, 3000n), ...li(2, DATA), ...li(9, 3n << 13n),
+      L('loop'),
+      A.addi(6, 6, 3),
+      A.csrrs(10, 0xb02, 0), // minstret
+      A.add(11, 11, 10),
+      A.amoadd_d(12, 2, 6), A.lr_d(13, 2), A.add(13, 13, 5), A.sc_d(14, 2, 13), A.add(15, 15, 14),
+      A.fmv_d_x(1, 6), A.fadd_d(2, 2, 1), A.fsd(2, 2, 16), A.fld(3, 2, 16), A.fmv_x_w(16, 3), A.add(17, 17, 16),
+      A.andi(18, 5, 255), bne(18, 0, 'keep'),
+      A.csrrc(0, 0x300, 9), // FS off: the next FP instruction traps
+      A.csrrw(19, 0x340, 5), // mscratch
+      L('keep'),
+      A.addi(5, 5, -1), bne(5, 0, 'loop'),
+      L('end'), jal(0, 'end'),
+      L('h'), A.csrrs(0, 0x300, 9), A.addi(28, 28, 1), A.mret(),
+    ]);
+    const hAddr = BigInt(RAM_BASE) + BigInt(code.length - 12);
+    const { jit } = lockstep(code, { batches: 60, seed: 10, before: (k, c) => { if (k === 0) { c.writeCsr(0x305, hAddr); c.writeCsr(0x300, 1n << 13n); } } });
+    expect(jit.x(5)).toBe(0n);
+    expect(jit.x(28)).toBeGreaterThan(5n); // FP traps taken
+    expect(jit.jitStats()!.jitInstructions).toBeGreaterThan(3000 * 15);
+  });
+
   it('a remote fence.i (Hart.poll → fenceI) makes a hart drop code another thread rewrote', () => {
     const code = program([
       L('loop'), A.addi(5, 5, 1), jal(0, 'loop'),

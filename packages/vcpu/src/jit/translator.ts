@@ -91,6 +91,7 @@ export interface JitCoreExports {
   jitDivuw: WebAssembly.ExportValue;
   jitRemw: WebAssembly.ExportValue;
   jitRemuw: WebAssembly.ExportValue;
+  jitCold: WebAssembly.ExportValue;
 }
 
 export interface JitStats {
@@ -129,11 +130,12 @@ const TYPES: FuncType[] = [
   { params: [T.i64, T.i32, T.i64], results: [] }, // 2: jitStore
   { params: [], results: [T.i32] }, // 3: jitFault
   { params: [T.i64, T.i64], results: [T.i64] }, // 4: M-extension helpers
+  { params: [T.i32, T.i32, T.i32], results: [T.i32] }, // 5: jitCold
 ];
-const HELPERS = ['jitLoad', 'jitStore', 'jitFault', 'jitMulh', 'jitMulhsu', 'jitMulhu', 'jitDiv', 'jitDivu', 'jitRem', 'jitRemu', 'jitDivw', 'jitDivuw', 'jitRemw', 'jitRemuw'] as const;
+const HELPERS = ['jitLoad', 'jitStore', 'jitFault', 'jitMulh', 'jitMulhsu', 'jitMulhu', 'jitDiv', 'jitDivu', 'jitRem', 'jitRemu', 'jitDivw', 'jitDivuw', 'jitRemw', 'jitRemuw', 'jitCold'] as const;
 type Helper = (typeof HELPERS)[number];
 const HELPER_TYPE: Record<Helper, number> = {
-  jitLoad: 1, jitStore: 2, jitFault: 3, jitMulh: 4, jitMulhsu: 4, jitMulhu: 4, jitDiv: 4, jitDivu: 4, jitRem: 4, jitRemu: 4, jitDivw: 4, jitDivuw: 4, jitRemw: 4, jitRemuw: 4,
+  jitLoad: 1, jitStore: 2, jitFault: 3, jitMulh: 4, jitMulhsu: 4, jitMulhu: 4, jitDiv: 4, jitDivu: 4, jitRem: 4, jitRemu: 4, jitDivw: 4, jitDivuw: 4, jitRemw: 4, jitRemuw: 4, jitCold: 5,
 };
 // M extension (ISA §7) by funct3, OP and OP-32, for the cases done by helpers.
 const MUL_HELPER: (Helper | null)[] = [null, 'jitMulh', 'jitMulhsu', 'jitMulhu', 'jitDiv', 'jitDivu', 'jitRem', 'jitRemu'];
@@ -174,6 +176,8 @@ interface Insn {
   len: 2 | 4;
   /** 32-bit form (RVC expanded). */
   w: number;
+  /** As fetched (16 bits for RVC): the tval of an illegal-instruction trap raised by jitCold. */
+  raw: number;
   /** A JAL the region follows: the next instruction of the list is its target. */
   follow?: boolean;
 }
@@ -215,6 +219,10 @@ function translatable(w: number): boolean {
       if (f7 === 1) return f3 === 0 || f3 >= 4;
       return false;
     case 0x0f: return f3 === 0; // FENCE (a no-op here: memory is sequentially consistent); FENCE.I goes to the interpreter
+    // Through the core's jitCold (which raises what is illegal among them): AMO/LR/SC, F/D, and the
+    // CSR instructions (ECALL, EBREAK, xRET, WFI, SFENCE.VMA stay in the interpreter).
+    case 0x2f: case 0x07: case 0x27: case 0x43: case 0x47: case 0x4b: case 0x4f: case 0x53: return true;
+    case 0x73: return f3 !== 0 && f3 !== 4;
     default: return false;
   }
 }
@@ -467,7 +475,7 @@ export class Translator {
       }
       if (!translatable(w)) break;
       if (Math.max(spanHi, off + len) - Math.min(spanLo, off) > MAX_SPAN) break;
-      const ins: Insn = { delta: off - start, len, w };
+      const ins: Insn = { delta: off - start, len, w, raw: len === 2 ? lo : w >>> 0 };
       out.push(ins);
       seen.add(off);
       spanLo = Math.min(spanLo, off); spanHi = Math.max(spanHi, off + len);
@@ -668,6 +676,24 @@ export class Translator {
           break;
         }
         case 0x0f: break; // FENCE
+        case 0x2f: case 0x73: case 0x07: case 0x27: case 0x43: case 0x47: case 0x4b: case 0x4f: case 0x53: { // jitCold
+          // The core reads and writes x registers in memory: store those the instruction may read or
+          // write (a local exists for each, so the head loads it), reload rd after.
+          const op = w & 0x7f;
+          const xs = op === 0x2f ? [rs1, rs2, rd] : op === 0x73 || op === 0x53 ? [rs1, rd] : op === 0x07 || op === 0x27 ? [rs1] : [];
+          for (const r of xs) if (r !== 0) g.i32(0).get(g.reg(r)).mem(OP.i64_store, 3, this.xb + 8 * r);
+          g.i32(w).i32(insns[i]!.raw | 0).get(L_BASE).i32(i + 1).op(OP.i32_sub).call('jitCold').tee(L_TI);
+          g.open(OP.if, 'cold');
+          g.get(L_TI).i32(1).op(OP.i32_eq).open(OP.if, 'coldx');
+          trapExit(i);
+          g.else();
+          pcPlus(i, len); g.set(L_NPC); g.i32(-1).set(L_T); exitWith(i + 1); // completed; the core checks interrupts
+          g.end();
+          g.end();
+          const reload = op === 0x2f || op === 0x73 || op === 0x53 ? rd : 0;
+          if (reload !== 0) g.i32(0).mem(OP.i64_load, 3, this.xb + 8 * reload).set(g.reg(reload));
+          break;
+        }
         default: throw new Error(`jit: untranslatable instruction 0x${(w >>> 0).toString(16)} reached the emitter`);
       }
     }
