@@ -280,7 +280,9 @@ export function startMachine(cfg: MachineConfig): Machine {
       boots.push({ mode: 'builtin', pc: BigInt(layout.kernel.start), a0: BigInt(h), a1: BigInt(layout.dtb.start), a2: 0n });
     }
   }
-  // Every hart runs the firmware from reset; OpenSBI elects the boot hart (fw_dynamic_info.boot_hart = 0).
+  // Every hart runs the firmware from reset. fw_dynamic_info.boot_hart = 0 only picks the hart that
+  // relocates OpenSBI; the cold-boot hart, which enters the kernel, is whichever wins the lottery in
+  // OpenSBI 1.6's sbi_init (as on QEMU), so a guest must not assume it is hart 0.
   const firmwareHsm = (): void => { if (cfg.bios.kind === 'firmware') for (let h = 0; h < cfg.harts; h++) signals.setHsmState(h, HSM.STARTED); };
   firmwareHsm();
   const url = hartWorkerUrl;
