@@ -255,6 +255,21 @@ describe('machine with the RV64 hart core', () => {
     });
   }
 
+  it('profile: the sampled shares of a hart that runs a hot loop, then waits in WFI, show translated code and the host', async () => {
+    // 2^24 iterations of a 3-instruction loop (translated after JIT_THRESHOLD), then the finisher.
+    const kernel = image([
+      ...li(t0, 1n << 24n), A.addi(t1, t1, 1), A.addi(t0, t0, -1), A.bne(t0, 0, -8),
+      ...li(t1, 0x5555n), ...li(t2, BigInt(MMIO.test.base)), A.sw(t1, t2, 0), A.wfi(), A.jal(0, -4),
+    ]);
+    const { m } = start({ kernel, harts: 2, engine: 'jit', profile: true });
+    expect(await m.exited).toEqual({ reason: 'poweroff', code: 0 });
+    const [h0, h1] = m.engineInfo().map((i) => i.profile!);
+    expect(h0!.samples).toBeGreaterThan(0);
+    expect(h0!.translated).toBeGreaterThan(0);
+    expect(h1!.host).toBe(1); // hart 1 never left HSM STOPPED: all its samples are outside the core
+    for (const p of [h0!, h1!]) expect(p.interp + p.translated + p.translating + p.helpers + p.host).toBeCloseTo(1, 2);
+  });
+
   it('a guest reset restarts the machine in place with reboot, and ends it without', async () => {
     const r = await run({ kernel: rebootingKernel(), reboot: true, harts: 1 });
     expect(r.out).toBe('RRR');
