@@ -19,7 +19,7 @@ import { kitAndInitramfs, qemuArgs, requireQemu, runBounded, tcpReceiverScript, 
 const NET = fileURLToPath(new URL('../packages/virtio-net/src/main.ts', import.meta.url));
 const SWITCH = fileURLToPath(new URL('../packages/virtio-net/src/switch-main.ts', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'vmm-net-qemu-'));
-const log = createLogger('test', 'net-qemu', 'warn');
+const log = createLogger('net-qemu-test', undefined, 'warn');
 const env = { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir };
 let kit: GuestKit;
 let initramfs: string;

@@ -17,7 +17,7 @@ import { kitAndInitramfs, qemuArgs, requireQemu, runBounded, tcpSenderScript } f
 
 const NET = fileURLToPath(new URL('../packages/virtio-net/src/main.ts', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'vmm-net-tap-'));
-const log = createLogger('test', 'net-tap', 'warn');
+const log = createLogger('net-tap-test', undefined, 'warn');
 const NS = `vmmtap${process.pid}`;
 const TAP = 'vmtap0';
 let kit: GuestKit;

@@ -15,7 +15,7 @@ import { VMM_CLI, runBounded, tcpReceiverScript, tcpSenderScript } from './guest
 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-net-vmm-'));
 const SWITCH = fileURLToPath(new URL('../packages/virtio-net/src/switch-main.ts', import.meta.url));
-const sw = new DeviceProcess({ name: 'switch', args: [SWITCH, '--name', `e2evmm${process.pid}`], env: { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir }, log: createLogger('test', 'net-vmm', 'warn') });
+const sw = new DeviceProcess({ name: 'switch', args: [SWITCH, '--name', `e2evmm${process.pid}`], env: { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir }, log: createLogger('net-vmm-test', undefined, 'warn') });
 afterAll(async () => {
   await sw.stop();
   rmSync(dir, { recursive: true, force: true });
