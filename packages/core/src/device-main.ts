@@ -12,7 +12,7 @@
 
 import { realpathSync } from 'node:fs';
 import type { Logger } from 'pino';
-import { installDeviceProcessSignals, reportReady } from './device-process.ts';
+import { DeviceProcessError, installDeviceProcessSignals, reportReady } from './device-process.ts';
 import type { VirtioDeviceBackend } from './device.ts';
 import { isVmmError } from './errors.ts';
 import { createLogger } from './logger.ts';
@@ -24,6 +24,8 @@ export interface DeviceService {
   readonly serving?: Record<string, unknown>;
   /** What the ready handshake tells the parent (reportReady). */
   readonly ready: Record<string, unknown>;
+  /** The vhost-user back-end it serves, if any: the handshake then also carries each queue's largest ring (`queueSizes`). */
+  readonly vhostUser?: VhostUserBackend;
   /** Run once at SIGTERM (or the orchestrator's death), before exit 0. */
   stop(): void;
   /** Fields of the shutdown log line (read at shutdown: counters). */
@@ -79,7 +81,26 @@ export async function runDeviceMain<A extends { readonly logLevel: string }>(mai
     s.stop();
   });
   log.info(s.serving ?? {}, 'serving');
-  reportReady(s.ready);
+  reportReady(s.vhostUser ? { ...s.ready, [READY_QUEUE_SIZES]: s.vhostUser.queueMaxSizes() } : s.ready);
+}
+
+/** The ready handshake's key for each queue's largest ring, read by readyQueueSizes. */
+const READY_QUEUE_SIZES = 'queueSizes';
+
+/**
+ * In the orchestrator: each of `count` queues' largest ring, from a device
+ * process's ready handshake (runDeviceMain), each at most `cap` (the kind's
+ * maxQueueSize); `cap` for every queue when the process did not say.
+ * A value that is not a power of 2 is an error naming it.
+ */
+export function readyQueueSizes(ready: Record<string, unknown>, count: number, cap: number): number[] {
+  const said = ready[READY_QUEUE_SIZES];
+  if (said === undefined) return Array.from({ length: count }, () => cap);
+  if (!Array.isArray(said) || said.length < count) throw new DeviceProcessError(`ready handshake: ${READY_QUEUE_SIZES}=${JSON.stringify(said)}: expected ${count} queue sizes`, 'ERR_DEVICE_PROCESS_READY');
+  return said.slice(0, count).map((n: unknown, q) => {
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || (n & (n - 1)) !== 0) throw new DeviceProcessError(`ready handshake: queue ${q} size ${JSON.stringify(n)} is not a power of 2`, 'ERR_DEVICE_PROCESS_READY');
+    return Math.min(n, cap);
+  });
 }
 
 /**

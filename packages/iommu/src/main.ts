@@ -111,6 +111,7 @@ const IOMMU_MAIN: DeviceMain<IommuOptions> = {
     return {
       serving: { table: opts.table, endpoints: opts.endpoints, sizes: opts.sizes },
       ready: { socket: opts.socket, table: opts.table },
+      vhostUser: backend,
       stop: () => {
         clearInterval(poll);
         backend.close();

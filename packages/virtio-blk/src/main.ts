@@ -108,6 +108,7 @@ const BLK_MAIN: DeviceMain<BlkOptions> = {
     return {
       serving: { image: opts.image, format: image instanceof Qcow2Image ? 'qcow2' : 'raw', capacity: image.capacity, readOnly: image.readOnly, queues: opts.queues, io },
       ready: { socket: opts.socket },
+      vhostUser: backend,
       stop: () => backend.close(),
     };
   },

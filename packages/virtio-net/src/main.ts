@@ -149,6 +149,7 @@ const NET_MAIN: DeviceMain<NetArgs> = {
     return {
       serving: { mac: formatMac(a.mac), queues: a.queues, mtu: a.mtu, switch: a.switch, tap: a.tap },
       ready: { socket: a.socket, mac: formatMac(a.mac) },
+      vhostUser: backend,
       stopping: () => ({ stats: device.stats }),
       stop: () => {
         backend.close();

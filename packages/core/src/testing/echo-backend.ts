@@ -1,7 +1,7 @@
 // Entry point of the echo test device process:
 // `node echo-backend.ts --socket SOCKET [--queues N] [--id ID] [--log-level L]`
 // (the old positional form `echo-backend.ts SOCKET [QUEUES]` is still accepted by tests).
-import { parseDeviceArgv, deviceUsage, type DeviceProcessFlags } from '../device-kind.ts';
+import { DeviceOptionError, parseDeviceArgv, deviceUsage, type DeviceProcessFlags } from '../device-kind.ts';
 import { runDeviceMain, serveVhostUser } from '../device-main.ts';
 import { EchoDevice } from './echo-device.ts';
 import { ECHO_OPTIONS } from './echo-kind.ts';
@@ -17,7 +17,10 @@ await runDeviceMain<DeviceProcessFlags>({
   id: (f) => f.id ?? f.socket,
   start(flags, log) {
     const drainTimeoutMs = process.env.ECHO_DRAIN_MS ? Number(process.env.ECHO_DRAIN_MS) : undefined;
-    const backend = serveVhostUser(new EchoDevice(Number(flags.options.queues)), { socketPath: flags.socket, log, drainTimeoutMs });
-    return { ready: { socket: flags.socket }, stop: () => backend.close() };
+    const last = flags.options['last-queue-size'];
+    if (last !== undefined && (Number(last) & (Number(last) - 1)) !== 0) throw new DeviceOptionError(`echo: last-queue-size=${String(last)}: expected a power of 2`);
+    const device = new EchoDevice(Number(flags.options.queues), last === undefined ? undefined : Number(last));
+    const backend = serveVhostUser(device, { socketPath: flags.socket, log, drainTimeoutMs });
+    return { ready: { socket: flags.socket }, vhostUser: backend, stop: () => backend.close() };
   },
 }, argv);
