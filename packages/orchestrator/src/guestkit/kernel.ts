@@ -246,7 +246,7 @@ async function withCacheLock<T>(target: string, what: string, reporter: Reporter
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ELOCKED') throw e;
     reporter.info(`${what}: another process is building it (lock ${target}.lock); waiting`);
-    release = await lockfile.lock(target, { ...opts, retries: { retries: 2000, minTimeout: 1000, maxTimeout: 1000, factor: 1 } });
+    release = await lockfile.lock(target, { ...opts, retries: { retries: 4 * 3600, minTimeout: 1000, maxTimeout: 1000, factor: 1 } });
   }
   try {
     return await fn();
