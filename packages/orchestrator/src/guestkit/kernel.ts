@@ -237,7 +237,7 @@ async function buildInputs(reporter: Reporter, lockPath?: string): Promise<Build
  * finds the first one's result. A lock whose holder died goes stale after
  * a few seconds (proper-lockfile refreshes it while the holder lives).
  */
-async function withCacheLock<T>(target: string, what: string, reporter: Reporter, fn: () => Promise<T>): Promise<T> {
+export async function withCacheLock<T>(target: string, what: string, reporter: Reporter, fn: () => Promise<T>): Promise<T> {
   await mkdir(dirname(target), { recursive: true });
   const opts = { realpath: false, stale: 20_000, update: 5_000, lockfilePath: `${target}.lock` };
   let release: () => Promise<void>;
