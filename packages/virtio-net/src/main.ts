@@ -11,7 +11,7 @@ import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatMac, type Mac } from './ctrl.ts';
 import { NetDevice } from './device.ts';
-import { checkNetOptions, NET_OPTIONS } from './kind.ts';
+import { checkNetOptions, NET_OPTIONS, NETSTATS_QUERY } from './kind.ts';
 import { switchSocketPath } from './names.ts';
 import { SwitchAttachment } from './switch-client.ts';
 import { openTapPort } from './tap.ts';
@@ -77,6 +77,12 @@ function control(device: NetDevice, m: Record<string, unknown>): string {
     case 'link-up':
       device.setLink(true);
       return 'link up';
+    case 'delay': {
+      const ms = Number(m.ms);
+      if (!(Number.isInteger(ms) && ms >= 0 && ms <= 60_000)) throw new RangeError(`delay ms=${String(m.ms)}: expected an integer from 0 to 60000`);
+      device.setDelay(ms);
+      return `delay ${ms} ms`;
+    }
     case 'drop':
     case 'corrupt': {
       const rate = Number(m.rate);
@@ -150,12 +156,15 @@ async function main(): Promise<void> {
     process.stderr.write(`vmm-net: ${(e as Error).message}\n`);
     process.exit(1);
   }
+  // The orchestrator's control channel: the counters (query-nic-stats) and fault injection.
   onControlMessage((m) => {
+    if (m.query === NETSTATS_QUERY.query) return { ...device.stats, link: device.link, delayedFrames: device.delayedFrames };
     try {
       log.warn({ fault: m }, control(device, m));
     } catch (e) {
       log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
     }
+    return undefined;
   });
   const backend = new VhostUserBackend(device, { socketPath: a.socket, log });
   backend.onDisconnect = (err) => log.info({ connections: backend.connections, error: err?.message }, 'ready for the next front-end');
