@@ -43,6 +43,8 @@ export interface NetStats {
   rx_malformed: number;
   ctrl_ok: number;
   ctrl_err: number;
+  /** Data queues the front-end stopped while the driver kept running (SET_VRING_ENABLE 0, GET_VRING_BASE). */
+  queue_stops: number;
   /** Frames the drop / corrupt / delay faults acted on (fault injection). */
   fault_dropped: number;
   fault_corrupted: number;
@@ -65,7 +67,7 @@ export interface NetFaults {
 const newStats = (): NetStats => ({
   tx_packets: 0, tx_bytes: 0, tx_bad_header: 0, tx_too_big: 0, tx_too_short: 0, tx_malformed: 0, tx_no_port: 0,
   rx_packets: 0, rx_bytes: 0, rx_filtered: 0, rx_too_big: 0, rx_bad_gso: 0, rx_segmented: 0, rx_checksummed: 0, rx_malformed: 0,
-  ctrl_ok: 0, ctrl_err: 0, fault_dropped: 0, fault_corrupted: 0, fault_delayed: 0, fault_delay_overflow: 0,
+  ctrl_ok: 0, ctrl_err: 0, queue_stops: 0, fault_dropped: 0, fault_corrupted: 0, fault_delayed: 0, fault_delay_overflow: 0,
 });
 
 export interface NetDeviceOptions {
@@ -248,6 +250,11 @@ export class NetDevice implements VirtioDeviceBackend {
     this.receive();
   }
 
+  /** Queue pairs whose receive queue runs now, and the pairs flows are spread over. */
+  get queueState(): { pairsRunning: number[]; activePairs: number } {
+    return { pairsRunning: this.rxQueues.flatMap((q, i) => (q?.live ? [i] : [])), activePairs: this.activePairs };
+  }
+
   /** Frames the delay fault holds now. */
   get delayedFrames(): number {
     return this.delayed.length;
@@ -255,6 +262,11 @@ export class NetDevice implements VirtioDeviceBackend {
 
   private get ctrlIndex(): number {
     return this.negotiated & VIRTIO_NET_F_MQ ? 2 * this.maxPairs : 2;
+  }
+
+  /** The driver sets the pairs in use through our control queue (MQ_VQ_PAIRS_SET); else the front-end does it by enabling rings. */
+  private get ctrlManagesPairs(): boolean {
+    return (this.negotiated & VIRTIO_NET_F_CTRL_VQ) !== 0n && (this.negotiated & VIRTIO_NET_F_MQ) !== 0n;
   }
 
   private isCtrl(index: number): boolean {
@@ -275,12 +287,16 @@ export class NetDevice implements VirtioDeviceBackend {
   stopQueue(index: number): number[] {
     if (this.isCtrl(index) || index >> 1 >= this.maxPairs) return [];
     const pair = index >> 1;
+    if ((index % 2 === 1 ? this.txQueues : this.rxQueues)[pair] !== null) this.stats.queue_stops++;
     if (index % 2 === 1) {
       this.txQueues[pair] = null;
       return [];
     }
     this.rxQueues[pair] = null;
     this.rxEnabled[pair] = false;
+    // A front-end that keeps the control queue (QEMU, DPDK) disables the pairs a guest stops using (SET_VRING_ENABLE 0,
+    // ethtool -L): flows are spread over the pairs still running.
+    if (!this.ctrlManagesPairs) this.activePairs = Math.max(1, this.rxEnabled.lastIndexOf(true) + 1);
     const held = this.spare[pair]!.map((b) => b.head);
     this.spare[pair] = [];
     return held;
@@ -294,7 +310,7 @@ export class NetDevice implements VirtioDeviceBackend {
       this.rxQueues[pair] = q;
       this.rxEnabled[pair] = true;
       // A front-end that keeps the control queue (QEMU, DPDK) enables pairs by starting their rings.
-      if (!(this.negotiated & VIRTIO_NET_F_CTRL_VQ) || !(this.negotiated & VIRTIO_NET_F_MQ)) this.activePairs = Math.max(this.activePairs, pair + 1);
+      if (!this.ctrlManagesPairs) this.activePairs = Math.max(this.activePairs, pair + 1);
       this.receive();
     } else {
       this.txQueues[pair] = q;

@@ -158,7 +158,7 @@ async function main(): Promise<void> {
   }
   // The orchestrator's control channel: the counters (query-nic-stats) and fault injection.
   onControlMessage((m) => {
-    if (m.query === NETSTATS_QUERY.query) return { ...device.stats, link: device.link, delayedFrames: device.delayedFrames };
+    if (m.query === NETSTATS_QUERY.query) return { ...device.stats, link: device.link, delayedFrames: device.delayedFrames, ...device.queueState };
     try {
       log.warn({ fault: m }, control(device, m));
     } catch (e) {

@@ -435,10 +435,17 @@ export class VhostUserBackend {
         return undefined;
       }
       case Req.SET_VRING_ENABLE: {
+        // vhost-user "Ring states": a disabled ring is not processed. The device sees it as stopped (stopQueue,
+        // its held buffers given back, requests in flight drained) and started again (startQueue) when enabled, at
+        // the same position: QEMU disables the pairs a guest stops using (ethtool -L) this way.
         const s = vringState.decode(p);
         const v = this.vring(s.index);
-        v.enabled = s.num !== 0;
-        if (v.enabled && v.started) this.kick(v);
+        const on = s.num !== 0;
+        const was = v.enabled;
+        v.enabled = on;
+        if (on && !v.started) this.startRing(v);
+        else if (on && v.started) this.kick(v);
+        else if (!on && was && v.started) await this.pauseRing(v);
         return undefined;
       }
       case Req.GET_CONFIG: {
@@ -516,12 +523,32 @@ export class VhostUserBackend {
     if (!drained) this.log.warn({ vring: v.index, inFlight: h.inFlight }, 'requests still in the device after the drain timeout; stopping the ring anyway');
   }
 
-  /** Start a ring once it has a size, addresses, memory and a kick fd ("Starting and stopping rings"). */
+  /**
+   * Stop a running ring that the front-end disabled, keeping its kick fd and
+   * its position (the next start resumes at the last avail index taken).
+   */
+  private async pauseRing(v: Vring): Promise<void> {
+    const h = v.handle;
+    if (h && !h.dead) h.giveBack(this.stopQueue(v));
+    await this.drain(v);
+    const base = h ? h.q.lastAvail : v.base;
+    this.stopRing(v, false, true);
+    v.base = base;
+    this.log.debug({ vring: v.index, base }, 'ring disabled');
+  }
+
+  /**
+   * Start a ring once it has a size, addresses, memory and a kick fd, and is
+   * enabled ("Starting and stopping rings", "Ring states": with
+   * VHOST_USER_F_PROTOCOL_FEATURES a ring starts disabled until
+   * SET_VRING_ENABLE 1).
+   */
   private startRing(v: Vring): void {
     if (v.kickFd < 0 || v.addr === null || v.num === 0 || this.mem.regionList.length === 0) {
       if (v.kickFd >= 0) this.log.warn({ vring: v.index }, 'kick fd set before the ring was configured; waiting');
       return;
     }
+    if (!v.enabled) return;
     const eventIdx = (this.features & VIRTIO_F_EVENT_IDX) !== 0n;
     const dma = this.dma !== null && (this.features & VIRTIO_F_ACCESS_PLATFORM) !== 0n ? this.dma : null;
     // Behind the IOMMU the rings and buffers are at I/O virtual addresses.
@@ -617,7 +644,7 @@ export class VhostUserBackend {
     }
   }
 
-  private stopRing(v: Vring, closeCall: boolean): void {
+  private stopRing(v: Vring, closeCall: boolean, keepKick = false): void {
     v.kickWatch?.close();
     v.kickWatch = null;
     if (v.handle && !v.handle.dead) {
@@ -627,7 +654,7 @@ export class VhostUserBackend {
     }
     v.handle = null;
     v.started = false;
-    if (v.kickFd >= 0) {
+    if (v.kickFd >= 0 && !keepKick) {
       closeFd(v.kickFd);
       v.kickFd = -1;
     }
