@@ -149,6 +149,8 @@ export class NetDevice implements VirtioDeviceBackend {
     this.txQueues = new Array<VirtqueueHandle | null>(pairs).fill(null);
     this.spare = Array.from({ length: pairs }, () => []);
     this.rxEnabled = new Array<boolean>(pairs).fill(false);
+    this.queueStarts = new Array<number>(2 * pairs).fill(0);
+    this.queueStops = new Array<number>(2 * pairs).fill(0);
   }
 
   /** Plug the device into a port (or unplug it with null): frames flow as soon as queues run. */
@@ -251,9 +253,13 @@ export class NetDevice implements VirtioDeviceBackend {
   }
 
   /** Queue pairs whose receive queue runs now, and the pairs flows are spread over. */
-  get queueState(): { pairsRunning: number[]; activePairs: number } {
-    return { pairsRunning: this.rxQueues.flatMap((q, i) => (q?.live ? [i] : [])), activePairs: this.activePairs };
+  get queueState(): { pairsRunning: number[]; activePairs: number; queueStarts: number[]; queueStops: number[] } {
+    return { pairsRunning: this.rxQueues.flatMap((q, i) => (q?.live ? [i] : [])), activePairs: this.activePairs, queueStarts: [...this.queueStarts], queueStops: [...this.queueStops] };
   }
+
+  /** startQueue / stopQueue calls per data queue index (a front-end enabling and disabling pairs shows here). */
+  private readonly queueStarts: number[];
+  private readonly queueStops: number[];
 
   /** Frames the delay fault holds now. */
   get delayedFrames(): number {
@@ -276,6 +282,7 @@ export class NetDevice implements VirtioDeviceBackend {
   startQueue(q: VirtqueueHandle): void {
     if (this.isCtrl(q.index) || q.index >> 1 >= this.maxPairs) return;
     const pair = q.index >> 1;
+    this.queueStarts[q.index]!++;
     if (q.index % 2 === 0) {
       this.rxQueues[pair] = q;
       this.rxEnabled[pair] = false;
@@ -287,7 +294,10 @@ export class NetDevice implements VirtioDeviceBackend {
   stopQueue(index: number): number[] {
     if (this.isCtrl(index) || index >> 1 >= this.maxPairs) return [];
     const pair = index >> 1;
-    if ((index % 2 === 1 ? this.txQueues : this.rxQueues)[pair] !== null) this.stats.queue_stops++;
+    if ((index % 2 === 1 ? this.txQueues : this.rxQueues)[pair] !== null) {
+      this.stats.queue_stops++;
+      this.queueStops[index]!++;
+    }
     if (index % 2 === 1) {
       this.txQueues[pair] = null;
       return [];
