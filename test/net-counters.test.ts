@@ -224,6 +224,7 @@ describe('NIC faults against the guest\'s counters; ethtool; QEMU disabling a qu
       expect(copy?.[1]).toBe(String(1 << 20));
       expect(copy?.[2]).toBe(copy?.[3]);
       expect(end.fault_corrupted).toBe(corrupt1.fault_corrupted);
+      console.info(`net-counters: rtt base ${base.avg} ms, delayed min ${delayed.min} avg ${delayed.avg} ms (delay ${DELAY_MS} ms), after ${after.avg} ms; dropped ${missed} (guest) = ${dropped0.fault_dropped} (vmm-net); csum errors ${csumErrors} (guest) = ${corrupt1.fault_corrupted - corrupt0.fault_corrupted} (vmm-net)`);
     } finally {
       q.close();
     }
@@ -233,5 +234,8 @@ describe('NIC faults against the guest\'s counters; ethtool; QEMU disabling a qu
     let peer = '';
     new ExecOutputFilter(e.markers, (t) => (peer += t)).push(new TextEncoder().encode(qemu.output()));
     expect(peer).toContain('peer-done');
+    // QEMU ran vhost-user with both pairs (each pair's vhost device adds guest RAM; a refusal made it fall back to its own virtio-net).
+    expect(qemu.output()).not.toContain('falling back on userspace virtio');
+    expect(qemu.output()).not.toContain('vhost_set_mem_table failed');
   });
 });

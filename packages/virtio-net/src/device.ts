@@ -127,6 +127,8 @@ export class NetDevice implements VirtioDeviceBackend {
   now: () => number = () => performance.now();
   /** Frames the delay fault holds, in arrival order (bounded: DelayLine's budget). */
   private readonly delayed = new DelayLine();
+  /** What noteMalformed already counted of each queue's refused chains. */
+  private readonly malformedSeen = new WeakMap<VirtqueueHandle, number>();
   private delayTimer: NodeJS.Timeout | null = null;
   /** Receive queues the driver has enabled (kicked at least once since they started): only those get frames. */
   private rxEnabled: boolean[];
@@ -377,6 +379,15 @@ export class NetDevice implements VirtioDeviceBackend {
       sent++;
     }
     if (sent > 0) port?.flush();
+    this.noteMalformed(q, 'tx_malformed');
+  }
+
+  /** Chains core refused as malformed (a descriptor outside guest memory, a loop, …) count as this device's bad input. */
+  private noteMalformed(q: VirtqueueHandle, stat: 'tx_malformed' | 'rx_malformed' | 'ctrl_err'): void {
+    const seen = this.malformedSeen.get(q) ?? 0;
+    if (q.malformed === seen) return;
+    this.stats[stat] += q.malformed - seen;
+    this.malformedSeen.set(q, q.malformed);
   }
 
   // ---- receive: port → guest ----
@@ -409,6 +420,7 @@ export class NetDevice implements VirtioDeviceBackend {
     }
     if (released) port.flush();
     this.armDelay();
+    for (const q of this.rxQueues) if (q !== null) this.noteMalformed(q, 'rx_malformed');
   }
 
   /** One timer for the oldest held frame's due time. */
@@ -582,6 +594,7 @@ export class NetDevice implements VirtioDeviceBackend {
       mem.writeU8(c.writable[0]!.addr, ack);
       q.complete(c.head, 1);
     }
+    this.noteMalformed(q, 'ctrl_err');
   }
 
   private runControl(b: Uint8Array): number {
