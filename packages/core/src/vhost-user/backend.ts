@@ -255,7 +255,7 @@ export class VhostUserBackend {
     // A front-end that did not take VHOST_USER_PROTOCOL_F_CONFIG keeps the configuration space itself (QEMU's
     // virtio-net: its MAC, status and MQ come from its own options, and QEMU 7.2 drops CONFIG for it with the warning
     // "vhost-user backend supports VHOST_USER_PROTOCOL_F_CONFIG but QEMU does not"). CONFIG_CHANGE_MSG is part of
-    // that feature (vhost-user spec, "Back-end message types"): not sent then, QEMU would only log "No config_ops".
+    // that feature (vhost-user spec, "Back-end message types"): not sent to a front-end that did not take it.
     if ((this.protocolFeatures & pf(ProtocolFeature.CONFIG)) === 0n) {
       this.log.info('device configuration changed; the front-end keeps its own configuration space (CONFIG not negotiated), nothing sent');
       return;
