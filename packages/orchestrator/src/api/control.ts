@@ -47,10 +47,14 @@ export interface VmControl {
   reset(): Promise<void>;
   powerdown(): Promise<void>;
   quit(): Promise<void>;
-  /** QMP queries the device kinds add (DeviceKind.query: `query-block` for disks), answered by queryDevices. */
+  /**
+   * QMP queries the device kinds add, answered by queryDevices: DeviceKind.query
+   * (`query-block` for disks, from the options) and DeviceKind.processQuery
+   * (`query-nic-stats`, asked of each device's process).
+   */
   deviceQueries(): readonly string[];
   /** One row per device of the kinds whose query `command` is. */
-  queryDevices(command: string): Record<string, unknown>[];
+  queryDevices(command: string): Record<string, unknown>[] | Promise<Record<string, unknown>[]>;
   queryProcesses(): ProcessInfo[];
   queryCpus(): CpuInfo[];
   queryBlockstats(): Promise<BlockStatsInfo[]>;
