@@ -169,6 +169,8 @@ export class SplitQueue {
   usedIdx: number;
   /** used.idx when the driver was last notified (or considered), for §2.7.10's wrap arithmetic. */
   private signalledUsed: number;
+  /** setNotification(false): the device polls the ring and does not ask for kicks (pop() leaves avail_event alone). */
+  private kicksOff = false;
 
   constructor(mem: GuestMemory, cfg: SplitQueueConfig, lastAvail = 0) {
     validateSize(cfg.size);
@@ -210,7 +212,7 @@ export class SplitQueue {
   pop(): DescriptorChain | null {
     let avail = this.availIdx();
     if (avail === this.lastAvail) {
-      if (!this.eventIdx) return null;
+      if (!this.eventIdx || this.kicksOff) return null;
       this.setAvailEvent(this.lastAvail);
       avail = this.availIdx();
       if (avail === this.lastAvail) return null;
@@ -220,7 +222,7 @@ export class SplitQueue {
     }
     const head = this.avail.u16[2 + (this.lastAvail % this.size)]!;
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
-    if (this.eventIdx) this.setAvailEvent(this.lastAvail);
+    if (this.eventIdx && !this.kicksOff) this.setAvailEvent(this.lastAvail);
     return this.parse(head);
   }
 
@@ -297,8 +299,15 @@ export class SplitQueue {
     else Atomics.store(this.used.u16, 0, 0);
   }
 
-  /** Ask the driver not to kick (NO_NOTIFY) or to kick again; with EVENT_IDX this is avail_event instead. */
+  /**
+   * Ask the driver not to kick (NO_NOTIFY, §2.7.7.1) or to kick again. With
+   * EVENT_IDX (§2.7.10) "off" leaves avail_event where it is, so the driver
+   * kicks at most once more (vhost's vhost_disable_notify does the same), and
+   * "on" sets it to the next slot; either way the caller re-reads pending()
+   * after turning kicks back on, so a chain added meanwhile is not missed.
+   */
   setNotification(enabled: boolean): void {
+    this.kicksOff = !enabled;
     if (this.eventIdx) {
       if (enabled) this.setAvailEvent(this.lastAvail);
       return;

@@ -65,6 +65,7 @@ export class RingPort implements NetPort {
   private readonly watches: FdWatch[];
   private released = false;
   private closed = false;
+  private polling = false;
   onReadable: () => void = () => {};
   onWritable: () => void = () => {};
 
@@ -92,7 +93,16 @@ export class RingPort implements NetPort {
   }
 
   peek(): Uint8Array | null {
-    return this.closed ? null : this.end.rx.peek();
+    return this.closed ? null : this.end.rx.peek(!this.polling);
+  }
+
+  /** Frames waiting to be received, read without marking this end asleep (busy-poll). */
+  get waiting(): number {
+    return this.closed ? 0 : this.end.rx.used;
+  }
+
+  setPolling(on: boolean): void {
+    this.polling = on;
   }
 
   release(): void {

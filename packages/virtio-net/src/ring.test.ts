@@ -13,6 +13,20 @@ function pair(slots: number, cap: number): { p: FrameRing; c: FrameRing; raw: Da
 }
 
 describe('FrameRing', () => {
+  it('a consumer that busy-polls finds the ring empty without asking for the doorbell', () => {
+    const { p, c } = pair(4, 256);
+    expect(c.peek(false)).toBeNull();
+    p.reserve()!.fill(7, 0, 20);
+    p.commit(20);
+    expect(p.consumerNeedsKick()).toBe(false);
+    expect(c.peek(false)!.length).toBe(20);
+    c.release();
+    expect(c.peek()).toBeNull(); // polling over: asleep again
+    p.reserve();
+    p.commit(1);
+    expect(p.consumerNeedsKick()).toBe(true);
+  });
+
   it('passes frames in order, says full when full, and raises the doorbell flags only for a sleeping side', () => {
     const { p, c } = pair(4, 256);
     expect(c.peek()).toBeNull(); // consumer now asleep

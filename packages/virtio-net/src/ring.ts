@@ -148,11 +148,16 @@ export class FrameRing {
 
   // ---- consumer side ----
 
-  /** The oldest published frame, a view into the ring valid until release(); null when empty (the consumer is then marked asleep). */
-  peek(): Uint8Array | null {
+  /**
+   * The oldest published frame, a view into the ring valid until release();
+   * null when empty, and then the consumer is marked asleep (it wants the
+   * data doorbell) unless `sleep` is false (a consumer that busy-polls).
+   */
+  peek(sleep = true): Uint8Array | null {
     for (;;) {
       let used = this.used;
       if (used === 0) {
+        if (!sleep) return null;
         Atomics.store(this.idx, I_CONSUMER_ASLEEP, 1);
         used = this.used;
         if (used === 0) return null;

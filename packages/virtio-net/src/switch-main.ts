@@ -20,6 +20,8 @@ shared-memory rings; the socket carries only attach requests.
   --socket PATH      socket to listen on (default: $VMM_RUN_DIR or $TMPDIR/vmm-UID, switch-NAME.sock)
   --ageing-time S    seconds before a silent address is forgotten (default 300)
   --slots N          frames per ring and direction, a power of 2 (default ${DEFAULT_RING_SLOTS})
+  --busy-poll US     after forwarding, keep polling the rings for up to US µs
+                     before sleeping on doorbells (default 0: off; costs CPU)
   --log-level L      ${LOG_LEVELS.join('|')} (default info)
   --help             show this text
 `;
@@ -29,6 +31,7 @@ export interface SwitchArgs {
   socket: string;
   ageingMs: number;
   slots: number;
+  busyPollUs: number;
   logLevel: string;
 }
 
@@ -37,7 +40,7 @@ export function parseSwitchArgs(argv: string[]): SwitchArgs | null {
   try {
     v = parseArgs({
       args: argv, strict: true, allowPositionals: false,
-      options: { name: { type: 'string' }, socket: { type: 'string' }, 'ageing-time': { type: 'string' }, slots: { type: 'string' }, 'log-level': { type: 'string' }, help: { type: 'boolean' } },
+      options: { name: { type: 'string' }, socket: { type: 'string' }, 'ageing-time': { type: 'string' }, slots: { type: 'string' }, 'busy-poll': { type: 'string' }, 'log-level': { type: 'string' }, help: { type: 'boolean' } },
     }).values;
   } catch (e) {
     throw new ConfigError((e as Error).message, 'ERR_SWITCH_ARGS');
@@ -49,9 +52,11 @@ export function parseSwitchArgs(argv: string[]): SwitchArgs | null {
   if (!Number.isFinite(ageing) || ageing <= 0) throw new ConfigError(`--ageing-time ${v['ageing-time']}: expected seconds > 0`, 'ERR_SWITCH_ARGS');
   const slots = v.slots === undefined ? DEFAULT_RING_SLOTS : Number(v.slots);
   if (!Number.isInteger(slots) || slots < 2 || slots > 65536 || (slots & (slots - 1)) !== 0) throw new ConfigError(`--slots ${v.slots}: expected a power of 2 from 2 to 65536`, 'ERR_SWITCH_ARGS');
+  const busyPollUs = v['busy-poll'] === undefined ? 0 : Number(v['busy-poll']);
+  if (!Number.isInteger(busyPollUs) || busyPollUs < 0 || busyPollUs > 1_000_000) throw new ConfigError(`--busy-poll ${v['busy-poll']}: expected µs from 0 (off) to 1000000`, 'ERR_SWITCH_ARGS');
   const logLevel = v['log-level'] ?? process.env.VMM_LOG_LEVEL ?? 'info';
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) throw new ConfigError(`--log-level ${logLevel}: expected one of ${LOG_LEVELS.join(', ')}`, 'ERR_SWITCH_ARGS');
-  return { name: v.name, socket: v.socket ?? switchSocketPath(v.name), ageingMs: ageing * 1000, slots, logLevel };
+  return { name: v.name, socket: v.socket ?? switchSocketPath(v.name), ageingMs: ageing * 1000, slots, busyPollUs, logLevel };
 }
 
 function main(): void {
@@ -78,7 +83,7 @@ function main(): void {
       // a stale socket: replaced below
     }
   }
-  const sw = new Switch({ socketPath: a.socket, name: a.name, ageingMs: a.ageingMs, slots: a.slots, log });
+  const sw = new Switch({ socketPath: a.socket, name: a.name, ageingMs: a.ageingMs, slots: a.slots, busyPollUs: a.busyPollUs, log });
   try {
     sw.listen();
   } catch (e) {

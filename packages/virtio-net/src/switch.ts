@@ -6,7 +6,7 @@
 // never holding up the others.
 
 import { existsSync, statSync, unlinkSync } from 'node:fs';
-import { closeFd, createLogger, unixAccept, unixListen, watchReadable, type FdWatch, type Logger } from '@vmm/core';
+import { BusyPoll, closeFd, createLogger, unixAccept, unixListen, watchReadable, type FdWatch, type Logger } from '@vmm/core';
 import { formatMac, isMulticast, macFromBytes, type Mac } from './ctrl.ts';
 import { RingPort, createLink } from './ring-port.ts';
 import { DEFAULT_RING_SLOTS } from './ring.ts';
@@ -19,6 +19,8 @@ export interface SwitchOptions {
   /** Forget a learned address after this long without a frame from it (802.1D default 300 s). */
   ageingMs?: number;
   slots?: number;
+  /** Busy-poll (0: off): after forwarding, keep polling every port's ring for up to this many µs before sleeping on doorbells. */
+  busyPollUs?: number;
   log?: Logger;
 }
 
@@ -59,6 +61,7 @@ export class Switch {
   private sweep: NodeJS.Timeout | null = null;
   private readonly pending = new Set<{ fd: number; watch: FdWatch; reader: MessageReader }>();
   private socketIno = 0;
+  private readonly poller: BusyPoll;
   /** The socket path no longer names our socket (another switch replaced it, or it was removed). */
   onTakenOver: (() => void) | undefined;
 
@@ -68,6 +71,27 @@ export class Switch {
     this.log = o.log ?? createLogger('switch', o.name);
     this.ageingMs = o.ageingMs ?? 300_000;
     this.slots = o.slots ?? DEFAULT_RING_SLOTS;
+    this.poller = new BusyPoll(o.busyPollUs ?? 0, {
+      step: () => {
+        let work = false;
+        for (const p of this.ports.values()) {
+          if (p.link.waiting === 0) continue;
+          this.forward(p);
+          work = true;
+        }
+        return work;
+      },
+      enter: () => {
+        for (const p of this.ports.values()) p.link.setPolling(true);
+      },
+      // Doorbells back on; a port that received meanwhile is forwarded now (its last peek re-arms the doorbell).
+      leave: () => {
+        for (const p of this.ports.values()) {
+          p.link.setPolling(false);
+          if (p.link.peek() !== null) this.forward(p);
+        }
+      },
+    });
   }
 
   listen(): void {
@@ -232,6 +256,7 @@ export class Switch {
     }
     src.link.flush();
     if (n === BATCH) this.schedule(src);
+    this.poller.run();
   }
 
   private send(p: Port, f: Uint8Array, touched: Port[]): void {
