@@ -81,14 +81,17 @@ function validateSize(size: number): void {
 }
 
 /**
- * Walk a descriptor chain starting at `head` (STYLE.md §2), yielding each
- * data descriptor (indirect tables followed transparently). Typed errors on:
+ * Walk a descriptor chain starting at `head` (STYLE.md §2) and return its
+ * data descriptors (indirect tables followed transparently); a plain loop
+ * into an array rather than a generator, as it runs for every chain of
+ * every queue. Typed errors on:
  * an index out of range, a loop, more descriptors than the table holds, a
  * device-readable descriptor after a device-writable one, total length above
  * 2^32-1, an indirect table inside an indirect table, an indirect length that
  * is 0 or not a multiple of 16, or INDIRECT together with NEXT (§2.7.5.3).
  */
-export function* walkChain(mem: GuestMemory, table: DataView, size: number, head: number, visited: Uint32Array, stamp: number): Generator<RawDescriptor> {
+export function walkChain(mem: GuestMemory, table: DataView, size: number, head: number, visited: Uint32Array, stamp: number): RawDescriptor[] {
+  const out: RawDescriptor[] = [];
   let tbl = table;
   let n = size;
   let idx = head;
@@ -137,8 +140,8 @@ export function* walkChain(mem: GuestMemory, table: DataView, size: number, head
     sawWrite ||= write;
     total += len;
     if (total > 0xffff_ffff) throw new VirtqueueError(`chain total length ${total} exceeds 2^32-1`, 'ERR_VIRTQ_LENGTH', head);
-    yield { addr, len, flags, next };
-    if (!(flags & VIRTQ_DESC_F_NEXT)) return;
+    out.push({ addr, len, flags, next });
+    if (!(flags & VIRTQ_DESC_F_NEXT)) return out;
     idx = next;
   }
 }
@@ -236,7 +239,7 @@ export class SplitQueue {
     }
     const chain: DescriptorChain = { head, readable: [], writable: [], readableLen: 0, writableLen: 0 };
     // Walk the whole chain first (structure, loops, lengths), then check every buffer against guest memory.
-    const descs = [...walkChain(this.mem, this.desc.view, this.size, head, this.visited, this.stamp)];
+    const descs = walkChain(this.mem, this.desc.view, this.size, head, this.visited, this.stamp);
     for (const d of descs) {
       if (d.len === 0) continue;
       const write = (d.flags & VIRTQ_DESC_F_WRITE) !== 0;
@@ -244,7 +247,7 @@ export class SplitQueue {
       try {
         addr = guestAddress(d.addr);
         // Validate the whole buffer now, before any I/O (STYLE.md §2).
-        this.mem.slices(addr, d.len, write ? 'write' : 'read');
+        this.mem.check(addr, d.len, write ? 'write' : 'read');
       } catch (e) {
         if (!(e instanceof GuestMemoryError)) throw e;
         throw new VirtqueueError(`buffer 0x${d.addr.toString(16)}+${d.len} is outside guest memory`, 'ERR_VIRTQ_BUFFER_RANGE', head, e);
