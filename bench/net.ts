@@ -1,4 +1,4 @@
-// `pnpm bench net [--seconds S] [--tcp-seconds T] [--pps-only] [--busy-poll US] [--slots N] [--ring N]`: networking, ours
+// `pnpm bench net [--seconds S] [--tcp-seconds T] [--pps-only] [--busy-poll US] [--ring-kib N] [--ring N]`: networking, ours
 // against a reference measured in the same run.
 //  (a) packets per second, no guest in the way: DPDK testpmd (txonly,
 //      64-byte UDP frames) → virtio_user → vmm-net → vmm-switch → vmm-net →
@@ -11,8 +11,8 @@
 //  (c) the same iperf3 between two vmm guests (`vmm run --nic switch=…`),
 //      printed against (b)'s reference; tcp_ratio stays (b)'s.
 // (a) runs a second time with busy-poll on (--busy-poll US for the NICs and
-// the switch, default 50; 0 skips it): pps_ratio_busy_poll. --slots N sets
-// the switch's ring slots for both runs of ours, --ring N testpmd's queue
+// the switch, default 50; 0 skips it): pps_ratio_busy_poll. --ring-kib N sets
+// the switch's rings (KiB) for both runs of ours, --ring N testpmd's queue
 // size (virtio_user queue_size, --rxd/--txd) for every run.
 // Also prints the RSS of vmm-net and vmm-switch during (a) next to a bare
 // Node process. Last line: {"bench":"net","pps_ratio":…,"tcp_ratio":…}.
@@ -87,10 +87,10 @@ async function ppsRun(seconds: number, txVdev: string, rxVdev: string, tag: stri
   return { pps: r.rxPackets / (seconds + 2), sent: t.txPackets, received: r.rxPackets };
 }
 
-/** Knobs of our side of (a): busy-poll µs for the NICs and the switch (0: off), and the switch's ring slots. */
+/** Knobs of our side of (a): busy-poll µs for the NICs and the switch (0: off), and the switch's ring size in KiB. */
 interface OursOptions {
   busyPollUs: number;
-  slots: number | undefined;
+  ringKib: number | undefined;
   /** testpmd's virtio_user queue size (both runs, ours and the reference). */
   ring: number | undefined;
 }
@@ -101,7 +101,7 @@ async function ppsOurs(seconds: number, o: OursOptions): Promise<PpsResult & { r
   const procs: DeviceProcess[] = [];
   try {
     const poll = ['--busy-poll', String(o.busyPollUs)];
-    const sw = await startProc('switch', [SWITCH, '--name', 'bench', ...poll, ...(o.slots === undefined ? [] : ['--slots', String(o.slots)])], env, procs);
+    const sw = await startProc('switch', [SWITCH, '--name', 'bench', ...poll, ...(o.ringKib === undefined ? [] : ['--ring-kib', String(o.ringKib)])], env, procs);
     const nets: DeviceProcess[] = [];
     for (const n of ['a', 'b']) nets.push(await startProc(`net-${n}`, [NET, '--socket', join(dir, `${n}.sock`), '--switch', 'bench', '--mac', `52:54:00:00:0b:0${n === 'a' ? 'a' : 'b'}`, '--id', n, ...poll], env, procs));
     let rss = { net: 0, switch: 0 };
@@ -266,19 +266,19 @@ export async function main(args: string[]): Promise<void> {
   const seconds = argValue(args, '--seconds', 8);
   const tcpSeconds = argValue(args, '--tcp-seconds', 8);
   const busyPollUs = args[args.indexOf('--busy-poll') + 1] === '0' ? 0 : argValue(args, '--busy-poll', 50);
-  const slotsArg = argValue(args, '--slots', 0);
-  const slots = slotsArg > 0 ? slotsArg : undefined;
+  const ringKibArg = argValue(args, '--ring-kib', 0);
+  const ringKib = ringKibArg > 0 ? ringKibArg : undefined;
   const ringArg = argValue(args, '--ring', 0);
   const ring = ringArg > 0 ? ringArg : undefined;
   if (!haveTestpmd()) throw new Error('dpdk-testpmd not found: scripts/setup.sh installs dpdk-dev and its PMDs');
   console.log(`(a) 64-byte frames, testpmd txonly → rxonly, ${seconds} s each`);
-  const ours = await ppsOurs(seconds, { busyPollUs: 0, slots, ring });
+  const ours = await ppsOurs(seconds, { busyPollUs: 0, ringKib, ring });
   console.log(`  vmm-net + vmm-switch + vmm-net: ${Math.round(ours.pps)} pps received (${ours.received} of ${ours.sent} sent)`);
   const ref = await ppsReference(seconds, ring);
   console.log(`  DPDK net_vhost:                 ${Math.round(ref.pps)} pps received (${ref.received} of ${ref.sent} sent)`);
   let busyRatio: number | null = null;
   if (busyPollUs > 0) {
-    const busy = await ppsOurs(seconds, { busyPollUs, slots, ring });
+    const busy = await ppsOurs(seconds, { busyPollUs, ringKib, ring });
     console.log(`  the same, busy-poll ${busyPollUs} µs:  ${Math.round(busy.pps)} pps received (${busy.received} of ${busy.sent} sent), ${(busy.pps / ours.pps).toFixed(2)} × without`);
     busyRatio = busy.pps / ref.pps;
   }
