@@ -24,7 +24,7 @@ import type { ResultPromise } from 'execa';
 import type { Logger } from 'pino';
 import { VmmError } from './errors.ts';
 import { parentPid, setParentDeathSignal } from './ffi.ts';
-import { createLogger } from './logger.ts';
+import { createLogger, writeLog } from './logger.ts';
 
 /** The orchestrator's pid, given to each device process so it can tell whether its parent is still the one that started it. */
 const PARENT_PID_ENV = 'VMM_PARENT_PID';
@@ -127,7 +127,7 @@ export class DeviceProcess {
     this.child = child;
     this.stderrTail = '';
     child.stderr?.on('data', (d: Buffer) => {
-      process.stderr.write(d);
+      writeLog(d);
       this.stderrTail = (this.stderrTail + d.toString('utf8')).slice(-4096);
     });
     this.exitPromise = child.then((r) => {

@@ -50,6 +50,8 @@ export interface RunOptions {
   daemonize: boolean;
   /** Write vmm's pid here while it runs (QEMU's -pidfile). */
   pidfile: string | null;
+  /** Append the logs of vmm and its device processes here instead of stderr (QEMU's -D). */
+  logFile: string | null;
 }
 
 export const MIN_MEM = 64 * 1024 * 1024;
@@ -98,6 +100,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
         console: { type: 'string' },
         daemonize: { type: 'boolean' },
         pidfile: { type: 'string' },
+        'log-file': { type: 'string' },
       },
     });
   } catch (e) {
@@ -194,6 +197,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
     console: consoleSpec,
     daemonize,
     pidfile: nonEmpty('pidfile', v.pidfile),
+    logFile: nonEmpty('log-file', v['log-file']),
   };
 }
 
@@ -231,6 +235,9 @@ options:
   --no-reboot        a guest reboot ends vmm instead of restarting the machine
                      (always so with --exec, where a panic must end the run)
   --log-level LEVEL  fatal|error|warn|info|debug|trace|silent (default warn), logs on stderr
+  --log-file PATH    append the logs (JSON lines, vmm's and its device processes') to PATH
+                     instead of stderr (QEMU's -D); a --daemonize'd vmm has no stderr
+                     left, so without it the daemon's logs are dropped, as QEMU's are
   --disk SPEC        a virtio-blk disk (repeatable): FILE[,format=raw|qcow2][,readonly]
                      [,id=NAME][,queues=N][,serial=S], served by a vmm-blk process
   --nic SPEC         a virtio-net NIC (repeatable): switch=NAME|tap=IF[,mac=M][,queues=N]
