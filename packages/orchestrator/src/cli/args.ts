@@ -2,6 +2,7 @@
 // UsageError naming the flag and the value; the entry point prints it on
 // one line and exits 2.
 import { parseArgs } from 'node:util';
+import { argvErrorLine } from '@vmm/core';
 import { DEFAULT_ENGINE, ENGINE_KINDS, MAX_HARTS, WASM_RAM_OFFSET, type EngineKind } from '@vmm/vcpu';
 import { parseDeviceFlag, parseDiskFlag, parseNicFlag } from '../vm/device-spec.ts';
 import { DeviceRegistry } from '../vm/kinds.ts';
@@ -105,7 +106,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
     });
   } catch (e) {
     // parseArgs messages already name the flag ("Unknown option '--foo'"); keep them to one line.
-    throw new UsageError((e as Error).message.split('\n')[0]!.replace(/\. To specify a positional.*$/, ''));
+    throw new UsageError(`${argvErrorLine(e)} (pnpm vmm run --help)`);
   }
   const v = parsed.values;
   const nonEmpty = (flag: string, s: string | undefined): string | null => {
