@@ -4,7 +4,7 @@
 // -netdev vhost-user, DPDK's virtio_user) and plugs it into a vmm-switch
 // network or a host tap.
 
-import { deviceUsage, isMainModule, onControlMessage, parseDeviceArgv, runDeviceMain, serveVhostUser, type DeviceMain, type Logger } from '@vmm/core';
+import { DEVICE_LAUNCHER, deviceUsage, isMainModule, onControlMessage, parseDeviceArgv, runDeviceMain, serveVhostUser, type DeviceMain, type Logger } from '@vmm/core';
 import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -62,7 +62,8 @@ function startSwitch(name: string, log: Logger): void {
   const fd = openSync(logFile, 'a');
   // Not this NIC's child in lifetime: no VMM_PARENT_PID (that would tie it to the orchestrator that started this NIC).
   const { VMM_PARENT_PID: _ours, ...env } = process.env;
-  const child = spawn(process.execPath, [SWITCH_MAIN, '--name', name], { detached: true, stdio: ['ignore', fd, fd], env });
+  // Through core's launcher, as every device process: the same Node flags, malloc arena and compile cache.
+  const child = spawn(DEVICE_LAUNCHER, [SWITCH_MAIN, '--name', name], { detached: true, stdio: ['ignore', fd, fd], env: { ...env, VMM_BIN_NAME: 'vmm-switch' } });
   child.unref();
   closeSync(fd);
   log.info({ switch: name, switchPid: child.pid, log: logFile }, 'started vmm-switch on demand');
