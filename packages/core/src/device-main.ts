@@ -1,8 +1,9 @@
 // One start-up path for every device process (vmm-blk, vmm-net, vmm-iommu,
 // vmm-switch, the echo test device), so each main.ts is only its kind:
 //
-//  1. parse argv: a bad flag is one line `COMMAND: message (COMMAND --help)`
-//     on stderr and exit 2; --help prints the usage on stdout, exit 0;
+//  1. parse argv: a bad flag is one line `COMMAND: message` on stderr (the
+//     same words as the orchestrator's flag and QMP) and exit 2; --help
+//     prints the usage on stdout, exit 0;
 //  2. the process's logger (role, id, level: one key each per line);
 //  3. the kind's start(): a failure is one fatal log line, one stderr line
 //     `COMMAND: message` and exit 2 for a configuration error (exit 1 else);
@@ -63,7 +64,7 @@ export async function runDeviceMain<A extends { readonly logLevel: string }>(mai
   try {
     args = main.parse(argv);
   } catch (e) {
-    process.stderr.write(`${main.command}: ${argvErrorLine(e)} (${main.command} --help)\n`);
+    process.stderr.write(`${main.command}: ${argvErrorLine(e)}\n`);
     process.exit(2);
   }
   if (args === null) {
