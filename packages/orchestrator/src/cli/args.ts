@@ -2,6 +2,7 @@
 // UsageError naming the flag and the value; the entry point prints it on
 // one line and exits 2.
 import { parseArgs } from 'node:util';
+import { argvErrorLine } from '@vmm/core';
 import { DEFAULT_ENGINE, ENGINE_KINDS, MAX_HARTS, WASM_RAM_OFFSET, type EngineKind } from '@vmm/vcpu';
 import { parseDeviceFlag, parseDiskFlag, parseNicFlag } from '../vm/device-spec.ts';
 import { DeviceRegistry } from '../vm/kinds.ts';
@@ -52,6 +53,8 @@ export interface RunOptions {
   daemonize: boolean;
   /** Write vmm's pid here while it runs (QEMU's -pidfile). */
   pidfile: string | null;
+  /** Append the logs of vmm and its device processes here instead of stderr (QEMU's -D). */
+  logFile: string | null;
 }
 
 export const MIN_MEM = 64 * 1024 * 1024;
@@ -101,11 +104,12 @@ export function parseRunArgs(argv: string[]): RunOptions {
         console: { type: 'string' },
         daemonize: { type: 'boolean' },
         pidfile: { type: 'string' },
+        'log-file': { type: 'string' },
       },
     });
   } catch (e) {
     // parseArgs messages already name the flag ("Unknown option '--foo'"); keep them to one line.
-    throw new UsageError((e as Error).message.split('\n')[0]!.replace(/\. To specify a positional.*$/, ''));
+    throw new UsageError(`${argvErrorLine(e)} (pnpm vmm run --help)`);
   }
   const v = parsed.values;
   const nonEmpty = (flag: string, s: string | undefined): string | null => {
@@ -198,6 +202,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
     console: consoleSpec,
     daemonize,
     pidfile: nonEmpty('pidfile', v.pidfile),
+    logFile: nonEmpty('log-file', v['log-file']),
   };
 }
 
@@ -235,6 +240,9 @@ options:
   --no-reboot        a guest reboot ends vmm instead of restarting the machine
                      (always so with --exec, where a panic must end the run)
   --log-level LEVEL  fatal|error|warn|info|debug|trace|silent (default warn), logs on stderr
+  --log-file PATH    append the logs (JSON lines, vmm's and its device processes') to PATH
+                     instead of stderr (QEMU's -D); a --daemonize'd vmm has no stderr
+                     left, so without it the daemon's logs are dropped, as QEMU's are
   --disk SPEC        a virtio-blk disk (repeatable): FILE[,format=raw|qcow2][,readonly]
                      [,id=NAME][,queues=N][,serial=S], served by a vmm-blk process
   --nic SPEC         a virtio-net NIC (repeatable): switch=NAME|tap=IF[,mac=M][,queues=N]

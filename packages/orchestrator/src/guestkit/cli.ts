@@ -1,6 +1,7 @@
 // `pnpm guest …`: fetch the Debian guest kit and build the initramfs.
 import { copyFile, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
+import { argvErrorLine } from '@vmm/core';
 import { stderrReporter } from './download.ts';
 import { GuestKitError } from './errors.ts';
 import { buildExecArchive, buildInitramfs } from './initramfs.ts';
@@ -153,7 +154,7 @@ main(process.argv.slice(2)).then(
   },
   (e: unknown) => {
     const usage = e instanceof UsageError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
-    const msg = e instanceof GuestKitError ? `${e.message} [${e.code}]` : (e as Error).message;
+    const msg = e instanceof GuestKitError ? `${e.message} [${e.code}]` : usage ? `${argvErrorLine(e)} (pnpm guest --help)` : (e as Error).message;
     process.stderr.write(`guest: ${msg}\n`);
     process.exitCode = usage ? 2 : 1;
   },
