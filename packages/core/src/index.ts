@@ -6,6 +6,7 @@ export * from './virtqueue.ts';
 export * from './device.ts';
 export * from './device-kind.ts';
 export * from './device-process.ts';
+export * from './device-main.ts';
 export * from './virtio-device.ts';
 export { VhostUserBackend, BACKEND_PROTOCOL_FEATURES, BASE_PROTOCOL_FEATURES, OPTIONAL_PROTOCOL_FEATURES, type VhostUserBackendOptions } from './vhost-user/backend.ts';
 export { VhostUserFrontend, VhostUserClosedError, type FrontendOptions, type FrontendRegion } from './vhost-user/frontend.ts';
@@ -20,3 +21,4 @@ export { InflightQueue, inflightRegionSize, inflightQueueStride } from './vhost-
 export { processMemory, type ProcessMemory } from './proc-memory.ts';
 export { IoRing, IoRingError } from './io-ring.ts';
 export { QueueHandle, type QueueHandleOptions } from './queue-handle.ts';
+export { BusyPoll, type BusyPollHooks } from './busy-poll.ts';

@@ -13,11 +13,13 @@ import { A, assemble, li, REG } from './hart/asm.ts';
 import { KERNEL_LOAD, MMIO, RAM_BASE } from './layout.ts';
 import { startMachine, type MachineConfig } from './machine.ts';
 import { SBI_EXT } from './platform/sbi.ts';
+import { ENGINE_KINDS } from './engine.ts';
 
 const MiB = 1024 * 1024;
-const { t0, t1, t2, a0, a1, a2, a6, a7, s0 } = REG;
+const { t0, t1, t2, a0, a1, a2, a6, a7, s0, s1 } = REG;
 const HART1_OFFSET = 0x400; // from the Image start
 const FLAG_OFFSET = 0x800;
+const VIA_HART1_OFFSET = 0x600; // the entry of viaHart1()
 
 function header(imageSize: number): number[] {
   // code0: j 64 (over the header); text_offset 2 MiB; image_size; version 0.2; magics (boot.rst).
@@ -36,19 +38,26 @@ const putc = (c: string): number[] => [...li(t0, BigInt(c.charCodeAt(0))), A.sb(
 const sbi = (eid: number, fid: number): number[] => [...li(a7, BigInt(eid)), ...li(a6, BigInt(fid)), A.ecall()];
 
 /**
- * Hart 0: check a1 points at a DTB, print "A" on the UART and "B" through SBI
- * DBCN, start hart 1 with opaque 0x77, wait for hart 1 to store its opaque,
- * then report it through the finisher as a failure code (so a wrong value shows).
- * Hart 1: print "C", store a1 (opaque) to the flag, sleep.
+ * The booting hart — whichever it is: under OpenSBI 1.6 any hart may win the
+ * cold-boot lottery in sbi_init (fw_dynamic_info.boot_hart only picks the
+ * hart that relocates the firmware), so it is not always hart 0 — checks
+ * a1 points at a DTB, prints "A" on the UART and "B" through SBI DBCN,
+ * starts the other hart (1 − a0) with opaque 0x77 (retrying while SBI says
+ * it is not stopped yet), waits for it to store its opaque, then reports it
+ * through the finisher as a failure code (so a wrong value shows).
+ * The other hart: print "C", store a1 (opaque) to the flag, sleep.
+ * With `viaHart1`, hart 0 enters viaHart1() instead, which makes hart 1 the booting hart.
  */
-function testKernel(): Uint8Array {
+function testKernel(opts: { viaHart1?: boolean } = {}): Uint8Array {
   const flag = BigInt(KERNEL_LOAD + FLAG_OFFSET);
+  const startOther = [...li(t0, 1n), A.sub(a0, t0, s1), ...li(a1, BigInt(KERNEL_LOAD + HART1_OFFSET)), ...li(a2, 0x77n), ...sbi(SBI_EXT.HSM, 0)];
   const main = assemble([
+    A.addi(s1, a0, 0), // the booting hart's id (RISC-V boot protocol: a0)
     A.lwu(t0, a1, 0), ...li(t1, 0xedfe_0dd0n), A.bne(t0, t1, 0), // hang (branch to self) if no DTB magic
     ...li(t2, BigInt(MMIO.uart0.base)),
     ...putc('A'),
     ...li(a0, 0x42n), ...sbi(SBI_EXT.DBCN, 2),
-    ...li(a0, 1n), ...li(a1, BigInt(KERNEL_LOAD + HART1_OFFSET)), ...li(a2, 0x77n), ...sbi(SBI_EXT.HSM, 0),
+    ...startOther, A.bne(a0, 0, -4 * startOther.length), // SBI error (the other hart is not stopped yet): again
     ...li(s0, flag),
     A.ld(t0, s0, 0), A.beq(t0, 0, -4),
     A.slli(t0, t0, 16), A.ori(t0, t0, 0x333), ...li(t1, 0x3000n), A.add(t0, t0, t1),
@@ -64,6 +73,12 @@ function testKernel(): Uint8Array {
   img.set(header(4 * MiB));
   img.set(main, 64);
   img.set(hart1, HART1_OFFSET);
+  if (opts.viaHart1) {
+    // Hart 0 starts hart 1 at the Image's main with the DTB as opaque (so hart 1 boots as a0 = 1, a1 = DTB), then stops itself.
+    img.set(assemble([A.jal(0, VIA_HART1_OFFSET)]), 0);
+    img.set(assemble([A.addi(a2, a1, 0), ...li(a0, 1n), ...li(a1, BigInt(KERNEL_LOAD + 64)), ...sbi(SBI_EXT.HSM, 0), ...sbi(SBI_EXT.HSM, 1), A.jal(0, 0)]), VIA_HART1_OFFSET);
+  }
+  if (64 + main.length > HART1_OFFSET || HART1_OFFSET + hart1.length > VIA_HART1_OFFSET) throw new Error('testKernel: code overlaps');
   return img;
 }
 
@@ -138,6 +153,58 @@ function userCountersKernel(): Uint8Array {
   return img;
 }
 
+/**
+ * LR/SC and AMOs across harts (ISA §8.2–8.4): both harts run the same loop
+ * `n` times — AMOADD.W on counter A, an LR.W/SC.W retry loop incrementing B,
+ * and a plain LD/ADDI/SD of C inside an AMOSWAP.D spinlock (the load/store
+ * run translated under the jit) — after a barrier, so that they contend.
+ * Hart 0 then reports 0x700 | (A ≠ 2n) | (B ≠ 2n) << 1 | (C ≠ 2n) << 2
+ * through the finisher: 0x700 when no update was lost.
+ */
+function smpAtomicsKernel(n: number): Uint8Array {
+  const HART1 = 0x400, WORK = 0x600, DATA = 0x2000; // data on its own page
+  const data = BigInt(KERNEL_LOAD + DATA);
+  const [s1, s2, s3, s4, t3, t4] = [9, 18, 19, 20, 28, 29];
+  const READY = 32, DONE = 40;
+  const addrs = [...li(s1, data), A.addi(s2, s1, 4), A.addi(s3, s1, 8), A.addi(s4, s1, 16)];
+  const callWork = (from: number): number => A.jal(1, WORK - from);
+  const main = [
+    ...li(a0, 1n), ...li(a1, BigInt(KERNEL_LOAD + HART1)), ...li(a2, 0n), ...sbi(SBI_EXT.HSM, 0),
+    ...addrs,
+    A.ld(t0, s1, READY), A.beq(t0, 0, -4), // barrier: hart 1 is running
+  ];
+  const afterWork = [
+    A.ld(t0, s1, DONE), A.beq(t0, 0, -4),
+    ...li(t1, BigInt(2 * n)), ...li(a2, 0x700n),
+    A.lw(t0, s1, 0), A.sub(t0, t0, t1), A.sltu(t0, 0, t0), A.add(a2, a2, t0),
+    A.lw(t0, s2, 0), A.sub(t0, t0, t1), A.sltu(t0, 0, t0), A.slli(t0, t0, 1), A.add(a2, a2, t0),
+    A.ld(t0, s4, 0), A.sub(t0, t0, t1), A.sltu(t0, 0, t0), A.slli(t0, t0, 2), A.add(a2, a2, t0),
+    A.slli(t0, a2, 16), A.ori(t0, t0, 0x333), ...li(t1, 0x3000n), A.add(t0, t0, t1),
+    ...li(t1, BigInt(MMIO.test.base)), A.sw(t0, t1, 0),
+    A.wfi(), A.jal(0, -4),
+  ];
+  const mainCode = [...main, callWork(64 + 4 * main.length), ...afterWork];
+  const h1 = [...addrs, ...li(t0, 1n), A.sd(t0, s1, READY)];
+  const hart1 = [...h1, callWork(HART1 + 4 * h1.length), ...li(t0, 1n), A.sd(t0, s1, DONE), A.wfi(), A.jal(0, -4)];
+  const work = [
+    ...li(t3, BigInt(n)), ...li(t4, 1n),
+    A.amoadd_w(0, s1, t4), // loop:
+    A.lr_w(t0, s2), A.addi(t0, t0, 1), A.sc_w(t1, s2, t0), A.bne(t1, 0, -12),
+    A.amoswap_d(t0, s3, t4), A.bne(t0, 0, -4), // lock
+    A.ld(t0, s4, 0), A.addi(t0, t0, 1), A.sd(t0, s4, 0),
+    A.sd(0, s3, 0), // unlock
+    A.addi(t3, t3, -1), A.bne(t3, 0, -4 * 12),
+    A.jalr(0, 1, 0),
+  ];
+  const img = new Uint8Array(DATA + 64);
+  img.set(header(4 * MiB));
+  img.set(assemble(mainCode), 64);
+  img.set(assemble(hart1), HART1);
+  img.set(assemble(work), WORK);
+  if (64 + 4 * mainCode.length > HART1 || HART1 + 4 * hart1.length > WORK) throw new Error('smpAtomicsKernel: code overlaps');
+  return img;
+}
+
 function openSbiFwDynamic(): Uint8Array {
   const root = join(homedir(), '.cache/vmm/guest');
   const dir = existsSync(root) ? readdirSync(root).find((d) => d.startsWith('opensbi_')) : undefined;
@@ -149,6 +216,14 @@ function openSbiFwDynamic(): Uint8Array {
 describe('machine with the RV64 hart core', () => {
   it('builtin SBI: boot registers, UART, DBCN, HSM hart_start with opaque, finisher exit code', async () => {
     const { exit, out } = await run({});
+    expect(out).toBe('ABC');
+    expect(exit).toEqual({ reason: 'fail', code: 0x77 });
+  });
+
+  it('builtin SBI: the same payload when hart 1 is the booting hart (it starts hart 0)', async () => {
+    // What OpenSBI's cold-boot lottery does when hart 1 gets there first; before the payload
+    // started "the other hart" it started hart 1 from hart 1 (already started) and hung.
+    const { exit, out } = await run({ kernel: testKernel({ viaHart1: true }) });
     expect(out).toBe('ABC');
     expect(exit).toEqual({ reason: 'fail', code: 0x77 });
   });
@@ -172,6 +247,28 @@ describe('machine with the RV64 hart core', () => {
       expect(exit).toEqual({ reason: 'fail', code: 0x708 });
     });
   }
+
+  for (const engine of ENGINE_KINDS) {
+    it(`${engine}: LR/SC, AMOs and a spinlock-protected plain increment lose no update across 2 harts`, async () => {
+      const { exit } = await run({ kernel: smpAtomicsKernel(100_000), engine });
+      expect(exit).toEqual({ reason: 'fail', code: 0x700 });
+    });
+  }
+
+  it('profile: the sampled shares of a hart that runs a hot loop, then waits in WFI, show translated code and the host', async () => {
+    // 2^24 iterations of a 3-instruction loop (translated after JIT_THRESHOLD), then the finisher.
+    const kernel = image([
+      ...li(t0, 1n << 24n), A.addi(t1, t1, 1), A.addi(t0, t0, -1), A.bne(t0, 0, -8),
+      ...li(t1, 0x5555n), ...li(t2, BigInt(MMIO.test.base)), A.sw(t1, t2, 0), A.wfi(), A.jal(0, -4),
+    ]);
+    const { m } = start({ kernel, harts: 2, engine: 'jit', profile: true });
+    expect(await m.exited).toEqual({ reason: 'poweroff', code: 0 });
+    const [h0, h1] = m.engineInfo().map((i) => i.profile!);
+    expect(h0!.samples).toBeGreaterThan(0);
+    expect(h0!.translated).toBeGreaterThan(0);
+    expect(h1!.host).toBe(1); // hart 1 never left HSM STOPPED: all its samples are outside the core
+    for (const p of [h0!, h1!]) expect(p.interp + p.translated + p.translating + p.helpers + p.host).toBeCloseTo(1, 2);
+  });
 
   it('a guest reset restarts the machine in place with reboot, and ends it without', async () => {
     const r = await run({ kernel: rebootingKernel(), reboot: true, harts: 1 });

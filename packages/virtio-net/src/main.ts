@@ -4,14 +4,14 @@
 // -netdev vhost-user, DPDK's virtio_user) and plugs it into a vmm-switch
 // network or a host tap.
 
-import { createLogger, deviceUsage, installDeviceProcessSignals, onControlMessage, parseDeviceArgv, reportReady, VhostUserBackend, type Logger } from '@vmm/core';
+import { DEVICE_LAUNCHER, deviceUsage, isMainModule, onControlMessage, parseDeviceArgv, runDeviceMain, serveVhostUser, type DeviceMain, type Logger } from '@vmm/core';
 import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatMac, type Mac } from './ctrl.ts';
 import { NetDevice } from './device.ts';
-import { checkNetOptions, NET_OPTIONS } from './kind.ts';
+import { checkNetOptions, NET_OPTIONS, NETSTATS_QUERY } from './kind.ts';
 import { switchSocketPath } from './names.ts';
 import { SwitchAttachment } from './switch-client.ts';
 import { openTapPort } from './tap.ts';
@@ -29,6 +29,8 @@ export interface NetArgs {
   mac: Mac;
   queues: number;
   mtu: number;
+  /** Busy-poll window in µs (0: off). */
+  busyPollUs: number;
   id: string;
   logLevel: string;
 }
@@ -50,7 +52,7 @@ export function parseNetArgs(argv: string[]): NetArgs | null {
   const mac = checkNetOptions(o) ?? randomMac();
   const sw = o.switch === undefined ? undefined : String(o.switch);
   const tap = o.tap === undefined ? undefined : String(o.tap);
-  return { socket: f.socket, switch: sw, tap, mac, queues: Number(o.queues), mtu: Number(o.mtu), id: f.id ?? 'net0', logLevel: f.logLevel };
+  return { socket: f.socket, switch: sw, tap, mac, queues: Number(o.queues), mtu: Number(o.mtu), busyPollUs: Number(o['busy-poll']), id: f.id ?? 'net0', logLevel: f.logLevel };
 }
 
 const SWITCH_MAIN = fileURLToPath(new URL('./switch-main.ts', import.meta.url));
@@ -62,7 +64,8 @@ function startSwitch(name: string, log: Logger): void {
   const fd = openSync(logFile, 'a');
   // Not this NIC's child in lifetime: no VMM_PARENT_PID (that would tie it to the orchestrator that started this NIC).
   const { VMM_PARENT_PID: _ours, ...env } = process.env;
-  const child = spawn(process.execPath, [SWITCH_MAIN, '--name', name], { detached: true, stdio: ['ignore', fd, fd], env });
+  // Through core's launcher, as every device process: the same Node flags, malloc arena and compile cache.
+  const child = spawn(DEVICE_LAUNCHER, [SWITCH_MAIN, '--name', name], { detached: true, stdio: ['ignore', fd, fd], env: { ...env, VMM_BIN_NAME: 'vmm-switch' } });
   child.unref();
   closeSync(fd);
   log.info({ switch: name, switchPid: child.pid, log: logFile }, 'started vmm-switch on demand');
@@ -77,6 +80,12 @@ function control(device: NetDevice, m: Record<string, unknown>): string {
     case 'link-up':
       device.setLink(true);
       return 'link up';
+    case 'delay': {
+      const ms = Number(m.ms);
+      if (!(Number.isInteger(ms) && ms >= 0 && ms <= 60_000)) throw new RangeError(`delay ms=${String(m.ms)}: expected an integer from 0 to 60000`);
+      device.setDelay(ms);
+      return `delay ${ms} ms`;
+    }
     case 'drop':
     case 'corrupt': {
       const rate = Number(m.rate);
@@ -129,46 +138,37 @@ async function connect(a: NetArgs, device: NetDevice, log: Logger): Promise<() =
   return () => att.close();
 }
 
-async function main(): Promise<void> {
-  let a: NetArgs | null;
-  try {
-    a = parseNetArgs(process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`vmm-net: ${(e as Error).message}\n${USAGE.split('\n')[0]}\n`);
-    process.exit(2);
-  }
-  if (a === null) {
-    process.stdout.write(USAGE);
-    return;
-  }
-  const log = createLogger('net', a.id, a.logLevel);
-  const device = new NetDevice({ mac: a.mac, queuePairs: a.queues, mtu: a.mtu, log });
-  let disconnect: () => void;
-  try {
-    disconnect = await connect(a, device, log);
-  } catch (e) {
-    process.stderr.write(`vmm-net: ${(e as Error).message}\n`);
-    process.exit(1);
-  }
-  onControlMessage((m) => {
-    try {
-      log.warn({ fault: m }, control(device, m));
-    } catch (e) {
-      log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
-    }
-  });
-  const backend = new VhostUserBackend(device, { socketPath: a.socket, log });
-  backend.onDisconnect = (err) => log.info({ connections: backend.connections, error: err?.message }, 'ready for the next front-end');
-  backend.listen();
-  installDeviceProcessSignals(() => {
-    log.info({ stats: device.stats }, 'SIGTERM: shutting down');
-    backend.close();
-    disconnect();
-  });
-  log.info({ mac: formatMac(a.mac), queues: a.queues, mtu: a.mtu, switch: a.switch, tap: a.tap }, 'serving');
-  reportReady({ socket: a.socket, mac: formatMac(a.mac) });
-}
+const NET_MAIN: DeviceMain<NetArgs> = {
+  command: 'vmm-net',
+  role: 'net',
+  usage: USAGE,
+  parse: parseNetArgs,
+  id: (a) => a.id,
+  async start(a, log) {
+    const device = new NetDevice({ mac: a.mac, queuePairs: a.queues, mtu: a.mtu, busyPollUs: a.busyPollUs, log });
+    const disconnect = await connect(a, device, log);
+    // The orchestrator's control channel: the counters (query-nic-stats) and fault injection.
+    onControlMessage((m) => {
+      if (m.query === NETSTATS_QUERY.query) return { ...device.stats, link: device.link, delayedFrames: device.delayedFrames, ...device.queueState };
+      try {
+        log.warn({ fault: m }, control(device, m));
+      } catch (e) {
+        log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
+      }
+      return undefined;
+    });
+    const backend = serveVhostUser(device, { socketPath: a.socket, log });
+    return {
+      serving: { mac: formatMac(a.mac), queues: a.queues, mtu: a.mtu, busyPollUs: a.busyPollUs, switch: a.switch, tap: a.tap },
+      ready: { socket: a.socket, mac: formatMac(a.mac) },
+      vhostUser: backend,
+      stopping: () => ({ stats: device.stats }),
+      stop: () => {
+        backend.close();
+        disconnect();
+      },
+    };
+  },
+};
 
-if (process.argv[1] !== undefined && import.meta.filename === (await import('node:fs')).realpathSync(process.argv[1])) {
-  await main();
-}
+if (isMainModule(import.meta)) await runDeviceMain(NET_MAIN);

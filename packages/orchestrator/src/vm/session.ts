@@ -8,10 +8,11 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createLogger } from '@vmm/core';
 import { startMachine, type MachineExit } from '@vmm/vcpu';
-import { silentReporter } from '../guestkit/download.ts';
+import { silentReporter, stderrReporter } from '../guestkit/download.ts';
 import { buildInitramfs, ExecOutputFilter, initrdWithExec } from '../guestkit/initramfs.ts';
 import { ensureGuestKit } from '../guestkit/kit.ts';
 import { buildIommuKernel } from '../guestkit/kernel.ts';
+import { ensureGuestPackages, guestPackagesArchive } from '../guestkit/packages.ts';
 import { behindIommu, iommuPlan } from './iommu.ts';
 import { attachVm, type AttachedVm } from './attach.ts';
 import { parseDiskFlag, parseNicFlag } from './device-spec.ts';
@@ -46,13 +47,22 @@ export interface GuestSessionOptions {
   iommu?: boolean;
   /** Boot the IOMMU kernel even without the IOMMU (to compare the two with only the IOMMU differing). */
   iommuKernel?: boolean;
+  /** Debian riscv64 packages (and their Depends: closure) added to the initramfs, as `pnpm guest build --package`. */
+  packages?: string[];
 }
 
 export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSession> {
   const kit = await ensureGuestKit({ reporter: silentReporter });
   const iommu = o.iommu ? iommuPlan(mkdtempSync(join(tmpdir(), 'vmm-iommu-'))) : null;
-  const kernel = new Uint8Array(await readFile(iommu || o.iommuKernel ? (await buildIommuKernel({ reporter: silentReporter })).image : kit.kernel));
+  // scripts/setup.sh builds the IOMMU kernel; if the cache lacks it (a new
+  // config), it is built here, its progress on stderr (minutes, not silence).
+  const kernel = new Uint8Array(await readFile(iommu || o.iommuKernel ? (await buildIommuKernel({ reporter: stderrReporter() })).image : kit.kernel));
   const x = await initrdWithExec((await buildInitramfs(kit)).path, o.cmd);
+  if (o.packages && o.packages.length > 0) {
+    // Base initramfs, then the packages' archive, then the command's (the kernel unpacks them in order).
+    const pk = guestPackagesArchive(await ensureGuestPackages(o.packages, silentReporter));
+    x.initrd = Buffer.concat([x.initrd.subarray(0, x.initrd.length - x.archive.length), pk, x.archive]);
+  }
   let out = '';
   const waiters: { text: string; resolve: () => void }[] = [];
   const filter = new ExecOutputFilter(x.markers, (t) => {

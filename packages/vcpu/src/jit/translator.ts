@@ -39,6 +39,9 @@
 
 import { Bytes, OP, T, writeModule, type FuncType } from './wasm-writer.ts';
 import { WASM_RAM_OFFSET } from '../layout.ts';
+import { ENGINE_WHERE } from '../engine.ts';
+
+const WHERE_TRANSLATING = ENGINE_WHERE.indexOf('translating');
 
 /** Executions of a block entry (counted by the interpreter's lookup) before it is translated. */
 export const JIT_THRESHOLD = 4000;
@@ -75,6 +78,7 @@ export interface JitCoreExports {
   tlbTagsAddr(): number;
   tlbDeltasAddr(): number;
   tlbEntries(): number;
+  whereAddr(): number;
   xBase(): number;
   expandCompressed(h: number): number;
   jitLoad: WebAssembly.ExportValue;
@@ -314,6 +318,8 @@ export class Translator {
   private readonly fkeyAddr: number;
   private readonly jitTab: number;
   private readonly jitTabMask: number;
+  /** The core's WHERE word (what a sampling profiler reads). */
+  private readonly where: Int32Array;
   private readonly blocks = new Map<number, Block>();
   private readonly freeSlots: number[] = [];
   private nextSlot = 1;
@@ -346,6 +352,7 @@ export class Translator {
     this.fkeyAddr = c.jitFKeyAddr();
     this.jitTab = c.jitTabAddr();
     this.jitTabMask = c.jitTabMask();
+    this.where = new Int32Array(opts.memory.buffer, c.whereAddr(), 1);
     const pages = opts.memory.buffer.byteLength / 65536;
     this.memLimits = { min: pages, max: pages, shared: true };
     this.imports = { memory: opts.memory, table: opts.table };
@@ -398,6 +405,8 @@ export class Translator {
       this.drop(hp, known);
     }
     const t0 = process.hrtime.bigint();
+    const was = this.where[0]!;
+    this.where[0] = WHERE_TRANSLATING;
     try {
       // One snapshot of the page: the region is decoded from it and its shadow copy taken from it
       // (read twice from live memory, a writer in between — another hart, a device's DMA — would
@@ -447,6 +456,7 @@ export class Translator {
       this.stats.guestInsns += insns.length;
       return slot;
     } finally {
+      this.where[0] = was;
       this.stats.compileNs += Number(process.hrtime.bigint() - t0);
       const p = this.publish;
       if (p) { p[0] = this.stats.blocks; p[1] = this.stats.cacheBytes; p[2] = this.stats.compileNs / 1e6; p[3] = Number(this.core.jitInstructions()); }
@@ -682,16 +692,18 @@ export class Translator {
           const op = w & 0x7f;
           const xs = op === 0x2f ? [rs1, rs2, rd] : op === 0x73 || op === 0x53 ? [rs1, rd] : op === 0x07 || op === 0x27 ? [rs1] : [];
           for (const r of xs) if (r !== 0) g.i32(0).get(g.reg(r)).mem(OP.i64_store, 3, this.xb + 8 * r);
-          g.i32(w).i32(insns[i]!.raw | 0).get(L_BASE).i32(i + 1).op(OP.i32_sub).call('jitCold').tee(L_TI);
-          g.open(OP.if, 'cold');
+          g.i32(w).i32(insns[i]!.raw | 0).get(L_BASE).i32(i + 1).op(OP.i32_sub).call('jitCold').set(L_TI);
+          // Reload rd first: a CSR write completes (its rd written) and then leaves the block, whose
+          // exit stores the dirty locals.
+          const reload = op === 0x2f || op === 0x73 || op === 0x53 ? rd : 0;
+          if (reload !== 0) g.i32(0).mem(OP.i64_load, 3, this.xb + 8 * reload).set(g.reg(reload));
+          g.get(L_TI).open(OP.if, 'cold');
           g.get(L_TI).i32(1).op(OP.i32_eq).open(OP.if, 'coldx');
           trapExit(i);
           g.else();
           pcPlus(i, len); g.set(L_NPC); g.i32(-1).set(L_T); exitWith(i + 1); // completed; the core checks interrupts
           g.end();
           g.end();
-          const reload = op === 0x2f || op === 0x73 || op === 0x53 ? rd : 0;
-          if (reload !== 0) g.i32(0).mem(OP.i64_load, 3, this.xb + 8 * reload).set(g.reg(reload));
           break;
         }
         default: throw new Error(`jit: untranslatable instruction 0x${(w >>> 0).toString(16)} reached the emitter`);
