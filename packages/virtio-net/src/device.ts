@@ -43,7 +43,7 @@ export interface NetStats {
   rx_malformed: number;
   ctrl_ok: number;
   ctrl_err: number;
-  /** Data queues the front-end stopped while the driver kept running (SET_VRING_ENABLE 0, GET_VRING_BASE). */
+  /** Data queues stopped: SET_VRING_ENABLE 0, GET_VRING_BASE, a new kick fd, a lost connection. */
   queue_stops: number;
   /** Frames the drop / corrupt / delay faults acted on (fault injection). */
   fault_dropped: number;
