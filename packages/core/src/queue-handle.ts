@@ -162,6 +162,16 @@ export class QueueHandle implements VirtqueueHandle {
     return this.resubmit.length + this.q.pending();
   }
 
+  pending(): number {
+    if (this.dead || this.broken) return 0;
+    return this.resubmit.length + this.q.pending();
+  }
+
+  setKicks(enabled: boolean): void {
+    if (this.dead || this.broken) return;
+    this.q.setNotification(enabled);
+  }
+
   /**
    * A request finished. A completion that belongs to no request of this ring
    * generation (the ring was stopped or restarted since it was popped, or the

@@ -8,7 +8,7 @@
 // only; our own transport may hand us the control queue as well.
 
 import type { DeviceContext, GuestMemory, Logger, Segment, VirtqueueHandle, VirtioDeviceBackend } from '@vmm/core';
-import { protocolFeatureBit, VhostUserProtocolFeature, VIRTIO_F_VERSION_1 } from '@vmm/core';
+import { BusyPoll, protocolFeatureBit, VhostUserProtocolFeature, VIRTIO_F_VERSION_1 } from '@vmm/core';
 import { parseCtrlCommand, RxFilter, macFromBytes, macToBytes, formatMac, type Mac } from './ctrl.ts';
 import { acceptsOffloads, checkTxHeader, decodeVnetHeader, encodeVnetHeader, type OffloadCaps, type VnetHeader } from './header.ts';
 import { finishChecksum, needsChecksum, segmentTcp } from './offload.ts';
@@ -75,6 +75,12 @@ export interface NetDeviceOptions {
   /** Queue pairs offered (1..8); more than one offers VIRTIO_NET_F_MQ. */
   queuePairs?: number;
   mtu?: number;
+  /**
+   * Busy-poll (0: off): after handling a kick or a doorbell, keep polling the
+   * transmit queues and the port for up to this many µs with kicks off
+   * before sleeping again (core's BusyPoll; vhost-net's busyloop_timeout).
+   */
+  busyPollUs?: number;
   log: Logger;
 }
 
@@ -132,6 +138,10 @@ export class NetDevice implements VirtioDeviceBackend {
   private delayTimer: NodeJS.Timeout | null = null;
   /** Receive queues the driver has enabled (kicked at least once since they started): only those get frames. */
   private rxEnabled: boolean[];
+  /** The busy-poll loop (inert with busyPollUs 0). */
+  readonly poller: BusyPoll;
+  /** Chains taken from transmit queues plus frames taken from the port: busy-poll's measure of progress. */
+  private moved = 0;
 
   constructor(o: NetDeviceOptions) {
     const pairs = o.queuePairs ?? 1;
@@ -153,6 +163,28 @@ export class NetDevice implements VirtioDeviceBackend {
     this.rxEnabled = new Array<boolean>(pairs).fill(false);
     this.queueStarts = new Array<number>(2 * pairs).fill(0);
     this.queueStops = new Array<number>(2 * pairs).fill(0);
+    this.poller = new BusyPoll(o.busyPollUs ?? 0, { step: () => this.pollStep(), enter: () => this.setPolling(true), leave: () => this.setPolling(false) });
+  }
+
+  /** One busy-poll pass: transmit queues with chains waiting, then the port. */
+  private pollStep(): boolean {
+    const before = this.moved;
+    for (const q of this.txQueues) if (q !== null && q.live && q.pending() > 0) this.transmit(q);
+    this.receive();
+    if (this.moved === before) return false;
+    // Completions would otherwise be signalled only when this turn ends, after the whole polling session.
+    for (const q of this.rxQueues) q?.flush();
+    for (const q of this.txQueues) q?.flush();
+    return true;
+  }
+
+  /** Kicks and the port's doorbell off while polling; back on after, with one more look at everything (what came meanwhile came silently). */
+  private setPolling(on: boolean): void {
+    for (const q of this.txQueues) if (q !== null && q.live) q.setKicks(!on);
+    this.port?.setPolling?.(on);
+    if (on) return;
+    for (const q of this.txQueues) if (q !== null && q.live) this.transmit(q);
+    this.receive();
   }
 
   /** Plug the device into a port (or unplug it with null): frames flow as soon as queues run. */
@@ -160,7 +192,10 @@ export class NetDevice implements VirtioDeviceBackend {
     this.port?.close();
     this.port = port;
     if (port === null) return;
-    port.onReadable = () => this.receive();
+    port.onReadable = () => {
+      this.receive();
+      this.poller.run();
+    };
     port.onWritable = () => {
       for (const q of this.txQueues) if (q) this.transmit(q);
     };
@@ -328,6 +363,7 @@ export class NetDevice implements VirtioDeviceBackend {
       this.txQueues[pair] = q;
       this.transmit(q);
     }
+    this.poller.run();
   }
 
   // ---- transmit: guest → port ----
@@ -343,6 +379,7 @@ export class NetDevice implements VirtioDeviceBackend {
       if (port && this.linkUp && buf === null) break;
       const c = q.pop();
       if (c === null) break;
+      this.moved++;
       const len = c.readableLen;
       if (len < this.hdrLen) {
         this.stats.tx_malformed++;
@@ -417,6 +454,7 @@ export class NetDevice implements VirtioDeviceBackend {
       if (r === 'no-buffers') break;
       port.release();
       released = true;
+      this.moved++;
     }
     if (released) port.flush();
     this.armDelay();

@@ -18,6 +18,7 @@ export const NET_OPTIONS: readonly OptionDef[] = [
   { name: 'mac', type: 'string', maxBytes: 17, help: 'the NIC\'s address (default 52:54:00 and 3 random octets)' },
   { name: 'queues', type: 'int', min: 1, max: MAX_QUEUE_PAIRS, default: 1, help: 'queue pairs; more than one offers VIRTIO_NET_F_MQ' },
   { name: 'mtu', type: 'int', min: 68, max: 65535, default: 1500, help: 'MTU offered in config space' },
+  { name: 'busy-poll', type: 'int', min: 0, max: 1_000_000, default: 0, help: 'µs to keep polling the queues and the port after work before sleeping on kicks (0: off; costs CPU)' },
 ];
 
 const fail = (m: string): never => {

@@ -29,6 +29,8 @@ export interface NetArgs {
   mac: Mac;
   queues: number;
   mtu: number;
+  /** Busy-poll window in µs (0: off). */
+  busyPollUs: number;
   id: string;
   logLevel: string;
 }
@@ -50,7 +52,7 @@ export function parseNetArgs(argv: string[]): NetArgs | null {
   const mac = checkNetOptions(o) ?? randomMac();
   const sw = o.switch === undefined ? undefined : String(o.switch);
   const tap = o.tap === undefined ? undefined : String(o.tap);
-  return { socket: f.socket, switch: sw, tap, mac, queues: Number(o.queues), mtu: Number(o.mtu), id: f.id ?? 'net0', logLevel: f.logLevel };
+  return { socket: f.socket, switch: sw, tap, mac, queues: Number(o.queues), mtu: Number(o.mtu), busyPollUs: Number(o['busy-poll']), id: f.id ?? 'net0', logLevel: f.logLevel };
 }
 
 const SWITCH_MAIN = fileURLToPath(new URL('./switch-main.ts', import.meta.url));
@@ -143,7 +145,7 @@ const NET_MAIN: DeviceMain<NetArgs> = {
   parse: parseNetArgs,
   id: (a) => a.id,
   async start(a, log) {
-    const device = new NetDevice({ mac: a.mac, queuePairs: a.queues, mtu: a.mtu, log });
+    const device = new NetDevice({ mac: a.mac, queuePairs: a.queues, mtu: a.mtu, busyPollUs: a.busyPollUs, log });
     const disconnect = await connect(a, device, log);
     // The orchestrator's control channel: the counters (query-nic-stats) and fault injection.
     onControlMessage((m) => {
@@ -157,7 +159,7 @@ const NET_MAIN: DeviceMain<NetArgs> = {
     });
     const backend = serveVhostUser(device, { socketPath: a.socket, log });
     return {
-      serving: { mac: formatMac(a.mac), queues: a.queues, mtu: a.mtu, switch: a.switch, tap: a.tap },
+      serving: { mac: formatMac(a.mac), queues: a.queues, mtu: a.mtu, busyPollUs: a.busyPollUs, switch: a.switch, tap: a.tap },
       ready: { socket: a.socket, mac: formatMac(a.mac) },
       vhostUser: backend,
       stopping: () => ({ stats: device.stats }),

@@ -89,6 +89,31 @@ describe('vmm-switch with vmm-net NICs', () => {
     expect(b.received[301]!.frame).toEqual(rawFrame(BROADCAST, ma, 60, 7));
   });
 
+  it('with busy-poll on in the NICs and the switch, frames still arrive in order, intact, none lost at a kick-off/on turn', async () => {
+    await start('switch-bp', [SWITCH, '--name', 'bp0', '--busy-poll', '200']);
+    const nics: NicDriver[] = [];
+    for (const i of [0, 1]) {
+      const sock = join(dir, `bp${i}.sock`);
+      await start(`bp${i}`, [NET, '--socket', sock, '--switch', 'bp0', '--mac', formatMac(MACS[i]!), '--id', `bp${i}`, '--busy-poll', '200']);
+      const d = await NicDriver.connect(sock);
+      drivers.push(d);
+      nics.push(d);
+    }
+    const [a, b] = nics as [NicDriver, NicDriver];
+    // In bursts and one by one with pauses longer than the window, so frames come both while the NICs poll and after they slept.
+    for (let i = 0; i < 400; i++) {
+      await a.send(rawFrame(MACS[1]!, MACS[0]!, 64 + (i % 900), i));
+      if (i % 50 === 49) {
+        await b.until(i + 1);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    }
+    await b.until(400);
+    b.received.forEach((r, i) => expect(r.frame).toEqual(rawFrame(MACS[1]!, MACS[0]!, 64 + (i % 900), i)));
+    const st = await querySwitch(join(dir, 'switch-bp0.sock'));
+    expect(st.ports.find((x) => x.name === 'bp1')).toMatchObject({ tx_packets: 400, tx_dropped: 0 });
+  });
+
   it('starts a named switch that is not running yet, which outlives the NIC', async () => {
     const nic = await start('nic-od', [NET, '--socket', join(dir, 'od.sock'), '--switch', 'ondemand', '--mac', '52:54:00:00:01:0d', '--id', 'od']);
     const st = await querySwitch(join(dir, 'switch-ondemand.sock'));
@@ -100,7 +125,7 @@ describe('vmm-switch with vmm-net NICs', () => {
   });
 
   it('a port whose NIC takes no frames fills, drops and counts, and the other ports keep receiving everything', async () => {
-    await start('switch-full', [SWITCH, '--name', 'full0', '--slots', '64']);
+    await start('switch-full', [SWITCH, '--name', 'full0', '--ring-kib', '256']);
     const mk = async (i: number, receive: boolean): Promise<NicDriver> => {
       const sock = join(dir, `full${i}.sock`);
       await start(`full${i}`, [NET, '--socket', sock, '--switch', 'full0', '--mac', formatMac(MACS[i]!), '--id', `full${i}`]);
@@ -111,17 +136,19 @@ describe('vmm-switch with vmm-net NICs', () => {
     const a = await mk(0, true);
     const stuck = await mk(1, false);
     const c = await mk(2, true);
-    // Broadcasts reach every port: the stuck one's ring (64 slots) fills; sent in steps of 20 the live port's never does.
-    for (let i = 0; i < 200; i++) {
+    // Broadcasts reach every port: the stuck one's ring (256 KiB, about 1500 of these 128-byte records) fills; sent in steps
+    // of 50 the live port's never does.
+    const n = 2000;
+    for (let i = 0; i < n; i++) {
       await a.send(rawFrame(BROADCAST, MACS[0]!, 100, i));
-      if (i % 20 === 19) await c.until(i + 1);
+      if (i % 50 === 49) await c.until(i + 1);
     }
     c.received.forEach((r, i) => expect(r.frame).toEqual(rawFrame(BROADCAST, MACS[0]!, 100, i)));
     const st = await querySwitch(join(dir, 'switch-full0.sock'));
     const p = new Map(st.ports.map((x) => [x.name, x]));
-    expect(p.get('full2')).toMatchObject({ tx_packets: 200, tx_dropped: 0 });
+    expect(p.get('full2')).toMatchObject({ tx_packets: n, tx_dropped: 0 });
     expect(p.get('full1')!.tx_dropped).toBeGreaterThan(0);
-    expect(p.get('full1')!.tx_packets + p.get('full1')!.tx_dropped).toBe(200);
+    expect(p.get('full1')!.tx_packets + p.get('full1')!.tx_dropped).toBe(n);
     expect(stuck.received.length).toBe(0);
   });
 

@@ -1,7 +1,7 @@
 // What the management API can ask of a running VM. The orchestrator's VM
 // object implements it; the QMP and WebSocket servers only translate.
 
-import type { HartEngineInfo } from '@vmm/vcpu';
+import type { EngineKind, HartEngineInfo } from '@vmm/vcpu';
 import type { BlockDeviceStats } from '@vmm/virtio-blk/kind';
 
 export type RunStatus = 'prelaunch' | 'running' | 'paused' | 'shutdown';
@@ -28,6 +28,8 @@ export interface CpuInfo {
   index: number;
   /** The OS thread that runs it (the Linux tid of its worker thread). */
   threadId: number;
+  /** What executes its guest code (QMP: x-engine, an extension of QEMU's reply). */
+  engine: EngineKind;
 }
 
 /** One disk's I/O counters, read from its vmm-blk process. */

@@ -170,7 +170,8 @@ export class Vm implements VmControl {
 
   /** The harts run in this process's worker threads (the machine process is the vmm process today). */
   queryCpus(): CpuInfo[] {
-    return hartThreads(process.pid, this.machine.platformState.harts);
+    const engines = this.machine.engineInfo();
+    return hartThreads(process.pid, this.machine.platformState.harts).map((c) => ({ ...c, engine: engines[c.index]!.engine }));
   }
 
   /** Each disk's I/O counters, asked of its vmm-blk process (blkKind.processQuery). */
