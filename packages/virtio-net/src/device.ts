@@ -421,6 +421,7 @@ export class NetDevice implements VirtioDeviceBackend {
 
   /** Chains core refused as malformed (a descriptor outside guest memory, a loop, …) count as this device's bad input. */
   private noteMalformed(q: VirtqueueHandle, stat: 'tx_malformed' | 'rx_malformed' | 'ctrl_err'): void {
+    if (q.malformed === 0) return; // the common case, without a map lookup per batch
     const seen = this.malformedSeen.get(q) ?? 0;
     if (q.malformed === seen) return;
     this.stats[stat] += q.malformed - seen;
