@@ -267,6 +267,8 @@ export class NetDevice implements VirtioDeviceBackend {
   startQueue(q: VirtqueueHandle): void {
     if (this.isCtrl(q.index) || q.index >> 1 >= this.maxPairs) return;
     const pair = q.index >> 1;
+    // Kicks on: a predecessor killed while it polled, or while the port was empty, may have left them off in the ring.
+    q.setKicks(true);
     if (q.index % 2 === 0) {
       this.rxQueues[pair] = q;
       this.rxEnabled[pair] = false;
@@ -366,7 +368,13 @@ export class NetDevice implements VirtioDeviceBackend {
     let released = false;
     for (;;) {
       const f = port.peek();
-      if (f === null) break;
+      if (f === null) {
+        // Nothing to deliver: buffers the driver adds need no kick (the port's doorbell wakes us for frames, and a frame
+        // that then finds too few buffers asks for one through available()). Kicks per refill were most of the
+        // receiving NIC's wake-ups under testpmd (virtio 1.2 §2.7.7.1 NO_NOTIFY, §2.7.10 avail_event).
+        for (const q of this.rxQueues) if (q !== null && q.live) q.setKicks(false);
+        break;
+      }
       const r = this.deliverFrame(f);
       if (r === 'no-buffers') break;
       port.release();

@@ -66,11 +66,14 @@ export class RingPort implements NetPort {
   private released = false;
   private closed = false;
   private polling = false;
+  /** False for an end that drops when its ring is full (the switch): it never asks for the space doorbell. */
+  private readonly waitsForSpace: boolean;
   onReadable: () => void = () => {};
   onWritable: () => void = () => {};
 
-  constructor(end: LinkEnd) {
+  constructor(end: LinkEnd, o: { waitForSpace?: boolean } = {}) {
     this.end = end;
+    this.waitsForSpace = o.waitForSpace ?? true;
     this.maxFrame = end.tx.capacity;
     this.watches = [
       watchReadable(end.rxData, () => {
@@ -85,7 +88,7 @@ export class RingPort implements NetPort {
   }
 
   reserve(): Uint8Array | null {
-    return this.closed ? null : this.end.tx.reserve();
+    return this.closed ? null : this.end.tx.reserve(this.waitsForSpace);
   }
 
   commit(len: number): void {

@@ -166,12 +166,14 @@ export class FrameRing {
   /**
    * Room for the next frame (capacity bytes), or null when the ring is
    * full; then the producer is marked asleep and the consumer will ring the
-   * space doorbell when it releases. Asking again before commit() returns
-   * the same bytes.
+   * space doorbell when it releases, unless `sleep` is false (a producer
+   * that drops rather than waits, as the switch does). Asking again before
+   * commit() returns the same bytes.
    */
-  reserve(): Uint8Array | null {
+  reserve(sleep = true): Uint8Array | null {
     let skip = this.room();
     if (skip === null) {
+      if (!sleep) return null;
       Atomics.store(this.idx, I_PRODUCER_ASLEEP, 1);
       skip = this.room();
       if (skip === null) return null;
