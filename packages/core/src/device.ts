@@ -79,6 +79,8 @@ export interface VirtqueueHandle {
   complete(head: number, writtenLen: number): void;
   /** Chains popped and not completed yet. */
   readonly inFlight: number;
+  /** Malformed chains pop() refused (and gave back with length 0) since the queue started: a device counts them as its bad input. */
+  readonly malformed: number;
   /** False once the queue was stopped or the device reset. */
   readonly live: boolean;
 }

@@ -11,7 +11,7 @@ import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatMac, type Mac } from './ctrl.ts';
 import { NetDevice } from './device.ts';
-import { checkNetOptions, NET_OPTIONS } from './kind.ts';
+import { checkNetOptions, NET_OPTIONS, NETSTATS_QUERY } from './kind.ts';
 import { switchSocketPath } from './names.ts';
 import { SwitchAttachment } from './switch-client.ts';
 import { openTapPort } from './tap.ts';
@@ -80,6 +80,12 @@ function control(device: NetDevice, m: Record<string, unknown>): string {
     case 'link-up':
       device.setLink(true);
       return 'link up';
+    case 'delay': {
+      const ms = Number(m.ms);
+      if (!(Number.isInteger(ms) && ms >= 0 && ms <= 60_000)) throw new RangeError(`delay ms=${String(m.ms)}: expected an integer from 0 to 60000`);
+      device.setDelay(ms);
+      return `delay ${ms} ms`;
+    }
     case 'drop':
     case 'corrupt': {
       const rate = Number(m.rate);
@@ -141,12 +147,15 @@ const NET_MAIN: DeviceMain<NetArgs> = {
   async start(a, log) {
     const device = new NetDevice({ mac: a.mac, queuePairs: a.queues, mtu: a.mtu, busyPollUs: a.busyPollUs, log });
     const disconnect = await connect(a, device, log);
+    // The orchestrator's control channel: the counters (query-nic-stats) and fault injection.
     onControlMessage((m) => {
+      if (m.query === NETSTATS_QUERY.query) return { ...device.stats, link: device.link, delayedFrames: device.delayedFrames, ...device.queueState };
       try {
         log.warn({ fault: m }, control(device, m));
       } catch (e) {
         log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
       }
+      return undefined;
     });
     const backend = serveVhostUser(device, { socketPath: a.socket, log });
     return {

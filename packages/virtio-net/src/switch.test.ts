@@ -9,6 +9,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { BROADCAST, formatMac, parseMac } from './ctrl.ts';
 import { querySwitch } from './switch-client.ts';
 import { NicDriver } from './testing/nic-driver.ts';
+import type { NetStats } from './device.ts';
+import { NETSTATS_QUERY } from './kind.ts';
 import { rawFrame } from './testing/frames.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-net-'));
@@ -148,5 +150,37 @@ describe('vmm-switch with vmm-net NICs', () => {
     expect(p.get('full1')!.tx_dropped).toBeGreaterThan(0);
     expect(p.get('full1')!.tx_packets + p.get('full1')!.tx_dropped).toBe(n);
     expect(stuck.received.length).toBe(0);
+  });
+
+  it('SET_VRING_ENABLE 0 stops the receive queue in the device (frames wait in its port), 1 starts it again where it was', async () => {
+    await start('switch-en', [SWITCH, '--name', 'en0']);
+    const mk = async (i: number): Promise<{ d: NicDriver; p: DeviceProcess }> => {
+      const sock = join(dir, `en${i}.sock`);
+      const p = await start(`en${i}`, [NET, '--socket', sock, '--switch', 'en0', '--mac', formatMac(MACS[i]!), '--id', `en${i}`]);
+      const d = await NicDriver.connect(sock);
+      drivers.push(d);
+      return { d, p };
+    };
+    const a = await mk(0);
+    const b = await mk(1);
+    const stats = async () => (await b.p.request(NETSTATS_QUERY)) as NetStats & { pairsRunning: number[] };
+    await a.d.send(rawFrame(MACS[1]!, MACS[0]!, 80, 0));
+    await b.d.until(1);
+    expect((await stats()).pairsRunning).toEqual([0]);
+    await b.d.d.frontend.setVringEnable(0, false);
+    const st = await stats();
+    expect(st).toMatchObject({ pairsRunning: [], queue_stops: 1 });
+    // The switch delivers to b's port; b's device holds them there, the driver gets nothing while its ring is disabled.
+    for (let i = 1; i <= 5; i++) await a.d.send(rawFrame(MACS[1]!, MACS[0]!, 80 + i, i));
+    await waitFor('5 frames in b\'s port', async () => (await querySwitch(join(dir, 'switch-en0.sock'))).ports.find((x) => x.name === 'en1')?.tx_packets === 6);
+    expect((await stats()).rx_packets).toBe(1);
+    expect(b.d.received.length).toBe(1);
+    await b.d.d.frontend.setVringEnable(0, true);
+    await b.d.until(6);
+    b.d.received.forEach((r, i) => expect(r.frame).toEqual(rawFrame(MACS[1]!, MACS[0]!, 80 + i, i)));
+    expect(await stats()).toMatchObject({ pairsRunning: [0], rx_packets: 6 });
+    // The other direction kept working throughout.
+    await b.d.send(rawFrame(MACS[0]!, MACS[1]!, 70, 9));
+    await a.d.until(1);
   });
 });
