@@ -41,6 +41,8 @@ export interface RunOptions {
   qmp: string | null;
   /** What executes guest code: the interpreter, or the translator with the interpreter behind it. */
   engine: EngineKind;
+  /** Sample where each hart spends its time (interpreter, translated code, translator, helpers, host): QMP query-processes and a log line per hart at the end. */
+  profile: boolean;
   /** The VM's name (QEMU's -name; QMP query-name), or null. */
   name: string | null;
   /** A virtio-iommu (vmm-iommu) translating every other slot's DMA; the IOMMU guest kernel unless --kernel. */
@@ -96,6 +98,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
         api: { type: 'string' },
         qmp: { type: 'string' },
         engine: { type: 'string' },
+        profile: { type: 'boolean' },
         name: { type: 'string' },
         iommu: { type: 'boolean' },
         console: { type: 'string' },
@@ -193,6 +196,7 @@ export function parseRunArgs(argv: string[]): RunOptions {
     apiPort,
     qmp: nonEmpty('qmp', v.qmp),
     engine: engine as EngineKind,
+    profile: v.profile === true,
     name: nonEmpty('name', v.name),
     iommu: v.iommu === true,
     console: consoleSpec,
@@ -250,6 +254,9 @@ options:
   --qmp PATH         QMP on a unix socket at PATH
   --engine KIND      interp (the interpreter) | jit (hot code translated to
                      WebAssembly, the interpreter for the rest); default ${DEFAULT_ENGINE}
+  --profile          sample where each hart's time goes (interpreter, translated code,
+                     translator, helpers, host): QMP query-processes harts[].profile, and
+                     a 'machine: profile' log line per hart when the VM ends
   --name NAME        the VM's name, as QMP query-name reports it (QEMU's -name)
   --iommu            a virtio-iommu (vmm-iommu process) in the top slot, every other slot
                      its endpoint; boots the IOMMU guest kernel (\`pnpm guest kernel --iommu\`,

@@ -179,6 +179,7 @@ async function runWith(o: RunOptions, io: RunIo, logger: ReturnType<typeof creat
     }
     machine = startMachine({
       engine: o.engine,
+      profile: o.profile,
       harts: o.smp,
       memBytes: o.memBytes,
       kernel,
