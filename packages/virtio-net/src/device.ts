@@ -43,7 +43,7 @@ export interface NetStats {
   rx_malformed: number;
   ctrl_ok: number;
   ctrl_err: number;
-  /** Data queues the front-end stopped while the driver kept running (SET_VRING_ENABLE 0, GET_VRING_BASE). */
+  /** Data queues stopped: SET_VRING_ENABLE 0, GET_VRING_BASE, a new kick fd, a lost connection. */
   queue_stops: number;
   /** Frames the drop / corrupt / delay faults acted on (fault injection). */
   fault_dropped: number;
@@ -423,6 +423,7 @@ export class NetDevice implements VirtioDeviceBackend {
 
   /** Chains core refused as malformed (a descriptor outside guest memory, a loop, …) count as this device's bad input. */
   private noteMalformed(q: VirtqueueHandle, stat: 'tx_malformed' | 'rx_malformed' | 'ctrl_err'): void {
+    if (q.malformed === 0) return; // the common case, without a map lookup per batch
     const seen = this.malformedSeen.get(q) ?? 0;
     if (q.malformed === seen) return;
     this.stats[stat] += q.malformed - seen;
