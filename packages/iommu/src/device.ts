@@ -226,7 +226,17 @@ export class IommuDevice implements VirtioDeviceBackend {
     if (this.table.quiescent(version)) return;
     this.counters.graceWaits++;
     const deadline = Date.now() + this.#opts.graceTimeoutMs;
+    let checked = 0;
     while (!this.table.quiescent(version)) {
+      // Every 50 ms: a reader that died mid-request holds its slot forever.
+      if (Date.now() - checked > 50) {
+        checked = Date.now();
+        const gone = this.table.releaseDeadReaders(version);
+        if (gone.length > 0) {
+          this.#log?.warn({ version, deadPids: gone }, 'released the reader slots of device processes that died in a request');
+          continue;
+        }
+      }
       if (Date.now() > deadline) {
         this.counters.graceTimeouts++;
         this.#log?.error({ version, timeoutMs: this.#opts.graceTimeoutMs, readers: READER_SLOTS }, 'a device process kept an old translation in use past the grace timeout; completing the request anyway');

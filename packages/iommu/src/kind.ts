@@ -7,6 +7,9 @@ import { mmapShared, munmapBuffer, protocolFeatureBit, VhostUserProtocolFeature,
 import { CFG, VIRTIO_ID_IOMMU } from './spec.ts';
 import { IommuTableView, summarize } from './table.ts';
 
+/** For the orchestrator, which imports this entry only: the option that marks a kind able to translate its DMA. */
+export { IOMMU_TABLE_OPTION } from './endpoint.ts';
+
 /**
  * query-iommu's row: read straight from the table file (the same memory
  * vmm-iommu writes), so it answers even while vmm-iommu is restarting.

@@ -294,6 +294,16 @@ interface IndexEntry {
  * every slot; both are rebuilt from the table when a restarted writer takes
  * it over (the table stays the only state).
  */
+/** kill(pid, 0): ESRCH means no such process; EPERM means it exists (not ours to signal). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
 export class IommuTable extends IommuTableView {
   readonly #index = new Map<number, IndexEntry[]>();
   readonly #free: number[] = [];
@@ -505,6 +515,27 @@ export class IommuTable extends IommuTableView {
       if (v !== 0 && v < version) return false;
     }
     return true;
+  }
+
+  /**
+   * Frees the reader slots that hold a version older than `version` for a
+   * process that no longer exists (a device process killed with SIGKILL in
+   * the middle of a request never leaves its slot; its successor — a
+   * restart or the warm spare, given the same slot — may stay idle for a
+   * while). Returns the pids let go. `alive` is injectable for tests.
+   */
+  releaseDeadReaders(version: number, alive: (pid: number) => boolean = processAlive): number[] {
+    const gone: number[] = [];
+    for (let i = 0; i < READER_SLOTS; i++) {
+      const b = W.readerBase + 2 * i;
+      const v = Atomics.load(this.w, b + 1);
+      if (v === 0 || v >= version) continue;
+      const pid = Atomics.load(this.w, b);
+      if (pid > 0 && alive(pid)) continue;
+      // Only if the slot still holds what we looked at: a live successor may have entered meanwhile.
+      if (Atomics.compareExchange(this.w, b + 1, v, 0) === v) gone.push(pid);
+    }
+    return gone;
   }
 
   /** Faults recorded by readers since the last call (oldest first; some may have been overwritten). */

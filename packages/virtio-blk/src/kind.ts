@@ -3,6 +3,7 @@
 // orchestrator imports this entry only, never the package's internals.
 
 import { fileURLToPath } from 'node:url';
+import { IOMMU_ENDPOINT_OPTIONS } from '@vmm/iommu';
 import { protocolFeatureBit, VhostUserProtocolFeature, type DeviceKind, type OptionDef } from '@vmm/core';
 import { CFG } from './spec.ts';
 import type { FaultCommand } from './faults.ts';
@@ -19,10 +20,8 @@ export const BLK_OPTIONS: readonly OptionDef[] = [
   // At most 16: what a virtio-mmio slot carries (vcpu's transport MAX_QUEUES).
   { name: 'queues', type: 'int', min: 1, max: 16, default: 1, help: 'number of virtqueues' },
   { name: 'serial', type: 'string', maxBytes: 20, help: 'answer to GET_ID (virtio 1.2 §5.2.6)' },
-  // Behind vmm-iommu (`vmm run --iommu` sets these): DMA translated through its table.
-  { name: 'iommu-table', type: 'string', help: "vmm-iommu's table file: offer VIRTIO_F_ACCESS_PLATFORM and translate every DMA address through it" },
-  { name: 'iommu-endpoint', type: 'int', min: 0, max: 0xffff_ffff, help: "this disk's endpoint id at the IOMMU (with iommu-table)" },
-  { name: 'iommu-reader', type: 'int', min: 0, max: 15, help: 'reader slot in the table, one per device process (with iommu-table)' },
+  // Behind vmm-iommu (`vmm run --iommu` and device_add set these): DMA translated through its table.
+  ...IOMMU_ENDPOINT_OPTIONS,
 ];
 
 function isQcow2(file: string, format: unknown): boolean {

@@ -4,8 +4,8 @@
 // accepting the next one when a front-end leaves or restarts.
 
 import { basename } from 'node:path';
-import { EndpointTranslator, mapTableFile } from '@vmm/iommu';
-import { createLogger, DeviceOptionError, deviceUsage, installDeviceProcessSignals, IoRing, isVmmError, onControlMessage, parseDeviceArgv, reportReady, VhostUserBackend } from '@vmm/core';
+import { endpointOptions, openEndpoint, type EndpointOptions, type EndpointTranslator } from '@vmm/iommu';
+import { createLogger, deviceUsage, installDeviceProcessSignals, IoRing, isVmmError, onControlMessage, parseDeviceArgv, reportReady, VhostUserBackend } from '@vmm/core';
 import { BlkDevice } from './device.ts';
 import { FaultInjectingImage } from './faults.ts';
 import type { BlockImage } from './image.ts';
@@ -29,7 +29,7 @@ export interface BlkOptions {
   id: string;
   logLevel: string;
   /** Behind vmm-iommu: its table file, this disk's endpoint id and reader slot. */
-  iommu: { table: string; endpoint: number; reader: number } | null;
+  iommu: EndpointOptions | null;
 }
 
 /**
@@ -51,20 +51,8 @@ export function parseBlkArgs(argv: string[]): BlkOptions | null {
     serial: String(o.serial ?? ''),
     id: f.id ?? basename(image),
     logLevel: f.logLevel,
-    iommu: iommuOptions(o),
+    iommu: endpointOptions('virtio-blk', o),
   };
-}
-
-function iommuOptions(o: Record<string, unknown>): BlkOptions['iommu'] {
-  const table = o['iommu-table'];
-  const endpoint = o['iommu-endpoint'];
-  const reader = o['iommu-reader'];
-  if (table === undefined) {
-    if (endpoint !== undefined || reader !== undefined) throw new DeviceOptionError('virtio-blk: iommu-endpoint and iommu-reader need iommu-table');
-    return null;
-  }
-  if (endpoint === undefined || reader === undefined) throw new DeviceOptionError(`virtio-blk: iommu-table=${String(table)} needs iommu-endpoint and iommu-reader`);
-  return { table: String(table), endpoint: Number(endpoint), reader: Number(reader) };
 }
 
 /**
@@ -118,7 +106,7 @@ async function main(): Promise<void> {
   let dma: EndpointTranslator | undefined;
   if (opts.iommu) {
     try {
-      dma = new EndpointTranslator(mapTableFile(opts.iommu.table), opts.iommu.endpoint, opts.iommu.reader);
+      dma = openEndpoint(opts.iommu);
     } catch (e) {
       log.fatal({ err: e, table: opts.iommu.table }, 'cannot use the IOMMU table');
       process.stderr.write(`vmm-blk: ${(e as Error).message}\n`);

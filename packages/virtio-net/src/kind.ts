@@ -3,6 +3,7 @@
 // orchestrator imports this entry only, never the package's internals.
 
 import { fileURLToPath } from 'node:url';
+import { IOMMU_ENDPOINT_OPTIONS } from '@vmm/iommu';
 import { DeviceOptionError, protocolFeatureBit, VhostUserProtocolFeature, type DeviceKind, type OptionDef, type OptionValues } from '@vmm/core';
 import { isMulticast, parseMac, type Mac } from './ctrl.ts';
 import { SWITCH_NAME } from './names.ts';
@@ -15,6 +16,8 @@ export const NET_OPTIONS: readonly OptionDef[] = [
   { name: 'mac', type: 'string', maxBytes: 17, help: 'the NIC\'s address (default 52:54:00 and 3 random octets)' },
   { name: 'queues', type: 'int', min: 1, max: MAX_QUEUE_PAIRS, default: 1, help: 'queue pairs; more than one offers VIRTIO_NET_F_MQ' },
   { name: 'mtu', type: 'int', min: 68, max: 65535, default: 1500, help: 'MTU offered in config space' },
+  // Behind vmm-iommu (`vmm run --iommu` and device_add set these): every ring and buffer address translated through its table.
+  ...IOMMU_ENDPOINT_OPTIONS,
 ];
 
 const fail = (m: string): never => {

@@ -4,6 +4,7 @@
 // -netdev vhost-user, DPDK's virtio_user) and plugs it into a vmm-switch
 // network or a host tap.
 
+import { endpointOptions, openEndpoint, type EndpointOptions, type EndpointTranslator } from '@vmm/iommu';
 import { createLogger, deviceUsage, installDeviceProcessSignals, onControlMessage, parseDeviceArgv, reportReady, VhostUserBackend, type Logger } from '@vmm/core';
 import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync } from 'node:fs';
@@ -31,6 +32,8 @@ export interface NetArgs {
   mtu: number;
   id: string;
   logLevel: string;
+  /** Behind vmm-iommu: its table file, this NIC's endpoint id and reader slot. */
+  iommu: EndpointOptions | null;
 }
 
 export function randomMac(): Mac {
@@ -50,7 +53,7 @@ export function parseNetArgs(argv: string[]): NetArgs | null {
   const mac = checkNetOptions(o) ?? randomMac();
   const sw = o.switch === undefined ? undefined : String(o.switch);
   const tap = o.tap === undefined ? undefined : String(o.tap);
-  return { socket: f.socket, switch: sw, tap, mac, queues: Number(o.queues), mtu: Number(o.mtu), id: f.id ?? 'net0', logLevel: f.logLevel };
+  return { socket: f.socket, switch: sw, tap, mac, queues: Number(o.queues), mtu: Number(o.mtu), id: f.id ?? 'net0', logLevel: f.logLevel, iommu: endpointOptions('virtio-net', o) };
 }
 
 const SWITCH_MAIN = fileURLToPath(new URL('./switch-main.ts', import.meta.url));
@@ -142,6 +145,16 @@ async function main(): Promise<void> {
     return;
   }
   const log = createLogger('net', a.id, a.logLevel);
+  let dma: EndpointTranslator | undefined;
+  if (a.iommu) {
+    try {
+      dma = openEndpoint(a.iommu);
+    } catch (e) {
+      log.fatal({ err: e, table: a.iommu.table }, 'cannot use the IOMMU table');
+      process.stderr.write(`vmm-net: ${(e as Error).message}\n`);
+      process.exit(2);
+    }
+  }
   const device = new NetDevice({ mac: a.mac, queuePairs: a.queues, mtu: a.mtu, log });
   let disconnect: () => void;
   try {
@@ -157,7 +170,7 @@ async function main(): Promise<void> {
       log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
     }
   });
-  const backend = new VhostUserBackend(device, { socketPath: a.socket, log });
+  const backend = new VhostUserBackend(device, { socketPath: a.socket, log, ...(dma ? { dma } : {}) });
   backend.onDisconnect = (err) => log.info({ connections: backend.connections, error: err?.message }, 'ready for the next front-end');
   backend.listen();
   installDeviceProcessSignals(() => {
@@ -165,7 +178,7 @@ async function main(): Promise<void> {
     backend.close();
     disconnect();
   });
-  log.info({ mac: formatMac(a.mac), queues: a.queues, mtu: a.mtu, switch: a.switch, tap: a.tap }, 'serving');
+  log.info({ mac: formatMac(a.mac), queues: a.queues, mtu: a.mtu, switch: a.switch, tap: a.tap, iommuEndpoint: a.iommu?.endpoint }, 'serving');
   reportReady({ socket: a.socket, mac: formatMac(a.mac) });
 }
 

@@ -6,7 +6,7 @@
 
 import { join } from 'node:path';
 import { parseDeviceOptions } from '@vmm/core';
-import { iommuKind } from '@vmm/iommu/kind';
+import { IOMMU_TABLE_OPTION, iommuKind } from '@vmm/iommu/kind';
 import { MMIO, type DtbIommu } from '@vmm/vcpu';
 import type { DeviceSpec } from './vhost-device.ts';
 
@@ -26,18 +26,24 @@ export function iommuPlan(tableDir: string): IommuPlan {
 }
 
 /**
- * The boot devices behind the IOMMU: slots fill from the top, so the k-th
- * device after vmm-iommu lands in slot (IOMMU slot − 1 − k), whose endpoint
- * id that is. A kind that can translate its DMA (an `iommu-table` option)
- * is given the table, its endpoint id and a reader slot of its own; others
- * are plugged as they are (their DMA stays untranslated: they do not offer
- * VIRTIO_F_ACCESS_PLATFORM, so the guest driver uses guest-physical addresses).
+ * A device plugged into `slot` (at boot or by device_add, also a replaced
+ * back-end) behind the IOMMU: a kind that can translate its DMA (it has
+ * the `iommu-table` option) is given the table, the slot's endpoint id and
+ * a reader slot of its own — the slot index: one device per slot, and a
+ * device's spare or successor takes over its slot only once it is gone.
+ * Other kinds, and the IOMMU's own slot, are plugged as they are (their DMA
+ * stays untranslated: they do not offer VIRTIO_F_ACCESS_PLATFORM, so the
+ * guest driver uses guest-physical addresses).
  */
-export function behindIommu(plan: IommuPlan, specs: readonly DeviceSpec[]): DeviceSpec[] {
-  return specs.map((spec, k) => {
-    if (!spec.kind.options.some((o) => o.name === 'iommu-table')) return spec;
-    const endpoint = plan.dtb.slot - 1 - k;
-    if (!plan.dtb.endpoints.some((e) => e.id === endpoint)) return spec;
-    return { ...spec, options: { ...spec.options, 'iommu-table': plan.spec.options.table!, 'iommu-endpoint': endpoint, 'iommu-reader': k } };
-  });
+export function behindIommu(plan: IommuPlan, spec: DeviceSpec, slot: number): DeviceSpec {
+  if (!spec.kind.options.some((o) => o.name === IOMMU_TABLE_OPTION)) return spec;
+  const ep = plan.dtb.endpoints.find((e) => e.slot === slot);
+  if (!ep) return spec;
+  return { ...spec, options: { ...spec.options, [IOMMU_TABLE_OPTION]: plan.spec.options.table!, 'iommu-endpoint': ep.id, 'iommu-reader': slot } };
+}
+
+/** The endpoint id of a plugged device's options, or null when it does not translate through the IOMMU. */
+export function endpointOf(spec: DeviceSpec): number | null {
+  const e = spec.options['iommu-endpoint'];
+  return spec.options[IOMMU_TABLE_OPTION] === undefined || e === undefined ? null : Number(e);
 }

@@ -8,6 +8,7 @@ import { DeviceOptionError, parseDeviceOptions, VIRTIO_STATUS_DRIVER, type Logge
 import type { IrqFn, VirtioMmioState } from '@vmm/vcpu';
 import { QmpError, type ProcessInfo } from '../api/control.ts';
 import { parseDeviceAdd } from './device-spec.ts';
+import { behindIommu, type IommuPlan } from './iommu.ts';
 import type { DeviceRegistry } from './kinds.ts';
 import { VhostUserDevice, type DeviceSpec, type SlotContext } from './vhost-device.ts';
 
@@ -26,6 +27,8 @@ export interface SlotsOptions {
   registry: DeviceRegistry;
   /** Where a slot's MMIO window is, for the logs. */
   describeSlot?(index: number): string;
+  /** The VM's IOMMU (`--iommu`): its device goes first, in the top slot; every device plugged after it is its endpoint (vm/iommu.ts). */
+  iommu?: IommuPlan | null;
 }
 
 interface Slot {
@@ -80,10 +83,11 @@ export class DeviceSlots {
     return s as Slot & { device: VhostUserDevice };
   }
 
-  async plug(spec: DeviceSpec): Promise<VhostUserDevice> {
+  async plug(asked: DeviceSpec): Promise<VhostUserDevice> {
     if (this.closed) throw new QmpError('GenericError', 'the VM has shut down');
-    if (this.slots.some((x) => x.device?.spec.id === spec.id) || this.starting.has(spec.id)) throw new QmpError('GenericError', `Duplicate device ID '${spec.id}'`);
+    if (this.slots.some((x) => x.device?.spec.id === asked.id) || this.starting.has(asked.id)) throw new QmpError('GenericError', `Duplicate device ID '${asked.id}'`);
     const slot = this.freeSlot();
+    const spec = this.o.iommu ? behindIommu(this.o.iommu, asked, slot.index) : asked;
     const ctx: SlotContext = {
       ramFd: this.o.ramFd,
       ramBase: this.o.ramBase,
@@ -187,7 +191,9 @@ export class DeviceSlots {
   async deviceAdd(args: Record<string, unknown>): Promise<void> {
     const spec = parseDeviceAdd(this.o.registry, args);
     if (args.replace === true || args.replace === 'on' || args.replace === 'true') {
-      await this.find(spec.id).device.replace(spec);
+      const slot = this.find(spec.id);
+      // The new back-end serves the same endpoint (and takes the reader slot once the old one is gone).
+      await slot.device.replace(this.o.iommu ? behindIommu(this.o.iommu, spec, slot.index) : spec);
       return;
     }
     await this.plug(spec);
