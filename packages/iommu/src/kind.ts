@@ -32,6 +32,28 @@ export function queryTable(id: string, table: string | undefined): Record<string
   }
 }
 
+/**
+ * Whether `endpoint` reaches `iova` through the table right now (attached
+ * and mapped there, or in bypass): what inject-fault kind=stray-dma checks
+ * its target against, so a "stray" access is really outside the mappings.
+ */
+export function reachable(table: string, endpoint: number, iova: number): boolean {
+  const fd = openSync(table, 'r+');
+  let buf: ArrayBuffer | null = null;
+  try {
+    buf = mmapShared(fd, fstatSync(fd).size);
+    const t = new IommuTableView(buf);
+    const i = t.endpointIndex(endpoint);
+    if (i < 0) return false;
+    const d = t.endpointDomain(i);
+    if (d < 0) return t.bypass;
+    return t.domainState(d).bypass || t.lookup(d, iova) !== null;
+  } finally {
+    closeSync(fd);
+    if (buf) munmapBuffer(buf);
+  }
+}
+
 /** vmm-iommu's options: the orchestrator's `--device virtio-iommu,…` and vmm-iommu's own argv. */
 export const IOMMU_OPTIONS: readonly OptionDef[] = [
   { name: 'endpoints', type: 'string', required: true, maxBytes: 1024, help: 'endpoint ids the IOMMU manages, comma-separated (the ids in the device tree\'s iommus = <&viommu ID>)' },

@@ -7,7 +7,7 @@
 // takes the state over as it was.
 
 import { closeSync, existsSync, ftruncateSync, fstatSync, openSync } from 'node:fs';
-import { createLogger, deviceUsage, DeviceOptionError, installDeviceProcessSignals, mmapShared, parseDeviceArgv, reportReady, VhostUserBackend, type Logger } from '@vmm/core';
+import { createLogger, deviceUsage, DeviceOptionError, installDeviceProcessSignals, mmapShared, onControlMessage, parseDeviceArgv, reportReady, VhostUserBackend, type Logger } from '@vmm/core';
 import { IommuDevice } from './device.ts';
 import { IOMMU_OPTIONS } from './kind.ts';
 import { IommuTable, IommuTableError, tableBytes, type TableSizes } from './table.ts';
@@ -121,6 +121,11 @@ async function main(): Promise<void> {
   backend.onDisconnect = (err) => log.info({ connections: backend.connections, error: err?.message }, 'ready for the next front-end');
   backend.listen();
   const poll = setInterval(() => device.pollFaults(), FAULT_POLL_MS);
+  // The orchestrator's control channel: a host UNMAP for inject-fault kind=unmap-race (answered once complete).
+  onControlMessage((m) => {
+    if (m.fault === 'unmap') return device.unmapFor(Number(m.endpoint), Number(m.iova));
+    throw new Error(`unknown control message ${JSON.stringify(m)}`);
+  });
   installDeviceProcessSignals(() => {
     log.info('SIGTERM: shutting down');
     clearInterval(poll);

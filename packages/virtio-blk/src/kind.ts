@@ -58,6 +58,20 @@ export const blkKind: DeviceKind = {
       options: [{ name: 'on', type: 'bool', default: true, help: 'on or off' }],
       message: (o): FaultCommand => ({ fault: 'enospc', on: o.on === true }),
     },
+    // Behind the IOMMU only (the orchestrator drives these, with vmm-iommu; dma-faults.ts).
+    'stray-dma': {
+      help: 'the next data request accesses an IOVA outside its mappings: refused by the IOMMU, the request fails with VIRTIO_BLK_S_IOERR, the guest gets a fault event',
+      options: [{ name: 'iova', type: 'int', min: 0, max: Number.MAX_SAFE_INTEGER, help: 'the address to reach for (default: the VM\'s canary page, which the guest never maps)' }],
+      message: (o) => ({ fault: 'stray-dma', iova: Number(o.iova) }),
+    },
+    'unmap-race': {
+      help: "vmm-iommu UNMAPs the next data request's buffer while the request is held in flight: it completes before the UNMAP does, or fails if not yet translated",
+      options: [
+        { name: 'hold-ms', type: 'int', min: 1, max: 4000, default: 500, help: 'how long the request is held' },
+        { name: 'phase', type: 'enum', values: ['after-translate', 'before-translate'], default: 'after-translate', help: 'hold the request after its buffers were translated, or before' },
+      ],
+      message: (o) => ({ fault: 'unmap-race', holdMs: Number(o['hold-ms']), phase: String(o.phase) }),
+    },
   },
   // QMP query-block (qapi/block-core.json BlockInfo, the fields a client reads).
   query: {

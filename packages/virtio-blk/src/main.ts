@@ -7,6 +7,7 @@ import { basename } from 'node:path';
 import { endpointOptions, openEndpoint, type EndpointOptions, type EndpointTranslator } from '@vmm/iommu';
 import { createLogger, deviceUsage, installDeviceProcessSignals, IoRing, isVmmError, onControlMessage, parseDeviceArgv, reportReady, VhostUserBackend } from '@vmm/core';
 import { BlkDevice } from './device.ts';
+import { DmaFaults } from './dma-faults.ts';
 import { FaultInjectingImage } from './faults.ts';
 import type { BlockImage } from './image.ts';
 import { BLK_OPTIONS } from './kind.ts';
@@ -87,21 +88,13 @@ async function main(): Promise<void> {
     process.stderr.write(`vmm-blk: ${(e as Error).message}\n`);
     process.exit(isVmmError(e) && e.kind === 'config' ? 2 : 1);
   }
+  const dmaFaults = new DmaFaults();
   const device = new BlkDevice(faulty, {
+    dmaFaults,
     queues: opts.queues,
     serial: opts.serial,
     discardAlignment: image instanceof Qcow2Image ? image.header.clusterSize : 4096,
     log,
-  });
-  // The orchestrator's control channel: queries (query-blockstats) and fault injection.
-  onControlMessage((m) => {
-    if (m.query === BLOCKSTATS_QUERY.query) return device.stats.snapshot();
-    try {
-      log.warn({ fault: m }, faulty.control(m));
-    } catch (e) {
-      log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
-    }
-    return undefined;
   });
   let dma: EndpointTranslator | undefined;
   if (opts.iommu) {
@@ -113,6 +106,27 @@ async function main(): Promise<void> {
       process.exit(2);
     }
   }
+  // The orchestrator's control channel: queries (query-blockstats) and fault injection.
+  onControlMessage((m) => {
+    if (m.query === BLOCKSTATS_QUERY.query) return device.stats.snapshot();
+    // IOMMU faults: asked with a request (the orchestrator waits for their answers); a refusal is the error it gets.
+    if (m.fault === 'stray-dma' || m.fault === 'unmap-race' || m.query === 'unmap-race-result') {
+      if (!dma) throw new Error(`this disk is not behind an IOMMU (no --iommu-table): ${String(m.fault ?? m.query)} does not apply`);
+      if (m.fault === 'stray-dma') {
+        const what = dmaFaults.armStray(Number(m.iova));
+        log.warn({ fault: m }, what);
+        return { armed: what };
+      }
+      if (m.fault === 'unmap-race') return dmaFaults.armRace(Number(m.holdMs), m.phase === 'before-translate' ? 'before-translate' : 'after-translate');
+      return dmaFaults.raceResult();
+    }
+    try {
+      log.warn({ fault: m }, faulty.control(m));
+    } catch (e) {
+      log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
+    }
+    return undefined;
+  });
   const backend = new VhostUserBackend(device, { socketPath: opts.socket, log, ...(dma ? { dma } : {}) });
   backend.onDisconnect = (err) => log.info({ connections: backend.connections, error: err?.message }, 'ready for the next front-end');
   backend.listen();

@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import { parseDeviceOptions } from '@vmm/core';
 import { IOMMU_TABLE_OPTION, iommuKind } from '@vmm/iommu/kind';
-import { MMIO, type DtbIommu } from '@vmm/vcpu';
+import { MMIO, RAM_BASE, type DtbIommu } from '@vmm/vcpu';
 import type { DeviceSpec } from './vhost-device.ts';
 
 export interface IommuPlan {
@@ -17,12 +17,22 @@ export interface IommuPlan {
   dtb: DtbIommu;
 }
 
+/**
+ * The canary page (reserved in the DTB, so the guest never touches it):
+ * 1 MiB into RAM, below the kernel (0x8020_0000) and clear of OpenSBI's
+ * own reservation. Its address doubles as the default stray-dma IOVA, so
+ * a stray access that escaped translation would land exactly there.
+ * Linux allocates IOVAs top-down below 4 GiB, so it is never mapped in
+ * practice; inject-fault checks that it is not.
+ */
+export const IOMMU_CANARY = { gpa: RAM_BASE + 0x10_0000, size: 4096 } as const;
+
 /** `tableDir` holds the table file; it outlives every restart of vmm-iommu and goes with the VM. */
 export function iommuPlan(tableDir: string): IommuPlan {
   const slot = MMIO.virtio.count - 1;
   const endpoints = Array.from({ length: slot }, (_, i) => ({ slot: i, id: i }));
   const options = parseDeviceOptions(iommuKind.name, iommuKind.options, { endpoints: endpoints.map((e) => e.id).join(','), table: join(tableDir, 'iommu.table') });
-  return { spec: { kind: iommuKind, id: 'iommu0', options }, dtb: { slot, endpoints } };
+  return { spec: { kind: iommuKind, id: 'iommu0', options }, dtb: { slot, endpoints, canary: IOMMU_CANARY } };
 }
 
 /**

@@ -8,7 +8,8 @@ import { DeviceOptionError, parseDeviceOptions, VIRTIO_STATUS_DRIVER, type Logge
 import type { IrqFn, VirtioMmioState } from '@vmm/vcpu';
 import { QmpError, type ProcessInfo } from '../api/control.ts';
 import { parseDeviceAdd } from './device-spec.ts';
-import { behindIommu, type IommuPlan } from './iommu.ts';
+import { behindIommu, endpointOf, type IommuPlan } from './iommu.ts';
+import { injectIommuFault, isIommuFault } from './iommu-faults.ts';
 import type { DeviceRegistry } from './kinds.ts';
 import { VhostUserDevice, type DeviceSpec, type SlotContext } from './vhost-device.ts';
 
@@ -211,8 +212,20 @@ export class DeviceSlots {
   async injectFault(args: Record<string, unknown>): Promise<Record<string, unknown>> {
     const kind = String(args.kind);
     const id = String(args.device ?? args.id ?? '');
-    const dev = this.find(id).device;
+    const slot = this.slots.find((x) => x.device?.spec.id === id);
+    if (!slot?.device) throw new QmpError('GenericError', `inject-fault: device=${id}: no such device (devices: ${this.devices().map((d) => d.spec.id).join(', ') || 'none'})`);
+    const dev = slot.device;
+    const iommu = this.o.iommu ? (this.devices().find((d) => d.spec.id === this.o.iommu!.spec.id) ?? null) : null;
+    if (isIommuFault(kind)) return injectIommuFault(kind, dev, iommu, args, FAULT_KEYS);
     switch (kind) {
+      case 'iommu-kill': {
+        // vmm-iommu killed with SIGKILL, named by its own id or by any device behind it; supervision restarts it over its table.
+        if (!iommu) throw new QmpError('GenericError', `inject-fault: kind=iommu-kill: ${dev.kind.name} ${id} is not behind an IOMMU (the VM has no --iommu)`);
+        if (dev !== iommu && endpointOf(dev.spec) === null) throw new QmpError('GenericError', `inject-fault: kind=iommu-kill: ${dev.kind.name} ${id} does not translate its DMA through ${iommu.spec.id}`);
+        const pid = iommu.pid;
+        iommu.process.kill('SIGKILL');
+        return { device: iommu.spec.id, pid, for: id };
+      }
       case 'kill': {
         const pid = dev.pid;
         dev.process.kill('SIGKILL');
@@ -228,7 +241,7 @@ export class DeviceSlots {
     }
     const fault = dev.kind.faults?.[kind];
     if (!fault) {
-      throw new DeviceOptionError(`inject-fault: kind=${kind}: unknown fault for ${dev.kind.name} (${[...GENERIC_FAULTS, ...Object.keys(dev.kind.faults ?? {})].join(', ')})`);
+      throw new DeviceOptionError(`inject-fault: kind=${kind}: unknown fault for ${dev.kind.name} (${[...GENERIC_FAULTS, ...(this.o.iommu ? ['iommu-kill'] : []), ...Object.keys(dev.kind.faults ?? {})].join(', ')})`);
     }
     const values = parseDeviceOptions(`inject-fault ${kind}`, fault.options, args, FAULT_KEYS);
     if (!dev.process.send(fault.message(values))) throw new QmpError('GenericError', `${dev.kind.name} ${id}: its back-end is not running`);
