@@ -73,6 +73,8 @@ export const iommuKind: DeviceKind = {
   options: IOMMU_OPTIONS,
   main: fileURLToPath(new URL('./main.ts', import.meta.url)),
   queues: () => 2,
+  // The event queue (virtio 1.2 §5.13.2): the driver keeps it full; the device answers only with a fault.
+  heldQueues: () => [1],
   // Requests in flight when the process dies are resubmitted; replaying one is harmless (execute.ts).
   protocolFeatures: protocolFeatureBit(VhostUserProtocolFeature.INFLIGHT_SHMFD),
   // A spare would take the table over (repair) while the live process still writes it.

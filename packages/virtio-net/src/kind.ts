@@ -49,6 +49,8 @@ export const netKind: DeviceKind = {
   main: fileURLToPath(new URL('./main.ts', import.meta.url)),
   // receiveq/transmitq per pair, then the control queue (virtio 1.2 §5.1.2).
   queues: (o) => 2 * Number(o.queues ?? 1) + 1,
+  // The receive queues (even indices): buffers wait there for frames, however quiet the network.
+  heldQueues: (o) => Array.from({ length: Number(o.queues ?? 1) }, (_, i) => 2 * i),
   // A restarted vmm-net gets back the receive buffers the crashed one held and resends unfinished transmits.
   protocolFeatures: protocolFeatureBit(VhostUserProtocolFeature.INFLIGHT_SHMFD),
   validate: (o) => void checkNetOptions(o),

@@ -468,7 +468,11 @@ export class VhostUserDevice {
     this.cancelStallWatch = watchForStall({
       ms: STALL_MS,
       completions: () => this.completions,
-      states: () => this.diagnose(),
+      // Queues the device holds buffers on by design (receive, events) are no sign of a stall.
+      states: () => {
+        const held = new Set(this.kind.heldQueues?.(this.spec.options) ?? []);
+        return this.diagnose().filter((s) => !held.has(s.queue));
+      },
       onStall: (rings) => {
         this.ctx.log.error({ device: this.spec.id, devicePid: this.proc.pid, restarts: this.proc.restarts, rings: describeRings(rings) }, `no request completed for ${STALL_MS} ms after the restart`);
         this.ctx.emit('BACKEND_STALLED', { device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, ms: STALL_MS, rings });
