@@ -205,8 +205,8 @@ describe('every device behind the IOMMU, and its faults', () => {
     expect(nic1.domain).toBe(nic0.domain);
     // (Linux's virtio_net maps receive pages once per page fragment, not per frame: fewer MAPs than frames.)
     log.warn({ nicMaps: nic1.maps - nic0.maps, nicUnmaps: nic1.unmaps - nic0.unmaps }, 'NIC endpoint MAP/UNMAP during the transfer');
-    expect(nic1.maps - nic0.maps).toBeGreaterThan(10);
-    expect(nic1.unmaps - nic0.unmaps).toBeGreaterThan(10);
+    expect(nic1.maps - nic0.maps).toBeGreaterThan(100);
+    expect(nic1.unmaps - nic0.unmaps).toBeGreaterThan(100);
     const p = await peer;
     expect(p.status, p.transcript).toBe(0);
     expect(/peer-received (\d+) ([0-9a-f]{64})/.exec(p.output)?.slice(1)).toEqual(sent?.slice(1));
