@@ -17,7 +17,7 @@ import { createLogger, DeviceProcess, VhostUserDriver, VhostUserFrontend } from 
 
 const IOMMU_MAIN = fileURLToPath(new URL('../packages/iommu/src/main.ts', import.meta.url));
 const ECHO_MAIN = fileURLToPath(new URL('../packages/core/src/testing/echo-backend.ts', import.meta.url));
-const log = createLogger('bench', 'iommu-map', 'warn');
+const log = createLogger('iommu-map-bench', undefined, 'warn');
 
 // virtio 1.2 §5.13.6: request layouts (type, le32 domain, …) and feature bits.
 const T_ATTACH = 1;

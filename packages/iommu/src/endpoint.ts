@@ -3,7 +3,7 @@
 // from the slot the device lands in) and the translator they give. Defined
 // once here, so every kind spells, checks and documents them the same way.
 
-import { DeviceOptionError, type OptionDef, type OptionValues } from '@vmm/core';
+import { ConfigError, DeviceOptionError, type OptionDef, type OptionValues } from '@vmm/core';
 import { mapTableFile } from './file.ts';
 import { READER_SLOTS } from './table.ts';
 import { EndpointTranslator } from './translator.ts';
@@ -36,7 +36,15 @@ export function endpointOptions(kind: string, o: OptionValues): EndpointOptions 
   return { table: String(table), endpoint: Number(endpoint), reader: Number(reader) };
 }
 
-/** The translator a device process hands its vhost-user back-end (`dma`): the table mapped, the endpoint checked. */
+/**
+ * The translator a device process hands its vhost-user back-end (`dma`):
+ * the table mapped, the endpoint checked. A table that cannot be used is a
+ * configuration error (the process refuses to start, exit 2).
+ */
 export function openEndpoint(o: EndpointOptions): EndpointTranslator {
-  return new EndpointTranslator(mapTableFile(o.table), o.endpoint, o.reader);
+  try {
+    return new EndpointTranslator(mapTableFile(o.table), o.endpoint, o.reader);
+  } catch (e) {
+    throw new ConfigError(`cannot use the IOMMU table ${o.table}: ${(e as Error).message}`, 'ERR_IOMMU_TABLE');
+  }
 }

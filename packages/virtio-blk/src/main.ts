@@ -4,8 +4,8 @@
 // accepting the next one when a front-end leaves or restarts.
 
 import { basename } from 'node:path';
-import { endpointOptions, openEndpoint, type EndpointOptions, type EndpointTranslator } from '@vmm/iommu';
-import { createLogger, deviceUsage, installDeviceProcessSignals, IoRing, isVmmError, onControlMessage, parseDeviceArgv, reportReady, VhostUserBackend } from '@vmm/core';
+import { endpointOptions, openEndpoint, type EndpointOptions } from '@vmm/iommu';
+import { deviceUsage, IoRing, isMainModule, onControlMessage, parseDeviceArgv, runDeviceMain, serveVhostUser, type DeviceMain } from '@vmm/core';
 import { BlkDevice } from './device.ts';
 import { DmaFaults } from './dma-faults.ts';
 import { FaultInjectingImage } from './faults.ts';
@@ -66,80 +66,54 @@ export async function openServedImage(opts: Pick<BlkOptions, 'image' | 'format' 
   return { image, served: new FaultInjectingImage(image) };
 }
 
-async function main(): Promise<void> {
-  let opts: BlkOptions | null;
-  try {
-    opts = parseBlkArgs(process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`vmm-blk: ${(e as Error).message}\n${USAGE.split('\n')[0]}\n`);
-    process.exit(2);
-  }
-  if (opts === null) {
-    process.stdout.write(USAGE);
-    return;
-  }
-  const log = createLogger('blk', opts.id, opts.logLevel);
-  let image: BlockImage;
-  let faulty: FaultInjectingImage;
-  try {
-    ({ image, served: faulty } = await openServedImage(opts));
-  } catch (e) {
-    log.fatal({ err: e, code: (e as { code?: string }).code }, 'cannot open image');
-    process.stderr.write(`vmm-blk: ${(e as Error).message}\n`);
-    process.exit(isVmmError(e) && e.kind === 'config' ? 2 : 1);
-  }
-  const dmaFaults = new DmaFaults();
-  const device = new BlkDevice(faulty, {
-    dmaFaults,
-    queues: opts.queues,
-    serial: opts.serial,
-    discardAlignment: image instanceof Qcow2Image ? image.header.clusterSize : 4096,
-    log,
-  });
-  let dma: EndpointTranslator | undefined;
-  if (opts.iommu) {
-    try {
-      dma = openEndpoint(opts.iommu);
-    } catch (e) {
-      log.fatal({ err: e, table: opts.iommu.table }, 'cannot use the IOMMU table');
-      process.stderr.write(`vmm-blk: ${(e as Error).message}\n`);
-      process.exit(2);
-    }
-  }
-  // The orchestrator's control channel: queries (query-blockstats) and fault injection.
-  onControlMessage((m) => {
-    if (m.query === BLOCKSTATS_QUERY.query) return device.stats.snapshot();
-    // IOMMU faults: asked with a request (the orchestrator waits for their answers); a refusal is the error it gets.
-    if (m.fault === 'stray-dma' || m.fault === 'unmap-race' || m.query === 'unmap-race-result') {
-      if (!dma) throw new Error(`this disk is not behind an IOMMU (no --iommu-table): ${String(m.fault ?? m.query)} does not apply`);
-      if (m.fault === 'stray-dma') {
-        const what = dmaFaults.armStray(Number(m.iova));
-        log.warn({ fault: m }, what);
-        return { armed: what };
+const BLK_MAIN: DeviceMain<BlkOptions> = {
+  command: 'vmm-blk',
+  role: 'blk',
+  usage: USAGE,
+  parse: parseBlkArgs,
+  id: (o) => o.id,
+  async start(opts, log) {
+    const { image, served: faulty } = await openServedImage(opts);
+    const dmaFaults = new DmaFaults();
+    const device = new BlkDevice(faulty, {
+      dmaFaults,
+      queues: opts.queues,
+      serial: opts.serial,
+      discardAlignment: image instanceof Qcow2Image ? image.header.clusterSize : 4096,
+      log,
+    });
+    const dma = opts.iommu ? openEndpoint(opts.iommu) : undefined;
+    // The orchestrator's control channel: queries (query-blockstats) and fault injection.
+    onControlMessage((m) => {
+      if (m.query === BLOCKSTATS_QUERY.query) return device.stats.snapshot();
+      // IOMMU faults: asked with a request (the orchestrator waits for their answers); a refusal is the error it gets.
+      if (m.fault === 'stray-dma' || m.fault === 'unmap-race' || m.query === 'unmap-race-result') {
+        if (!dma) throw new Error(`this disk is not behind an IOMMU (no --iommu-table): ${String(m.fault ?? m.query)} does not apply`);
+        if (m.fault === 'stray-dma') {
+          const what = dmaFaults.armStray(Number(m.iova));
+          log.warn({ fault: m }, what);
+          return { armed: what };
+        }
+        if (m.fault === 'unmap-race') return dmaFaults.armRace(Number(m.holdMs), m.phase === 'before-translate' ? 'before-translate' : 'after-translate');
+        return dmaFaults.raceResult();
       }
-      if (m.fault === 'unmap-race') return dmaFaults.armRace(Number(m.holdMs), m.phase === 'before-translate' ? 'before-translate' : 'after-translate');
-      return dmaFaults.raceResult();
-    }
-    try {
-      log.warn({ fault: m }, faulty.control(m));
-    } catch (e) {
-      log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
-    }
-    return undefined;
-  });
-  const backend = new VhostUserBackend(device, { socketPath: opts.socket, log, ...(dma ? { dma } : {}) });
-  backend.onDisconnect = (err) => log.info({ connections: backend.connections, error: err?.message }, 'ready for the next front-end');
-  backend.listen();
-  installDeviceProcessSignals(() => {
-    log.info('SIGTERM: shutting down');
-    backend.close();
-  });
-  const ring = IoRing.shared();
-  const io = ring ? `io_uring (${ring.entries} entries)` : `thread pool (io_uring: ${IoRing.unavailableReason})`;
-  log.info({ image: opts.image, format: image instanceof Qcow2Image ? 'qcow2' : 'raw', capacity: image.capacity, readOnly: image.readOnly, queues: opts.queues, io }, 'serving');
-  reportReady({ socket: opts.socket });
-}
+      try {
+        log.warn({ fault: m }, faulty.control(m));
+      } catch (e) {
+        log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
+      }
+      return undefined;
+    });
+    const backend = serveVhostUser(device, { socketPath: opts.socket, log, ...(dma ? { dma } : {}) });
+    const ring = IoRing.shared();
+    const io = ring ? `io_uring (${ring.entries} entries)` : `thread pool (io_uring: ${IoRing.unavailableReason})`;
+    return {
+      serving: { image: opts.image, format: image instanceof Qcow2Image ? 'qcow2' : 'raw', capacity: image.capacity, readOnly: image.readOnly, queues: opts.queues, io },
+      ready: { socket: opts.socket },
+      vhostUser: backend,
+      stop: () => backend.close(),
+    };
+  },
+};
 
-if (process.argv[1] !== undefined && import.meta.filename === (await import('node:fs')).realpathSync(process.argv[1])) {
-  await main();
-}
+if (isMainModule(import.meta)) await runDeviceMain(BLK_MAIN);
