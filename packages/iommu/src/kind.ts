@@ -54,6 +54,35 @@ export function reachable(table: string, endpoint: number, iova: number): boolea
   }
 }
 
+/**
+ * A reader of the table file for the orchestrator (mapped on first use and
+ * kept): the guest-physical address an endpoint's IOVA translates to now,
+ * or null when it has none. The front-end needs it for a device that
+ * negotiated ACCESS_PLATFORM, whose ring addresses are IOVAs: on a
+ * back-end restart it reads each used ring's index from guest RAM.
+ * Pure lookups: nothing is recorded as a fault, no reader slot is taken.
+ */
+export function tableLookup(table: string): (endpoint: number, iova: number) => number | null {
+  let view: IommuTableView | null = null;
+  return (endpoint, iova) => {
+    if (view === null) {
+      const fd = openSync(table, 'r+');
+      try {
+        view = new IommuTableView(mmapShared(fd, fstatSync(fd).size));
+      } finally {
+        closeSync(fd);
+      }
+    }
+    const i = view.endpointIndex(endpoint);
+    if (i < 0) return null;
+    const d = view.endpointDomain(i);
+    if (d < 0) return view.bypass ? iova : null;
+    if (view.domainState(d).bypass) return iova;
+    const m = view.lookup(d, iova);
+    return m ? m.physStart + (iova - m.virtStart) : null;
+  };
+}
+
 /** vmm-iommu's options: the orchestrator's `--device virtio-iommu,…` and vmm-iommu's own argv. */
 export const IOMMU_OPTIONS: readonly OptionDef[] = [
   { name: 'endpoints', type: 'string', required: true, maxBytes: 1024, help: 'endpoint ids the IOMMU manages, comma-separated (the ids in the device tree\'s iommus = <&viommu ID>)' },

@@ -10,6 +10,7 @@ import { QmpError, type ProcessInfo } from '../api/control.ts';
 import { parseDeviceAdd } from './device-spec.ts';
 import { behindIommu, endpointOf, type IommuPlan } from './iommu.ts';
 import { injectIommuFault, isIommuFault } from './iommu-faults.ts';
+import { tableLookup } from '@vmm/iommu/kind';
 import type { DeviceRegistry } from './kinds.ts';
 import { VhostUserDevice, type DeviceSpec, type SlotContext } from './vhost-device.ts';
 
@@ -53,8 +54,12 @@ export class DeviceSlots {
   private closed = false;
   private readonly starting = new Set<string>();
 
+  /** Reads vmm-iommu's table (the front-end translates ring IOVAs with it on a restart). */
+  private readonly lookup: ((endpoint: number, iova: number) => number | null) | null;
+
   constructor(o: SlotsOptions) {
     this.o = o;
+    this.lookup = o.iommu ? tableLookup(String(o.iommu.spec.options.table)) : null;
     this.slots = o.transports.map((transport, index) => ({ index, transport, device: null, claimed: false, removing: false }));
   }
 
@@ -96,6 +101,7 @@ export class DeviceSlots {
       transport: slot.transport,
       irq: this.o.irq(slot.index),
       readGuestU16: this.o.readGuestU16,
+      ...(this.lookup ? { dmaToGuest: (sp: DeviceSpec, iova: bigint) => this.dmaToGuest(sp, iova) } : {}),
       runDir: this.o.runDir,
       log: this.o.log,
       logLevel: this.o.logLevel,
@@ -113,6 +119,13 @@ export class DeviceSlots {
     this.watchRemoval(slot);
     this.o.log.info({ device: spec.id, driver: spec.kind.name, slot: slot.index, mmio: this.o.describeSlot?.(slot.index) }, 'device plugged');
     return slot.device;
+  }
+
+  private dmaToGuest(spec: DeviceSpec, iova: bigint): bigint | null {
+    const endpoint = endpointOf(spec);
+    if (endpoint === null || this.lookup === null) return iova;
+    const gpa = this.lookup(endpoint, Number(iova));
+    return gpa === null ? null : BigInt(gpa);
   }
 
   /** After device_del: once the guest has reset the device (driver unbound), take it out. */
