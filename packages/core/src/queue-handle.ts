@@ -27,6 +27,8 @@ export interface QueueHandleOptions {
 }
 
 export class QueueHandle implements VirtqueueHandle {
+  /** Chains refused as malformed since the queue started (given back to the driver unprocessed). */
+  malformed = 0;
   readonly index: number;
   readonly size: number;
   readonly mem: GuestMemory;
@@ -116,6 +118,7 @@ export class QueueHandle implements VirtqueueHandle {
       } catch (e) {
         if (!(e instanceof VirtqueueError)) throw e;
         this.o.log.warn({ err: e, queue: this.index }, 'malformed descriptor chain');
+        this.malformed++;
         if (e.head !== undefined && e.head < this.size) {
           // Give the chain back untouched so the driver's request completes (with nothing written).
           this.returnUntracked(e.head);
@@ -157,6 +160,16 @@ export class QueueHandle implements VirtqueueHandle {
     if (n >= want) return n;
     this.q.armKick();
     return this.resubmit.length + this.q.pending();
+  }
+
+  pending(): number {
+    if (this.dead || this.broken) return 0;
+    return this.resubmit.length + this.q.pending();
+  }
+
+  setKicks(enabled: boolean): void {
+    if (this.dead || this.broken) return;
+    this.q.setNotification(enabled);
   }
 
   /**

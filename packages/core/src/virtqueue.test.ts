@@ -173,6 +173,31 @@ describe('split virtqueue', () => {
     expect(dev.needsNotification()).toBe(false);
   });
 
+  it('with EVENT_IDX, kicks off while polling leaves avail_event behind; on again asks for the next chain', () => {
+    const { drv, dev } = setup(8, true);
+    const buf = [{ addr: DATA, len: 4, write: true }];
+    drv.add(buf);
+    drv.publish();
+    expect(drv.kickNeeded()).toBe(true);
+    dev.setNotification(false);
+    dev.pushUsed(dev.pop()!.head, 0);
+    // The device polls: popping did not move avail_event, so further chains come without kicks.
+    for (let i = 0; i < 3; i++) {
+      expect(drv.popUsed()).not.toBeNull();
+      drv.add(buf);
+      drv.publish();
+      expect(drv.kickNeeded()).toBe(false);
+      expect(dev.pending()).toBe(1);
+      dev.pushUsed(dev.pop()!.head, 0);
+    }
+    expect(dev.pop()).toBeNull();
+    dev.setNotification(true);
+    expect(drv.popUsed()).not.toBeNull();
+    drv.add(buf);
+    drv.publish();
+    expect(drv.kickNeeded()).toBe(true);
+  });
+
   it('property: valid chains round-trip exactly', () => {
     fc.assert(
       fc.property(

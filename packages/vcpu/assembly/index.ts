@@ -59,6 +59,15 @@ const CTAB: usize = 0x200000; // 65536 × u32
 // Translator (src/jit): per-hart state offsets and the block lookup table (see the end of this file).
 const JIT_PC: usize = 1280; // u64: next pc written by a translated block on exit
 const JIT_DKEY: usize = 1288; // u64: mirror of dKey for the inlined TLB probe
+const JIT_FKEY: usize = 1304; // u64: mirror of fKey for the fetch-TLB probe of chained blocks
+// i32: what this hart is doing, for a sampling profiler in another thread (Machine `profile`;
+// the names are ENGINE_WHERE in src/engine.ts): one store at each change, none per instruction.
+const WHERE: usize = 1296;
+const WHERE_INTERP: i32 = 0; // the interpreter loop (and its block lookups)
+const WHERE_BLOCK: i32 = 1; // translated code
+// 2: translating (set by the translator around jitCompile)
+const WHERE_HELPER: i32 = 3; // a translated block's slow path (TLB refill, page crossing, MMIO)
+const WHERE_HOST: i32 = 4; // outside run(): the host's loop (SBI, polling, WFI sleep)
 // Per-hart translator area at JIT_TAB_BASE + hartId × JIT_TAB_STRIDE (8 harts end at 0xf00000):
 const JIT_TAB_BASE: usize = 0x400000;
 const JIT_TAB_STRIDE: usize = 0x160000;
@@ -246,6 +255,7 @@ function updateKeys(): void {
   dKey = k << 52;
   store<u64>(base + JIT_DKEY, dKey);
   fKey = <u64>priv << 52;
+  store<u64>(base + JIT_FKEY, fKey);
   fetchPage = 1;
 }
 
@@ -993,6 +1003,30 @@ function execFma(insn: u32, op: u32): bool {
 }
 
 // ─── cold instructions, out of run() so that the hot loop stays small ─────
+/**
+ * F/D loads, stores and arithmetic (ISA §11–12): illegal while mstatus.FS is
+ * Off (privileged 1.12 §3.1.6.6). `raw` is the instruction as fetched (the
+ * 16-bit form of a compressed one), the tval of an illegal-instruction trap.
+ */
+function execFp(insn: u32, raw: u32): void {
+  const op = insn & 0x7f;
+  const rd = (insn >> 7) & 31, rs1 = (insn >> 15) & 31, f3 = (insn >> 12) & 7;
+  if (!fpOn()) { raise(2, <u64>raw); return; }
+  if (op == OPC_LOAD_FP || op == OPC_STORE_FP) {
+    if (f3 != 2 && f3 != 3) { raise(2, <u64>raw); return; }
+    if (op == OPC_LOAD_FP) {
+      const va = X(rs1) + <u64><i64>(<i32>insn >> 20);
+      if (f3 == 2) { const v = loadN(va, 4); if (ev == EV_NONE) setF32(rd, <u32>v); }
+      else { const v = loadN(va, 8); if (ev == EV_NONE) setF(rd, v); }
+    } else {
+      const imm = ((<i32>insn >> 25) << 5) | <i32>((insn >> 7) & 0x1f);
+      storeN(X(rs1) + <u64><i64>imm, f3 == 2 ? 4 : 8, F((insn >> 20) & 31));
+    }
+    return;
+  }
+  if (!(op == OPC_OP_FP ? execOpFp(insn) : execFma(insn, op))) raise(2, <u64>raw);
+}
+
 /** AMO (ISA §8): LR/SC and the read-modify-write AMOs. Raises its own exceptions (no compressed form). */
 function execAmo(insn: u32): void {
   const rd = (insn >> 7) & 31, rs1 = (insn >> 15) & 31, rs2 = (insn >> 20) & 31, f3 = (insn >> 12) & 7;
@@ -1154,20 +1188,14 @@ export function run(n: i32): i32 {
   batchN = n;
   let left = n;
   const xr = xb;
-  if (mode != MODE_SNIPPET && takeInterrupt()) { batchLeft = left; return exitReason; }
+  // Block boundary: the translator's lookup is probed only here — at the start, after a taken
+  // branch or jump, a new fetch page (traps, xRET, FENCE.I, SFENCE.VMA and satp writes reset it),
+  // a return from translated code, or an instruction a region stops at (CSR, AMO, FP) — not at
+  // every interpreted instruction.
+  let jp = true;
+  store<i32>(base + WHERE, WHERE_INTERP);
+  if (mode != MODE_SNIPPET && takeInterrupt()) { batchLeft = left; store<i32>(base + WHERE, WHERE_HOST); return exitReason; }
   while (left > 0) {
-    if (jitOn && (pc & ~0xfff) == fetchPage) {
-      // Translated code, looked up by the physical (host) address of pc (see jitEnter).
-      const r = jitEnter(left);
-      if (r != left) {
-        jitRetired += <u64>(left - r);
-        left = r;
-        pc = load<u64>(base + JIT_PC);
-        if (ev != EV_NONE) { batchLeft = left; if (deliverException()) break; }
-        continue;
-      }
-    }
-    left--;
     // ── fetch ──
     let insn: u32;
     let ilen: u64 = 4;
@@ -1176,8 +1204,31 @@ export function run(n: i32): i32 {
       insn = load<u32>(<usize>(cur + fetchDelta));
     } else {
       insn = fetchSlow(cur);
-      if (ev != EV_NONE) { batchLeft = left; if (deliverException()) break; continue; }
+      if (ev != EV_NONE) { left--; batchLeft = left; if (deliverException()) break; continue; }
+      jp = true;
     }
+    if (jp) {
+      jp = false;
+      if (jitOn) {
+        // Translated code, looked up by the physical (host) address of pc (see jitEnter).
+        const r = jitEnter(left);
+        if (r != left) {
+          jitRetired += <u64>(left - r);
+          left = r;
+          pc = load<u64>(base + JIT_PC);
+          jp = true;
+          if (ev != EV_NONE) {
+            batchLeft = left;
+            if (ev < 64) { if (deliverException()) break; continue; }
+            // EV_IRQ: a CSR write in the block (jitCold) may have unmasked an interrupt.
+            ev = EV_NONE;
+            if (mode != MODE_SNIPPET && takeInterrupt()) break;
+          }
+          continue;
+        }
+      }
+    }
+    left--;
     const raw = insn;
     if ((insn & 3) != 3) {
       ilen = 2;
@@ -1256,6 +1307,7 @@ export function run(n: i32): i32 {
           default: { ill = true; take = false; }
         }
         if (take) {
+          jp = true;
           const imm = ((<i32>insn >> 31) << 12) | <i32>(((insn >> 7) & 1) << 11) | <i32>(((insn >> 25) & 0x3f) << 5) | <i32>(((insn >> 8) & 0xf) << 1);
           npc = cur + <u64><i64>imm;
         }
@@ -1306,6 +1358,7 @@ export function run(n: i32): i32 {
         const imm = ((<i32>insn >> 31) << 20) | <i32>(((insn >> 12) & 0xff) << 12) | <i32>(((insn >> 20) & 1) << 11) | <i32>(((insn >> 21) & 0x3ff) << 1);
         setXR(xr, rd, npc);
         npc = cur + <u64><i64>imm;
+        jp = true;
         break;
       }
       case OPC_JALR: {
@@ -1313,6 +1366,7 @@ export function run(n: i32): i32 {
         const t = (XR(xr, rs1) + <u64><i64>(<i32>insn >> 20)) & ~1;
         setXR(xr, rd, npc);
         npc = t;
+        jp = true;
         break;
       }
       case OPC_AUIPC: setXR(xr, rd, cur + <u64><i64><i32>(insn & 0xfffff000)); break;
@@ -1360,30 +1414,12 @@ export function run(n: i32): i32 {
         else if (f3 != 0) ill = true;
         break;
       }
-      case OPC_AMO: execAmo(insn); break; // cold: out of line
-      case OPC_SYSTEM: batchLeft = left; npc = execSystem(insn, npc); break; // cold: out of line
-      case OPC_LOAD_FP: {
-        if (!fpOn() || (f3 != 2 && f3 != 3)) { ill = true; break; }
-        const va = XR(xr, rs1) + <u64><i64>(<i32>insn >> 20);
-        if (f3 == 2) { const v = loadN(va, 4); if (ev == EV_NONE) setF32(rd, <u32>v); }
-        else { const v = loadN(va, 8); if (ev == EV_NONE) setF(rd, v); }
+      case OPC_AMO: execAmo(insn); jp = true; break; // cold: out of line
+      case OPC_SYSTEM: batchLeft = left; npc = execSystem(insn, npc); jp = true; break; // cold: out of line
+      case OPC_LOAD_FP: case OPC_STORE_FP: case OPC_MADD: case OPC_MSUB: case OPC_NMSUB: case OPC_NMADD: case OPC_OP_FP:
+        execFp(insn, ilen == 2 ? raw & 0xffff : raw); // cold: out of line, shared with translated blocks (jitCold)
+        jp = true;
         break;
-      }
-      case OPC_STORE_FP: {
-        if (!fpOn() || (f3 != 2 && f3 != 3)) { ill = true; break; }
-        const imm = ((<i32>insn >> 25) << 5) | <i32>((insn >> 7) & 0x1f);
-        const va = XR(xr, rs1) + <u64><i64>imm;
-        storeN(va, f3 == 2 ? 4 : 8, F(rs2));
-        break;
-      }
-      case OPC_MADD: case OPC_MSUB: case OPC_NMSUB: case OPC_NMADD: {
-        if (!fpOn() || !execFma(insn, insn & 0x7f)) ill = true;
-        break;
-      }
-      case OPC_OP_FP: {
-        if (!fpOn() || !execOpFp(insn)) ill = true;
-        break;
-      }
       default: ill = true;
     }
     if (ill) raise(2, <u64>(ilen == 2 ? raw & 0xffff : raw));
@@ -1406,6 +1442,7 @@ export function run(n: i32): i32 {
   batchLeft = left;
   instret += <u64>(n - left);
   batchN = 0; batchLeft = 0;
+  store<i32>(base + WHERE, WHERE_HOST);
   return exitReason;
 }
 
@@ -1425,6 +1462,7 @@ export function init(id: i32, m: i32, ram: f64): void {
 /** Reset architectural state (privileged 1.12 §3.4): M-mode, everything cleared. */
 export function reset(): void {
   memory.fill(base, 0, STATE_STRIDE);
+  store<i32>(base + WHERE, WHERE_HOST);
   pc = 0; priv = 3; ev = EV_NONE;
   mstatus = 0; medeleg = 0; mideleg = 0; mie = 0; mipSw = 0; mipExt = 0;
   mtvec = 0; stvec = 0; mepc = 0; sepc = 0; mcause = 0; scause = 0; mtval = 0; stval = 0;
@@ -1496,6 +1534,7 @@ let jitRetired: u64 = 0; // instructions run by translated blocks (a trapping on
 let jitFences: u32 = 0; // FENCE.I executed
 let jitCodeWrites: u32 = 0; // stores into translated pages (jitCodeWritten)
 let jitRevalidations: u64 = 0; // blocks compared with their shadow copy after a flush
+let jitEntries: u64 = 0; // blocks entered from this loop (a chain of blocks that tail-call each other counts once)
 
 @inline function jitEnter(left: i32): i32 {
   const cur = pc;
@@ -1505,10 +1544,10 @@ let jitRevalidations: u64 = 0; // blocks compared with their shadow copy after a
   if (load<u32>(e) != hp) { store<u32>(e, hp); v = 0; }
   if (v > 0) {
     const g = load<u32>(jitTab + JIT_GEN);
-    if (load<u32>(e, 8) == g) return call_indirect<i32>(<u32>v, left, cur);
+    if (load<u32>(e, 8) == g) return jitCall(v, left, cur);
     // Code may have changed since the block was checked: compare it with its shadow copy.
     jitRevalidations++;
-    if (jitSameCode(<usize>load<u32>(e, 12), hp)) { store<u32>(e, g, 8); return call_indirect<i32>(<u32>v, left, cur); }
+    if (jitSameCode(<usize>load<u32>(e, 12), hp)) { store<u32>(e, g, 8); return jitCall(v, left, cur); }
     v = jitHot + 1; // changed: translate again
   }
   if (v > jitHot + 1) { store<i32>(e, v - 1, 4); return left; }
@@ -1518,15 +1557,24 @@ let jitRevalidations: u64 = 0; // blocks compared with their shadow copy after a
     store<i32>(e, f, 4);
     store<u32>(e, load<u32>(jitTab + JIT_GEN), 8);
     store<u32>(e, load<u32>(jitTab + JIT_RET), 12);
-    return call_indirect<i32>(<u32>f, left, cur);
+    return jitCall(f, left, cur);
   }
   return left;
 }
 
-/** Are the guest bytes at host address hp those of the shadow copy at s ([u32 length][pad][bytes])? */
+/** Run the block in table slot f (WHERE tells a profiler that translated code runs). */
+@inline function jitCall(f: i32, left: i32, cur: u64): i32 {
+  jitEntries++;
+  store<i32>(base + WHERE, WHERE_BLOCK);
+  const r = call_indirect<i32>(<u32>f, left, cur);
+  store<i32>(base + WHERE, WHERE_INTERP);
+  return r;
+}
+
+/** Are the guest bytes around host address hp those of the shadow copy at s ([u32 length][i32 start relative to hp][bytes])? */
 function jitSameCode(s: usize, hp: u32): bool {
   const n = <usize>load<u32>(s);
-  const a = s + 8, b = <usize>hp;
+  const a = s + 8, b = <usize>(<i32>hp + load<i32>(s, 4));
   let i: usize = 0;
   for (; i + 8 <= n; i += 8) if (load<u64>(a + i) != load<u64>(b + i)) return false;
   for (; i < n; i++) if (load<u8>(a + i) != load<u8>(b + i)) return false;
@@ -1583,6 +1631,7 @@ export function jitInstructions(): u64 { return jitRetired; }
 export function jitFenceCount(): u32 { return jitFences; }
 export function jitCodeWriteCount(): u32 { return jitCodeWrites; }
 export function jitRevalidationCount(): u64 { return jitRevalidations; }
+export function jitEntryCount(): u64 { return jitEntries; }
 export function jitRetAddr(): usize { return jitTabAddr() + JIT_RET; }
 export function jitShadowAddr(): usize { return jitTabAddr() + JIT_SHADOW; }
 export function jitShadowEnd(): usize { return jitTabAddr() + JIT_TAB_STRIDE; }
@@ -1590,21 +1639,51 @@ export function jitTabAddr(): usize { return JIT_TAB_BASE + <usize>hartId * JIT_
 export function jitGenAddr(): usize { return jitTabAddr() + JIT_GEN; }
 export function jitPcAddr(): usize { return base + JIT_PC; }
 export function jitDKeyAddr(): usize { return base + JIT_DKEY; }
+export function jitFKeyAddr(): usize { return base + JIT_FKEY; }
+export function jitTabMask(): u32 { return JIT_TAB_MASK; }
+/** Address of the i32 WHERE word (what this hart is doing, for a sampling profiler). */
+export function whereAddr(): usize { return base + WHERE; }
 export function tlbTagsAddr(): usize { return tlbTags; }
 export function tlbDeltasAddr(): usize { return tlbDeltas; }
 export function tlbEntries(): i32 { return <i32>TLB_N; }
 /** Slow path of a translated integer load (funct3 0..6): TLB refill, page crossing, MMIO. */
 export function jitLoad(va: u64, f3: i32): u64 {
-  const v = loadSlow(va, 1 << (f3 & 3));
-  if (f3 == 0) return <u64><i64><i8>v;
-  if (f3 == 1) return <u64><i64><i16>v;
-  if (f3 == 2) return <u64><i64><i32>v;
+  store<i32>(base + WHERE, WHERE_HELPER);
+  let v = loadSlow(va, 1 << (f3 & 3));
+  if (f3 == 0) v = <u64><i64><i8>v;
+  else if (f3 == 1) v = <u64><i64><i16>v;
+  else if (f3 == 2) v = <u64><i64><i32>v;
+  store<i32>(base + WHERE, WHERE_BLOCK);
   return v;
 }
 /** Slow path of a translated store (size 1, 2, 4, 8). */
-export function jitStore(va: u64, size: i32, v: u64): void { storeSlow(va, size, v); }
+export function jitStore(va: u64, size: i32, v: u64): void {
+  store<i32>(base + WHERE, WHERE_HELPER);
+  storeSlow(va, size, v);
+  store<i32>(base + WHERE, WHERE_BLOCK);
+}
 /** Did the last helper raise an exception? */
 export function jitFault(): bool { return ev != EV_NONE; }
+/**
+ * An instruction a block leaves to the core — AMO/LR/SC, a CSR instruction,
+ * FP — run as the interpreter runs it, the block having stored the x
+ * registers it reads or writes (it reloads rd after). `left` is the budget
+ * after this instruction (instret/cycle reads). Returns 0 to go on, 1 for an
+ * exception (ev set: the block exits at this instruction), 2 when it
+ * completed but the block must leave (EV_IRQ: a CSR write; the core then
+ * checks interrupts, as after the interpreter's CSR writes).
+ */
+export function jitCold(insn: u32, raw: u32, left: i32): i32 {
+  store<i32>(base + WHERE, WHERE_HELPER);
+  batchLeft = left;
+  const op = insn & 0x7f;
+  if (op == OPC_AMO) execAmo(insn);
+  else if (op == OPC_SYSTEM) execSystem(insn, 0); // CSR instructions only (the translator's choice)
+  else execFp(insn, raw);
+  store<i32>(base + WHERE, WHERE_BLOCK);
+  if (ev == EV_NONE) return 0;
+  return ev < 64 ? 1 : 2;
+}
 export function jitMulh(a: u64, b: u64): u64 { return mulh(a, b); }
 export function jitMulhsu(a: u64, b: u64): u64 { return mulhsu(a, b); }
 export function jitMulhu(a: u64, b: u64): u64 { return mulhu(a, b); }

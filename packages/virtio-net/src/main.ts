@@ -12,7 +12,7 @@ import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatMac, type Mac } from './ctrl.ts';
 import { NetDevice } from './device.ts';
-import { checkNetOptions, NET_OPTIONS } from './kind.ts';
+import { checkNetOptions, NET_OPTIONS, NETSTATS_QUERY } from './kind.ts';
 import { switchSocketPath } from './names.ts';
 import { SwitchAttachment } from './switch-client.ts';
 import { openTapPort } from './tap.ts';
@@ -30,6 +30,8 @@ export interface NetArgs {
   mac: Mac;
   queues: number;
   mtu: number;
+  /** Busy-poll window in µs (0: off). */
+  busyPollUs: number;
   id: string;
   logLevel: string;
   /** Behind vmm-iommu: its table file, this NIC's endpoint id and reader slot. */
@@ -53,7 +55,7 @@ export function parseNetArgs(argv: string[]): NetArgs | null {
   const mac = checkNetOptions(o) ?? randomMac();
   const sw = o.switch === undefined ? undefined : String(o.switch);
   const tap = o.tap === undefined ? undefined : String(o.tap);
-  return { socket: f.socket, switch: sw, tap, mac, queues: Number(o.queues), mtu: Number(o.mtu), id: f.id ?? 'net0', logLevel: f.logLevel, iommu: endpointOptions('virtio-net', o) };
+  return { socket: f.socket, switch: sw, tap, mac, queues: Number(o.queues), mtu: Number(o.mtu), busyPollUs: Number(o['busy-poll']), id: f.id ?? 'net0', logLevel: f.logLevel, iommu: endpointOptions('virtio-net', o) };
 }
 
 const SWITCH_MAIN = fileURLToPath(new URL('./switch-main.ts', import.meta.url));
@@ -81,6 +83,12 @@ function control(device: NetDevice, m: Record<string, unknown>): string {
     case 'link-up':
       device.setLink(true);
       return 'link up';
+    case 'delay': {
+      const ms = Number(m.ms);
+      if (!(Number.isInteger(ms) && ms >= 0 && ms <= 60_000)) throw new RangeError(`delay ms=${String(m.ms)}: expected an integer from 0 to 60000`);
+      device.setDelay(ms);
+      return `delay ${ms} ms`;
+    }
     case 'drop':
     case 'corrupt': {
       const rate = Number(m.rate);
@@ -142,18 +150,21 @@ const NET_MAIN: DeviceMain<NetArgs> = {
   async start(a, log) {
     // First: a table that cannot be used is a configuration error before anything is connected.
     const dma = a.iommu ? openEndpoint(a.iommu) : undefined;
-    const device = new NetDevice({ mac: a.mac, queuePairs: a.queues, mtu: a.mtu, log });
+    const device = new NetDevice({ mac: a.mac, queuePairs: a.queues, mtu: a.mtu, busyPollUs: a.busyPollUs, log });
     const disconnect = await connect(a, device, log);
+    // The orchestrator's control channel: the counters (query-nic-stats) and fault injection.
     onControlMessage((m) => {
+      if (m.query === NETSTATS_QUERY.query) return { ...device.stats, link: device.link, delayedFrames: device.delayedFrames, ...device.queueState };
       try {
         log.warn({ fault: m }, control(device, m));
       } catch (e) {
         log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
       }
+      return undefined;
     });
     const backend = serveVhostUser(device, { socketPath: a.socket, log, ...(dma ? { dma } : {}) });
     return {
-      serving: { mac: formatMac(a.mac), queues: a.queues, mtu: a.mtu, switch: a.switch, tap: a.tap, iommuEndpoint: a.iommu?.endpoint },
+      serving: { mac: formatMac(a.mac), queues: a.queues, mtu: a.mtu, busyPollUs: a.busyPollUs, switch: a.switch, tap: a.tap, iommuEndpoint: a.iommu?.endpoint },
       ready: { socket: a.socket, mac: formatMac(a.mac) },
       vhostUser: backend,
       stopping: () => ({ stats: device.stats }),
