@@ -140,13 +140,14 @@ export class BlkDevice implements VirtioDeviceBackend {
       void this.handleChain(q.mem, c).then(
         (res) => {
           this.inFlight--;
-          if (gen === this.#generation) q.complete(head, res?.usedLen ?? 0);
+          // A stopped queue's handle only ends the request's strict-mode DMA hold (behind an IOMMU its UNMAPs wait for it).
+          if (gen === this.#generation || !q.live) q.complete(head, res?.usedLen ?? 0);
         },
         (e: unknown) => {
           // handleChain does not throw on guest input; anything here is our bug: log it, still return the chain.
           this.inFlight--;
           this.#log?.error({ err: e, queue: q.index, head }, 'request handling failed');
-          if (gen === this.#generation) q.complete(head, 0);
+          if (gen === this.#generation || !q.live) q.complete(head, 0);
         },
       );
     }
