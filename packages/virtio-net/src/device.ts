@@ -43,7 +43,7 @@ export interface NetStats {
   rx_malformed: number;
   ctrl_ok: number;
   ctrl_err: number;
-  /** Data queues the front-end stopped while the driver kept running (SET_VRING_ENABLE 0, GET_VRING_BASE). */
+  /** Data queues stopped: SET_VRING_ENABLE 0, GET_VRING_BASE, a new kick fd, a lost connection. */
   queue_stops: number;
   /** Frames the drop / corrupt / delay faults acted on (fault injection). */
   fault_dropped: number;
@@ -319,6 +319,8 @@ export class NetDevice implements VirtioDeviceBackend {
   startQueue(q: VirtqueueHandle): void {
     if (this.isCtrl(q.index) || q.index >> 1 >= this.maxPairs) return;
     const pair = q.index >> 1;
+    // Kicks on: a predecessor killed while it polled, or while the port was empty, may have left them off in the ring.
+    q.setKicks(true);
     this.queueStarts[q.index]!++;
     if (q.index % 2 === 0) {
       this.rxQueues[pair] = q;
@@ -421,6 +423,7 @@ export class NetDevice implements VirtioDeviceBackend {
 
   /** Chains core refused as malformed (a descriptor outside guest memory, a loop, …) count as this device's bad input. */
   private noteMalformed(q: VirtqueueHandle, stat: 'tx_malformed' | 'rx_malformed' | 'ctrl_err'): void {
+    if (q.malformed === 0) return; // the common case, without a map lookup per batch
     const seen = this.malformedSeen.get(q) ?? 0;
     if (q.malformed === seen) return;
     this.stats[stat] += q.malformed - seen;
@@ -441,13 +444,21 @@ export class NetDevice implements VirtioDeviceBackend {
     let released = false;
     for (;;) {
       const f = port.peek();
-      if (f === null) break;
+      if (f === null) {
+        // Nothing to deliver: buffers the driver adds need no kick (the port's doorbell wakes us for frames, and a frame
+        // that then finds too few buffers asks for one through available()). Kicks per refill were most of the
+        // receiving NIC's wake-ups under testpmd (virtio 1.2 §2.7.7.1 NO_NOTIFY, §2.7.10 avail_event). Frames the
+        // delay fault holds still wait for buffers: their kicks stay on.
+        if (this.delayed.length === 0) for (const q of this.rxQueues) if (q !== null && q.live) q.setKicks(false);
+        break;
+      }
       if (this.faults.delay > 0 || this.delayed.length > 0) {
         // Held in our own memory, so the port (and the switch's other ports) never waits for the delay.
         if (this.delayed.push(f, now + this.faults.delay)) this.stats.fault_delayed++;
         else this.stats.fault_delay_overflow++;
         port.release();
         released = true;
+        this.moved++;
         continue;
       }
       const r = this.deliverFrame(f);

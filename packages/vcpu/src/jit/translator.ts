@@ -7,8 +7,10 @@
 //
 // A region starts at the pc the interpreter found hot and runs forward to the
 // first instruction the translator does not handle (CSR, AMO, FP, ECALL,
-// FENCE.I, xRET, WFI, SFENCE.VMA …), an unconditional jump out of the region,
-// the end of the page, or MAX_REGION instructions. Inside it:
+// FENCE.I, xRET, WFI, SFENCE.VMA …), a JALR, the end of the page, or
+// MAX_REGION instructions; a JAL whose target is on the same page is
+// followed (the region goes on at the target, as a trace), one whose target
+// is off the page or already in the region ends it. Inside it:
 //  - guest registers live in wasm locals (loaded on entry, the written ones
 //    stored back on exit);
 //  - every taken branch or JAL whose target is an instruction of the region
@@ -26,8 +28,14 @@
 //  - pc-relative values (AUIPC, JAL links, branch targets) are computed from
 //    the virtual pc the region was entered with, since the same physical page
 //    may be mapped at several virtual addresses.
-// Blocks chain through the interpreter's dispatcher (a lookup by physical
-// address at the top of its loop), not through each other.
+// Blocks chain (QEMU's goto_tb): a block leaving to a pc that is not a trap
+// looks the next block up itself — the fetch TLB for the host address, then
+// the core's lookup table — and, when that block is translated and checked
+// in the current code generation, tail-calls it (`return_call_indirect`)
+// with the remaining budget instead of returning to the interpreter. Each
+// block checks its budget at entry, so a chain never runs past the batch;
+// anything else (cold or stale entry, TLB miss) returns to the core, which
+// counts hotness, re-validates or interprets as before.
 
 import { Bytes, OP, T, writeModule, type FuncType } from './wasm-writer.ts';
 import { WASM_RAM_OFFSET } from '../layout.ts';
@@ -39,6 +47,8 @@ const WHERE_TRANSLATING = ENGINE_WHERE.indexOf('translating');
 export const JIT_THRESHOLD = 4000;
 /** Longest region in instructions. */
 export const MAX_REGION = 64;
+/** Widest stretch of guest bytes one region may cover (its shadow copy) when it follows JALs. */
+const MAX_SPAN = 512;
 /** Code-cache bound (bytes of generated wasm per hart) before everything is evicted. */
 export const CODE_CACHE_BYTES = 64 * 1024 * 1024;
 /** Function-table slots for blocks (index 0 stays empty). */
@@ -54,6 +64,7 @@ export interface JitCoreExports {
   jitInstructions(): bigint;
   jitFenceCount(): number;
   jitRevalidationCount(): bigint;
+  jitEntryCount(): bigint;
   jitRetAddr(): number;
   jitShadowAddr(): number;
   jitShadowEnd(): number;
@@ -62,6 +73,8 @@ export interface JitCoreExports {
   jitGenAddr(): number;
   jitPcAddr(): number;
   jitDKeyAddr(): number;
+  jitFKeyAddr(): number;
+  jitTabMask(): number;
   tlbTagsAddr(): number;
   tlbDeltasAddr(): number;
   tlbEntries(): number;
@@ -82,6 +95,7 @@ export interface JitCoreExports {
   jitDivuw: WebAssembly.ExportValue;
   jitRemw: WebAssembly.ExportValue;
   jitRemuw: WebAssembly.ExportValue;
+  jitCold: WebAssembly.ExportValue;
 }
 
 export interface JitStats {
@@ -104,6 +118,8 @@ export interface JitStats {
   compileNs: number;
   /** Guest instructions executed by translated blocks (the rest were interpreted). */
   jitInstructions: number;
+  /** Entries into translated code from the interpreter's loop (blocks reached by chaining are not counted). */
+  entries: number;
   /** FENCE.I executed by this hart. */
   fenceI: number;
   /** Stores by this hart into pages it had translated code from. */
@@ -118,11 +134,12 @@ const TYPES: FuncType[] = [
   { params: [T.i64, T.i32, T.i64], results: [] }, // 2: jitStore
   { params: [], results: [T.i32] }, // 3: jitFault
   { params: [T.i64, T.i64], results: [T.i64] }, // 4: M-extension helpers
+  { params: [T.i32, T.i32, T.i32], results: [T.i32] }, // 5: jitCold
 ];
-const HELPERS = ['jitLoad', 'jitStore', 'jitFault', 'jitMulh', 'jitMulhsu', 'jitMulhu', 'jitDiv', 'jitDivu', 'jitRem', 'jitRemu', 'jitDivw', 'jitDivuw', 'jitRemw', 'jitRemuw'] as const;
+const HELPERS = ['jitLoad', 'jitStore', 'jitFault', 'jitMulh', 'jitMulhsu', 'jitMulhu', 'jitDiv', 'jitDivu', 'jitRem', 'jitRemu', 'jitDivw', 'jitDivuw', 'jitRemw', 'jitRemuw', 'jitCold'] as const;
 type Helper = (typeof HELPERS)[number];
 const HELPER_TYPE: Record<Helper, number> = {
-  jitLoad: 1, jitStore: 2, jitFault: 3, jitMulh: 4, jitMulhsu: 4, jitMulhu: 4, jitDiv: 4, jitDivu: 4, jitRem: 4, jitRemu: 4, jitDivw: 4, jitDivuw: 4, jitRemw: 4, jitRemuw: 4,
+  jitLoad: 1, jitStore: 2, jitFault: 3, jitMulh: 4, jitMulhsu: 4, jitMulhu: 4, jitDiv: 4, jitDivu: 4, jitRem: 4, jitRemu: 4, jitDivw: 4, jitDivuw: 4, jitRemw: 4, jitRemuw: 4, jitCold: 5,
 };
 // M extension (ISA §7) by funct3, OP and OP-32, for the cases done by helpers.
 const MUL_HELPER: (Helper | null)[] = [null, 'jitMulh', 'jitMulhsu', 'jitMulhu', 'jitDiv', 'jitDivu', 'jitRem', 'jitRemu'];
@@ -150,18 +167,30 @@ interface Block {
   /** Bytes of generated wasm. */
   bytes: number;
   insns: number;
-  /** The guest code it was translated from. */
+  /** The guest code it was translated from: bytes [entry + lo, entry + lo + code.length). */
   code: Uint8Array;
+  lo: number;
   /** Address of its shadow copy in the core's translator area. */
   shadow: number;
 }
 
 interface Insn {
-  /** Byte offset from the region's first instruction. */
+  /** Byte offset from the region's first instruction (negative after a JAL backwards). */
   delta: number;
   len: 2 | 4;
   /** 32-bit form (RVC expanded). */
   w: number;
+  /** As fetched (16 bits for RVC): the tval of an illegal-instruction trap raised by jitCold. */
+  raw: number;
+  /** A JAL the region follows: the next instruction of the list is its target. */
+  follow?: boolean;
+}
+
+/** The stretch of the page a region's instructions cover, relative to its entry. */
+function spanOf(insns: Insn[]): { lo: number; hi: number } {
+  let lo = 0, hi = 0;
+  for (const i of insns) { lo = Math.min(lo, i.delta); hi = Math.max(hi, i.delta + i.len); }
+  return { lo, hi };
 }
 
 const immI = (w: number): number => w >> 20;
@@ -194,6 +223,10 @@ function translatable(w: number): boolean {
       if (f7 === 1) return f3 === 0 || f3 >= 4;
       return false;
     case 0x0f: return f3 === 0; // FENCE (a no-op here: memory is sequentially consistent); FENCE.I goes to the interpreter
+    // Through the core's jitCold (which raises what is illegal among them): AMO/LR/SC, F/D, and the
+    // CSR instructions (ECALL, EBREAK, xRET, WFI, SFENCE.VMA stay in the interpreter).
+    case 0x2f: case 0x07: case 0x27: case 0x43: case 0x47: case 0x4b: case 0x4f: case 0x53: return true;
+    case 0x73: return f3 !== 0 && f3 !== 4;
     default: return false;
   }
 }
@@ -282,6 +315,9 @@ export class Translator {
   private readonly tlbMask: number;
   private readonly pcAddr: number;
   private readonly dkeyAddr: number;
+  private readonly fkeyAddr: number;
+  private readonly jitTab: number;
+  private readonly jitTabMask: number;
   /** The core's WHERE word (what a sampling profiler reads). */
   private readonly where: Int32Array;
   private readonly blocks = new Map<number, Block>();
@@ -292,7 +328,7 @@ export class Translator {
   private readonly gBody = new Gen();
   private readonly gHead = new Gen();
   private readonly head = new Bytes(8192);
-  readonly stats: JitStats = { blocks: 0, cacheBytes: 0, guestInsns: 0, compiled: 0, untranslatable: 0, invalid: 0, revalidated: 0, evictions: 0, compileNs: 0, jitInstructions: 0, fenceI: 0, codeWrites: 0 };
+  readonly stats: JitStats = { blocks: 0, cacheBytes: 0, guestInsns: 0, compiled: 0, untranslatable: 0, invalid: 0, revalidated: 0, evictions: 0, compileNs: 0, jitInstructions: 0, entries: 0, fenceI: 0, codeWrites: 0 };
 
   constructor(opts: TranslatorOptions) {
     this.memory = opts.memory;
@@ -313,10 +349,13 @@ export class Translator {
     this.tlbMask = c.tlbEntries() - 1;
     this.pcAddr = c.jitPcAddr();
     this.dkeyAddr = c.jitDKeyAddr();
+    this.fkeyAddr = c.jitFKeyAddr();
+    this.jitTab = c.jitTabAddr();
+    this.jitTabMask = c.jitTabMask();
     this.where = new Int32Array(opts.memory.buffer, c.whereAddr(), 1);
     const pages = opts.memory.buffer.byteLength / 65536;
     this.memLimits = { min: pages, max: pages, shared: true };
-    this.imports = { memory: opts.memory };
+    this.imports = { memory: opts.memory, table: opts.table };
     for (const h of HELPERS) this.imports[h] = c[h];
     if (this.table.length < JIT_SLOTS) throw new Error(`jit: function table has ${this.table.length} slots, need ${JIT_SLOTS}`);
   }
@@ -348,7 +387,7 @@ export class Translator {
   flush(): void { this.core.jitFlush(); }
 
   private sameCode(b: Block, hp: number): boolean {
-    const cur = this.u8.subarray(hp, hp + b.code.length);
+    const cur = this.u8.subarray(hp + b.lo, hp + b.lo + b.code.length);
     for (let i = 0; i < cur.length; i++) if (cur[i] !== b.code[i]) return false;
     return true;
   }
@@ -369,16 +408,16 @@ export class Translator {
     const was = this.where[0]!;
     this.where[0] = WHERE_TRANSLATING;
     try {
-      // One snapshot of the guest bytes: the region is decoded from it and it becomes the shadow
-      // copy. Read twice from live memory, another hart (or a device's DMA) writing the code in
-      // between would leave a block translated from the old bytes with a shadow of the new ones,
-      // which the re-validation after that writer's FENCE.I would then accept: stale code.
-      const snap = this.u8.slice(hp, Math.min((hp & ~0xfff) + 0x1000, hp + MAX_REGION * 4));
+      // One snapshot of the page: the region is decoded from it and its shadow copy taken from it
+      // (read twice from live memory, a writer in between — another hart, a device's DMA — would
+      // leave a block of the old bytes with a shadow of the new ones).
+      const page = hp & ~0xfff;
+      const snap = this.u8.slice(page, page + 0x1000);
       const insns = this.scan(hp, snap);
       if (insns.length === 0) { this.stats.untranslatable++; return 0; }
       const bytes = this.emit(insns);
-      const last = insns[insns.length - 1]!;
-      const codeLen = last.delta + last.len;
+      const { lo, hi } = spanOf(insns);
+      const codeLen = hi - lo;
       const shadowNeed = 8 + ((codeLen + 7) & ~7);
       if ((this.freeSlots.length === 0 && this.nextSlot >= JIT_SLOTS) || this.stats.cacheBytes + bytes.length > CODE_CACHE_BYTES
         || this.shadowNext + shadowNeed > this.shadowEnd) {
@@ -399,15 +438,18 @@ export class Translator {
       }
       const slot = this.freeSlots.pop() ?? this.nextSlot++;
       this.table.set(slot, fn);
-      // The shadow copy: [u32 length][pad][guest bytes], what the core compares after a flush.
+      // The shadow copy: [u32 length][i32 start relative to the entry][guest bytes], what the core compares after a flush.
       const shadow = this.shadowNext;
       this.shadowNext += shadowNeed;
       this.dv.setUint32(shadow, codeLen, true);
-      this.u8.set(snap.subarray(0, codeLen), shadow + 8);
+      this.dv.setInt32(shadow + 4, lo, true);
+      const start = hp & 0xfff;
+      const code = snap.subarray(start + lo, start + hi);
+      this.u8.set(code, shadow + 8);
       this.ret[0] = shadow;
       // From now on a store by this hart into the page invalidates its blocks (see jitCodeWritten).
       this.core.jitMarkCodePage(BigInt((hp & ~0xfff) - WASM_RAM_OFFSET));
-      this.blocks.set(hp, { slot, bytes: bytes.length, insns: insns.length, code: snap.slice(0, codeLen), shadow });
+      this.blocks.set(hp, { slot, bytes: bytes.length, insns: insns.length, code: code.slice(), lo, shadow });
       this.stats.compiled++;
       this.stats.blocks++;
       this.stats.cacheBytes += bytes.length;
@@ -421,19 +463,19 @@ export class Translator {
     }
   }
 
-  /**
-   * Decode the region starting at host address hp (never past its page) from
-   * `src`, the guest bytes from hp on (default: live memory to the page end).
-   */
-  scan(hp: number, src: Uint8Array = this.u8.subarray(hp, (hp & ~0xfff) + 0x1000)): Insn[] {
-    const dv = new DataView(src.buffer, src.byteOffset, src.length);
+  /** Decode the region starting at host address hp (never past its page) from `page`, the bytes of its page (default: live memory). */
+  scan(hp: number, page: Uint8Array = this.u8.subarray(hp & ~0xfff, (hp & ~0xfff) + 0x1000)): Insn[] {
+    const dv = new DataView(page.buffer, page.byteOffset, 0x1000);
     const out: Insn[] = [];
-    let off = 0;
-    while (out.length < MAX_REGION && off + 2 <= src.length) {
+    const start = hp & 0xfff;
+    const seen = new Set<number>();
+    let spanLo = start, spanHi = start;
+    let off = start;
+    while (out.length < MAX_REGION && off < 0x1000 && !seen.has(off)) {
       const lo = dv.getUint16(off, true);
       let w: number, len: 2 | 4;
       if ((lo & 3) === 3) {
-        if (off + 4 > src.length) break; // the upper half is on the next page
+        if (off > 0xffc) break; // the upper half is on the next page
         w = dv.getUint32(off, true) | 0;
         len = 4;
       } else {
@@ -442,11 +484,25 @@ export class Translator {
         len = 2;
       }
       if (!translatable(w)) break;
-      out.push({ delta: off, len, w });
+      if (Math.max(spanHi, off + len) - Math.min(spanLo, off) > MAX_SPAN) break;
+      const ins: Insn = { delta: off - start, len, w, raw: len === 2 ? lo : w >>> 0 };
+      out.push(ins);
+      seen.add(off);
+      spanLo = Math.min(spanLo, off); spanHi = Math.max(spanHi, off + len);
       off += len;
       const opc = w & 0x7f;
-      if (opc === 0x67 || opc === 0x6f) break; // JALR, JAL: nothing after them is reached from them
+      if (opc === 0x67) break; // JALR: nothing after it is reached from it
+      if (opc === 0x6f) {
+        // JAL: go on at its target when that is on this page, not yet in the region, within the span.
+        const t = off - len + immJ(w);
+        if (t < 0 || t >= 0x1000 || seen.has(t) || Math.max(spanHi, t + 4) - Math.min(spanLo, t) > MAX_SPAN) break;
+        ins.follow = true;
+        off = t;
+      }
     }
+    // A region that ends just after a followed JAL leaves through it (to its target) instead.
+    const last = out[out.length - 1];
+    if (last?.follow) last.follow = false;
     return out;
   }
 
@@ -462,10 +518,16 @@ export class Translator {
     const targetOf = (ins: Insn): number | undefined => {
       const opc = ins.w & 0x7f;
       if (opc === 0x63) return index.get(ins.delta + immB(ins.w));
-      if (opc === 0x6f) return index.get(ins.delta + immJ(ins.w));
+      if (opc === 0x6f && !ins.follow) return index.get(ins.delta + immJ(ins.w));
       return undefined;
     };
     for (const ins of insns) { const t = targetOf(ins); if (t !== undefined) isLabel[t] = 1; }
+    // The region may end by running into one of its own instructions (after a followed JAL backwards).
+    const last = insns[n - 1]!;
+    const lastOpc = last.w & 0x7f;
+    const fallsOff = lastOpc !== 0x6f && lastOpc !== 0x67;
+    const fallTarget = fallsOff ? index.get(last.delta + last.len) : undefined;
+    if (fallTarget !== undefined) isLabel[fallTarget] = 1;
     const ordinal = new Int32Array(n).fill(-1);
     const labels: string[] = [];
     for (let i = 0; i < n; i++) if (isLabel[i]) { ordinal[i] = labels.length; labels.push(`L${i}`); }
@@ -481,7 +543,8 @@ export class Translator {
     /** Leave the block: left = base − retired, npc already in L_NPC. */
     const exitWith = (retired: number): void => { g.get(L_BASE).i32(retired).op(OP.i32_sub).set(L_LEFT).br('exit'); };
     const exitTo = (i: number, d: number): void => { pcPlus(i, d); g.set(L_NPC); exitWith(i + 1); };
-    const trapExit = (i: number): void => { pcOf(i); g.set(L_NPC); exitWith(i + 1); };
+    // A trap exit marks L_T (else a br_table ordinal, ≥ 0) so that the epilogue does not chain.
+    const trapExit = (i: number): void => { pcOf(i); g.set(L_NPC); g.i32(-1).set(L_T); exitWith(i + 1); };
     /** Control goes to pc(i)+d after instruction i retired. */
     const jump = (i: number, d: number): void => {
       const t = index.get(insns[i]!.delta + d);
@@ -522,7 +585,7 @@ export class Translator {
         case 0x17: if (rd) { pcPlus(i, w & 0xfffff000); g.setX(rd); } break; // AUIPC
         case 0x6f: // JAL
           if (rd) { pcPlus(i, len); g.setX(rd); }
-          jump(i, immJ(w));
+          if (!insns[i]!.follow) jump(i, immJ(w)); // else the region goes on at the target, next in the list
           break;
         case 0x67: // JALR: target before the link (rd may be rs1)
           g.x(rs1).i64(immI(w)).op(OP.i64_add).i64(-2).op(OP.i64_and).set(L_NPC);
@@ -623,17 +686,51 @@ export class Translator {
           break;
         }
         case 0x0f: break; // FENCE
+        case 0x2f: case 0x73: case 0x07: case 0x27: case 0x43: case 0x47: case 0x4b: case 0x4f: case 0x53: { // jitCold
+          // The core reads and writes x registers in memory: store those the instruction may read or
+          // write (a local exists for each, so the head loads it), reload rd after.
+          const op = w & 0x7f;
+          const xs = op === 0x2f ? [rs1, rs2, rd] : op === 0x73 || op === 0x53 ? [rs1, rd] : op === 0x07 || op === 0x27 ? [rs1] : [];
+          for (const r of xs) if (r !== 0) g.i32(0).get(g.reg(r)).mem(OP.i64_store, 3, this.xb + 8 * r);
+          g.i32(w).i32(insns[i]!.raw | 0).get(L_BASE).i32(i + 1).op(OP.i32_sub).call('jitCold').set(L_TI);
+          // Reload rd first: a CSR write completes (its rd written) and then leaves the block, whose
+          // exit stores the dirty locals.
+          const reload = op === 0x2f || op === 0x73 || op === 0x53 ? rd : 0;
+          if (reload !== 0) g.i32(0).mem(OP.i64_load, 3, this.xb + 8 * reload).set(g.reg(reload));
+          g.get(L_TI).open(OP.if, 'cold');
+          g.get(L_TI).i32(1).op(OP.i32_eq).open(OP.if, 'coldx');
+          trapExit(i);
+          g.else();
+          pcPlus(i, len); g.set(L_NPC); g.i32(-1).set(L_T); exitWith(i + 1); // completed; the core checks interrupts
+          g.end();
+          g.end();
+          break;
+        }
         default: throw new Error(`jit: untranslatable instruction 0x${(w >>> 0).toString(16)} reached the emitter`);
       }
     }
-    // Fell off the end: the next instruction is the interpreter's.
-    const last = insns[n - 1]!;
-    pcPlus(n - 1, last.len); g.set(L_NPC); exitWith(n);
+    // Fell off the end: on to the next instruction (in the region, or a chained block or the interpreter).
+    if (fallsOff) jump(n - 1, last.len);
     g.end(); // top
     g.end(); // exit
     // Exit: store the written registers and the next pc, return the budget.
     for (const r of g.dirty) g.i32(0).get(g.regLocal[r]!).mem(OP.i64_store, 3, this.xb + 8 * r);
     g.i32(0).get(L_NPC).mem(OP.i64_store, 3, this.pcAddr);
+    // Chain: fetch-TLB hit for npc (the tag the core's fetchSlow installs), then the core's lookup
+    // entry for its host address (see jitEnter): same tag, a block, checked in this generation.
+    g.get(L_T).i32(0).op(OP.i32_ge_s).open(OP.if, 'chain');
+    g.get(L_NPC).i64(12).op(OP.i64_shr_u).set(L_VA);
+    g.get(L_VA).op(OP.i32_wrap_i64).i32(this.tlbMask).op(OP.i32_and).i32(3).op(OP.i32_shl).tee(L_TI);
+    g.mem(OP.i64_load, 3, this.tlbTags); // fetch TLB: kind 0
+    g.get(L_VA).i32(0).mem(OP.i64_load, 3, this.fkeyAddr).op(OP.i64_or).op(OP.i64_eq).open(OP.if, 'ftlb');
+    g.get(L_NPC).get(L_TI).mem(OP.i64_load, 3, this.tlbDeltas).op(OP.i64_add).op(OP.i32_wrap_i64).tee(L_TI); // hp
+    g.i32(1).op(OP.i32_shr_u).i32(this.jitTabMask).op(OP.i32_and).i32(4).op(OP.i32_shl).tee(L_BASE); // entry offset
+    g.mem(OP.i32_load, 2, this.jitTab).get(L_TI).op(OP.i32_eq);
+    g.get(L_BASE).mem(OP.i32_load, 2, this.jitTab + 8).i32(0).mem(OP.i32_load, 2, this.genAddr).op(OP.i32_eq).op(OP.i32_and);
+    g.get(L_BASE).mem(OP.i32_load, 2, this.jitTab + 4).tee(L_T).i32(0).op(OP.i32_gt_s).op(OP.i32_and).open(OP.if, 'next');
+    g.get(L_LEFT).get(L_NPC).get(L_T);
+    g.op(OP.return_call_indirect); g.b.u32(0); g.b.u32(0); // type 0 (block), table 0 (env.table)
+    g.end().end().end();
     g.get(L_LEFT);
 
     // Head: load the used registers and dKey; refuse to start without budget for a straight run.
@@ -649,6 +746,7 @@ export class Translator {
       types: TYPES,
       funcImports: g.used.map((name) => ({ name, type: HELPER_TYPE[name] })),
       memory: this.memLimits,
+      table: { min: JIT_SLOTS },
       func: { type: 0, locals: [{ count: 4, type: T.i32 }, { count: 3 + g.nRegs, type: T.i64 }], body: head },
       exportName: 'b',
     });
