@@ -6,17 +6,19 @@
 // ("translator interface").
 //
 // A region starts at the pc the interpreter found hot and runs forward to the
-// first instruction the translator does not handle (CSR, AMO, FP, ECALL,
-// FENCE.I, xRET, WFI, SFENCE.VMA …), a JALR, the end of the page, or
+// first instruction the translator does not handle (ECALL, EBREAK, FENCE.I,
+// xRET, WFI, SFENCE.VMA, illegal encodings), a JALR, the end of the page, or
 // MAX_REGION instructions; a JAL whose target is on the same page is
 // followed (the region goes on at the target, as a trace), one whose target
-// is off the page or already in the region ends it. Inside it:
+// is off the page or already in the region ends it. AMO/LR/SC, CSR
+// instructions and F/D run in the core (jitCold), called from the block.
+// Inside it:
 //  - guest registers live in wasm locals (loaded on entry, the written ones
 //    stored back on exit);
 //  - every taken branch or JAL whose target is an instruction of the region
 //    goes back to a `loop` with a `br_table` on the target (so loops and
-//    forward branches within the page are wasm control flow), after checking
-//    the instruction budget: a region never runs more instructions than the
+//    forward branches within the page are wasm control flow), backward ones
+//    after checking the instruction budget: a region never runs more instructions than the
 //    interpreter was asked to run, so interrupts (sampled between batches)
 //    are taken within one batch, as with the interpreter;
 //  - loads and stores probe the interpreter's softmmu TLB inline (same tags,
