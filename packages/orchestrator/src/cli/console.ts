@@ -154,8 +154,12 @@ function stdioConsole(io: ConsoleIo): HostConsole {
   const { stdin, stdout } = io;
   const input = new PassThrough();
   // Ctrl-A x says so on a line of its own, as QEMU's "QEMU: Terminated": the shell's prompt then starts a fresh line.
+  // Nothing after it: the harts still run until the machine stops, and guest output written then
+  // (more of it with a faster vCPU) would follow the line (QEMU prints nothing after it either).
+  let quitted = false;
   const quit = (): void => {
     write(new TextEncoder().encode('\r\nvmm: terminated\r\n'));
+    quitted = true;
     io.onQuit();
   };
   const filter = new EscapeFilter({ quit, help: () => write(new TextEncoder().encode(ESCAPE_HELP)) });
@@ -245,7 +249,7 @@ function stdioConsole(io: ConsoleIo): HostConsole {
   process.on('SIGCONT', tick);
   let poll: NodeJS.Timeout | undefined;
   const write = (bytes: Uint8Array): void => {
-    if (gone || closed) return;
+    if (gone || closed || quitted) return;
     if (!foreground()) {
       held.push(Buffer.from(bytes));
       heldBytes += bytes.length;
