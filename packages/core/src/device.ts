@@ -60,6 +60,15 @@ export interface VirtqueueHandle {
    */
   available(want?: number): number;
   /**
+   * Busy-wait up to `maxUs` microseconds for the driver to make a chain
+   * available, with the driver's kicks suppressed meanwhile (virtio 1.2
+   * §2.7.10), and return whether one is. For a device whose driver waits
+   * for each request by polling the used ring (virtio-iommu: Linux's
+   * viommu_sync_req), so the next request is picked up without an eventfd
+   * wakeup. When none came, kicks are asked for again before returning.
+   */
+  spin(maxUs: number): boolean;
+  /**
    * Finish a chain with `writtenLen` bytes written to its writable part. The
    * driver is notified (batched, EVENT_IDX-aware). After the queue stopped
    * (or the device was reset) this does nothing: the ring belongs to a later

@@ -162,6 +162,38 @@ describe('split virtqueue', () => {
     expect(dev.lastAvail).toBe(65_540 & 0xffff);
   });
 
+  for (const eventIdx of [true, false]) {
+    it(`suppressKicks (${eventIdx ? 'avail_event' : 'NO_NOTIFY'}): no kick for chains added while the device polls, kicks again after armKick or an empty pop`, () => {
+      const { drv, dev } = setup(8, eventIdx);
+      const bufs = [{ addr: DATA, len: 4, write: true }];
+      drv.add(bufs);
+      drv.publish();
+      expect(drv.kickNeeded()).toBe(true);
+      dev.suppressKicks();
+      dev.pop();
+      // Popped while polling: still no kick wanted for the next ones.
+      for (let i = 0; i < 3; i++) {
+        drv.add(bufs);
+        drv.publish();
+        expect(drv.kickNeeded()).toBe(false);
+        expect(dev.pending()).toBe(1);
+        dev.pushUsed(dev.pop()!.head, 0);
+        drv.popUsed();
+      }
+      dev.armKick();
+      drv.add(bufs);
+      drv.publish();
+      expect(drv.kickNeeded()).toBe(true);
+      dev.pushUsed(dev.pop()!.head, 0);
+      // An empty pop ends a suppression too, so a device that stops polling never misses a chain.
+      dev.suppressKicks();
+      expect(dev.pop()).toBeNull();
+      drv.add(bufs);
+      drv.publish();
+      expect(drv.kickNeeded()).toBe(true);
+    });
+  }
+
   it('without EVENT_IDX honours NO_INTERRUPT and NO_NOTIFY', () => {
     const { drv, dev } = setup(8, false);
     drv.setInterrupts(false);

@@ -210,7 +210,9 @@ export class SplitQueue {
   pop(): DescriptorChain | null {
     let avail = this.availIdx();
     if (avail === this.lastAvail) {
-      if (!this.eventIdx) return null;
+      // Found empty: kicks are wanted again (a suppressKicks() ends here at the latest).
+      if (this.kicksSuppressed) this.armKick();
+      if (!this.eventIdx) return this.availIdx() === this.lastAvail ? null : this.pop();
       this.setAvailEvent(this.lastAvail);
       avail = this.availIdx();
       if (avail === this.lastAvail) return null;
@@ -220,8 +222,25 @@ export class SplitQueue {
     }
     const head = this.avail.u16[2 + (this.lastAvail % this.size)]!;
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
-    if (this.eventIdx) this.setAvailEvent(this.lastAvail);
+    if (this.eventIdx) this.setAvailEvent(this.kicksSuppressed ? (this.lastAvail - 1) & 0xffff : this.lastAvail);
     return this.parse(head);
+  }
+
+  /** The device polls the avail ring (suppressKicks): the driver is told not to kick. */
+  private kicksSuppressed = false;
+
+  /**
+   * Tell the driver not to kick while the device polls the avail ring
+   * itself (§2.7.10: with EVENT_IDX avail_event is left one behind what
+   * was consumed, so vring_need_event() is false for every chain the
+   * driver adds; without it, VIRTQ_USED_F_NO_NOTIFY). It ends with
+   * armKick(), or with the next pop() that finds the ring empty; re-check
+   * pending() after armKick(): a chain added meanwhile came without a kick.
+   */
+  suppressKicks(): void {
+    this.kicksSuppressed = true;
+    if (this.eventIdx) this.setAvailEvent((this.lastAvail - 1) & 0xffff);
+    else Atomics.store(this.used.u16, 0, VIRTQ_USED_F_NO_NOTIFY);
   }
 
   /** Parse the chain at `head` (also used to resubmit inflight requests after a reconnect). */
@@ -293,6 +312,7 @@ export class SplitQueue {
    * caller re-reads pending() afterwards, as a kick cannot be missed then.
    */
   armKick(): void {
+    this.kicksSuppressed = false;
     if (this.eventIdx) this.setAvailEvent(this.availIdx());
     else Atomics.store(this.used.u16, 0, 0);
   }

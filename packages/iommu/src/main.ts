@@ -25,6 +25,7 @@ export interface IommuOptions {
   endpoints: number[];
   bypass: boolean;
   sizes: TableSizes;
+  pollUs: number;
   id: string;
   logLevel: string;
 }
@@ -52,6 +53,7 @@ export function parseIommuArgs(argv: string[]): IommuOptions | null {
     endpoints: parseEndpoints(String(o.endpoints)),
     bypass: o.bypass === true,
     sizes: { maxEndpoints: MAX_ENDPOINTS, maxDomains: Number(o['max-domains']), maxMappings: Number(o['max-mappings']) },
+    pollUs: Number(o['poll-us']),
     id: f.id ?? 'iommu',
     logLevel: f.logLevel,
   };
@@ -116,7 +118,7 @@ async function main(): Promise<void> {
     process.exit(e instanceof IommuTableError ? 2 : 1);
   }
   table.setWriterPid(process.pid);
-  const device = new IommuDevice(table, { log });
+  const device = new IommuDevice(table, { log, pollUs: opts.pollUs });
   const backend = new VhostUserBackend(device, { socketPath: opts.socket, log });
   backend.onDisconnect = (err) => log.info({ connections: backend.connections, error: err?.message }, 'ready for the next front-end');
   backend.listen();
