@@ -104,7 +104,7 @@ export async function main(args: string[] = []): Promise<void> {
   const quick = values.quick ?? false;
   const seconds = Number(values.seconds ?? (quick ? 0.5 : 3));
   const sizeMiB = Number(values.size ?? (quick ? 64 : 256));
-  const log = createLogger('bench', 'blk', 'warn');
+  const log = createLogger('blk-bench', undefined, 'warn');
   for (const tool of ['qemu-img', 'qemu-storage-daemon']) {
     try {
       execFileSync(tool, ['--version'], { stdio: 'ignore' });

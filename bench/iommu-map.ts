@@ -19,7 +19,7 @@ import { attachReq, mapReq, unmapReq } from '@vmm/iommu/testing';
 
 const IOMMU_MAIN = fileURLToPath(new URL('../packages/iommu/src/main.ts', import.meta.url));
 const ECHO_MAIN = fileURLToPath(new URL('../packages/core/src/testing/echo-backend.ts', import.meta.url));
-const log = createLogger('bench', 'iommu-map', 'warn');
+const log = createLogger('iommu-map-bench', undefined, 'warn');
 
 // virtio 1.2 §5.13.3: the features Linux's driver negotiates.
 const FEATURES = bit(VIRTIO_IOMMU_F_INPUT_RANGE) | bit(VIRTIO_IOMMU_F_DOMAIN_RANGE) | bit(VIRTIO_IOMMU_F_MAP_UNMAP) | bit(VIRTIO_IOMMU_F_BYPASS_CONFIG) | bit(VIRTIO_IOMMU_F_PROBE);

@@ -26,7 +26,7 @@ import { argValue, prepareGuest, type Guest } from './_guest.ts';
 
 const NET = fileURLToPath(new URL('../packages/virtio-net/src/main.ts', import.meta.url));
 const SWITCH = fileURLToPath(new URL('../packages/virtio-net/src/switch-main.ts', import.meta.url));
-const log = createLogger('bench', 'net', 'warn');
+const log = createLogger('net-bench', undefined, 'warn');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Resident memory of a process without its shared-memory pages (RssShmem: the frame rings and guest RAM memfds it maps). */

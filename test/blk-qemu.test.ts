@@ -28,7 +28,7 @@ const SERIAL = 'vmm-e2e-disk';
 let kit: GuestKit;
 let initramfs: string;
 const dir = mkdtempSync(join(tmpdir(), 'vmm-blk-qemu-'));
-const log = createLogger('test', 'blk-qemu', 'warn');
+const log = createLogger('blk-qemu-test', undefined, 'warn');
 
 beforeAll(async () => {
   ({ kit, initramfs } = await kitAndInitramfs());

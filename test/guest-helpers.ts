@@ -99,3 +99,35 @@ export function unlessStalled<T>(q: { events: Record<string, unknown>[] }, p: Pr
     );
   });
 }
+
+/**
+ * Guest script of the TCP copy tests: receive one connection on port 5000
+ * into /tmp/f and print `received SIZE SHA256`. busybox nc -e runs `cat` on
+ * the accepted connection, so it ends when the sender closes. With `pingFrom`
+ * it first waits (up to `pingWaitS`) for the sender to answer a ping.
+ */
+export function tcpReceiverScript(ping?: { from: string; waitS: number }): string {
+  return `
+echo 'cat > /tmp/f' > /tmp/rx.sh; chmod +x /tmp/rx.sh
+${ping ? `ping -c 2 -W ${ping.waitS} ${ping.from} > /dev/null || { echo "no ping reply from ${ping.from}"; exit 20; }\n` : ''}nc -l -p 5000 -e /tmp/rx.sh
+echo "received $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)"
+`;
+}
+
+/**
+ * Guest script of the TCP copy tests: `blocks` × 64 KiB of random data,
+ * printed as `sent SIZE SHA256`, pinged to and sent to `to`:5000 (retrying
+ * each second until the receiver listens, `tries` times); then it waits
+ * (0.2 s × `drainTicks` at most) for its last byte to be acknowledged (the
+ * connection leaves ESTABLISHED/FIN_WAIT1) before the guest powers off.
+ * Exit 21: no ping reply, 22: never connected, 23: never drained.
+ */
+export function tcpSenderScript(o: { to: string; blocks: number; pingWaitS: number; tries: number; drainTicks: number }): string {
+  return `
+dd if=/dev/urandom of=/tmp/f bs=64k count=${o.blocks} 2>/dev/null
+echo "sent $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)"
+ping -c 3 -W ${o.pingWaitS} ${o.to} | grep -q '3 packets received' || { echo "ping to ${o.to} failed"; exit 21; }
+n=0; until nc ${o.to} 5000 < /tmp/f; do n=$((n+1)); [ $n -gt ${o.tries} ] && exit 22; sleep 1; done
+n=0; while netstat -tn | grep ':5000 ' | grep -qE 'ESTABLISHED|FIN_WAIT1|CLOSING|LAST_ACK'; do n=$((n+1)); [ $n -gt ${o.drainTicks} ] && exit 23; sleep 0.2; done
+`;
+}

@@ -19,7 +19,7 @@ import { kitAndInitramfs, qemuArgs, requireQemu, runBounded } from './guest-help
 const NET = fileURLToPath(new URL('../packages/virtio-net/src/main.ts', import.meta.url));
 const SWITCH = fileURLToPath(new URL('../packages/virtio-net/src/switch-main.ts', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'vmm-net-faults-'));
-const log = createLogger('test', 'net-faults', 'warn');
+const log = createLogger('net-faults-test', undefined, 'warn');
 const env = { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir };
 const SW = 'faults';
 const procs: DeviceProcess[] = [];

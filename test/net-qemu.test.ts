@@ -14,12 +14,12 @@ import { buildExecArchive, ensureGuestPackages, ExecOutputFilter, guestPackagesA
 import { readFileSync } from 'node:fs';
 import { querySwitch } from '@vmm/virtio-net';
 import { writeFileSync } from 'node:fs';
-import { kitAndInitramfs, qemuArgs, requireQemu, runBounded } from './guest-helpers.ts';
+import { kitAndInitramfs, qemuArgs, requireQemu, runBounded, tcpReceiverScript, tcpSenderScript } from './guest-helpers.ts';
 
 const NET = fileURLToPath(new URL('../packages/virtio-net/src/main.ts', import.meta.url));
 const SWITCH = fileURLToPath(new URL('../packages/virtio-net/src/switch-main.ts', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'vmm-net-qemu-'));
-const log = createLogger('test', 'net-qemu', 'warn');
+const log = createLogger('net-qemu-test', undefined, 'warn');
 const env = { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir };
 let kit: GuestKit;
 let initramfs: string;
@@ -33,21 +33,8 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-// The receiver runs `cat` on the accepted connection (busybox nc -e), so it ends when the sender closes.
-const RECEIVER = `
-echo 'cat > /tmp/f' > /tmp/rx.sh; chmod +x /tmp/rx.sh
-ping -c 2 -W 20 10.0.0.2 > /dev/null || { echo "no ping reply from 10.0.0.2"; exit 20; }
-nc -l -p 5000 -e /tmp/rx.sh
-echo "received $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)"
-`;
-// The sender waits for its last byte to be acknowledged (the connection leaves ESTABLISHED/FIN_WAIT1) before powering off.
-const sender = (blocks: number) => `
-dd if=/dev/urandom of=/tmp/f bs=64k count=${blocks} 2>/dev/null
-echo "sent $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)"
-ping -c 3 -W 20 10.0.0.3 | grep -q '3 packets received' || { echo "ping to 10.0.0.3 failed"; exit 21; }
-n=0; until nc 10.0.0.3 5000 < /tmp/f; do n=$((n+1)); [ $n -gt 60 ] && exit 22; sleep 1; done
-n=0; while netstat -tn | grep ':5000 ' | grep -qE 'ESTABLISHED|FIN_WAIT1|CLOSING|LAST_ACK'; do n=$((n+1)); [ $n -gt 600 ] && exit 23; sleep 0.2; done
-`;
+const RECEIVER = tcpReceiverScript({ from: '10.0.0.2', waitS: 20 });
+const sender = (blocks: number): string => tcpSenderScript({ to: '10.0.0.3', blocks, pingWaitS: 20, tries: 60, drainTicks: 600 });
 
 async function guest(name: string, ip: string, mac: string, script: string, packages: string[] = []): Promise<{ output: string; status: number | null; transcript: string }> {
   let x: { initrd: Uint8Array; markers: { begin: string; end: string } };

@@ -13,11 +13,11 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger, DeviceProcess } from '@vmm/core';
 import { ExecOutputFilter, initrdWithExec, type GuestKit } from '@vmm/orchestrator';
-import { kitAndInitramfs, qemuArgs, requireQemu, runBounded } from './guest-helpers.ts';
+import { kitAndInitramfs, qemuArgs, requireQemu, runBounded, tcpSenderScript } from './guest-helpers.ts';
 
 const NET = fileURLToPath(new URL('../packages/virtio-net/src/main.ts', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'vmm-net-tap-'));
-const log = createLogger('test', 'net-tap', 'warn');
+const log = createLogger('net-tap-test', undefined, 'warn');
 const NS = `vmmtap${process.pid}`;
 const TAP = 'vmtap0';
 let kit: GuestKit;
@@ -44,13 +44,7 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const GUEST = `
-dd if=/dev/urandom of=/tmp/f bs=64k count=64 2>/dev/null
-echo "sent $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)"
-ping -c 3 -W 20 10.0.1.1 | grep -q '3 packets received' || { echo "ping to 10.0.1.1 failed"; exit 21; }
-n=0; until nc 10.0.1.1 5000 < /tmp/f; do n=$((n+1)); [ $n -gt 60 ] && exit 22; sleep 1; done
-n=0; while netstat -tn | grep ':5000 ' | grep -qE 'ESTABLISHED|FIN_WAIT1|CLOSING|LAST_ACK'; do n=$((n+1)); [ $n -gt 600 ] && exit 23; sleep 0.2; done
-`;
+const GUEST = tcpSenderScript({ to: '10.0.1.1', blocks: 64, pingWaitS: 20, tries: 60, drainTicks: 600 });
 
 describe.skipIf(!canNetns)('a QEMU guest on vmm-net --tap, in a network namespace of its own', () => {
   requireQemu();

@@ -11,30 +11,19 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createLogger, DeviceProcess } from '@vmm/core';
 import { querySwitch } from '@vmm/virtio-net';
-import { VMM_CLI, runBounded } from './guest-helpers.ts';
+import { VMM_CLI, runBounded, tcpReceiverScript, tcpSenderScript } from './guest-helpers.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-net-vmm-'));
 const SWITCH = fileURLToPath(new URL('../packages/virtio-net/src/switch-main.ts', import.meta.url));
-const sw = new DeviceProcess({ name: 'switch', args: [SWITCH, '--name', `e2evmm${process.pid}`], env: { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir }, log: createLogger('test', 'net-vmm', 'warn') });
+const sw = new DeviceProcess({ name: 'switch', args: [SWITCH, '--name', `e2evmm${process.pid}`], env: { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir }, log: createLogger('net-vmm-test', undefined, 'warn') });
 afterAll(async () => {
   await sw.stop();
   rmSync(dir, { recursive: true, force: true });
 });
 
 const SW = `e2evmm${process.pid}`;
-const RECEIVER = `
-echo 'cat > /tmp/f' > /tmp/rx.sh; chmod +x /tmp/rx.sh
-ping -c 2 -W 60 10.0.0.2 > /dev/null || { echo "no ping reply from 10.0.0.2"; exit 20; }
-nc -l -p 5000 -e /tmp/rx.sh
-echo "received $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)"
-`;
-const SENDER = `
-dd if=/dev/urandom of=/tmp/f bs=64k count=16 2>/dev/null
-echo "sent $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)"
-ping -c 3 -W 60 10.0.0.3 | grep -q '3 packets received' || { echo "ping to 10.0.0.3 failed"; exit 21; }
-n=0; until nc 10.0.0.3 5000 < /tmp/f; do n=$((n+1)); [ $n -gt 120 ] && exit 22; sleep 1; done
-n=0; while netstat -tn | grep ':5000 ' | grep -qE 'ESTABLISHED|FIN_WAIT1|CLOSING|LAST_ACK'; do n=$((n+1)); [ $n -gt 1500 ] && exit 23; sleep 0.2; done
-`;
+const RECEIVER = tcpReceiverScript({ from: '10.0.0.2', waitS: 60 });
+const SENDER = tcpSenderScript({ to: '10.0.0.3', blocks: 16, pingWaitS: 60, tries: 120, drainTicks: 1500 });
 
 const vm = (ip: string, mac: string, script: string) =>
   runBounded(process.execPath, [VMM_CLI, 'run', '--nic', `switch=${SW},mac=${mac}`, '--append', `ip=${ip}::10.0.0.1:255.255.255.0::eth0:off`, '--exec', script], {

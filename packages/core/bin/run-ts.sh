@@ -60,5 +60,12 @@ else
 fi
 
 export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-1}"
+# Node's on-disk compile cache (Node 22.1+, keyed by each file's content, so a
+# changed source is simply a miss) also keeps the type-stripped JavaScript of
+# every .ts module: a warm start never loads Node's TypeScript stripper, a
+# wasm module of about 17 MiB resident, and reuses V8's code cache. Measured
+# on vmm-net (bench/rss.ts): 90 MiB VmRSS cold, 66 MiB warm. Set
+# NODE_COMPILE_CACHE to use another directory; NODE_DISABLE_COMPILE_CACHE=1 turns it off.
+export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/vmm/node-compile-cache}"
 # shellcheck disable=SC2086 # the flags are words on purpose
 exec "$node" ${VMM_DEVICE_NODE_FLAGS---max-semi-space-size=2} "$entry" "$@"

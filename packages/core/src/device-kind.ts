@@ -206,7 +206,7 @@ export interface DeviceKind {
   readonly virtioId: number;
   /** Bytes of configuration space the transport reads from the back-end (GET_CONFIG). */
   readonly configSize: number;
-  /** Largest ring the transport offers (QueueNumMax). */
+  /** Largest ring the transport offers any queue (QueueNumMax); the device model's own per-queue maximum, which its process tells in the ready handshake, may be lower. */
   readonly maxQueueSize: number;
   readonly options: readonly OptionDef[];
   /** The device process's entry point (a .ts file); it parses its argv with parseDeviceArgv and these options. */

@@ -6,6 +6,7 @@ export * from './virtqueue.ts';
 export * from './device.ts';
 export * from './device-kind.ts';
 export * from './device-process.ts';
+export * from './device-main.ts';
 export * from './virtio-device.ts';
 export { VhostUserBackend, BACKEND_PROTOCOL_FEATURES, BASE_PROTOCOL_FEATURES, OPTIONAL_PROTOCOL_FEATURES, type VhostUserBackendOptions } from './vhost-user/backend.ts';
 export { VhostUserFrontend, VhostUserClosedError, type FrontendOptions, type FrontendRegion } from './vhost-user/frontend.ts';

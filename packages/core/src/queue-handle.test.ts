@@ -10,7 +10,7 @@ import { DriverQueue, SplitQueue, splitQueueLayout, type SplitQueueConfig } from
 
 const BASE = 0x1000_0000;
 const DATA = BASE + 0x2_0000;
-const log = createLogger('test', 'queue-handle', 'silent');
+const log = createLogger('queue-handle-test', undefined, 'silent');
 
 function setup(size = 8) {
   const mem = GuestMemory.fromBuffers([{ gpa: BASE, buffer: new ArrayBuffer(0x4_0000) }]);

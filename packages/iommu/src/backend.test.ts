@@ -31,7 +31,7 @@ import { EndpointTranslator } from './translator.ts';
 import { attachReq as attach, mapReq as map, unmapReq as unmap } from './testing/requests.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-iommu-'));
-const log = createLogger('test', 'iommu', 'warn');
+const log = createLogger('iommu-test', undefined, 'warn');
 const MAIN = join(import.meta.dirname, 'main.ts');
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 

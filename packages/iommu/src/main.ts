@@ -7,7 +7,7 @@
 // takes the state over as it was.
 
 import { closeSync, existsSync, ftruncateSync, fstatSync, openSync } from 'node:fs';
-import { createLogger, deviceUsage, DeviceOptionError, installDeviceProcessSignals, mmapShared, parseDeviceArgv, reportReady, VhostUserBackend, type Logger } from '@vmm/core';
+import { deviceUsage, DeviceOptionError, isMainModule, mmapShared, parseDeviceArgv, runDeviceMain, serveVhostUser, type DeviceMain, type Logger } from '@vmm/core';
 import { IommuDevice } from './device.ts';
 import { IOMMU_OPTIONS } from './kind.ts';
 import { IommuTable, IommuTableError, tableBytes, type TableSizes } from './table.ts';
@@ -96,42 +96,30 @@ function fstatSizeOf(path: string): number {
   }
 }
 
-async function main(): Promise<void> {
-  let opts: IommuOptions | null;
-  try {
-    opts = parseIommuArgs(process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`vmm-iommu: ${(e as Error).message}\n${USAGE.split('\n')[0]}\n`);
-    process.exit(2);
-  }
-  if (opts === null) {
-    process.stdout.write(USAGE);
-    return;
-  }
-  const log = createLogger('iommu', opts.id, opts.logLevel);
-  let table: IommuTable;
-  try {
-    table = openTable(opts, log);
-  } catch (e) {
-    log.fatal({ err: e, table: opts.table }, 'cannot open the table');
-    process.stderr.write(`vmm-iommu: ${(e as Error).message}\n`);
-    process.exit(e instanceof IommuTableError ? 2 : 1);
-  }
-  table.setWriterPid(process.pid);
-  const device = new IommuDevice(table, { log, pollUs: opts.pollUs });
-  const backend = new VhostUserBackend(device, { socketPath: opts.socket, log });
-  backend.onDisconnect = (err) => log.info({ connections: backend.connections, error: err?.message }, 'ready for the next front-end');
-  backend.listen();
-  const poll = setInterval(() => device.pollFaults(), FAULT_POLL_MS);
-  installDeviceProcessSignals(() => {
-    log.info('SIGTERM: shutting down');
-    clearInterval(poll);
-    backend.close();
-  });
-  log.info({ table: opts.table, endpoints: opts.endpoints, sizes: opts.sizes }, 'serving');
-  reportReady({ socket: opts.socket, table: opts.table });
-}
+const IOMMU_MAIN: DeviceMain<IommuOptions> = {
+  command: 'vmm-iommu',
+  role: 'iommu',
+  usage: USAGE,
+  parse: parseIommuArgs,
+  id: (o) => o.id,
+  // A table that belongs to other endpoints or is not one is the operator's to fix.
+  exitCode: (e) => (e instanceof IommuTableError ? 2 : 1),
+  start(opts, log) {
+    const table = openTable(opts, log);
+    table.setWriterPid(process.pid);
+    const device = new IommuDevice(table, { log, pollUs: opts.pollUs });
+    const backend = serveVhostUser(device, { socketPath: opts.socket, log });
+    const poll = setInterval(() => device.pollFaults(), FAULT_POLL_MS);
+    return {
+      serving: { table: opts.table, endpoints: opts.endpoints, sizes: opts.sizes },
+      ready: { socket: opts.socket, table: opts.table },
+      vhostUser: backend,
+      stop: () => {
+        clearInterval(poll);
+        backend.close();
+      },
+    };
+  },
+};
 
-if (process.argv[1] !== undefined && import.meta.filename === (await import('node:fs')).realpathSync(process.argv[1])) {
-  await main();
-}
+if (isMainModule(import.meta)) await runDeviceMain(IOMMU_MAIN);

@@ -13,6 +13,7 @@ import { A, assemble, li, REG } from './hart/asm.ts';
 import { KERNEL_LOAD, MMIO, RAM_BASE } from './layout.ts';
 import { startMachine, type MachineConfig } from './machine.ts';
 import { SBI_EXT } from './platform/sbi.ts';
+import { ENGINE_KINDS } from './engine.ts';
 
 const MiB = 1024 * 1024;
 const { t0, t1, t2, a0, a1, a2, a6, a7, s0 } = REG;
@@ -138,6 +139,58 @@ function userCountersKernel(): Uint8Array {
   return img;
 }
 
+/**
+ * LR/SC and AMOs across harts (ISA §8.2–8.4): both harts run the same loop
+ * `n` times — AMOADD.W on counter A, an LR.W/SC.W retry loop incrementing B,
+ * and a plain LD/ADDI/SD of C inside an AMOSWAP.D spinlock (the load/store
+ * run translated under the jit) — after a barrier, so that they contend.
+ * Hart 0 then reports 0x700 | (A ≠ 2n) | (B ≠ 2n) << 1 | (C ≠ 2n) << 2
+ * through the finisher: 0x700 when no update was lost.
+ */
+function smpAtomicsKernel(n: number): Uint8Array {
+  const HART1 = 0x400, WORK = 0x600, DATA = 0x2000; // data on its own page
+  const data = BigInt(KERNEL_LOAD + DATA);
+  const [s1, s2, s3, s4, t3, t4] = [9, 18, 19, 20, 28, 29];
+  const READY = 32, DONE = 40;
+  const addrs = [...li(s1, data), A.addi(s2, s1, 4), A.addi(s3, s1, 8), A.addi(s4, s1, 16)];
+  const callWork = (from: number): number => A.jal(1, WORK - from);
+  const main = [
+    ...li(a0, 1n), ...li(a1, BigInt(KERNEL_LOAD + HART1)), ...li(a2, 0n), ...sbi(SBI_EXT.HSM, 0),
+    ...addrs,
+    A.ld(t0, s1, READY), A.beq(t0, 0, -4), // barrier: hart 1 is running
+  ];
+  const afterWork = [
+    A.ld(t0, s1, DONE), A.beq(t0, 0, -4),
+    ...li(t1, BigInt(2 * n)), ...li(a2, 0x700n),
+    A.lw(t0, s1, 0), A.sub(t0, t0, t1), A.sltu(t0, 0, t0), A.add(a2, a2, t0),
+    A.lw(t0, s2, 0), A.sub(t0, t0, t1), A.sltu(t0, 0, t0), A.slli(t0, t0, 1), A.add(a2, a2, t0),
+    A.ld(t0, s4, 0), A.sub(t0, t0, t1), A.sltu(t0, 0, t0), A.slli(t0, t0, 2), A.add(a2, a2, t0),
+    A.slli(t0, a2, 16), A.ori(t0, t0, 0x333), ...li(t1, 0x3000n), A.add(t0, t0, t1),
+    ...li(t1, BigInt(MMIO.test.base)), A.sw(t0, t1, 0),
+    A.wfi(), A.jal(0, -4),
+  ];
+  const mainCode = [...main, callWork(64 + 4 * main.length), ...afterWork];
+  const h1 = [...addrs, ...li(t0, 1n), A.sd(t0, s1, READY)];
+  const hart1 = [...h1, callWork(HART1 + 4 * h1.length), ...li(t0, 1n), A.sd(t0, s1, DONE), A.wfi(), A.jal(0, -4)];
+  const work = [
+    ...li(t3, BigInt(n)), ...li(t4, 1n),
+    A.amoadd_w(0, s1, t4), // loop:
+    A.lr_w(t0, s2), A.addi(t0, t0, 1), A.sc_w(t1, s2, t0), A.bne(t1, 0, -12),
+    A.amoswap_d(t0, s3, t4), A.bne(t0, 0, -4), // lock
+    A.ld(t0, s4, 0), A.addi(t0, t0, 1), A.sd(t0, s4, 0),
+    A.sd(0, s3, 0), // unlock
+    A.addi(t3, t3, -1), A.bne(t3, 0, -4 * 12),
+    A.jalr(0, 1, 0),
+  ];
+  const img = new Uint8Array(DATA + 64);
+  img.set(header(4 * MiB));
+  img.set(assemble(mainCode), 64);
+  img.set(assemble(hart1), HART1);
+  img.set(assemble(work), WORK);
+  if (64 + 4 * mainCode.length > HART1 || HART1 + 4 * hart1.length > WORK) throw new Error('smpAtomicsKernel: code overlaps');
+  return img;
+}
+
 function openSbiFwDynamic(): Uint8Array {
   const root = join(homedir(), '.cache/vmm/guest');
   const dir = existsSync(root) ? readdirSync(root).find((d) => d.startsWith('opensbi_')) : undefined;
@@ -170,6 +223,13 @@ describe('machine with the RV64 hart core', () => {
         ...(bios === 'firmware' ? { bios: { kind: 'firmware', image: openSbiFwDynamic() } } : {}),
       });
       expect(exit).toEqual({ reason: 'fail', code: 0x708 });
+    });
+  }
+
+  for (const engine of ENGINE_KINDS) {
+    it(`${engine}: LR/SC, AMOs and a spinlock-protected plain increment lose no update across 2 harts`, async () => {
+      const { exit } = await run({ kernel: smpAtomicsKernel(100_000), engine });
+      expect(exit).toEqual({ reason: 'fail', code: 0x700 });
     });
   }
 

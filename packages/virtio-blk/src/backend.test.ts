@@ -12,7 +12,7 @@ import { BLOCKSTATS_QUERY, type BlockDeviceStats } from './stats.ts';
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN } from './spec.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-blk-'));
-const log = createLogger('test', 'blk', 'warn');
+const log = createLogger('blk-test', undefined, 'warn');
 const MAIN = join(import.meta.dirname, 'main.ts');
 const SIZE = 8 << 20;
 

@@ -16,7 +16,7 @@ const BIN = join(import.meta.dirname, '..', 'bin', 'vmm-blk');
 /** What a login shell on this machine has: no pnpm shims, no node_modules/.bin. */
 const PLAIN_ENV = { PATH: '/usr/local/bin:/usr/bin:/bin', HOME: process.env.HOME ?? '/root' };
 const dir = mkdtempSync(join(tmpdir(), 'vmm-blk-bin-'));
-const log = createLogger('test', 'blk-bin', 'warn');
+const log = createLogger('blk-bin-test', undefined, 'warn');
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 function run(args: string[], env: Record<string, string> = PLAIN_ENV): { status: number | null; stdout: string; stderr: string } {

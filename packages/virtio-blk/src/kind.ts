@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { protocolFeatureBit, VhostUserProtocolFeature, type DeviceKind, type OptionDef } from '@vmm/core';
 import { CFG } from './spec.ts';
 import type { FaultCommand } from './faults.ts';
-import { probeImageFormat } from './qcow2.ts';
+import { probeImageFormat, type ImageFormat } from './qcow2.ts';
 import { BLOCKSTATS_QUERY } from './stats.ts';
 
 export type { BlockDeviceStats } from './stats.ts';
@@ -25,11 +25,13 @@ export const BLK_OPTIONS: readonly OptionDef[] = [
   { name: 'iommu-reader', type: 'int', min: 0, max: 15, help: 'reader slot in the table, one per device process (with iommu-table)' },
 ];
 
-function isQcow2(file: string, format: unknown): boolean {
+/** The format given, else the one vmm-blk probes (the qcow2 magic); undefined when the file cannot be read now. */
+function imageFormat(file: string, format: unknown): ImageFormat | undefined {
+  if (format !== undefined) return format as ImageFormat;
   try {
-    return (format ?? probeImageFormat(file)) === 'qcow2';
+    return probeImageFormat(file);
   } catch {
-    return true; // unreadable now: no spare
+    return undefined;
   }
 }
 
@@ -46,7 +48,8 @@ export const blkKind: DeviceKind = {
   // Requests in flight when the process dies are resubmitted from the inflight region.
   protocolFeatures: protocolFeatureBit(VhostUserProtocolFeature.INFLIGHT_SHMFD),
   // A qcow2 spare would hold metadata read before the crashed process changed it.
-  warmSpare: (o) => !isQcow2(String(o.file), o.format),
+  // A file unreadable now gets no spare either.
+  warmSpare: (o) => imageFormat(String(o.file), o.format) === 'raw',
   fixedOnReplace: ['queues'],
   faults: {
     'fail-requests': {
@@ -68,7 +71,9 @@ export const blkKind: DeviceKind = {
       qdev: id, // QEMU names a device that has an id by its id
       locked: false,
       removable: false,
-      inserted: { file: o.file, ro: o.readonly === true, drv: o.format ?? 'raw', encrypted: false },
+      // With no format= QEMU names the driver it probed (QEMU 7.2: `drv: "qcow2"`); vmm-blk probes the same
+      // magic. A file no longer readable (removed since it was opened) is reported as raw.
+      inserted: { file: o.file, ro: o.readonly === true, drv: imageFormat(String(o.file), o.format) ?? 'raw', encrypted: false },
       type: 'unknown',
     }),
   },

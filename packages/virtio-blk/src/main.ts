@@ -5,7 +5,7 @@
 
 import { basename } from 'node:path';
 import { EndpointTranslator, mapTableFile } from '@vmm/iommu';
-import { createLogger, DeviceOptionError, deviceUsage, installDeviceProcessSignals, IoRing, isVmmError, onControlMessage, parseDeviceArgv, reportReady, VhostUserBackend } from '@vmm/core';
+import { ConfigError, DeviceOptionError, deviceUsage, IoRing, isMainModule, onControlMessage, parseDeviceArgv, runDeviceMain, serveVhostUser, type DeviceMain } from '@vmm/core';
 import { BlkDevice } from './device.ts';
 import { FaultInjectingImage } from './faults.ts';
 import type { BlockImage } from './image.ts';
@@ -77,67 +77,50 @@ export async function openServedImage(opts: Pick<BlkOptions, 'image' | 'format' 
   return { image, served: new FaultInjectingImage(image) };
 }
 
-async function main(): Promise<void> {
-  let opts: BlkOptions | null;
+const BLK_MAIN: DeviceMain<BlkOptions> = {
+  command: 'vmm-blk',
+  role: 'blk',
+  usage: USAGE,
+  parse: parseBlkArgs,
+  id: (o) => o.id,
+  async start(opts, log) {
+    const { image, served: faulty } = await openServedImage(opts);
+    const device = new BlkDevice(faulty, {
+      queues: opts.queues,
+      serial: opts.serial,
+      discardAlignment: image instanceof Qcow2Image ? image.header.clusterSize : 4096,
+      log,
+    });
+    // The orchestrator's control channel: queries (query-blockstats) and fault injection.
+    onControlMessage((m) => {
+      if (m.query === BLOCKSTATS_QUERY.query) return device.stats.snapshot();
+      try {
+        log.warn({ fault: m }, faulty.control(m));
+      } catch (e) {
+        log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
+      }
+      return undefined;
+    });
+    const dma = opts.iommu ? iommuTranslator(opts.iommu) : undefined;
+    const backend = serveVhostUser(device, { socketPath: opts.socket, log, ...(dma ? { dma } : {}) });
+    const ring = IoRing.shared();
+    const io = ring ? `io_uring (${ring.entries} entries)` : `thread pool (io_uring: ${IoRing.unavailableReason})`;
+    return {
+      serving: { image: opts.image, format: image instanceof Qcow2Image ? 'qcow2' : 'raw', capacity: image.capacity, readOnly: image.readOnly, queues: opts.queues, io },
+      ready: { socket: opts.socket },
+      vhostUser: backend,
+      stop: () => backend.close(),
+    };
+  },
+};
+
+/** The DMA translator of this disk's endpoint in vmm-iommu's table; a table that cannot be used is a configuration error. */
+function iommuTranslator(o: NonNullable<BlkOptions['iommu']>): EndpointTranslator {
   try {
-    opts = parseBlkArgs(process.argv.slice(2));
+    return new EndpointTranslator(mapTableFile(o.table), o.endpoint, o.reader);
   } catch (e) {
-    process.stderr.write(`vmm-blk: ${(e as Error).message}\n${USAGE.split('\n')[0]}\n`);
-    process.exit(2);
+    throw new ConfigError(`cannot use the IOMMU table ${o.table}: ${(e as Error).message}`, 'ERR_IOMMU_TABLE');
   }
-  if (opts === null) {
-    process.stdout.write(USAGE);
-    return;
-  }
-  const log = createLogger('blk', opts.id, opts.logLevel);
-  let image: BlockImage;
-  let faulty: FaultInjectingImage;
-  try {
-    ({ image, served: faulty } = await openServedImage(opts));
-  } catch (e) {
-    log.fatal({ err: e, code: (e as { code?: string }).code }, 'cannot open image');
-    process.stderr.write(`vmm-blk: ${(e as Error).message}\n`);
-    process.exit(isVmmError(e) && e.kind === 'config' ? 2 : 1);
-  }
-  const device = new BlkDevice(faulty, {
-    queues: opts.queues,
-    serial: opts.serial,
-    discardAlignment: image instanceof Qcow2Image ? image.header.clusterSize : 4096,
-    log,
-  });
-  // The orchestrator's control channel: queries (query-blockstats) and fault injection.
-  onControlMessage((m) => {
-    if (m.query === BLOCKSTATS_QUERY.query) return device.stats.snapshot();
-    try {
-      log.warn({ fault: m }, faulty.control(m));
-    } catch (e) {
-      log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
-    }
-    return undefined;
-  });
-  let dma: EndpointTranslator | undefined;
-  if (opts.iommu) {
-    try {
-      dma = new EndpointTranslator(mapTableFile(opts.iommu.table), opts.iommu.endpoint, opts.iommu.reader);
-    } catch (e) {
-      log.fatal({ err: e, table: opts.iommu.table }, 'cannot use the IOMMU table');
-      process.stderr.write(`vmm-blk: ${(e as Error).message}\n`);
-      process.exit(2);
-    }
-  }
-  const backend = new VhostUserBackend(device, { socketPath: opts.socket, log, ...(dma ? { dma } : {}) });
-  backend.onDisconnect = (err) => log.info({ connections: backend.connections, error: err?.message }, 'ready for the next front-end');
-  backend.listen();
-  installDeviceProcessSignals(() => {
-    log.info('SIGTERM: shutting down');
-    backend.close();
-  });
-  const ring = IoRing.shared();
-  const io = ring ? `io_uring (${ring.entries} entries)` : `thread pool (io_uring: ${IoRing.unavailableReason})`;
-  log.info({ image: opts.image, format: image instanceof Qcow2Image ? 'qcow2' : 'raw', capacity: image.capacity, readOnly: image.readOnly, queues: opts.queues, io }, 'serving');
-  reportReady({ socket: opts.socket });
 }
 
-if (process.argv[1] !== undefined && import.meta.filename === (await import('node:fs')).realpathSync(process.argv[1])) {
-  await main();
-}
+if (isMainModule(import.meta)) await runDeviceMain(BLK_MAIN);

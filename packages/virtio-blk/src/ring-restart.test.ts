@@ -15,7 +15,7 @@ import { bit, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_SEG_MAX, V
 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-blk-restart-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-const log = createLogger('test', 'ring-restart', 'warn');
+const log = createLogger('ring-restart-test', undefined, 'warn');
 const MAIN = join(import.meta.dirname, 'main.ts');
 const BLOCK = 4096;
 const BLOCKS = 64;

@@ -4,7 +4,7 @@
 // -netdev vhost-user, DPDK's virtio_user) and plugs it into a vmm-switch
 // network or a host tap.
 
-import { createLogger, deviceUsage, installDeviceProcessSignals, onControlMessage, parseDeviceArgv, reportReady, VhostUserBackend, type Logger } from '@vmm/core';
+import { DEVICE_LAUNCHER, deviceUsage, isMainModule, onControlMessage, parseDeviceArgv, runDeviceMain, serveVhostUser, type DeviceMain, type Logger } from '@vmm/core';
 import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -62,7 +62,8 @@ function startSwitch(name: string, log: Logger): void {
   const fd = openSync(logFile, 'a');
   // Not this NIC's child in lifetime: no VMM_PARENT_PID (that would tie it to the orchestrator that started this NIC).
   const { VMM_PARENT_PID: _ours, ...env } = process.env;
-  const child = spawn(process.execPath, [SWITCH_MAIN, '--name', name], { detached: true, stdio: ['ignore', fd, fd], env });
+  // Through core's launcher, as every device process: the same Node flags, malloc arena and compile cache.
+  const child = spawn(DEVICE_LAUNCHER, [SWITCH_MAIN, '--name', name], { detached: true, stdio: ['ignore', fd, fd], env: { ...env, VMM_BIN_NAME: 'vmm-switch' } });
   child.unref();
   closeSync(fd);
   log.info({ switch: name, switchPid: child.pid, log: logFile }, 'started vmm-switch on demand');
@@ -129,46 +130,34 @@ async function connect(a: NetArgs, device: NetDevice, log: Logger): Promise<() =
   return () => att.close();
 }
 
-async function main(): Promise<void> {
-  let a: NetArgs | null;
-  try {
-    a = parseNetArgs(process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`vmm-net: ${(e as Error).message}\n${USAGE.split('\n')[0]}\n`);
-    process.exit(2);
-  }
-  if (a === null) {
-    process.stdout.write(USAGE);
-    return;
-  }
-  const log = createLogger('net', a.id, a.logLevel);
-  const device = new NetDevice({ mac: a.mac, queuePairs: a.queues, mtu: a.mtu, log });
-  let disconnect: () => void;
-  try {
-    disconnect = await connect(a, device, log);
-  } catch (e) {
-    process.stderr.write(`vmm-net: ${(e as Error).message}\n`);
-    process.exit(1);
-  }
-  onControlMessage((m) => {
-    try {
-      log.warn({ fault: m }, control(device, m));
-    } catch (e) {
-      log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
-    }
-  });
-  const backend = new VhostUserBackend(device, { socketPath: a.socket, log });
-  backend.onDisconnect = (err) => log.info({ connections: backend.connections, error: err?.message }, 'ready for the next front-end');
-  backend.listen();
-  installDeviceProcessSignals(() => {
-    log.info({ stats: device.stats }, 'SIGTERM: shutting down');
-    backend.close();
-    disconnect();
-  });
-  log.info({ mac: formatMac(a.mac), queues: a.queues, mtu: a.mtu, switch: a.switch, tap: a.tap }, 'serving');
-  reportReady({ socket: a.socket, mac: formatMac(a.mac) });
-}
+const NET_MAIN: DeviceMain<NetArgs> = {
+  command: 'vmm-net',
+  role: 'net',
+  usage: USAGE,
+  parse: parseNetArgs,
+  id: (a) => a.id,
+  async start(a, log) {
+    const device = new NetDevice({ mac: a.mac, queuePairs: a.queues, mtu: a.mtu, log });
+    const disconnect = await connect(a, device, log);
+    onControlMessage((m) => {
+      try {
+        log.warn({ fault: m }, control(device, m));
+      } catch (e) {
+        log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
+      }
+    });
+    const backend = serveVhostUser(device, { socketPath: a.socket, log });
+    return {
+      serving: { mac: formatMac(a.mac), queues: a.queues, mtu: a.mtu, switch: a.switch, tap: a.tap },
+      ready: { socket: a.socket, mac: formatMac(a.mac) },
+      vhostUser: backend,
+      stopping: () => ({ stats: device.stats }),
+      stop: () => {
+        backend.close();
+        disconnect();
+      },
+    };
+  },
+};
 
-if (process.argv[1] !== undefined && import.meta.filename === (await import('node:fs')).realpathSync(process.argv[1])) {
-  await main();
-}
+if (isMainModule(import.meta)) await runDeviceMain(NET_MAIN);

@@ -12,7 +12,7 @@ import { LoopbackPort } from './port.ts';
 import * as S from './spec.ts';
 import { ipv4ChecksumsOk, rawFrame, tcp4Frame } from './testing/frames.ts';
 
-const log = createLogger('test', 'net', 'silent');
+const log = createLogger('net-test', undefined, 'silent');
 const MAC_A = parseMac('52:54:00:00:00:0a')!;
 const MAC_B = parseMac('52:54:00:00:00:0b')!;
 const hdr = (o: Partial<VnetHeader> = {}): VnetHeader => ({ flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0, numBuffers: 0, ...o });

@@ -5,7 +5,7 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
-import { closeFd, ConfigError, createLogger, installDeviceProcessSignals, LOG_LEVELS, reportReady, unixConnect } from '@vmm/core';
+import { closeFd, ConfigError, isMainModule, LOG_LEVELS, runDeviceMain, unixConnect, type DeviceMain } from '@vmm/core';
 import { SWITCH_NAME, switchSocketPath } from './names.ts';
 import { DEFAULT_RING_SLOTS } from './ring.ts';
 import { Switch } from './switch.ts';
@@ -54,47 +54,37 @@ export function parseSwitchArgs(argv: string[]): SwitchArgs | null {
   return { name: v.name, socket: v.socket ?? switchSocketPath(v.name), ageingMs: ageing * 1000, slots, logLevel };
 }
 
-function main(): void {
-  let a: SwitchArgs | null;
-  try {
-    a = parseSwitchArgs(process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`vmm-switch: ${(e as Error).message}\n${USAGE.split('\n')[0]}\n`);
-    process.exit(2);
-  }
-  if (a === null) {
-    process.stdout.write(USAGE);
-    return;
-  }
-  const log = createLogger('switch', a.name, a.logLevel);
-  mkdirSync(dirname(a.socket), { recursive: true, mode: 0o700 });
-  // Starting a switch that already answers is not an error: it is the one network (NICs start switches on demand).
-  if (existsSync(a.socket)) {
-    try {
-      closeFd(unixConnect(a.socket));
-      log.info({ socket: a.socket }, 'a vmm-switch already serves this network; leaving it be');
-      return;
-    } catch {
-      // a stale socket: replaced below
+const SWITCH_MAIN: DeviceMain<SwitchArgs> = {
+  command: 'vmm-switch',
+  role: 'switch',
+  usage: USAGE,
+  parse: parseSwitchArgs,
+  id: (a) => a.name,
+  start(a, log) {
+    mkdirSync(dirname(a.socket), { recursive: true, mode: 0o700 });
+    // Starting a switch that already answers is not an error: it is the one network (NICs start switches on demand).
+    if (existsSync(a.socket)) {
+      try {
+        closeFd(unixConnect(a.socket));
+        log.info({ socket: a.socket }, 'a vmm-switch already serves this network; leaving it be');
+        return null;
+      } catch {
+        // a stale socket: replaced below
+      }
     }
-  }
-  const sw = new Switch({ socketPath: a.socket, name: a.name, ageingMs: a.ageingMs, slots: a.slots, log });
-  try {
-    sw.listen();
-  } catch (e) {
-    process.stderr.write(`vmm-switch: cannot listen on ${a.socket}: ${(e as Error).message}\n`);
-    process.exit(1);
-  }
-  installDeviceProcessSignals(() => {
-    log.info('SIGTERM: shutting down');
-    sw.close();
-  });
-  sw.onTakenOver = () => {
-    log.warn({ socket: a.socket }, 'another vmm-switch took over this socket; exiting');
-    sw.close();
-    process.exit(0);
-  };
-  reportReady({ socket: a.socket });
-}
+    const sw = new Switch({ socketPath: a.socket, name: a.name, ageingMs: a.ageingMs, slots: a.slots, log });
+    try {
+      sw.listen();
+    } catch (e) {
+      throw new Error(`cannot listen on ${a.socket}: ${(e as Error).message}`, { cause: e });
+    }
+    sw.onTakenOver = () => {
+      log.warn({ socket: a.socket }, 'another vmm-switch took over this socket; exiting');
+      sw.close();
+      process.exit(0);
+    };
+    return { serving: { socket: a.socket, slots: a.slots }, ready: { socket: a.socket }, stop: () => sw.close() };
+  },
+};
 
-if (process.argv[1] !== undefined && import.meta.filename === (await import('node:fs')).realpathSync(process.argv[1])) main();
+if (isMainModule(import.meta)) await runDeviceMain(SWITCH_MAIN);

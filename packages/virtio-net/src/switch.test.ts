@@ -12,7 +12,7 @@ import { NicDriver } from './testing/nic-driver.ts';
 import { rawFrame } from './testing/frames.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-net-'));
-const log = createLogger('test', 'net', 'warn');
+const log = createLogger('net-test', undefined, 'warn');
 const NET = join(import.meta.dirname, 'main.ts');
 const SWITCH = join(import.meta.dirname, 'switch-main.ts');
 const env = { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir };

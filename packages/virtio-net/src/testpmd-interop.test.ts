@@ -10,7 +10,7 @@ import { querySwitch } from './switch-client.ts';
 import { haveTestpmd, startTestpmd } from './testing/testpmd.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-net-dpdk-'));
-const log = createLogger('test', 'net', 'warn');
+const log = createLogger('net-test', undefined, 'warn');
 const env = { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir };
 const procs: DeviceProcess[] = [];
 

@@ -13,7 +13,7 @@ import type { DeviceContext, VirtioDeviceBackend, VirtqueueHandle } from '../dev
 import { VIRTIO_F_VERSION_1 } from '../device.ts';
 import { pf, ProtocolFeature } from '../vhost-user/protocol.ts';
 import type { GuestMemory } from '../memory.ts';
-import type { DescriptorChain } from '../virtqueue.ts';
+import { MAX_QUEUE_SIZE, type DescriptorChain } from '../virtqueue.ts';
 
 export const ECHO_HOLD = 0xff;
 export const ECHO_RELEASE = 0xfe;
@@ -32,9 +32,17 @@ export class EchoDevice implements VirtioDeviceBackend {
   activations = 0;
   resets = 0;
 
-  constructor(numQueues = 2) {
+  /** `lastQueueSize`: the last queue's largest ring (a power of 2), smaller than the others' default. */
+  private readonly lastQueueSize: number | undefined;
+
+  constructor(numQueues = 2, lastQueueSize?: number) {
     this.numQueues = numQueues;
+    this.lastQueueSize = lastQueueSize;
     new DataView(this.config.buffer).setUint32(0, 0xec40_0000 + numQueues, true);
+  }
+
+  maxQueueSize(index: number): number {
+    return index === this.numQueues - 1 && this.lastQueueSize !== undefined ? this.lastQueueSize : MAX_QUEUE_SIZE;
   }
 
   readConfig(): Uint8Array {

@@ -8,6 +8,8 @@ import { pf, ProtocolFeature } from '../vhost-user/protocol.ts';
 
 export const ECHO_OPTIONS: readonly OptionDef[] = [
   { name: 'queues', type: 'int', min: 1, max: 16, default: 2, help: 'number of virtqueues' },
+  // A queue smaller than the others, as a control queue often is: the transport's per-queue QueueNumMax (virtio 1.2 §4.2.2).
+  { name: 'last-queue-size', type: 'int', min: 1, max: 32768, help: 'largest ring of the last queue (a power of 2; default: as the others)' },
 ];
 
 export const echoKind: DeviceKind = {

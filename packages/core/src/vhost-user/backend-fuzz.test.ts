@@ -17,7 +17,7 @@ import { Req, VERSION } from './protocol.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-vu-fuzz-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-const log = createLogger('test', 'fuzz', 'silent');
+const log = createLogger('fuzz-test', undefined, 'silent');
 
 const codes = [...Object.values(Req), 0, 41, 1000];
 const msgArb = fc.record({

@@ -139,6 +139,21 @@ export class VhostUserBackend {
     return this.dma ? (f & ~VIRTIO_F_INDIRECT_DESC) | VIRTIO_F_ACCESS_PLATFORM : f;
   }
 
+  /**
+   * Each queue's largest ring (the device model's maxQueueSize, at most
+   * MAX_QUEUE_SIZE): what SET_VRING_NUM accepts, and what a front-end's
+   * transport should offer the driver as that queue's QueueNumMax (virtio 1.2
+   * §4.2.2; vhost-user has no message for it, so the orchestrator learns it
+   * from the ready handshake).
+   */
+  queueMaxSizes(): number[] {
+    return Array.from({ length: this.device.numQueues }, (_, i) => this.queueMaxSize(i));
+  }
+
+  private queueMaxSize(index: number): number {
+    return Math.min(MAX_QUEUE_SIZE, this.device.maxQueueSize?.(index) ?? MAX_QUEUE_SIZE);
+  }
+
   /** Bind the socket (replacing a stale one) and start accepting front-ends. */
   listen(): void {
     if (existsSync(this.socketPath)) unlinkSync(this.socketPath);
@@ -387,7 +402,7 @@ export class VhostUserBackend {
       case Req.SET_VRING_NUM: {
         const s = vringState.decode(p);
         const v = this.vring(s.index);
-        const max = Math.min(MAX_QUEUE_SIZE, this.device.maxQueueSize?.(v.index) ?? MAX_QUEUE_SIZE);
+        const max = this.queueMaxSize(v.index);
         if (s.num === 0 || s.num > max || (s.num & (s.num - 1)) !== 0) throw new VhostUserProtocolError(`SET_VRING_NUM ${s.num} for vring ${s.index} is not a power of 2 ≤ ${max}`, 'ERR_VHOST_USER_VRING_NUM');
         v.num = s.num;
         return undefined;

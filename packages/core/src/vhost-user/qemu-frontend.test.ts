@@ -33,7 +33,7 @@ class ConfigOnlyBlk implements VirtioDeviceBackend {
 describe.skipIf(!existsSync(QEMU))('QEMU vhost-user-blk front-end against our back-end', () => {
   it('completes QEMU\'s device initialisation without a protocol error', async () => {
     const sock = join(dir, 'blk.sock');
-    const backend = new VhostUserBackend(new ConfigOnlyBlk(), { socketPath: sock, log: createLogger('test', 'qemu-fe', 'warn') });
+    const backend = new VhostUserBackend(new ConfigOnlyBlk(), { socketPath: sock, log: createLogger('qemu-fe-test', undefined, 'warn') });
     const seen: string[] = [];
     const failed: string[] = [];
     const gotConfig = new Promise<void>((resolve) => {

@@ -14,7 +14,7 @@ import { VhostUserFrontend } from './frontend.ts';
 const QSD = '/usr/bin/qemu-storage-daemon';
 const dir = mkdtempSync(join(tmpdir(), 'vmm-qsd-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-const log = createLogger('test', 'qsd', 'warn');
+const log = createLogger('qsd-test', undefined, 'warn');
 
 async function waitForSocket(path: string, child: { exitCode: number | null }): Promise<void> {
   for (;;) {

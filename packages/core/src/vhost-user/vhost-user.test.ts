@@ -18,7 +18,7 @@ import { pf as protocolFeatureBit, ProtocolFeature, Req, VRING_NOFD_MASK } from 
 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-vu-'));
 const sock = join(dir, 'echo.sock');
-const log = createLogger('test', 'vhost-user', 'warn');
+const log = createLogger('vhost-user-test', undefined, 'warn');
 const proc = new DeviceProcess({ name: 'echo', args: [join(import.meta.dirname, '../testing/echo-backend.ts'), sock, '2'], env: { VMM_LOG_LEVEL: 'warn', ECHO_DRAIN_MS: '300' }, log });
 const open: VhostUserDriver[] = [];
 

@@ -131,7 +131,7 @@ export async function openConsole(spec: ConsoleSpec, io: ConsoleIo): Promise<Hos
     case 'stdio':
       return stdioConsole(io);
     case 'none':
-      return { input: null, write: () => {}, raw: false, hangUp: () => {}, close: () => {} };
+      return detachedConsole(null, () => {}, () => {});
     case 'file':
       return fileConsole(spec.path);
     case 'pty':
@@ -284,6 +284,29 @@ function stdioConsole(io: ConsoleIo): HostConsole {
   };
 }
 
+/**
+ * A console that is not this terminal (none, a file, a pty, a unix socket):
+ * never raw, no hang-up of its own. close() ends the guest's input and runs
+ * `release` once; output after it is dropped.
+ */
+function detachedConsole(input: PassThrough | null, write: (bytes: Uint8Array) => void, release: () => void): HostConsole {
+  let closed = false;
+  return {
+    input,
+    write(bytes) {
+      if (!closed) write(bytes);
+    },
+    raw: false,
+    hangUp() {},
+    close() {
+      if (closed) return;
+      closed = true;
+      input?.end();
+      release();
+    },
+  };
+}
+
 function fileConsole(path: string): HostConsole {
   let fd: number;
   try {
@@ -291,25 +314,13 @@ function fileConsole(path: string): HostConsole {
   } catch (e) {
     throw new ConsoleError(`--console file:${path}: ${(e as Error).message}`);
   }
-  let open = true;
-  return {
-    input: null,
-    write(bytes) {
-      if (!open) return;
-      try {
-        writeSync(fd, bytes);
-      } catch {
-        // A full disk must not stop the guest; the console file just ends there.
-      }
-    },
-    raw: false,
-    hangUp() {},
-    close() {
-      if (!open) return;
-      open = false;
-      closeSync(fd);
-    },
-  };
+  return detachedConsole(null, (bytes) => {
+    try {
+      writeSync(fd, bytes);
+    } catch {
+      // A full disk must not stop the guest; the console file just ends there.
+    }
+  }, () => closeSync(fd));
 }
 
 function ptyConsole(io: ConsoleIo): HostConsole {
@@ -326,24 +337,13 @@ function ptyConsole(io: ConsoleIo): HostConsole {
   reader.on('error', () => {});
   writer.on('error', () => {});
   io.announce(`char device redirected to ${pty.path} (label serial0)`);
-  let closed = false;
-  return {
-    input,
-    write(bytes) {
-      if (closed || writer.writableLength > MAX_BACKLOG_BYTES) return;
-      writer.write(bytes);
-    },
-    raw: false,
-    hangUp() {},
-    close() {
-      if (closed) return;
-      closed = true;
-      input.end();
-      reader.destroy();
-      writer.destroy();
-      closeSync(slave);
-    },
-  };
+  return detachedConsole(input, (bytes) => {
+    if (writer.writableLength <= MAX_BACKLOG_BYTES) writer.write(bytes);
+  }, () => {
+    reader.destroy();
+    writer.destroy();
+    closeSync(slave);
+  });
 }
 
 async function unixConsole(path: string): Promise<HostConsole> {
@@ -382,24 +382,13 @@ async function unixConsole(path: string): Promise<HostConsole> {
   });
   server.on('error', () => {});
   server.unref();
-  let closed = false;
-  return {
-    input,
-    write(bytes) {
-      if (closed) return;
-      scrollback = Buffer.concat([scrollback, bytes]);
-      if (scrollback.length > SCROLLBACK_BYTES) scrollback = scrollback.subarray(scrollback.length - SCROLLBACK_BYTES);
-      for (const c of clients) if (c.writableLength <= MAX_BACKLOG_BYTES) c.write(bytes);
-    },
-    raw: false,
-    hangUp() {},
-    close() {
-      if (closed) return;
-      closed = true;
-      input.end();
-      for (const c of clients) c.end();
-      server.close();
-      try { unlinkSync(path); } catch { /* already gone */ }
-    },
-  };
+  return detachedConsole(input, (bytes) => {
+    scrollback = Buffer.concat([scrollback, bytes]);
+    if (scrollback.length > SCROLLBACK_BYTES) scrollback = scrollback.subarray(scrollback.length - SCROLLBACK_BYTES);
+    for (const c of clients) if (c.writableLength <= MAX_BACKLOG_BYTES) c.write(bytes);
+  }, () => {
+    for (const c of clients) c.end();
+    server.close();
+    try { unlinkSync(path); } catch { /* already gone */ }
+  });
 }

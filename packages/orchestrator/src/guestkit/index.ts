@@ -25,3 +25,4 @@ export {
   type ExecArchive,
 } from './initramfs.ts';
 export { ensureGuestPackages, guestPackagesArchive, resolveClosure } from './packages.ts';
+export { buildPackagesImage, PACKAGES_LABEL, PACKAGES_MOUNT, type PackagesImage } from './image.ts';

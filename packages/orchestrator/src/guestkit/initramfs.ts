@@ -12,6 +12,7 @@ import { CpioWriter, writeCpio } from './cpio.ts';
 import { GuestKitError } from './errors.ts';
 import { HOTPLUG_HELPER, HOTPLUG_HELPER_PATH } from '../vm/guest-hotplug.ts';
 import type { GuestKit } from './kit.ts';
+import { PACKAGES_LABEL, PACKAGES_MOUNT } from './image.ts';
 
 const run = promisify(execFile);
 
@@ -87,6 +88,24 @@ if [ -d /lib/modules/$kver ]; then
     insmod /lib/modules/$kver/$m.ko || echo "init: insmod $m failed"
   done
 fi
+# A packages disk (\`pnpm guest build --package … --ext4 FILE\`, guestkit/image.ts):
+# the first virtio disk whose ext4 label (s_volume_name: superblock, at
+# byte 1024, + 0x78, 16 bytes) is ${PACKAGES_LABEL} is mounted read-only at ${PACKAGES_MOUNT}; its
+# programs go first on PATH, its libraries on LD_LIBRARY_PATH, its dynamic
+# loader to /lib (the ELF interpreter path). One direct 512-byte read per
+# disk (no readahead): sector 2 holds the superblock's first bytes.
+for b in /sys/block/vd*; do
+  [ -e "$b" ] || continue
+  d=/dev/\${b##*/}
+  [ "$(dd if=$d bs=512 skip=2 count=1 iflag=direct 2>/dev/null | dd bs=1 skip=120 count=16 2>/dev/null | tr -d '\\000')" = ${PACKAGES_LABEL} ] || continue
+  mkdir -p ${PACKAGES_MOUNT}
+  mount -t ext4 -o ro $d ${PACKAGES_MOUNT} || { echo "init: cannot mount $d (label ${PACKAGES_LABEL}) on ${PACKAGES_MOUNT}"; break; }
+  for f in ${PACKAGES_MOUNT}/usr/lib/ld-linux*; do [ -e "$f" ] && [ ! -e "/lib/\${f##*/}" ] && ln -s "$f" /lib/; done
+  for f in ${PACKAGES_MOUNT}/etc/*; do [ -e "$f" ] && [ ! -e "/etc/\${f##*/}" ] && ln -s "$f" /etc/; done
+  export PATH=${PACKAGES_MOUNT}/usr/sbin:${PACKAGES_MOUNT}/usr/bin:${PACKAGES_MOUNT}/sbin:${PACKAGES_MOUNT}/bin:$PATH
+  export LD_LIBRARY_PATH=${PACKAGES_MOUNT}/usr/lib/riscv64-linux-gnu:${PACKAGES_MOUNT}/usr/lib
+  break
+done
 hostname vmm
 # The kernel's ip= argument (Documentation/admin-guide/nfs/nfsroot.rst:
 # ip=<client-ip>:<server-ip>:<gw-ip>:<netmask>:<hostname>:<device>:<autoconf>),

@@ -1,6 +1,8 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { IOMMU_CONFIG_FRAGMENT, IOMMU_KCONFIG_PATCH, parseKconfig, unmetOptions } from './kernel.ts';
+import { IOMMU_CONFIG_FRAGMENT, IOMMU_KCONFIG_PATCH, parseKconfig, unmetOptions, withCacheLock } from './kernel.ts';
 import { kernelSourceFor } from './kit.ts';
 import type { PackageStanza } from './debian.ts';
 
@@ -38,5 +40,44 @@ describe('kernelSourceFor', () => {
     expect(kernelSourceFor(idx, '6.12.107-1').Version).toBe('6.12.107-1');
     expect(kernelSourceFor(idx, '6.12.99-1').Version).toBe('6.12.110-1');
     expect(() => kernelSourceFor([], '6.12.107-1')).toThrow(/linux-source-6.12/);
+  });
+});
+
+describe('withCacheLock', () => {
+  it('runs a second holder of the same cache path only after the first is done, saying it waits; a failing holder releases it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vmm-lock-'));
+    try {
+      const target = join(dir, 'iommu-x');
+      const events: string[] = [];
+      const lines: string[] = [];
+      let saidWaiting!: () => void;
+      const waiting = new Promise<void>((r) => (saidWaiting = r));
+      const reporter = { info: (l: string) => { lines.push(l); saidWaiting(); }, warn: (l: string) => lines.push(l) };
+      let releaseFirst!: () => void;
+      const firstHeld = new Promise<void>((r) => (releaseFirst = r));
+      let firstIn!: () => void;
+      const firstEntered = new Promise<void>((r) => (firstIn = r));
+      const a = withCacheLock(target, 'kernel x', reporter, async () => {
+        events.push('a in');
+        firstIn();
+        await firstHeld;
+        events.push('a out');
+      });
+      await firstEntered;
+      const b = withCacheLock(target, 'kernel x', reporter, async () => {
+        events.push('b in');
+      });
+      await waiting; // b found the lock held
+      releaseFirst();
+      await Promise.all([a, b]);
+      expect(events).toEqual(['a in', 'a out', 'b in']);
+      expect(lines).toEqual([`kernel x: another process is building it (lock ${target}.lock); waiting`]);
+      await expect(withCacheLock(target, 'kernel x', reporter, async () => { throw new Error('make failed'); })).rejects.toThrow('make failed');
+      await withCacheLock(target, 'kernel x', reporter, async () => { events.push('c in'); });
+      expect(events.at(-1)).toBe('c in');
+      expect(existsSync(`${target}.lock`)).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -109,21 +109,27 @@ async function signedRelease(mirror: string, suite: string, reporter: Reporter):
  * currently naming trixie ("stable"…) is checked too — still a signed
  * chain, just an older snapshot. Returns the decompressed text.
  */
-export async function fetchIndex(mirror: string, dir: string, reporter: Reporter): Promise<{ text: string; sha256: string; release: ReleaseFile }> {
+export async function fetchIndex(
+  mirror: string,
+  dir: string,
+  reporter: Reporter,
+  which: { component: string; arch: string } = { component: COMPONENT, arch: GUEST_ARCH },
+): Promise<{ text: string; sha256: string; release: ReleaseFile }> {
+  const indexPath = `${which.component}/binary-${which.arch}/Packages.xz`;
   const primary = await signedRelease(mirror, GUEST_SUITE, reporter);
   if (primary.codename && primary.codename !== GUEST_SUITE) {
     throw new GuestKitError('ERR_GUEST_INDEX', `dists/${GUEST_SUITE}/InRelease names codename ${primary.codename}`);
   }
-  const want = primary.sha256.get(INDEX_PATH);
-  if (!want) throw new GuestKitError('ERR_GUEST_INDEX', `dists/${GUEST_SUITE}/InRelease lists no ${INDEX_PATH}`);
+  const want = primary.sha256.get(indexPath);
+  if (!want) throw new GuestKitError('ERR_GUEST_INDEX', `dists/${GUEST_SUITE}/InRelease lists no ${indexPath}`);
   await mkdir(dir, { recursive: true });
-  const dest = join(dir, `Packages-${GUEST_SUITE}-${GUEST_ARCH}.xz`);
+  const dest = join(dir, `Packages-${GUEST_SUITE}-${which.component === COMPONENT ? '' : `${which.component}-`}${which.arch}.xz`);
   let chosen: { sha256: string; release: ReleaseFile } | null = null;
   if (primary.acquireByHash) {
     try {
       await download({
-        url: `${mirror}/dists/${GUEST_SUITE}/${COMPONENT}/binary-${GUEST_ARCH}/by-hash/SHA256/${want.sha256}`,
-        dest, sha256: want.sha256, size: want.size, label: 'Packages.xz (by-hash)', reporter: silentReporter, attempts: 1,
+        url: `${mirror}/dists/${GUEST_SUITE}/${which.component}/binary-${which.arch}/by-hash/SHA256/${want.sha256}`,
+        dest, sha256: want.sha256, size: want.size, label: `${indexPath} (by-hash)`, reporter: silentReporter, attempts: 1,
       });
       chosen = { sha256: want.sha256, release: primary };
     } catch {
@@ -131,7 +137,7 @@ export async function fetchIndex(mirror: string, dir: string, reporter: Reporter
     }
   }
   if (!chosen) {
-    const got = await download({ url: `${mirror}/dists/${GUEST_SUITE}/${INDEX_PATH}`, dest, label: 'Packages.xz', reporter });
+    const got = await download({ url: `${mirror}/dists/${GUEST_SUITE}/${indexPath}`, dest, label: indexPath, reporter });
     if (got === want.sha256) chosen = { sha256: got, release: primary };
     else {
       for (const alias of ['stable', 'testing', 'oldstable']) {
@@ -142,14 +148,14 @@ export async function fetchIndex(mirror: string, dir: string, reporter: Reporter
           continue;
         }
         if (r.codename !== GUEST_SUITE) continue;
-        if (r.sha256.get(INDEX_PATH)?.sha256 === got) {
-          reporter.warn(`the mirror's ${INDEX_PATH} (sha256 ${got.slice(0, 12)}…) is out of step with dists/${GUEST_SUITE}/InRelease of ${primary.date}; it matches the signed dists/${alias}/InRelease of ${r.date} (codename ${GUEST_SUITE}), using that`);
+        if (r.sha256.get(indexPath)?.sha256 === got) {
+          reporter.warn(`the mirror's ${indexPath} (sha256 ${got.slice(0, 12)}…) is out of step with dists/${GUEST_SUITE}/InRelease of ${primary.date}; it matches the signed dists/${alias}/InRelease of ${r.date} (codename ${GUEST_SUITE}), using that`);
           chosen = { sha256: got, release: r };
           break;
         }
       }
       if (!chosen) {
-        throw new GuestKitError('ERR_GUEST_HASH', `${INDEX_PATH}: SHA256 ${got} matches no signed InRelease for ${GUEST_SUITE} (expected ${want.sha256}); the mirror may be syncing, try again in a few minutes`);
+        throw new GuestKitError('ERR_GUEST_HASH', `${indexPath}: SHA256 ${got} matches no signed InRelease for ${GUEST_SUITE} (expected ${want.sha256}); the mirror may be syncing, try again in a few minutes`);
       }
     }
   }
@@ -234,22 +240,27 @@ export async function unpack(p: LockedPackage, mirror: string, reporter: Reporte
   const tmp = join(dir, `tree.tmp-${process.pid}`);
   await rm(tmp, { recursive: true, force: true });
   try {
-    await run('dpkg-deb', ['-x', deb, tmp]);
-  } catch (e) {
-    throw new GuestKitError('ERR_GUEST_TOOL', `dpkg-deb -x ${deb} failed: ${(e as Error).message}`);
-  }
-  if (p.role === 'kernel') {
-    // The package ships no modules.dep (it is made at install time): make
-    // it over the unpacked tree (usr-merged: modules live in usr/lib/modules).
-    const kver = kernelVersionOf(tmp);
     try {
-      await run('depmod', ['-b', join(tmp, 'usr'), kver]);
+      await run('dpkg-deb', ['-x', deb, tmp]);
     } catch (e) {
-      throw new GuestKitError('ERR_GUEST_TOOL', `depmod -b ${tmp}/usr ${kver} failed: ${(e as Error).message} (Debian package kmod)`);
+      throw new GuestKitError('ERR_GUEST_TOOL', `dpkg-deb -x ${deb} failed: ${(e as Error).message}`);
     }
+    if (p.role === 'kernel') {
+      // The package ships no modules.dep (it is made at install time): make
+      // it over the unpacked tree (usr-merged: modules live in usr/lib/modules).
+      const kver = kernelVersionOf(tmp);
+      try {
+        await run('depmod', ['-b', join(tmp, 'usr'), kver]);
+      } catch (e) {
+        throw new GuestKitError('ERR_GUEST_TOOL', `depmod -b ${tmp}/usr ${kver} failed: ${(e as Error).message} (Debian package kmod)`);
+      }
+    }
+    await rm(join(dir, 'tree'), { recursive: true, force: true });
+    await rename(tmp, join(dir, 'tree'));
+  } finally {
+    // A failed unpack leaves nothing half-written behind (the verified .deb stays).
+    await rm(tmp, { recursive: true, force: true });
   }
-  await rm(join(dir, 'tree'), { recursive: true, force: true });
-  await rename(tmp, join(dir, 'tree'));
   await writeFile(join(dir, 'complete'), `${p.sha256}\n`);
   reporter.info(`unpacked ${p.name} ${p.version}`);
 }

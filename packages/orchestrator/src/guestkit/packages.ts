@@ -9,7 +9,7 @@ import { writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { CpioWriter, type CpioEntry } from './cpio.ts';
 import { newest, parsePackages, type PackageStanza } from './debian.ts';
-import type { Reporter } from './download.ts';
+import { silentReporter, type Reporter } from './download.ts';
 import { GuestKitError } from './errors.ts';
 import { DEFAULT_LOCK_PATH, GUEST_ARCH, fetchIndex, guestCacheDir, isUnpacked, lockEntry, pkgDir, readLock, unpack, type LockedPackage } from './kit.ts';
 import { debianMirror } from './sources.ts';
@@ -76,6 +76,7 @@ export async function ensureGuestPackages(names: readonly string[], reporter: Re
     const { text } = await fetchIndex(mirror(), join(guestCacheDir(), 'index'), reporter);
     const index = parsePackages(text).filter((p) => p.Architecture === GUEST_ARCH || p.Architecture === 'all');
     for (const n of missing) {
+      if (!index.some((p) => p.Package === n)) throw new GuestKitError('ERR_GUEST_RESOLVE', await whyNotInIndex(n, mirror(), lock.suite));
       const { packages, skipped } = resolveClosure(index, [n]);
       for (const p of packages) lock.packages.push(lockEntry('guest-package', p, n));
       reporter.info(`${n}: ${packages.map((p) => `${p.Package} ${p.Version}`).join(', ')}${skipped.length ? ` (left out, install-time only: ${skipped.join(', ')})` : ''}`);
@@ -88,29 +89,67 @@ export async function ensureGuestPackages(names: readonly string[], reporter: Re
   return entries;
 }
 
+/**
+ * Why `name` is not in trixie main for riscv64, in one line: it is in
+ * another component the kit does not take packages from, or it exists only
+ * for other architectures (looked up in amd64's index), or it is unknown.
+ * The other indexes are fetched (and verified) only on this error path.
+ */
+export async function whyNotInIndex(name: string, mirror: string, suite: string): Promise<string> {
+  const has = async (component: string, arch: string): Promise<boolean> => {
+    try {
+      const { text } = await fetchIndex(mirror, join(guestCacheDir(), 'index'), silentReporter, { component, arch });
+      return new RegExp(`^Package: ${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm').test(text);
+    } catch {
+      return false;
+    }
+  };
+  for (const component of ['contrib', 'non-free']) {
+    if (await has(component, GUEST_ARCH)) return `package ${name} is in ${suite} ${component}, not main; the guest kit takes packages from main only`;
+  }
+  if (await has('main', 'amd64')) return `package ${name} has no ${GUEST_ARCH} build in ${suite} main (the archive builds it for amd64, not for ${GUEST_ARCH})`;
+  return `package ${name} is not in Debian ${suite} (main, contrib, non-free) for ${GUEST_ARCH} or amd64: unknown package name`;
+}
+
 export interface TreeEntry {
   path: string;
   kind: 'dir' | 'file' | 'symlink';
-  data?: Uint8Array;
+  /** The entry in the unpacked package (the cache). */
+  source: string;
   mode?: number;
+  size?: number;
   target?: string;
 }
 
-/** What of an unpacked package goes into the initramfs: everything but usr/share (documentation, manuals, locales). */
-export function packageTreeEntries(p: LockedPackage): TreeEntry[] {
+/** Where a package's files go: appended to the initramfs (RAM) or onto an ext4 disk image. */
+export type PackageTarget = 'initramfs' | 'image';
+
+/**
+ * What of an unpacked package is left out: in the initramfs all of
+ * usr/share (documentation, manuals, locales; it costs guest RAM), on a
+ * disk image only the documentation, manuals and locales (data some
+ * programs read, e.g. iproute2's tables, stays).
+ */
+export function leftOut(rel: string, target: PackageTarget): boolean {
+  if (target === 'initramfs') return rel === 'usr/share';
+  return /^usr\/share\/(doc|doc-base|man|info|locale|lintian|bug)$/.test(rel);
+}
+
+/** The files, directories and symlinks of an unpacked package, in a stable order, minus what `target` leaves out. */
+export function packageTreeEntries(p: LockedPackage, target: PackageTarget = 'initramfs'): TreeEntry[] {
   const root = join(pkgDir(p), 'tree');
   const out: TreeEntry[] = [];
   const walk = (dir: string): void => {
     for (const name of readdirSync(dir).sort()) {
       const abs = join(dir, name);
       const rel = relative(root, abs);
-      if (rel === 'usr/share') continue;
+      if (leftOut(rel, target)) continue;
       const st = lstatSync(abs);
-      if (st.isSymbolicLink()) out.push({ path: rel, kind: 'symlink', target: readlinkSync(abs) });
+      if (st.isSymbolicLink()) out.push({ path: rel, kind: 'symlink', target: readlinkSync(abs), source: abs });
       else if (st.isDirectory()) {
-        out.push({ path: rel, kind: 'dir', mode: st.mode & 0o7777 });
+        out.push({ path: rel, kind: 'dir', mode: st.mode & 0o7777, source: abs });
         walk(abs);
-      } else if (st.isFile()) out.push({ path: rel, kind: 'file', data: readFileSync(abs), mode: st.mode & 0o7777 });
+      } else if (st.isFile()) out.push({ path: rel, kind: 'file', mode: st.mode & 0o7777, size: st.size, source: abs });
     }
   };
   if (existsSync(root)) walk(root);
@@ -135,7 +174,7 @@ export function guestPackagesArchive(entries: readonly LockedPackage[]): Uint8Ar
     for (const t of packageTreeEntries(p)) {
       if (t.kind === 'dir') add({ type: 'dir', path: t.path, mode: t.mode });
       else if (t.kind === 'symlink') add({ type: 'symlink', path: t.path, target: t.target! });
-      else add({ type: 'file', path: t.path, data: t.data!, mode: t.mode });
+      else add({ type: 'file', path: t.path, data: readFileSync(t.source), mode: t.mode });
       const m = /^usr\/lib\/(ld-linux[^/]*)$/.exec(t.path);
       if (m) add({ type: 'symlink', path: `lib/${m[1]}`, target: `/usr/lib/${m[1]}` });
     }

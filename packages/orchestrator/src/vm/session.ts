@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createLogger } from '@vmm/core';
 import { startMachine, type MachineExit } from '@vmm/vcpu';
-import { silentReporter } from '../guestkit/download.ts';
+import { silentReporter, stderrReporter } from '../guestkit/download.ts';
 import { buildInitramfs, ExecOutputFilter, initrdWithExec } from '../guestkit/initramfs.ts';
 import { ensureGuestKit } from '../guestkit/kit.ts';
 import { buildIommuKernel } from '../guestkit/kernel.ts';
@@ -51,7 +51,9 @@ export interface GuestSessionOptions {
 export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSession> {
   const kit = await ensureGuestKit({ reporter: silentReporter });
   const iommu = o.iommu ? iommuPlan(mkdtempSync(join(tmpdir(), 'vmm-iommu-'))) : null;
-  const kernel = new Uint8Array(await readFile(iommu || o.iommuKernel ? (await buildIommuKernel({ reporter: silentReporter })).image : kit.kernel));
+  // scripts/setup.sh builds the IOMMU kernel; if the cache lacks it (a new
+  // config), it is built here, its progress on stderr (minutes, not silence).
+  const kernel = new Uint8Array(await readFile(iommu || o.iommuKernel ? (await buildIommuKernel({ reporter: stderrReporter() })).image : kit.kernel));
   const x = await initrdWithExec((await buildInitramfs(kit)).path, o.cmd);
   let out = '';
   const waiters: { text: string; resolve: () => void }[] = [];

@@ -170,6 +170,18 @@ describe('the generic vhost-user device path (echo kind, no guest)', () => {
     await until('the held request and its release', () => c.poll().has(held.head) && c.done.has(rel.head));
   });
 
+  it("offers each queue its own QueueNumMax (virtio 1.2 §4.2.2), the device model's maximum from the process's handshake", async () => {
+    const r = rig();
+    rigs.push(r);
+    await r.slots.deviceAdd({ driver: 'echo', id: 'q0', queues: 3, 'last-queue-size': 64 });
+    const t = slotOf(r, echoKind.virtioId);
+    const max = (q: number): number => {
+      t.write(REG.QueueSel, 4, q, noKick, noIrq);
+      return t.read(REG.QueueNumMax, 4);
+    };
+    expect([0, 1, 2, 3].map(max)).toEqual([echoKind.maxQueueSize, echoKind.maxQueueSize, 64, 0]);
+  });
+
   it('plugs, serves, recovers a killed process with its in-flight requests, asks for a reset and hot-removes a test-only kind', async () => {
     const r = rig();
     rigs.push(r);

@@ -23,7 +23,7 @@
 
 import { join } from 'node:path';
 import {
-  BASE_PROTOCOL_FEATURES, VIRTIO_F_ACCESS_PLATFORM, closeFd, DEVICE_SPECIFIC_FEATURES, DeviceProcess, eventfdCreate, eventfdRead, optionsToArgv, protocolFeatureBit,
+  BASE_PROTOCOL_FEATURES, VIRTIO_F_ACCESS_PLATFORM, closeFd, DEVICE_SPECIFIC_FEATURES, DeviceProcess, eventfdCreate, eventfdRead, optionsToArgv, protocolFeatureBit, readyQueueSizes,
   VHOST_USER_F_PROTOCOL_FEATURES, VhostUserFrontend, VhostUserProtocolFeature, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER, VIRTIO_STATUS_DRIVER_OK, VmmError,
   watchReadable, type DeviceKind, type FdWatch, type Logger, type OptionValue,
 } from '@vmm/core';
@@ -226,7 +226,9 @@ export class VhostUserDevice {
         we.unref();
         dev.watches.push(we);
       }
-      ctx.transport.plug(spec.kind.virtioId, dev.offered & GUEST_FEATURES, dev.queues, spec.kind.maxQueueSize, config, dev.kickFds);
+      // Each queue's QueueNumMax (virtio 1.2 §4.2.2) is the device model's own maximum, which the process tells in its handshake.
+      const sizes = readyQueueSizes(dev.proc.readyInfo, dev.queues, spec.kind.maxQueueSize);
+      ctx.transport.plug(spec.kind.virtioId, dev.offered & GUEST_FEATURES, sizes, config, dev.kickFds);
       dev.lastResets = ctx.transport.resets;
       dev.state = 'running';
       void dev.watchTransport();

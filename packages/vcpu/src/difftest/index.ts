@@ -9,6 +9,8 @@ export { check, minimise, formatDivergence, runOurs } from './check.ts';
 export type { Divergence, Difference, CheckOptions, SideResult } from './check.ts';
 export { EncodeError } from './encode.ts';
 export type { Insn } from './encode.ts';
+export { lockstepImage, formatLockstep } from './lockstep.ts';
+export type { LockstepOptions, LockstepDivergence } from './lockstep.ts';
 export { checkTrap, trapProgram, TRAP_KINDS, TRAP_KIND_NAMES } from './trap.ts';
 export type { TrapCase } from './trap.ts';
 export { execQemu } from './qemu.ts';

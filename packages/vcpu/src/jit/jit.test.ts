@@ -14,6 +14,8 @@ import { RAM_BASE } from '../layout.ts';
 import { Rng, generate } from '../difftest/generator.ts';
 import { check, formatDivergence, minimise } from '../difftest/check.ts';
 import { checkTrap, TRAP_KIND_NAMES } from '../difftest/trap.ts';
+import { assemble as assembleImage } from '../difftest/image.ts';
+import { formatLockstep, lockstepImage } from '../difftest/lockstep.ts';
 import { Translator } from './translator.ts';
 
 const RAM = 1 << 20;
@@ -48,7 +50,9 @@ function core(engine: 'interp' | 'jit'): HartCore {
 
 function state(c: HartCore): string {
   const xs = Array.from({ length: 32 }, (_, i) => c.x(i).toString(16));
-  return `pc=${c.pc.toString(16)} priv=${c.priv} instret=${c.instret} x=[${xs.join(',')}] mepc=${c.readCsr(0x341)!.toString(16)} mcause=${c.readCsr(0x342)!.toString(16)}`;
+  const fs = Array.from({ length: 32 }, (_, i) => c.f(i).toString(16));
+  const csr = (n: number): string => c.readCsr(n)?.toString(16) ?? '-'; // fcsr is absent while mstatus.FS = Off
+  return `pc=${c.pc.toString(16)} priv=${c.priv} instret=${c.instret} x=[${xs.join(',')}] f=[${fs.join(',')}] fcsr=${csr(0x003)} mepc=${csr(0x341)} mcause=${csr(0x342)} mtval=${csr(0x343)}`;
 }
 
 interface LockstepOptions {
@@ -212,6 +216,142 @@ describe('translator vs interpreter in lockstep', () => {
     c.fenceI();
     c.run(10_000);
     expect(c.x(5)).toBe(5000n + 5000n * 3n);
+  });
+});
+
+// M-mode trap handler used below: count in x27, skip the trapping 4 bytes, return.
+const skipHandler = (): Item[] => [L('h'), A.csrrs(26, 0x341, 0), A.addi(26, 26, 4), A.csrrw(0, 0x341, 26), A.addi(27, 27, 1), A.mret()];
+const handlerAt = (code: Uint8Array): bigint => BigInt(RAM_BASE) + BigInt(code.length - 20);
+
+describe('translator vs interpreter in lockstep: bad input and coherence', () => {
+  // custom-0 (opcode 0x0b) is no instruction of RV64GC; the 16-bit word 0 is the defined illegal one (ISA §16.1).
+  const ILLEGAL32 = 0x0000000b;
+  const ILLEGAL16_THEN_CNOP = 0x00010000; // c.illegal, then c.nop
+  const body = [A.addi(6, 6, 3), A.sd(6, 2, 0), A.ld(7, 2, 0), A.add(8, 8, 7), A.mul(9, 8, 6), A.sltu(10, 9, 8), A.addi(5, 5, -1)];
+  for (const [name, bad] of [['a 32-bit illegal instruction', ILLEGAL32], ['c.illegal', ILLEGAL16_THEN_CNOP]] as const) {
+    it(`${name} at every position of a hot loop traps at its pc, instret exact, the rest of the loop translated`, () => {
+      for (let p = 0; p <= body.length; p++) {
+        const loop = [...body];
+        if (p < body.length) loop[p] = bad; else loop.push(bad); // p = body.length: just before the back branch
+        const code = program([
+          ...li(5, 1500n), ...li(2, DATA),
+          L('loop'), ...loop, bne(5, 0, 'loop'),
+          L('end'), jal(0, 'end'),
+          ...skipHandler(),
+        ]);
+        const { jit } = lockstep(code, { batches: 30, seed: 10 + p, before: (k, c) => { if (k === 0) c.writeCsr(0x305, handlerAt(code)); } });
+        expect(jit.readCsr(0x342), `position ${p}`).toBe(2n);
+        expect(jit.readCsr(0x343), `position ${p}: mtval is the instruction`).toBe(bad === ILLEGAL32 ? BigInt(ILLEGAL32) : 0n);
+        if (p !== 6) expect(jit.x(27), `position ${p}`).toBe(1500n); // (at p = 6 the loop counter is never decremented)
+      }
+    });
+  }
+
+  it('a jump into the middle of a 32-bit instruction runs the 16-bit one found there, like the interpreter', () => {
+    // 0x02850013 is addi x0, x10, 40; its upper half 0x0285 is c.addi x5, 1.
+    const W = 0x02850013;
+    const code = program([
+      ...li(11, 2000n),
+      A.auipc(9, 0), (at, pc) => A.addi(9, 9, at('w') - (pc - 4)),
+      L('loop'),
+      A.andi(7, 6, 1), A.slli(7, 7, 1), A.add(10, 9, 7), A.addi(6, 6, 1),
+      A.jalr(0, 10, 0), // to w or w + 2
+      L('w'), W,
+      blt(6, 11, 'loop'),
+      L('end'), jal(0, 'end'),
+    ]);
+    const { jit } = lockstep(code, { batches: 20, seed: 20 });
+    expect(jit.x(6)).toBe(2000n);
+    expect(jit.x(5)).toBe(1000n); // entered at w + 2 on every odd iteration
+    expect(jit.jitStats()!.compiled).toBeGreaterThan(1);
+  });
+
+  it('page tables changed under running code (Sv39, SFENCE.VMA): the new mapping runs, as interpreted', () => {
+    // S-mode; VA 0x8000_0000 is an identity gigapage (this code, the tables);
+    // VA 0x4000_0000 is one 4 KiB page, first P1 (x5 += 1), then P2 (x5 += 100).
+    const ROOT = 0x10000, L1 = 0x11000, L0 = 0x12000, P1 = 0x20000, P2 = 0x21000;
+    const pa = (off: number): bigint => BigInt(RAM_BASE + off);
+    const V = 1n, R = 2n, W = 4n, X = 8n, AB = 64n, D = 128n;
+    const leaf = (off: number): bigint => ((pa(off) >> 12n) << 10n) | V | R | X | AB;
+    const code = program([
+      ...li(20, 0x4000_0000n), ...li(21, pa(L0)), ...li(22, leaf(P2)), ...li(23, 1000n), ...li(24, 2000n),
+      L('loop'),
+      A.jalr(1, 20, 0),
+      A.addi(6, 6, 1),
+      bne(6, 23, 'skip'),
+      A.sd(22, 21, 0), A.sfence_vma(),
+      L('skip'),
+      blt(6, 24, 'loop'),
+      L('end'), jal(0, 'end'),
+    ]);
+    const tables = (c: HartCore): void => {
+      const dv = new DataView(c.ram().buffer, c.ram().byteOffset);
+      dv.setBigUint64(ROOT + 8 * 2, ((0x8000_0000n >> 12n) << 10n) | V | R | W | X | AB | D, true);
+      dv.setBigUint64(ROOT + 8 * 1, ((pa(L1) >> 12n) << 10n) | V, true);
+      dv.setBigUint64(L1, ((pa(L0) >> 12n) << 10n) | V, true);
+      dv.setBigUint64(L0, leaf(P1), true);
+      c.ram().set(assemble([A.addi(5, 5, 1), A.jalr(0, 1, 0)]), P1);
+      c.ram().set(assemble([A.addi(5, 5, 100), A.jalr(0, 1, 0)]), P2);
+      c.writeCsr(0x180, (8n << 60n) | (pa(ROOT) >> 12n));
+      c.priv = 1;
+    };
+    const { jit } = lockstep(code, { batches: 40, seed: 21, before: (k, c) => { if (k === 0) tables(c); } });
+    expect(jit.x(6)).toBe(2000n);
+    expect(jit.x(5)).toBe(1000n + 100n * 1000n);
+  });
+
+  it('FP in every static rounding mode and in dynamic mode under every frm: results and fflags as interpreted', () => {
+    const modes: [rm: number, frm: number][] = [[0, 0], [1, 0], [2, 0], [3, 0], [4, 0], [7, 0], [7, 1], [7, 2], [7, 3], [7, 4]];
+    for (const [rm, frm] of modes) {
+      const code = program([
+        ...li(5, 1200n), ...li(6, 0x123456789abcdefn), ...li(11, 6364136223846793005n), ...li(12, 1442695040888963407n),
+        ...li(13, 0xffffffff3dcccccdn), A.fmv_d_x(5, 13), // f5 = 0.1f, NaN-boxed
+        L('loop'),
+        A.fcvt_d_l(1, 6, rm), A.fadd_d(2, 2, 1, rm), A.fmadd_d(3, 1, 2, 3, rm), A.fadd_s(4, 4, 5, rm),
+        A.fcvt_w_d(7, 3, rm), A.add(8, 8, 7), A.fmv_x_w(9, 4), A.add(10, 10, 9),
+        A.mul(6, 6, 11), A.add(6, 6, 12),
+        A.addi(5, 5, -1), bne(5, 0, 'loop'),
+        L('end'), jal(0, 'end'),
+      ]);
+      const { jit } = lockstep(code, { batches: 20, seed: 30 + rm * 8 + frm, before: (k, c) => { if (k === 0) { c.writeCsr(0x300, 1n << 13n); c.writeCsr(0x002, BigInt(frm)); } } });
+      expect(jit.x(5), `rm ${rm} frm ${frm}`).toBe(0n);
+      expect(jit.readCsr(0x001), `rm ${rm} frm ${frm}: some exception flag was raised`).not.toBe(0n);
+    }
+  });
+
+  it('a generated module that fails to compile is interpreted instead and logged once', () => {
+    const logs: string[] = [];
+    const c = new HartCore({ memory: createHartMemory(RAM), hartId: 0, ramSize: RAM, mode: 'firmware', engine: 'jit', jitThreshold: 2, log: (msg) => { logs.push(msg); } });
+    const ref = core('interp');
+    // Fault injection: the emitter hands V8 a truncated module (a header and a bad section id).
+    (c.jit as Translator).emit = () => Uint8Array.of(0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x7f, 0x00);
+    const code = program([
+      ...li(5, 3000n), ...li(2, DATA),
+      L('loop'), A.addi(6, 6, 1), A.sd(6, 2, 0), A.ld(7, 2, 0), A.add(8, 8, 7), beq(8, 0, 'other'),
+      L('back'), A.addi(5, 5, -1), bne(5, 0, 'loop'),
+      L('end'), jal(0, 'end'),
+      L('other'), jal(0, 'back'),
+    ]);
+    for (const k of [c, ref]) { k.ram().set(code); k.pc = BigInt(RAM_BASE); }
+    for (let i = 0; i < 20; i++) { c.run(2000); ref.run(2000); }
+    expect(state(c)).toBe(state(ref));
+    expect(c.x(5)).toBe(0n);
+    const s = c.jitStats()!;
+    expect(s.invalid).toBeGreaterThan(1);
+    expect(s.compiled).toBe(0);
+    expect(logs).toEqual(['generated block failed to compile; interpreting it']);
+  });
+});
+
+describe('translator vs interpreter in lockstep (generated programs, fixed seed)', () => {
+  it('every class, batches of random size: equal state after every batch, twice over the same cores', () => {
+    const reports: string[] = [];
+    for (let k = 0; k < 4; k++) {
+      const seed = 20261202 + k;
+      const d = lockstepImage(assembleImage(generate({ seed, groups: 400 })), { seed, maxBatch: 48, runs: 2 });
+      if (d) reports.push(formatLockstep(seed, d));
+    }
+    expect(reports.join('\n\n')).toBe('');
   });
 });
 

@@ -360,7 +360,12 @@ export class Translator {
     }
     const t0 = process.hrtime.bigint();
     try {
-      const insns = this.scan(hp);
+      // One snapshot of the guest bytes: the region is decoded from it and it becomes the shadow
+      // copy. Read twice from live memory, another hart (or a device's DMA) writing the code in
+      // between would leave a block translated from the old bytes with a shadow of the new ones,
+      // which the re-validation after that writer's FENCE.I would then accept: stale code.
+      const snap = this.u8.slice(hp, Math.min((hp & ~0xfff) + 0x1000, hp + MAX_REGION * 4));
+      const insns = this.scan(hp, snap);
       if (insns.length === 0) { this.stats.untranslatable++; return 0; }
       const bytes = this.emit(insns);
       const last = insns[insns.length - 1]!;
@@ -389,11 +394,11 @@ export class Translator {
       const shadow = this.shadowNext;
       this.shadowNext += shadowNeed;
       this.dv.setUint32(shadow, codeLen, true);
-      this.u8.copyWithin(shadow + 8, hp, hp + codeLen);
+      this.u8.set(snap.subarray(0, codeLen), shadow + 8);
       this.ret[0] = shadow;
       // From now on a store by this hart into the page invalidates its blocks (see jitCodeWritten).
       this.core.jitMarkCodePage(BigInt((hp & ~0xfff) - WASM_RAM_OFFSET));
-      this.blocks.set(hp, { slot, bytes: bytes.length, insns: insns.length, code: this.u8.slice(hp, hp + codeLen), shadow });
+      this.blocks.set(hp, { slot, bytes: bytes.length, insns: insns.length, code: snap.slice(0, codeLen), shadow });
       this.stats.compiled++;
       this.stats.blocks++;
       this.stats.cacheBytes += bytes.length;
@@ -406,17 +411,20 @@ export class Translator {
     }
   }
 
-  /** Decode the region starting at host address hp (never past its page). */
-  scan(hp: number): Insn[] {
-    const page = hp & ~0xfff;
+  /**
+   * Decode the region starting at host address hp (never past its page) from
+   * `src`, the guest bytes from hp on (default: live memory to the page end).
+   */
+  scan(hp: number, src: Uint8Array = this.u8.subarray(hp, (hp & ~0xfff) + 0x1000)): Insn[] {
+    const dv = new DataView(src.buffer, src.byteOffset, src.length);
     const out: Insn[] = [];
-    let off = hp & 0xfff;
-    while (out.length < MAX_REGION && off < 0x1000) {
-      const lo = this.dv.getUint16(page + off, true);
+    let off = 0;
+    while (out.length < MAX_REGION && off + 2 <= src.length) {
+      const lo = dv.getUint16(off, true);
       let w: number, len: 2 | 4;
       if ((lo & 3) === 3) {
-        if (off > 0xffc) break; // the upper half is on the next page
-        w = this.dv.getUint32(page + off, true) | 0;
+        if (off + 4 > src.length) break; // the upper half is on the next page
+        w = dv.getUint32(off, true) | 0;
         len = 4;
       } else {
         w = this.core.expandCompressed(lo) | 0;
@@ -424,8 +432,7 @@ export class Translator {
         len = 2;
       }
       if (!translatable(w)) break;
-      const delta = off - (hp & 0xfff);
-      out.push({ delta, len, w });
+      out.push({ delta: off, len, w });
       off += len;
       const opc = w & 0x7f;
       if (opc === 0x67 || opc === 0x6f) break; // JALR, JAL: nothing after them is reached from them

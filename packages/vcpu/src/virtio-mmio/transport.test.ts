@@ -34,9 +34,31 @@ describe('virtio-mmio transport registers (virtio 1.2 §4.2.2)', () => {
     expect(t.read(REG.DeviceID, 4)).toBe(0);
   });
 
+  it('QueueNumMax is per queue (§4.2.2): each queue takes sizes up to its own maximum, and a driver reset keeps them', () => {
+    const t = new VirtioMmioState();
+    t.plug(1, VERSION_1, [256, 256, 64], new Uint8Array(8), [3, 4, 5]);
+    const { kick, irq } = driverProbe(t, [], [], VERSION_1);
+    const max = (q: number): number => {
+      t.write(REG.QueueSel, 4, q, kick, irq);
+      return t.read(REG.QueueNumMax, 4);
+    };
+    expect([0, 1, 2, 3].map(max)).toEqual([256, 256, 64, 0]); // 3: no such queue (§4.2.2: 0)
+    t.write(REG.QueueSel, 4, 2, kick, irq);
+    t.write(REG.QueueNum, 4, 128, kick, irq); // above this queue's maximum: ignored
+    expect(t.queue(2).num).not.toBe(128);
+    t.write(REG.QueueNum, 4, 64, kick, irq);
+    expect(t.queue(2).num).toBe(64);
+    t.write(REG.QueueSel, 4, 0, kick, irq);
+    t.write(REG.QueueNum, 4, 256, kick, irq);
+    expect(t.queue(0).num).toBe(256);
+    t.write(REG.Status, 4, 0, kick, irq);
+    expect([0, 1, 2].map(max)).toEqual([256, 256, 64]);
+    expect(() => t.plug(1, VERSION_1, [256, 96], new Uint8Array(8), [3, 4])).toThrow('queue 1 size 96 is not a power of 2');
+  });
+
   it('negotiates features, sets up a queue, kicks the eventfd and acknowledges interrupts', () => {
     const t = new VirtioMmioState();
-    t.plug(2, VERSION_1 | 0x240n, 2, 256, Uint8Array.of(0x00, 0x10, 0, 0, 0, 0, 0, 0), [11, 12]);
+    t.plug(2, VERSION_1 | 0x240n, [256, 256], Uint8Array.of(0x00, 0x10, 0, 0, 0, 0, 0, 0), [11, 12]);
     const other = new VirtioMmioState(t.buffer); // another hart's view of the same device
     expect(other.read(REG.DeviceID, 4)).toBe(2);
     expect(other.read(REG.Config + 1, 1)).toBe(0x10);
@@ -76,10 +98,10 @@ describe('virtio-mmio transport registers (virtio 1.2 §4.2.2)', () => {
 
   it('refuses FEATURES_OK for features the device did not offer or without VERSION_1', () => {
     const t = new VirtioMmioState();
-    t.plug(2, VERSION_1 | 0x4n, 1, 128, new Uint8Array(8), [3]);
+    t.plug(2, VERSION_1 | 0x4n, [128], new Uint8Array(8), [3]);
     expect(driverProbe(t, [], [], 0x4n).ok).toBe(false);
     const t2 = new VirtioMmioState();
-    t2.plug(2, VERSION_1, 1, 128, new Uint8Array(8), [3]);
+    t2.plug(2, VERSION_1, [128], new Uint8Array(8), [3]);
     // Write a feature the device never offered.
     const kick = () => {};
     const irq = () => {};
@@ -93,7 +115,7 @@ describe('virtio-mmio transport registers (virtio 1.2 §4.2.2)', () => {
 
   it('bumps ConfigGeneration and raises a config interrupt on config change', () => {
     const t = new VirtioMmioState();
-    t.plug(2, VERSION_1, 1, 128, new Uint8Array(8), [3]);
+    t.plug(2, VERSION_1, [128], new Uint8Array(8), [3]);
     const irqs: boolean[] = [];
     const gen = t.read(REG.ConfigGeneration, 4);
     t.updateConfig(Uint8Array.of(1, 2, 3, 4), (l) => irqs.push(l));

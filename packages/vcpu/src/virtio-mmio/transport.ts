@@ -50,12 +50,12 @@ export const CONFIG_BYTES = 256;
 // Int32 word indices of the shared register file.
 const W = {
   present: 0, deviceId: 1, devFeatLo: 2, devFeatHi: 3, devFeatSel: 4, drvFeatLo: 5, drvFeatHi: 6, drvFeatSel: 7,
-  queueSel: 8, status: 9, intStatus: 10, configGen: 11, numQueues: 12, queueNumMax: 13, changes: 14, resets: 15,
+  queueSel: 8, status: 9, intStatus: 10, configGen: 11, numQueues: 12, changes: 14, resets: 15,
   configWrites: 16, eject: 17,
 } as const;
 const Q_BASE = 32; // per-queue records start here
-const Q_STRIDE = 12; // num, ready, descLo, descHi, drvLo, drvHi, devLo, devHi, kickFd, (pad)
-const QW = { num: 0, ready: 1, descLo: 2, descHi: 3, drvLo: 4, drvHi: 5, devLo: 6, devHi: 7, kickFd: 8 } as const;
+const Q_STRIDE = 12; // num, ready, descLo, descHi, drvLo, drvHi, devLo, devHi, kickFd, numMax, (pad)
+const QW = { num: 0, ready: 1, descLo: 2, descHi: 3, drvLo: 4, drvHi: 5, devLo: 6, devHi: 7, kickFd: 8, numMax: 9 } as const;
 const CONFIG_WORD = Q_BASE + MAX_QUEUES * Q_STRIDE;
 const WORDS = CONFIG_WORD + CONFIG_BYTES / 4;
 
@@ -112,9 +112,18 @@ export class VirtioMmioState {
 
   // ---- orchestrator side -------------------------------------------------
 
-  /** Put a device into the slot (hot-plug: before the guest probes or rescans it). */
-  plug(deviceId: number, features: bigint, numQueues: number, queueNumMax: number, config: Uint8Array, kickFds: number[]): void {
+  /**
+   * Put a device into the slot (hot-plug: before the guest probes or rescans
+   * it). `queueNumMax[q]` is queue q's largest size, QueueNumMax for that
+   * QueueSel (virtio 1.2 §4.2.2: the register is per queue); their count is
+   * the number of queues.
+   */
+  plug(deviceId: number, features: bigint, queueNumMax: readonly number[], config: Uint8Array, kickFds: number[]): void {
+    const numQueues = queueNumMax.length;
     if (numQueues < 1 || numQueues > MAX_QUEUES) throw new RangeError(`virtio-mmio: ${numQueues} queues (1..${MAX_QUEUES})`);
+    // virtio 1.2 §2.7: a split ring's size is a power of 2, at most 32768.
+    const bad = queueNumMax.findIndex((n) => !(Number.isInteger(n) && n >= 1 && n <= 32768 && (n & (n - 1)) === 0));
+    if (bad >= 0) throw new RangeError(`virtio-mmio: queue ${bad} size ${queueNumMax[bad]} is not a power of 2 from 1 to 32768`);
     if (config.length > CONFIG_BYTES) throw new RangeError(`virtio-mmio: config space of ${config.length} bytes (max ${CONFIG_BYTES})`);
     this.resetRegisters();
     const w = this.w;
@@ -122,8 +131,10 @@ export class VirtioMmioState {
     w[W.devFeatLo] = Number(features & 0xffff_ffffn) | 0;
     w[W.devFeatHi] = Number((features >> 32n) & 0xffff_ffffn) | 0;
     w[W.numQueues] = numQueues;
-    w[W.queueNumMax] = queueNumMax;
-    for (let q = 0; q < MAX_QUEUES; q++) w[this.q(q) + QW.kickFd] = q < kickFds.length ? kickFds[q]! : -1;
+    for (let q = 0; q < MAX_QUEUES; q++) {
+      w[this.q(q) + QW.kickFd] = q < kickFds.length ? kickFds[q]! : -1;
+      w[this.q(q) + QW.numMax] = q < numQueues ? queueNumMax[q]! : 0;
+    }
     this.cfg.fill(0);
     this.cfg.set(config);
     Atomics.store(w, W.present, 1);
@@ -225,7 +236,7 @@ export class VirtioMmioState {
       case REG.DeviceID: return present ? w[W.deviceId]! : 0; // 0: an empty slot (§4.2.3.1.1)
       case REG.VendorID: return Atomics.load(w, W.eject) ? VENDOR_ID_EJECT : VENDOR_ID;
       case REG.DeviceFeatures: return this.lifecycle.deviceFeaturesWord(w[W.devFeatSel]!);
-      case REG.QueueNumMax: return w[W.queueSel]! < w[W.numQueues]! ? w[W.queueNumMax]! : 0;
+      case REG.QueueNumMax: return this.selQueue() >= 0 ? w[this.q(this.selQueue()) + QW.numMax]! : 0;
       case REG.QueueReady: return this.selQueue() >= 0 ? w[this.q(this.selQueue()) + QW.ready]! : 0;
       case REG.InterruptStatus: return Atomics.load(w, W.intStatus);
       case REG.Status: return Atomics.load(w, W.status);
@@ -286,7 +297,7 @@ export class VirtioMmioState {
     }
     if (w[b + QW.ready] === 1) return;
     switch (offset) {
-      case REG.QueueNum: if (value > 0 && value <= w[W.queueNumMax]! && (value & (value - 1)) === 0) w[b + QW.num] = value; return;
+      case REG.QueueNum: if (value > 0 && value <= w[b + QW.numMax]! && (value & (value - 1)) === 0) w[b + QW.num] = value; return;
       case REG.QueueDescLow: w[b + QW.descLo] = value; return;
       case REG.QueueDescHigh: w[b + QW.descHi] = value; return;
       case REG.QueueDriverLow: w[b + QW.drvLo] = value; return;
