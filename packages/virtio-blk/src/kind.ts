@@ -23,6 +23,8 @@ export const BLK_OPTIONS: readonly OptionDef[] = [
   { name: 'iommu-table', type: 'string', help: "vmm-iommu's table file: offer VIRTIO_F_ACCESS_PLATFORM and translate every DMA address through it" },
   { name: 'iommu-endpoint', type: 'int', min: 0, max: 0xffff_ffff, help: "this disk's endpoint id at the IOMMU (with iommu-table)" },
   { name: 'iommu-reader', type: 'int', min: 0, max: 15, help: 'reader slot in the table, one per device process (with iommu-table)' },
+  // Behind a front-end's own vIOMMU (QEMU with an IOMMU, or our VhostUserDriver): vhost-user IOTLB messages.
+  { name: 'iotlb', type: 'bool', default: false, help: "offer VIRTIO_F_ACCESS_PLATFORM and translate through the front-end's vhost-user IOTLB messages (its vIOMMU)" },
 ];
 
 /** The format given, else the one vmm-blk probes (the qcow2 magic); undefined when the file cannot be read now. */

@@ -30,6 +30,8 @@ export interface BlkOptions {
   logLevel: string;
   /** Behind vmm-iommu: its table file, this disk's endpoint id and reader slot. */
   iommu: { table: string; endpoint: number; reader: number } | null;
+  /** Translate through the front-end's vhost-user IOTLB messages instead (its own vIOMMU). */
+  iotlb: boolean;
 }
 
 /**
@@ -42,6 +44,7 @@ export function parseBlkArgs(argv: string[]): BlkOptions | null {
   if (f === null) return null;
   const o = f.options;
   const image = String(o.file);
+  if (o.iotlb === true && o['iommu-table'] !== undefined) throw new DeviceOptionError('virtio-blk: iotlb and iommu-table are two ways of translating DMA; give one');
   return {
     socket: f.socket,
     image,
@@ -52,6 +55,7 @@ export function parseBlkArgs(argv: string[]): BlkOptions | null {
     id: f.id ?? basename(image),
     logLevel: f.logLevel,
     iommu: iommuOptions(o),
+    iotlb: o.iotlb === true,
   };
 }
 
@@ -102,7 +106,7 @@ const BLK_MAIN: DeviceMain<BlkOptions> = {
       return undefined;
     });
     const dma = opts.iommu ? iommuTranslator(opts.iommu) : undefined;
-    const backend = serveVhostUser(device, { socketPath: opts.socket, log, ...(dma ? { dma } : {}) });
+    const backend = serveVhostUser(device, { socketPath: opts.socket, log, ...(dma ? { dma } : {}), iotlb: opts.iotlb });
     const ring = IoRing.shared();
     const io = ring ? `io_uring (${ring.entries} entries)` : `thread pool (io_uring: ${IoRing.unavailableReason})`;
     return {
