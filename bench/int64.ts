@@ -1,4 +1,4 @@
-// The 64-bit integer representation microbenchmark behind the decision to
+// `pnpm bench int64 [--ops N] [--reps K]`: the 64-bit integer representation microbenchmark behind the decision to
 // write the hart interpreter in AssemblyScript/wasm (docs/int64-representation.md).
 //
 // One small RV64-like workload, four implementations:

@@ -1,4 +1,4 @@
-// `pnpm bench iommu-map [--pairs N]`: what strict-mode DMA mapping costs in
+// `pnpm bench iommu-map [--pairs N] [--live K]`: what strict-mode DMA mapping costs in
 // requests to vmm-iommu. Linux's virtio-iommu driver sends one MAP per
 // dma_map and one UNMAP per dma_unmap and waits for each (viommu_sync_req),
 // so a request's round trip over vhost-user is the price of every mapped

@@ -1,4 +1,4 @@
-// `pnpm bench net [--seconds S] [--tcp-seconds T] [--pps-only]`: networking, ours
+// `pnpm bench net [--seconds S] [--tcp-seconds T] [--pps-only] [--busy-poll US] [--ring-kib N] [--ring N]`: networking, ours
 // against a reference measured in the same run.
 //  (a) packets per second, no guest in the way: DPDK testpmd (txonly,
 //      64-byte UDP frames) → virtio_user → vmm-net → vmm-switch → vmm-net →
@@ -10,6 +10,10 @@
 //      the benchmark makes and removes).
 //  (c) the same iperf3 between two vmm guests (`vmm run --nic switch=…`),
 //      printed against (b)'s reference; tcp_ratio stays (b)'s.
+// (a) runs a second time with busy-poll on (--busy-poll US for the NICs and
+// the switch, default 50; 0 skips it): pps_ratio_busy_poll. --ring-kib N sets
+// the switch's rings (KiB) for both runs of ours, --ring N testpmd's queue
+// size (virtio_user queue_size, --rxd/--txd) for every run.
 // Also prints the RSS of vmm-net and vmm-switch during (a) next to a bare
 // Node process. Last line: {"bench":"net","pps_ratio":…,"tcp_ratio":…}.
 
@@ -37,6 +41,14 @@ function privateRssKiB(pid: number | undefined): number {
   return kb('VmRSS') - kb('RssShmem');
 }
 
+/** CPU time (user + system) a process used so far, in µs (/proc/PID/stat utime + stime, in clock ticks of 10 ms). */
+function cpuMicros(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) * 10_000;
+}
+
 async function startProc(name: string, args: string[], env: Record<string, string>, procs: DeviceProcess[]): Promise<DeviceProcess> {
   const p = new DeviceProcess({ name, args, env, log });
   await p.start();
@@ -54,12 +66,18 @@ interface PpsResult {
   received: number;
 }
 
-async function ppsRun(seconds: number, txVdev: string, rxVdev: string, tag: string): Promise<PpsResult> {
+/** A testpmd virtio_user port on a vhost-user socket; `ring` sets its queue size (virtio_user's default is 256). */
+function virtioUser(path: string, mac: string, ring: number | undefined): string {
+  return `net_virtio_user0,path=${path},queues=1,mac=${mac}${ring === undefined ? '' : `,queue_size=${ring}`}`;
+}
+
+async function ppsRun(seconds: number, txVdev: string, rxVdev: string, tag: string, ring: number | undefined): Promise<PpsResult> {
+  const descs = ring === undefined ? [] : [`--rxd=${ring}`, `--txd=${ring}`];
   // Each instance forwards on its own core (its main lcore mostly sleeps): rx forwards on 0, tx on 1.
-  const rx = startTestpmd({ prefix: `bnr${tag}${process.pid}`, vdev: rxVdev, mode: 'rxonly', lcores: '0,1', mainLcore: 1 });
+  const rx = startTestpmd({ prefix: `bnr${tag}${process.pid}`, vdev: rxVdev, mode: 'rxonly', lcores: '0,1', mainLcore: 1, extra: descs });
 
   await sleep(3000);
-  const tx = startTestpmd({ prefix: `bnt${tag}${process.pid}`, vdev: txVdev, mode: 'txonly', lcores: '0,1', mainLcore: 0, extra: ['--txpkts=64', '--eth-peer=0,52:54:00:00:0b:0b'] });
+  const tx = startTestpmd({ prefix: `bnt${tag}${process.pid}`, vdev: txVdev, mode: 'txonly', lcores: '0,1', mainLcore: 0, extra: ['--txpkts=64', '--eth-peer=0,52:54:00:00:0b:0b', ...descs] });
 
   // Let the link come up and the first burst settle, then count over `seconds` on the receiving side only.
   await sleep(seconds * 1000 + 2000);
@@ -69,35 +87,51 @@ async function ppsRun(seconds: number, txVdev: string, rxVdev: string, tag: stri
   return { pps: r.rxPackets / (seconds + 2), sent: t.txPackets, received: r.rxPackets };
 }
 
-async function ppsOurs(seconds: number): Promise<PpsResult & { rss: { net: number; switch: number } }> {
+/** Knobs of our side of (a): busy-poll µs for the NICs and the switch (0: off), and the switch's ring size in KiB. */
+interface OursOptions {
+  busyPollUs: number;
+  ringKib: number | undefined;
+  /** testpmd's virtio_user queue size (both runs, ours and the reference). */
+  ring: number | undefined;
+}
+
+async function ppsOurs(seconds: number, o: OursOptions): Promise<PpsResult & { rss: { net: number; switch: number }; cpuPerFrame: Record<string, number> }> {
   const dir = mkdtempSync(join(tmpdir(), 'vmm-bench-net-'));
   const env = { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir };
   const procs: DeviceProcess[] = [];
   try {
-    const sw = await startProc('switch', [SWITCH, '--name', 'bench'], env, procs);
+    const poll = ['--busy-poll', String(o.busyPollUs)];
+    const sw = await startProc('switch', [SWITCH, '--name', 'bench', ...poll, ...(o.ringKib === undefined ? [] : ['--ring-kib', String(o.ringKib)])], env, procs);
     const nets: DeviceProcess[] = [];
-    for (const n of ['a', 'b']) nets.push(await startProc(`net-${n}`, [NET, '--socket', join(dir, `${n}.sock`), '--switch', 'bench', '--mac', `52:54:00:00:0b:0${n === 'a' ? 'a' : 'b'}`, '--id', n], env, procs));
+    for (const n of ['a', 'b']) nets.push(await startProc(`net-${n}`, [NET, '--socket', join(dir, `${n}.sock`), '--switch', 'bench', '--mac', `52:54:00:00:0b:0${n === 'a' ? 'a' : 'b'}`, '--id', n, ...poll], env, procs));
     let rss = { net: 0, switch: 0 };
     const sampler = setInterval(() => {
       rss = { net: Math.max(rss.net, privateRssKiB(nets[1]!.pid)), switch: Math.max(rss.switch, privateRssKiB(sw.pid)) };
     }, 500);
-    const r = await ppsRun(seconds, `net_virtio_user0,path=${join(dir, 'a.sock')},queues=1,mac=52:54:00:00:0b:0a`, `net_virtio_user0,path=${join(dir, 'b.sock')},queues=1,mac=52:54:00:00:0b:0b`, 'o');
+    const who = { 'net-a': nets[0]!, switch: sw, 'net-b': nets[1]! };
+    const cpu0 = Object.fromEntries(Object.entries(who).map(([k, p]) => [k, cpuMicros(p.pid)]));
+    const r = await ppsRun(seconds, virtioUser(join(dir, 'a.sock'), '52:54:00:00:0b:0a', o.ring), virtioUser(join(dir, 'b.sock'), '52:54:00:00:0b:0b', o.ring), 'o', o.ring);
     clearInterval(sampler);
+    // CPU per frame each process handled: net-a and the switch per frame sent, net-b per frame received. Unlike pps it
+    // hardly depends on how busy the machine is.
+    const frames: Record<string, number> = { 'net-a': r.sent, switch: r.sent, 'net-b': r.received };
+    const cpuPerFrame = Object.fromEntries(Object.entries(who).map(([k, p]) => [k, Number(((cpuMicros(p.pid) - cpu0[k]!) / Math.max(1, frames[k]!)).toFixed(2))]));
     const st = await querySwitch(join(dir, 'switch-bench.sock'));
     const b = st.ports.find((p) => p.name === 'b');
     console.log(`  switch: port b forwarded ${b?.tx_packets} frames, dropped ${b?.tx_dropped} (its ring full)`);
-    return { ...r, rss };
+    console.log(`  CPU µs per frame: ${Object.entries(cpuPerFrame).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+    return { ...r, rss, cpuPerFrame };
   } finally {
     await Promise.all(procs.map((p) => p.stop()));
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
-async function ppsReference(seconds: number): Promise<PpsResult> {
+async function ppsReference(seconds: number, ring: number | undefined): Promise<PpsResult> {
   const dir = mkdtempSync(join(tmpdir(), 'vmm-bench-net-ref-'));
   try {
     const sock = join(dir, 'vhost.sock');
-    return await ppsRun(seconds, `net_virtio_user0,path=${sock},queues=1,mac=52:54:00:00:0b:0a`, `net_vhost0,iface=${sock},queues=1`, 'r');
+    return await ppsRun(seconds, virtioUser(sock, '52:54:00:00:0b:0a', ring), `net_vhost0,iface=${sock},queues=1`, 'r', ring);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -231,12 +265,23 @@ async function tcpVmm(g: Guest, seconds: number): Promise<number> {
 export async function main(args: string[]): Promise<void> {
   const seconds = argValue(args, '--seconds', 8);
   const tcpSeconds = argValue(args, '--tcp-seconds', 8);
+  const busyPollUs = args[args.indexOf('--busy-poll') + 1] === '0' ? 0 : argValue(args, '--busy-poll', 50);
+  const ringKibArg = argValue(args, '--ring-kib', 0);
+  const ringKib = ringKibArg > 0 ? ringKibArg : undefined;
+  const ringArg = argValue(args, '--ring', 0);
+  const ring = ringArg > 0 ? ringArg : undefined;
   if (!haveTestpmd()) throw new Error('dpdk-testpmd not found: scripts/setup.sh installs dpdk-dev and its PMDs');
   console.log(`(a) 64-byte frames, testpmd txonly → rxonly, ${seconds} s each`);
-  const ours = await ppsOurs(seconds);
+  const ours = await ppsOurs(seconds, { busyPollUs: 0, ringKib, ring });
   console.log(`  vmm-net + vmm-switch + vmm-net: ${Math.round(ours.pps)} pps received (${ours.received} of ${ours.sent} sent)`);
-  const ref = await ppsReference(seconds);
+  const ref = await ppsReference(seconds, ring);
   console.log(`  DPDK net_vhost:                 ${Math.round(ref.pps)} pps received (${ref.received} of ${ref.sent} sent)`);
+  let busyRatio: number | null = null;
+  if (busyPollUs > 0) {
+    const busy = await ppsOurs(seconds, { busyPollUs, ringKib, ring });
+    console.log(`  the same, busy-poll ${busyPollUs} µs:  ${Math.round(busy.pps)} pps received (${busy.received} of ${busy.sent} sent), ${(busy.pps / ours.pps).toFixed(2)} × without`);
+    busyRatio = busy.pps / ref.pps;
+  }
   const bare = bareNodeRss();
   console.log(`  RSS without shared memfd pages (peak): vmm-net ${(ours.rss.net / 1024).toFixed(1)} MiB, vmm-switch ${(ours.rss.switch / 1024).toFixed(1)} MiB; a bare node ${(bare / 1024).toFixed(1)} MiB`);
   const ppsRatio = ours.pps / ref.pps;
@@ -253,5 +298,5 @@ export async function main(args: string[]): Promise<void> {
     const t3 = await tcpVmm(g, tcpSeconds);
     console.log(`  vmm guests, vmm-net + vmm-switch: ${t3.toFixed(1)} Mbit/s (${(t3 / t2).toFixed(2)} × the QEMU guests on a Linux bridge)`);
   }
-  console.log(JSON.stringify({ bench: 'net', pps_ratio: Number(ppsRatio.toFixed(3)), tcp_ratio: tcpRatio === null ? null : Number(tcpRatio.toFixed(3)) }));
+  console.log(JSON.stringify({ bench: 'net', pps_ratio: Number(ppsRatio.toFixed(3)), pps_ratio_busy_poll: busyRatio === null ? null : Number(busyRatio.toFixed(3)), tcp_ratio: tcpRatio === null ? null : Number(tcpRatio.toFixed(3)) }));
 }

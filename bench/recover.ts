@@ -1,4 +1,4 @@
-// pnpm bench recover [--kills N]: SIGKILL a disk's vmm-blk process under a
+// `pnpm bench recover [--kills N]`: SIGKILL a disk's vmm-blk process under a
 // verifying guest write workload N times (default 1000; CI-sized with
 // --kills 10) and measure, on the host, the time from each kill to the next
 // completed guest request (the first used-buffer notification from the

@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { createLogger, DeviceProcess } from '@vmm/core';
 
 const src = (p: string) => fileURLToPath(new URL(`../packages/${p}`, import.meta.url));
-const log = createLogger('bench', 'rss', 'warn');
+const log = createLogger('rss-bench', undefined, 'warn');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Rss {

@@ -151,3 +151,35 @@ describe('pnpm guest command line', () => {
     expect(tail.trim().split('\n')).toEqual(['vmm', 'vmm/exec.sh', 'vmm/nonce']);
   });
 });
+
+describe('every command a user runs: --help, and a wrong flag in one line', () => {
+  const root = fileURLToPath(new URL('..', import.meta.url));
+  /** What a login shell has: the system's PATH and Node 20, no pnpm shims (the device bins find the pinned Node themselves). */
+  const PLAIN_ENV = { PATH: '/usr/local/bin:/usr/bin:/bin', HOME: process.env.HOME ?? '/root' };
+  const BENCH = join(root, 'bench', 'run.ts');
+  const commands: { name: string; run: (...a: string[]) => Promise<{ code: number | null; stdout: string; stderr: string }>; usage: RegExp; bad: string[]; says: string }[] = [
+    { name: 'vmm', run: (...a) => vmm(...a), usage: /^usage: pnpm vmm <command>/, bad: ['--bogus'], says: '"--bogus"' },
+    { name: 'vmm run', run: (...a) => vmm('run', ...a), usage: /^usage: pnpm vmm run/, bad: ['--bogus'], says: "'--bogus' (pnpm vmm run --help)" },
+    { name: 'vmm ctl', run: (...a) => vmm('ctl', ...a), usage: /^usage: vmm ctl/, bad: ['--bogus'], says: "'--bogus' (vmm ctl --help)" },
+    { name: 'pnpm guest', run: (...a) => runBounded(process.execPath, [GUEST_CLI, ...a], { timeoutMs: 60_000 }), usage: /^usage: pnpm guest/, bad: ['fetch', '--bogus'], says: "'--bogus' (pnpm guest --help)" },
+    { name: 'pnpm bench', run: (...a) => runBounded(process.execPath, [BENCH, ...a], { timeoutMs: 60_000 }), usage: /^usage: pnpm bench NAME/, bad: ['boot', '--bogus'], says: 'unknown option --bogus (boot takes --runs V, --engine V)' },
+    ...[['vmm-blk', 'virtio-blk'], ['vmm-net', 'virtio-net'], ['vmm-switch', 'virtio-net'], ['vmm-iommu', 'iommu']].map(([bin, pkg]) => ({
+      name: bin!,
+      run: (...a: string[]) => runBounded(join(root, 'packages', pkg!, 'bin', bin!), a, { timeoutMs: 60_000, env: PLAIN_ENV }),
+      usage: new RegExp(`^usage: ${bin} --`),
+      bad: ['--bogus'],
+      says: `${bin}: `,
+    })),
+  ];
+  it.each(commands.map((c) => [c.name, c] as const))('%s', async (_name, c) => {
+    const h = await c.run('--help');
+    expect(h.code, h.stderr).toBe(0);
+    expect(h.stdout).toMatch(c.usage);
+    const r = await c.run(...c.bad);
+    expect(r.code, r.stderr).toBe(2);
+    const line = oneLine(r.stderr);
+    expect(line).toContain(c.says);
+    expect(line).toMatch(/bogus/i);
+    expect(r.stdout).toBe('');
+  });
+});

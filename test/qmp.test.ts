@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initrdWithExec, startGuestSession, type GuestSession } from '@vmm/orchestrator';
+import { DEFAULT_ENGINE } from '@vmm/vcpu';
 import { kitAndInitramfs, requireQemu } from './guest-helpers.ts';
 
 type Json = Record<string, unknown>;
@@ -233,8 +234,10 @@ describe('QMP: vmm answers as qemu-system-riscv64 -M virt does', () => {
 
   it('query-cpus-fast: one entry per hart, real thread ids', async () => {
     const [ca, cb] = await both('query-cpus-fast');
-    const cpus = (r: Json) => r.return as { 'thread-id': number; 'cpu-index': number }[];
-    const tidless = (r: Json): unknown => ({ ...r, return: cpus(r).map((c) => ({ ...c, 'thread-id': '<tid>' })) });
+    const cpus = (r: Json) => r.return as { 'thread-id': number; 'cpu-index': number; 'x-engine'?: string }[];
+    // vmm's one extension: the engine each hart runs (QEMU's reply has none).
+    for (const c of cpus(ca)) expect(c['x-engine']).toBe(DEFAULT_ENGINE);
+    const tidless = (r: Json): unknown => ({ ...r, return: cpus(r).map(({ 'x-engine': _engine, ...c }) => ({ ...c, 'thread-id': '<tid>' })) });
     expect(tidless(ca)).toEqual(tidless(cb));
     expect(cpus(ca)).toHaveLength(SMP);
     // vmm's harts run in this process (the session's machine): each thread id is its hart's worker thread.

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { QmpClient } from '@vmm/orchestrator';
 import { VMM_CLI } from './guest-helpers.ts';
-import { alive, expectQuietShutdown, sessionOf, waitGone } from './shutdown-helpers.ts';
+import { alive, expectQuietShutdown, logLines, sessionOf, waitGone } from './shutdown-helpers.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-shutdown-'));
 const disk = join(dir, 'a.img');
@@ -101,11 +101,12 @@ describe('a normal shutdown logs no error or warning', () => {
 });
 
 describe('--daemonize', () => {
-  it('the parent exits once QMP listens; the daemon has its own session and a pidfile; its unix console works with vmm ctl console and socat; quit ends it', async () => {
+  it('the parent exits once QMP listens; the daemon has its own session and a pidfile; its unix console works with vmm ctl console and socat; quit ends it; its logs are in --log-file', async () => {
     const qmp = join(dir, 'daemon.qmp');
     const consolePath = join(dir, 'daemon.console');
     const pidfile = join(dir, 'daemon.pid');
-    const parent = startVmm(['--daemonize', '--pidfile', pidfile, '--qmp', qmp, '--console', `unix:${consolePath}`, '--disk', disk]);
+    const logFile = join(dir, 'daemon.log');
+    const parent = startVmm(['--daemonize', '--pidfile', pidfile, '--qmp', qmp, '--console', `unix:${consolePath}`, '--disk', disk, '--log-file', logFile, '--log-level', 'info']);
     const { code } = await parent.exited;
     expect(code, parent.stderr()).toBe(0);
     // By the time the parent is gone, the VM is up: QMP and the console socket listen.
@@ -152,6 +153,11 @@ describe('--daemonize', () => {
     expect(existsSync(pidfile), 'pidfile removed').toBe(false);
     expect(existsSync(consolePath), 'console socket removed').toBe(false);
     leftDaemon = 0;
+    // The daemon's stderr is /dev/null: its log lines, and those its vmm-blk processes wrote, are in the file, none on the parent's stderr.
+    expect(logLines(parent.stderr())).toEqual([]);
+    const lines = await expectQuietShutdown(readFileSync(logFile, 'utf8'), { msg: 'machine exited' });
+    expect(lines.filter((l) => l.role === 'vmm').map((l) => l.pid)).toContain(pid);
+    expect(lines.filter((l) => l.role === 'blk').map((l) => l.msg)).toContain('serving');
   });
 });
 

@@ -1,8 +1,9 @@
 // One start-up path for every device process (vmm-blk, vmm-net, vmm-iommu,
 // vmm-switch, the echo test device), so each main.ts is only its kind:
 //
-//  1. parse argv: a bad flag is one line `COMMAND: message` plus the usage
-//     line on stderr and exit 2; --help prints the usage on stdout, exit 0;
+//  1. parse argv: a bad flag is one line `COMMAND: message` on stderr (the
+//     same words as the orchestrator's flag and QMP) and exit 2; --help
+//     prints the usage on stdout, exit 0;
 //  2. the process's logger (role, id, level: one key each per line);
 //  3. the kind's start(): a failure is one fatal log line, one stderr line
 //     `COMMAND: message` and exit 2 for a configuration error (exit 1 else);
@@ -48,6 +49,11 @@ export interface DeviceMain<A extends { readonly logLevel: string }> {
   exitCode?(error: unknown): number;
 }
 
+/** An argv error as one line: node:util parseArgs adds a second sentence about positionals to its unknown-option message. */
+export function argvErrorLine(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).split('\n')[0]!.replace(/\. To specify a positional.*$/, '');
+}
+
 function defaultExitCode(e: unknown): number {
   return isVmmError(e) && e.kind === 'config' ? 2 : 1;
 }
@@ -58,7 +64,7 @@ export async function runDeviceMain<A extends { readonly logLevel: string }>(mai
   try {
     args = main.parse(argv);
   } catch (e) {
-    process.stderr.write(`${main.command}: ${(e as Error).message}\n${main.usage.split('\n')[0]}\n`);
+    process.stderr.write(`${main.command}: ${argvErrorLine(e)}\n`);
     process.exit(2);
   }
   if (args === null) {

@@ -24,7 +24,10 @@ import type { ResultPromise } from 'execa';
 import type { Logger } from 'pino';
 import { VmmError } from './errors.ts';
 import { parentPid, setParentDeathSignal } from './ffi.ts';
-import { createLogger } from './logger.ts';
+import { createLogger, writeLog } from './logger.ts';
+
+/** Most stderr bytes held back from a child before its ready handshake (then relayed anyway). */
+const HELD_STDERR_BYTES = 64 * 1024;
 
 /** The orchestrator's pid, given to each device process so it can tell whether its parent is still the one that started it. */
 const PARENT_PID_ENV = 'VMM_PARENT_PID';
@@ -126,17 +129,45 @@ export class DeviceProcess {
     }) as Child;
     this.child = child;
     this.stderrTail = '';
+    // Until the handshake, the child's stderr is held: if it dies before it
+    // is ready, its plain last words become start()'s error (said once, by
+    // whoever reports that error) and only its JSON log lines are relayed;
+    // once ready, what was held and everything after is relayed as it comes.
+    let held: Buffer[] | null = [];
+    let heldBytes = 0;
+    const release = (all: boolean): void => {
+      if (held === null) return;
+      const text = Buffer.concat(held);
+      held = null;
+      if (all) writeLog(text);
+      else {
+        const json = text.toString('utf8').split('\n').filter((l) => l.startsWith('{')).map((l) => `${l}\n`).join('');
+        if (json) writeLog(Buffer.from(json));
+      }
+    };
     child.stderr?.on('data', (d: Buffer) => {
-      process.stderr.write(d);
       this.stderrTail = (this.stderrTail + d.toString('utf8')).slice(-4096);
+      if (held === null) writeLog(d);
+      else {
+        held.push(d);
+        heldBytes += d.length;
+        if (heldBytes > HELD_STDERR_BYTES) release(true);
+      }
     });
     this.exitPromise = child.then((r) => {
       const info: ExitInfo = { code: r.exitCode ?? null, signal: r.signal ?? null };
       this.lastExit = info;
       if (this.child === child) {
         const fields = { device: this.name, devicePid: child.pid, ...info };
-        if (this.stopping) this.log.info(fields, 'device process stopped');
-        else {
+        if (this.stopping) {
+          release(true);
+          this.log.info(fields, 'device process stopped');
+        } else if (held !== null) {
+          // Before its handshake: start() fails with the child's own words; that error is the report.
+          release(false);
+          this.log.debug(fields, 'device process exited before it was ready');
+          this.onUnexpectedExit?.(info);
+        } else {
           this.log.error(fields, 'device process exited unexpectedly');
           this.onUnexpectedExit?.(info);
         }
@@ -149,6 +180,7 @@ export class DeviceProcess {
       const onMessage = (m: unknown) => {
         if (typeof m === 'object' && m !== null && (m as { type?: unknown }).type === 'vmm-ready') {
           this.readyInfo = m as Record<string, unknown>;
+          release(true);
           done();
           resolve();
         }
@@ -159,6 +191,7 @@ export class DeviceProcess {
       };
       timer = setTimeout(() => {
         done();
+        release(true);
         reject(new DeviceProcessError(`${this.name} sent no ready handshake within ${timeout} ms`, 'ERR_DEVICE_PROCESS_READY_TIMEOUT'));
         child.kill('SIGKILL');
       }, timeout);

@@ -59,15 +59,17 @@ export interface VirtqueueHandle {
    * buffers, §5.1.6.3) can wait for them without popping any.
    */
   available(want?: number): number;
+  /** How many chains pop() could return now; unlike available() it never asks for a kick (for a device that polls). */
+  pending(): number;
   /**
-   * Busy-wait up to `maxUs` microseconds for the driver to make a chain
-   * available, with the driver's kicks suppressed meanwhile (virtio 1.2
-   * §2.7.10), and return whether one is. For a device whose driver waits
-   * for each request by polling the used ring (virtio-iommu: Linux's
-   * viommu_sync_req), so the next request is picked up without an eventfd
-   * wakeup. When none came, kicks are asked for again before returning.
+   * Turn the driver's kicks off while the device polls the ring (busy-poll,
+   * vhost-net's busyloop), and on again after (virtio 1.2 §2.7.7.1 NO_NOTIFY,
+   * §2.7.10 avail_event). After turning them on, check pending() once more:
+   * a chain the driver added while kicks were off came without one.
    */
-  spin(maxUs: number): boolean;
+  setKicks(enabled: boolean): void;
+  /** Signal the driver now for the chains completed so far, if it wants it (otherwise that happens at the end of the turn). */
+  flush(): void;
   /**
    * Finish a chain with `writtenLen` bytes written to its writable part. The
    * driver is notified (batched, EVENT_IDX-aware). After the queue stopped
@@ -77,6 +79,8 @@ export interface VirtqueueHandle {
   complete(head: number, writtenLen: number): void;
   /** Chains popped and not completed yet. */
   readonly inFlight: number;
+  /** Malformed chains pop() refused (and gave back with length 0) since the queue started: a device counts them as its bad input. */
+  readonly malformed: number;
   /** False once the queue was stopped or the device reset. */
   readonly live: boolean;
 }

@@ -22,3 +22,4 @@ export { InflightQueue, inflightRegionSize, inflightQueueStride } from './vhost-
 export { processMemory, type ProcessMemory } from './proc-memory.ts';
 export { IoRing, IoRingError } from './io-ring.ts';
 export { QueueHandle, type QueueHandleOptions } from './queue-handle.ts';
+export { BusyPoll, type BusyPollHooks } from './busy-poll.ts';

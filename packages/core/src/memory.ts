@@ -28,9 +28,11 @@ export class GuestMemoryError extends VmmError {
 const hex = (v: number | bigint) => `0x${v.toString(16)}`;
 
 /** Brand a guest address; throws GuestMemoryError for negative, fractional or ≥ 2^53 values. */
+const MAX_SAFE_BIGINT = BigInt(Number.MAX_SAFE_INTEGER);
+
 export function guestAddress(v: number | bigint): GuestAddress {
   if (typeof v === 'bigint') {
-    if (v < 0n || v > BigInt(Number.MAX_SAFE_INTEGER)) throw new GuestMemoryError(`guest address ${hex(v)} is beyond 2^53`, v, 0);
+    if (v < 0n || v > MAX_SAFE_BIGINT) throw new GuestMemoryError(`guest address ${hex(v)} is beyond 2^53`, v, 0);
     return Number(v) as GuestAddress;
   }
   if (!Number.isSafeInteger(v) || v < 0) throw new GuestMemoryError(`guest address ${v} is not a valid address`, v, 0);
@@ -271,6 +273,12 @@ export class GuestMemory {
   }
 
   readInto(addr: GuestAddress | number, dest: Uint8Array): void {
+    // One region, no IOMMU (a frame's buffer, nearly always): no piece list to build.
+    const d = this.direct(addr, dest.length);
+    if (d) {
+      dest.set(d.r.bytes.subarray(d.off, d.off + dest.length));
+      return;
+    }
     let o = 0;
     for (const p of this.pieces(addr, dest.length, 'read')) {
       dest.set(p.r.bytes.subarray(p.off, p.off + p.len), o);
@@ -279,6 +287,11 @@ export class GuestMemory {
   }
 
   write(addr: GuestAddress | number, data: Uint8Array): void {
+    const d = this.direct(addr, data.length);
+    if (d) {
+      d.r.bytes.set(data, d.off);
+      return;
+    }
     let o = 0;
     for (const p of this.pieces(addr, data.length, 'write')) {
       p.r.bytes.set(data.subarray(o, o + p.len), p.off);
@@ -302,6 +315,12 @@ export class GuestMemory {
     if (ps.length !== 1) throw new GuestMemoryError(`guest range ${hex(addr)}+${len} spans ${ps.length} pieces; no single view`, addr, len, 'ERR_GUEST_MEMORY_DISCONTIGUOUS');
     const p = ps[0]!;
     return p.r.bytes.subarray(p.off, p.off + p.len);
+  }
+
+  /** Throw GuestMemoryError unless [addr, addr+len) is all mapped (and, behind an IOMMU, allowed for `access`); what slices() checks, without the views. */
+  check(addr: GuestAddress | number, len: number, access: Access = 'read'): void {
+    if (this.direct(addr, len)) return;
+    this.pieces(addr, len, access);
   }
 
   /** Zero-copy views covering [addr, addr+len), one per contiguous piece (an empty range gives []). */

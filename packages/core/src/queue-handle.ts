@@ -28,6 +28,8 @@ export interface QueueHandleOptions {
 }
 
 export class QueueHandle implements VirtqueueHandle {
+  /** Chains refused as malformed since the queue started (given back to the driver unprocessed). */
+  malformed = 0;
   readonly index: number;
   readonly size: number;
   readonly mem: GuestMemory;
@@ -128,6 +130,7 @@ export class QueueHandle implements VirtqueueHandle {
           return null;
         }
         this.o.log.warn({ err: e, queue: this.index }, 'malformed descriptor chain');
+        this.malformed++;
         if (e.head !== undefined && e.head < this.size) {
           // Give the chain back untouched so the driver's request completes (with nothing written).
           this.returnUntracked(e.head);
@@ -171,27 +174,15 @@ export class QueueHandle implements VirtqueueHandle {
     return this.resubmit.length + this.q.pending();
   }
 
-  spin(maxUs: number): boolean {
-    if (this.dead || this.broken) return false;
-    if (this.resubmit.length > 0 || this.q.pending() > 0) return true;
-    // Completions so far must not wait for the end of the spin (their notification is otherwise a microtask away).
-    this.flush();
-    this.spins++;
-    this.q.suppressKicks();
-    const end = performance.now() + maxUs / 1000;
-    do {
-      if (this.q.pending() > 0) {
-        this.spinHits++;
-        return true;
-      }
-    } while (performance.now() < end);
-    this.q.armKick();
-    return this.q.pending() > 0;
+  pending(): number {
+    if (this.dead || this.broken) return 0;
+    return this.resubmit.length + this.q.pending();
   }
 
-  /** spin() calls, and those that found a chain while spinning (diagnostics: how often polling paid off). */
-  spins = 0;
-  spinHits = 0;
+  setKicks(enabled: boolean): void {
+    if (this.dead || this.broken) return;
+    this.q.setNotification(enabled);
+  }
 
   /**
    * A request finished. A completion that belongs to no request of this ring

@@ -81,14 +81,17 @@ function validateSize(size: number): void {
 }
 
 /**
- * Walk a descriptor chain starting at `head` (STYLE.md §2), yielding each
- * data descriptor (indirect tables followed transparently). Typed errors on:
+ * Walk a descriptor chain starting at `head` (STYLE.md §2) and return its
+ * data descriptors (indirect tables followed transparently); a plain loop
+ * into an array rather than a generator, as it runs for every chain of
+ * every queue. Typed errors on:
  * an index out of range, a loop, more descriptors than the table holds, a
  * device-readable descriptor after a device-writable one, total length above
  * 2^32-1, an indirect table inside an indirect table, an indirect length that
  * is 0 or not a multiple of 16, or INDIRECT together with NEXT (§2.7.5.3).
  */
-export function* walkChain(mem: GuestMemory, table: DataView, size: number, head: number, visited: Uint32Array, stamp: number): Generator<RawDescriptor> {
+export function walkChain(mem: GuestMemory, table: DataView, size: number, head: number, visited: Uint32Array, stamp: number): RawDescriptor[] {
+  const out: RawDescriptor[] = [];
   let tbl = table;
   let n = size;
   let idx = head;
@@ -137,8 +140,8 @@ export function* walkChain(mem: GuestMemory, table: DataView, size: number, head
     sawWrite ||= write;
     total += len;
     if (total > 0xffff_ffff) throw new VirtqueueError(`chain total length ${total} exceeds 2^32-1`, 'ERR_VIRTQ_LENGTH', head);
-    yield { addr, len, flags, next };
-    if (!(flags & VIRTQ_DESC_F_NEXT)) return;
+    out.push({ addr, len, flags, next });
+    if (!(flags & VIRTQ_DESC_F_NEXT)) return out;
     idx = next;
   }
 }
@@ -169,6 +172,8 @@ export class SplitQueue {
   usedIdx: number;
   /** used.idx when the driver was last notified (or considered), for §2.7.10's wrap arithmetic. */
   private signalledUsed: number;
+  /** setNotification(false): the device polls the ring and does not ask for kicks (pop() leaves avail_event alone). */
+  private kicksOff = false;
 
   constructor(mem: GuestMemory, cfg: SplitQueueConfig, lastAvail = 0) {
     validateSize(cfg.size);
@@ -210,9 +215,7 @@ export class SplitQueue {
   pop(): DescriptorChain | null {
     let avail = this.availIdx();
     if (avail === this.lastAvail) {
-      // Found empty: kicks are wanted again (a suppressKicks() ends here at the latest).
-      if (this.kicksSuppressed) this.armKick();
-      if (!this.eventIdx) return this.availIdx() === this.lastAvail ? null : this.pop();
+      if (!this.eventIdx || this.kicksOff) return null;
       this.setAvailEvent(this.lastAvail);
       avail = this.availIdx();
       if (avail === this.lastAvail) return null;
@@ -222,25 +225,8 @@ export class SplitQueue {
     }
     const head = this.avail.u16[2 + (this.lastAvail % this.size)]!;
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
-    if (this.eventIdx) this.setAvailEvent(this.kicksSuppressed ? (this.lastAvail - 1) & 0xffff : this.lastAvail);
+    if (this.eventIdx && !this.kicksOff) this.setAvailEvent(this.lastAvail);
     return this.parse(head);
-  }
-
-  /** The device polls the avail ring (suppressKicks): the driver is told not to kick. */
-  private kicksSuppressed = false;
-
-  /**
-   * Tell the driver not to kick while the device polls the avail ring
-   * itself (§2.7.10: with EVENT_IDX avail_event is left one behind what
-   * was consumed, so vring_need_event() is false for every chain the
-   * driver adds; without it, VIRTQ_USED_F_NO_NOTIFY). It ends with
-   * armKick(), or with the next pop() that finds the ring empty; re-check
-   * pending() after armKick(): a chain added meanwhile came without a kick.
-   */
-  suppressKicks(): void {
-    this.kicksSuppressed = true;
-    if (this.eventIdx) this.setAvailEvent((this.lastAvail - 1) & 0xffff);
-    else Atomics.store(this.used.u16, 0, VIRTQ_USED_F_NO_NOTIFY);
   }
 
   /** Parse the chain at `head` (also used to resubmit inflight requests after a reconnect). */
@@ -253,7 +239,7 @@ export class SplitQueue {
     }
     const chain: DescriptorChain = { head, readable: [], writable: [], readableLen: 0, writableLen: 0 };
     // Walk the whole chain first (structure, loops, lengths), then check every buffer against guest memory.
-    const descs = [...walkChain(this.mem, this.desc.view, this.size, head, this.visited, this.stamp)];
+    const descs = walkChain(this.mem, this.desc.view, this.size, head, this.visited, this.stamp);
     for (const d of descs) {
       if (d.len === 0) continue;
       const write = (d.flags & VIRTQ_DESC_F_WRITE) !== 0;
@@ -261,7 +247,7 @@ export class SplitQueue {
       try {
         addr = guestAddress(d.addr);
         // Validate the whole buffer now, before any I/O (STYLE.md §2).
-        this.mem.slices(addr, d.len, write ? 'write' : 'read');
+        this.mem.check(addr, d.len, write ? 'write' : 'read');
       } catch (e) {
         if (!(e instanceof GuestMemoryError)) throw e;
         throw new VirtqueueError(`buffer 0x${d.addr.toString(16)}+${d.len} is outside guest memory`, 'ERR_VIRTQ_BUFFER_RANGE', head, e);
@@ -312,13 +298,19 @@ export class SplitQueue {
    * caller re-reads pending() afterwards, as a kick cannot be missed then.
    */
   armKick(): void {
-    this.kicksSuppressed = false;
     if (this.eventIdx) this.setAvailEvent(this.availIdx());
     else Atomics.store(this.used.u16, 0, 0);
   }
 
-  /** Ask the driver not to kick (NO_NOTIFY) or to kick again; with EVENT_IDX this is avail_event instead. */
+  /**
+   * Ask the driver not to kick (NO_NOTIFY, §2.7.7.1) or to kick again. With
+   * EVENT_IDX (§2.7.10) "off" leaves avail_event where it is, so the driver
+   * kicks at most once more (vhost's vhost_disable_notify does the same), and
+   * "on" sets it to the next slot; either way the caller re-reads pending()
+   * after turning kicks back on, so a chain added meanwhile is not missed.
+   */
   setNotification(enabled: boolean): void {
+    this.kicksOff = !enabled;
     if (this.eventIdx) {
       if (enabled) this.setAvailEvent(this.lastAvail);
       return;

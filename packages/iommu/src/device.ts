@@ -5,7 +5,7 @@
 // drive it alike.
 
 import type { DeviceContext, Logger, VirtioDeviceBackend, VirtqueueHandle } from '@vmm/core';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VhostUserProtocolFeature, protocolFeatureBit } from '@vmm/core';
+import { BusyPoll, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VhostUserProtocolFeature, protocolFeatureBit } from '@vmm/core';
 import { execute, type IommuLimits, type ReservedRegion } from './execute.ts';
 import { parseRequest, writeReply, writeStatus } from './request.ts';
 import {
@@ -59,8 +59,6 @@ export interface IommuDeviceOptions {
  * request. On a host with a core to spare it can pay; `poll-us` sets it.
  */
 export const POLL_US = 0;
-/** Longest stretch one round of serving (with polling) keeps the event loop before yielding to it (ms). */
-const MAX_SERVE_MS = 5;
 
 /** Faults waiting for an event buffer; beyond this the oldest is dropped (§5.13.6.9 "the device can … drop the event"). */
 const MAX_PENDING_FAULTS = 256;
@@ -115,7 +113,19 @@ export class IommuDevice implements VirtioDeviceBackend {
       graceTimeoutMs: options.graceTimeoutMs ?? 5000,
       pollUs: options.pollUs ?? POLL_US,
     };
-    if (!(this.#opts.pollUs >= 0 && this.#opts.pollUs <= 1_000_000)) throw new RangeError(`pollUs ${this.#opts.pollUs} is outside 0..1000000`);
+    // Core's BusyPoll (vhost-net's busyloop): kicks off while polling, on again after and one more look.
+    this.#poll = this.#opts.pollUs > 0
+      ? new BusyPoll(this.#opts.pollUs, {
+        step: () => this.#pollStep(),
+        enter: () => this.#requestq?.setKicks(false),
+        leave: () => {
+          const q = this.#requestq;
+          if (q === null) return;
+          q.setKicks(true);
+          this.#pollStep();
+        },
+      })
+      : null;
     this.#log = options.log;
   }
 
@@ -200,7 +210,24 @@ export class IommuDevice implements VirtioDeviceBackend {
       this.#again = q;
       return;
     }
+    const before = this.counters.requests;
+    this.#requestq = q;
     void this.#serve(q);
+    // Poll only after a wake-up that found requests: a kick for one that polling already took finds none.
+    if (this.counters.requests !== before) this.#poll?.run();
+  }
+
+  /** The request queue, for polling (pollUs). */
+  #requestq: VirtqueueHandle | null = null;
+  readonly #poll: BusyPoll | null;
+
+  /** One polling step: serve what the driver added meanwhile (completions signalled at once, not at the end of the turn). */
+  #pollStep(): boolean {
+    const q = this.#requestq;
+    if (q === null || !q.live || this.#busy || q.pending() === 0) return false;
+    void this.#serve(q);
+    q.flush();
+    return true;
   }
 
   /**
@@ -212,26 +239,9 @@ export class IommuDevice implements VirtioDeviceBackend {
   async #serve(q: VirtqueueHandle): Promise<void> {
     this.#busy = true;
     const gen = this.#generation;
-    const started = performance.now();
-    let yielded = false;
-    let served = 0;
     try {
-      for (;;) {
-        const c = q.pop();
-        if (c === null) {
-          // Empty after serving: the driver's next request usually follows at once (see pollUs); wait for it here, or for a
-          // kick. A wakeup that found nothing (a kick for a request polling already took) does not poll again.
-          // A driver that never pauses must not keep the event loop (vhost-user messages, fault reports) waiting: yield now and then.
-          if (this.#opts.pollUs === 0 || served === 0 || gen !== this.#generation || !q.spin(this.#opts.pollUs)) break;
-          served = 0;
-          if (performance.now() - started > MAX_SERVE_MS) {
-            yielded = true;
-            break;
-          }
-          continue;
-        }
+      for (let c = q.pop(); c !== null; c = q.pop()) {
         this.counters.requests++;
-        served++;
         const parsed = parseRequest(q.mem, c, this.#opts.probeSize);
         if ('reject' in parsed) {
           this.counters.rejected++;
@@ -255,12 +265,9 @@ export class IommuDevice implements VirtioDeviceBackend {
     } finally {
       this.#busy = false;
     }
-    const again = yielded ? q : this.#again;
+    const again = this.#again;
     this.#again = null;
-    if (again && gen === this.#generation) {
-      if (yielded) setImmediate(() => gen === this.#generation && !this.#busy && void this.#serve(again));
-      else void this.#serve(again);
-    }
+    if (again && gen === this.#generation) void this.#serve(again);
   }
 
   /** Waits until no reader slot holds a request begun before `version` (strict invalidation). */
@@ -343,6 +350,7 @@ export class IommuDevice implements VirtioDeviceBackend {
    */
   reset(): void {
     this.#generation++;
+    this.#requestq = null;
     this.#busy = false;
     this.#again = null;
     this.#eventq = null;

@@ -59,6 +59,14 @@ const CTAB: usize = 0x200000; // 65536 × u32
 // Translator (src/jit): per-hart state offsets and the block lookup table (see the end of this file).
 const JIT_PC: usize = 1280; // u64: next pc written by a translated block on exit
 const JIT_DKEY: usize = 1288; // u64: mirror of dKey for the inlined TLB probe
+// i32: what this hart is doing, for a sampling profiler in another thread (Machine `profile`;
+// the names are ENGINE_WHERE in src/engine.ts): one store at each change, none per instruction.
+const WHERE: usize = 1296;
+const WHERE_INTERP: i32 = 0; // the interpreter loop (and its block lookups)
+const WHERE_BLOCK: i32 = 1; // translated code
+// 2: translating (set by the translator around jitCompile)
+const WHERE_HELPER: i32 = 3; // a translated block's slow path (TLB refill, page crossing, MMIO)
+const WHERE_HOST: i32 = 4; // outside run(): the host's loop (SBI, polling, WFI sleep)
 // Per-hart translator area at JIT_TAB_BASE + hartId × JIT_TAB_STRIDE (8 harts end at 0xf00000):
 const JIT_TAB_BASE: usize = 0x400000;
 const JIT_TAB_STRIDE: usize = 0x160000;
@@ -1154,7 +1162,8 @@ export function run(n: i32): i32 {
   batchN = n;
   let left = n;
   const xr = xb;
-  if (mode != MODE_SNIPPET && takeInterrupt()) { batchLeft = left; return exitReason; }
+  store<i32>(base + WHERE, WHERE_INTERP);
+  if (mode != MODE_SNIPPET && takeInterrupt()) { batchLeft = left; store<i32>(base + WHERE, WHERE_HOST); return exitReason; }
   while (left > 0) {
     if (jitOn && (pc & ~0xfff) == fetchPage) {
       // Translated code, looked up by the physical (host) address of pc (see jitEnter).
@@ -1406,6 +1415,7 @@ export function run(n: i32): i32 {
   batchLeft = left;
   instret += <u64>(n - left);
   batchN = 0; batchLeft = 0;
+  store<i32>(base + WHERE, WHERE_HOST);
   return exitReason;
 }
 
@@ -1425,6 +1435,7 @@ export function init(id: i32, m: i32, ram: f64): void {
 /** Reset architectural state (privileged 1.12 §3.4): M-mode, everything cleared. */
 export function reset(): void {
   memory.fill(base, 0, STATE_STRIDE);
+  store<i32>(base + WHERE, WHERE_HOST);
   pc = 0; priv = 3; ev = EV_NONE;
   mstatus = 0; medeleg = 0; mideleg = 0; mie = 0; mipSw = 0; mipExt = 0;
   mtvec = 0; stvec = 0; mepc = 0; sepc = 0; mcause = 0; scause = 0; mtval = 0; stval = 0;
@@ -1505,10 +1516,10 @@ let jitRevalidations: u64 = 0; // blocks compared with their shadow copy after a
   if (load<u32>(e) != hp) { store<u32>(e, hp); v = 0; }
   if (v > 0) {
     const g = load<u32>(jitTab + JIT_GEN);
-    if (load<u32>(e, 8) == g) return call_indirect<i32>(<u32>v, left, cur);
+    if (load<u32>(e, 8) == g) return jitCall(v, left, cur);
     // Code may have changed since the block was checked: compare it with its shadow copy.
     jitRevalidations++;
-    if (jitSameCode(<usize>load<u32>(e, 12), hp)) { store<u32>(e, g, 8); return call_indirect<i32>(<u32>v, left, cur); }
+    if (jitSameCode(<usize>load<u32>(e, 12), hp)) { store<u32>(e, g, 8); return jitCall(v, left, cur); }
     v = jitHot + 1; // changed: translate again
   }
   if (v > jitHot + 1) { store<i32>(e, v - 1, 4); return left; }
@@ -1518,9 +1529,17 @@ let jitRevalidations: u64 = 0; // blocks compared with their shadow copy after a
     store<i32>(e, f, 4);
     store<u32>(e, load<u32>(jitTab + JIT_GEN), 8);
     store<u32>(e, load<u32>(jitTab + JIT_RET), 12);
-    return call_indirect<i32>(<u32>f, left, cur);
+    return jitCall(f, left, cur);
   }
   return left;
+}
+
+/** Run the block in table slot f (WHERE tells a profiler that translated code runs). */
+@inline function jitCall(f: i32, left: i32, cur: u64): i32 {
+  store<i32>(base + WHERE, WHERE_BLOCK);
+  const r = call_indirect<i32>(<u32>f, left, cur);
+  store<i32>(base + WHERE, WHERE_INTERP);
+  return r;
 }
 
 /** Are the guest bytes at host address hp those of the shadow copy at s ([u32 length][pad][bytes])? */
@@ -1590,19 +1609,27 @@ export function jitTabAddr(): usize { return JIT_TAB_BASE + <usize>hartId * JIT_
 export function jitGenAddr(): usize { return jitTabAddr() + JIT_GEN; }
 export function jitPcAddr(): usize { return base + JIT_PC; }
 export function jitDKeyAddr(): usize { return base + JIT_DKEY; }
+/** Address of the i32 WHERE word (what this hart is doing, for a sampling profiler). */
+export function whereAddr(): usize { return base + WHERE; }
 export function tlbTagsAddr(): usize { return tlbTags; }
 export function tlbDeltasAddr(): usize { return tlbDeltas; }
 export function tlbEntries(): i32 { return <i32>TLB_N; }
 /** Slow path of a translated integer load (funct3 0..6): TLB refill, page crossing, MMIO. */
 export function jitLoad(va: u64, f3: i32): u64 {
-  const v = loadSlow(va, 1 << (f3 & 3));
-  if (f3 == 0) return <u64><i64><i8>v;
-  if (f3 == 1) return <u64><i64><i16>v;
-  if (f3 == 2) return <u64><i64><i32>v;
+  store<i32>(base + WHERE, WHERE_HELPER);
+  let v = loadSlow(va, 1 << (f3 & 3));
+  if (f3 == 0) v = <u64><i64><i8>v;
+  else if (f3 == 1) v = <u64><i64><i16>v;
+  else if (f3 == 2) v = <u64><i64><i32>v;
+  store<i32>(base + WHERE, WHERE_BLOCK);
   return v;
 }
 /** Slow path of a translated store (size 1, 2, 4, 8). */
-export function jitStore(va: u64, size: i32, v: u64): void { storeSlow(va, size, v); }
+export function jitStore(va: u64, size: i32, v: u64): void {
+  store<i32>(base + WHERE, WHERE_HELPER);
+  storeSlow(va, size, v);
+  store<i32>(base + WHERE, WHERE_BLOCK);
+}
 /** Did the last helper raise an exception? */
 export function jitFault(): bool { return ev != EV_NONE; }
 export function jitMulh(a: u64, b: u64): u64 { return mulh(a, b); }

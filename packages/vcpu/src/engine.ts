@@ -36,9 +36,26 @@ export interface HartEngineInfo {
   compileMs: number;
   /** Guest instructions run by translated blocks, as of the last translation. */
   translatedInstructions: number;
+  /** With Machine `profile` (`vmm run --profile`): where the hart's thread was, sampled. */
+  profile?: HartProfile;
 }
-/** Float64 fields per hart in the shared engine-stats buffer (HartWorkerData.engineStats). */
-export const ENGINE_STAT_FIELDS = 4;
+
+/**
+ * What a hart is doing, by the index the core stores in its WHERE word
+ * (WHERE_* in assembly/index.ts; the translator stores 2 while it translates).
+ */
+export const ENGINE_WHERE = ['interp', 'translated', 'translating', 'helpers', 'host'] as const;
+export type EngineWhere = (typeof ENGINE_WHERE)[number];
+/** Samples of a hart's WHERE word taken about every millisecond, and the share of them in each place (0..1, summing to 1). */
+export type HartProfile = { samples: number } & Record<EngineWhere, number>;
+
+/**
+ * Float64 fields per hart in the shared engine-stats buffer (HartWorkerData.engineStats):
+ * blocks, code-cache bytes, compile ms, translated instructions (the translator
+ * publishes them), and the byte address of the core's WHERE word in the hart memory.
+ */
+export const ENGINE_STAT_FIELDS = 5;
+export const ENGINE_STAT_WHERE = 4;
 
 /** The engine a machine's harts run when nobody chose one (`vmm run --engine`). */
 export const DEFAULT_ENGINE: EngineKind = 'jit';

@@ -16,9 +16,10 @@ import { SBI_EXT } from './platform/sbi.ts';
 import { ENGINE_KINDS } from './engine.ts';
 
 const MiB = 1024 * 1024;
-const { t0, t1, t2, a0, a1, a2, a6, a7, s0 } = REG;
+const { t0, t1, t2, a0, a1, a2, a6, a7, s0, s1 } = REG;
 const HART1_OFFSET = 0x400; // from the Image start
 const FLAG_OFFSET = 0x800;
+const VIA_HART1_OFFSET = 0x600; // the entry of viaHart1()
 
 function header(imageSize: number): number[] {
   // code0: j 64 (over the header); text_offset 2 MiB; image_size; version 0.2; magics (boot.rst).
@@ -37,19 +38,26 @@ const putc = (c: string): number[] => [...li(t0, BigInt(c.charCodeAt(0))), A.sb(
 const sbi = (eid: number, fid: number): number[] => [...li(a7, BigInt(eid)), ...li(a6, BigInt(fid)), A.ecall()];
 
 /**
- * Hart 0: check a1 points at a DTB, print "A" on the UART and "B" through SBI
- * DBCN, start hart 1 with opaque 0x77, wait for hart 1 to store its opaque,
- * then report it through the finisher as a failure code (so a wrong value shows).
- * Hart 1: print "C", store a1 (opaque) to the flag, sleep.
+ * The booting hart — whichever it is: under OpenSBI 1.6 any hart may win the
+ * cold-boot lottery in sbi_init (fw_dynamic_info.boot_hart only picks the
+ * hart that relocates the firmware), so it is not always hart 0 — checks
+ * a1 points at a DTB, prints "A" on the UART and "B" through SBI DBCN,
+ * starts the other hart (1 − a0) with opaque 0x77 (retrying while SBI says
+ * it is not stopped yet), waits for it to store its opaque, then reports it
+ * through the finisher as a failure code (so a wrong value shows).
+ * The other hart: print "C", store a1 (opaque) to the flag, sleep.
+ * With `viaHart1`, hart 0 enters viaHart1() instead, which makes hart 1 the booting hart.
  */
-function testKernel(): Uint8Array {
+function testKernel(opts: { viaHart1?: boolean } = {}): Uint8Array {
   const flag = BigInt(KERNEL_LOAD + FLAG_OFFSET);
+  const startOther = [...li(t0, 1n), A.sub(a0, t0, s1), ...li(a1, BigInt(KERNEL_LOAD + HART1_OFFSET)), ...li(a2, 0x77n), ...sbi(SBI_EXT.HSM, 0)];
   const main = assemble([
+    A.addi(s1, a0, 0), // the booting hart's id (RISC-V boot protocol: a0)
     A.lwu(t0, a1, 0), ...li(t1, 0xedfe_0dd0n), A.bne(t0, t1, 0), // hang (branch to self) if no DTB magic
     ...li(t2, BigInt(MMIO.uart0.base)),
     ...putc('A'),
     ...li(a0, 0x42n), ...sbi(SBI_EXT.DBCN, 2),
-    ...li(a0, 1n), ...li(a1, BigInt(KERNEL_LOAD + HART1_OFFSET)), ...li(a2, 0x77n), ...sbi(SBI_EXT.HSM, 0),
+    ...startOther, A.bne(a0, 0, -4 * startOther.length), // SBI error (the other hart is not stopped yet): again
     ...li(s0, flag),
     A.ld(t0, s0, 0), A.beq(t0, 0, -4),
     A.slli(t0, t0, 16), A.ori(t0, t0, 0x333), ...li(t1, 0x3000n), A.add(t0, t0, t1),
@@ -65,6 +73,12 @@ function testKernel(): Uint8Array {
   img.set(header(4 * MiB));
   img.set(main, 64);
   img.set(hart1, HART1_OFFSET);
+  if (opts.viaHart1) {
+    // Hart 0 starts hart 1 at the Image's main with the DTB as opaque (so hart 1 boots as a0 = 1, a1 = DTB), then stops itself.
+    img.set(assemble([A.jal(0, VIA_HART1_OFFSET)]), 0);
+    img.set(assemble([A.addi(a2, a1, 0), ...li(a0, 1n), ...li(a1, BigInt(KERNEL_LOAD + 64)), ...sbi(SBI_EXT.HSM, 0), ...sbi(SBI_EXT.HSM, 1), A.jal(0, 0)]), VIA_HART1_OFFSET);
+  }
+  if (64 + main.length > HART1_OFFSET || HART1_OFFSET + hart1.length > VIA_HART1_OFFSET) throw new Error('testKernel: code overlaps');
   return img;
 }
 
@@ -206,6 +220,14 @@ describe('machine with the RV64 hart core', () => {
     expect(exit).toEqual({ reason: 'fail', code: 0x77 });
   });
 
+  it('builtin SBI: the same payload when hart 1 is the booting hart (it starts hart 0)', async () => {
+    // What OpenSBI's cold-boot lottery does when hart 1 gets there first; before the payload
+    // started "the other hart" it started hart 1 from hart 1 (already started) and hung.
+    const { exit, out } = await run({ kernel: testKernel({ viaHart1: true }) });
+    expect(out).toBe('ABC');
+    expect(exit).toEqual({ reason: 'fail', code: 0x77 });
+  });
+
   it('firmware: OpenSBI fw_dynamic boots the same payload in S-mode on 2 harts', async () => {
     const { exit, out } = await run({ bios: { kind: 'firmware', image: openSbiFwDynamic() } });
     expect(out).toContain('OpenSBI v1.6');
@@ -232,6 +254,21 @@ describe('machine with the RV64 hart core', () => {
       expect(exit).toEqual({ reason: 'fail', code: 0x700 });
     });
   }
+
+  it('profile: the sampled shares of a hart that runs a hot loop, then waits in WFI, show translated code and the host', async () => {
+    // 2^24 iterations of a 3-instruction loop (translated after JIT_THRESHOLD), then the finisher.
+    const kernel = image([
+      ...li(t0, 1n << 24n), A.addi(t1, t1, 1), A.addi(t0, t0, -1), A.bne(t0, 0, -8),
+      ...li(t1, 0x5555n), ...li(t2, BigInt(MMIO.test.base)), A.sw(t1, t2, 0), A.wfi(), A.jal(0, -4),
+    ]);
+    const { m } = start({ kernel, harts: 2, engine: 'jit', profile: true });
+    expect(await m.exited).toEqual({ reason: 'poweroff', code: 0 });
+    const [h0, h1] = m.engineInfo().map((i) => i.profile!);
+    expect(h0!.samples).toBeGreaterThan(0);
+    expect(h0!.translated).toBeGreaterThan(0);
+    expect(h1!.host).toBe(1); // hart 1 never left HSM STOPPED: all its samples are outside the core
+    for (const p of [h0!, h1!]) expect(p.interp + p.translated + p.translating + p.helpers + p.host).toBeCloseTo(1, 2);
+  });
 
   it('a guest reset restarts the machine in place with reboot, and ends it without', async () => {
     const r = await run({ kernel: rebootingKernel(), reboot: true, harts: 1 });

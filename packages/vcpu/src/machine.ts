@@ -20,7 +20,7 @@ import { HSM, RUN, HartSignals } from './signals.ts';
 import { createHartMemory } from './hart/wasm.ts';
 import type { HartBoot } from './hart/hart.ts';
 import type { HartWorkerData, HartWorkerMessage } from './hart/hart-worker.ts';
-import { DEFAULT_ENGINE, ENGINE_STAT_FIELDS, type EngineKind, type HartEngineInfo } from './engine.ts';
+import { DEFAULT_ENGINE, ENGINE_STAT_FIELDS, ENGINE_STAT_WHERE, ENGINE_WHERE, type EngineKind, type HartEngineInfo, type HartProfile } from './engine.ts';
 import { buildVirtDtb, type DtbIommu } from './platform/dtb.ts';
 import { createPlatform, createPlatformState, resetPlatformState, type Platform, type PlatformState } from './platform/index.ts';
 
@@ -49,6 +49,13 @@ export interface MachineConfig {
   reboot?: boolean;
   /** What executes guest code in every hart (default DEFAULT_ENGINE). */
   engine?: EngineKind;
+  /**
+   * Sample every hart's WHERE word (interpreter, translated code, translator,
+   * helpers, host) about every millisecond from this thread: engineInfo()
+   * gains `profile`, and the shares are logged when the machine stops
+   * (`vmm run --profile`). The harts pay one store per change of place either way.
+   */
+  profile?: boolean;
 }
 
 /** Who asked for a reset: the guest (SRST, finisher) or the host (Machine.reset, QMP system_reset). */
@@ -271,6 +278,22 @@ export function startMachine(cfg: MachineConfig): Machine {
   const engine = cfg.engine ?? DEFAULT_ENGINE;
   const engineStats = new SharedArrayBuffer(cfg.harts * ENGINE_STAT_FIELDS * 8);
   const engineView = new Float64Array(engineStats);
+  // The sampling profiler (cfg.profile): counts per hart, indexed by the WHERE value.
+  const whereSamples = Array.from({ length: cfg.harts }, () => new Float64Array(ENGINE_WHERE.length));
+  const memWords = new Int32Array(memory.buffer);
+  const sampler = cfg.profile ? setInterval(() => {
+    for (let h = 0; h < cfg.harts; h++) {
+      const addr = engineView[h * ENGINE_STAT_FIELDS + ENGINE_STAT_WHERE]!; // 0 until the hart's core exists
+      if (addr) whereSamples[h]![Atomics.load(memWords, addr >> 2)]! += 1;
+    }
+  }, 1) : null;
+  sampler?.unref();
+  const profileOf = (h: number): HartProfile => {
+    const c = whereSamples[h]!;
+    const samples = c.reduce((a, b) => a + b, 0);
+    const share = (i: number): number => (samples ? Math.round((c[i]! / samples) * 1000) / 1000 : 0);
+    return { samples, ...(Object.fromEntries(ENGINE_WHERE.map((w, i) => [w, share(i)])) as Record<(typeof ENGINE_WHERE)[number], number>) };
+  };
   const boots: HartBoot[] = [];
   for (let h = 0; h < cfg.harts; h++) {
     if (cfg.bios.kind === 'firmware') {
@@ -280,7 +303,9 @@ export function startMachine(cfg: MachineConfig): Machine {
       boots.push({ mode: 'builtin', pc: BigInt(layout.kernel.start), a0: BigInt(h), a1: BigInt(layout.dtb.start), a2: 0n });
     }
   }
-  // Every hart runs the firmware from reset; OpenSBI elects the boot hart (fw_dynamic_info.boot_hart = 0).
+  // Every hart runs the firmware from reset. fw_dynamic_info.boot_hart = 0 only picks the hart that
+  // relocates OpenSBI; the cold-boot hart, which enters the kernel, is whichever wins the lottery in
+  // OpenSBI 1.6's sbi_init (as on QEMU), so a guest must not assume it is hart 0.
   const firmwareHsm = (): void => { if (cfg.bios.kind === 'firmware') for (let h = 0; h < cfg.harts; h++) signals.setHsmState(h, HSM.STARTED); };
   firmwareHsm();
   const url = hartWorkerUrl;
@@ -460,6 +485,10 @@ export function startMachine(cfg: MachineConfig): Machine {
       for (const w of r.waiters) w.resolve();
     }
     clearInterval(hsmWatch);
+    if (sampler) {
+      clearInterval(sampler);
+      for (let h = 0; h < cfg.harts; h++) log.info({ hart: h, engine, profile: profileOf(h) }, 'machine: profile');
+    }
     if (rxTimer) clearTimeout(rxTimer);
     cfg.console.input?.off('data', onData);
     backlog = [];
@@ -485,7 +514,8 @@ export function startMachine(cfg: MachineConfig): Machine {
     memory,
     engineInfo: () => Array.from({ length: cfg.harts }, (_, h): HartEngineInfo => {
       const f = h * ENGINE_STAT_FIELDS;
-      return { hart: h, engine, blocks: engineView[f]!, codeCacheBytes: engineView[f + 1]!, compileMs: Math.round(engineView[f + 2]! * 10) / 10, translatedInstructions: engineView[f + 3]! };
+      return { hart: h, engine, blocks: engineView[f]!, codeCacheBytes: engineView[f + 1]!, compileMs: Math.round(engineView[f + 2]! * 10) / 10, translatedInstructions: engineView[f + 3]!,
+        ...(cfg.profile ? { profile: profileOf(h) } : {}) };
     }),
     pause: () => {
       paused = true;

@@ -8,12 +8,13 @@
 // only; our own transport may hand us the control queue as well.
 
 import type { DeviceContext, GuestMemory, Logger, Segment, VirtqueueHandle, VirtioDeviceBackend } from '@vmm/core';
-import { protocolFeatureBit, VhostUserProtocolFeature, VIRTIO_F_VERSION_1 } from '@vmm/core';
+import { BusyPoll, protocolFeatureBit, VhostUserProtocolFeature, VIRTIO_F_VERSION_1 } from '@vmm/core';
 import { parseCtrlCommand, RxFilter, macFromBytes, macToBytes, formatMac, type Mac } from './ctrl.ts';
 import { acceptsOffloads, checkTxHeader, decodeVnetHeader, encodeVnetHeader, type OffloadCaps, type VnetHeader } from './header.ts';
 import { finishChecksum, needsChecksum, segmentTcp } from './offload.ts';
 import type { NetPort } from './port.ts';
 import { flowHash } from './flow.ts';
+import { corruptCovered, DelayLine } from './faults.ts';
 import {
   CONFIG_MAC, CONFIG_MAX_VQ_PAIRS, CONFIG_MTU, CONFIG_SIZE, CONFIG_STATUS, DEFAULT_MTU, ETH_HLEN, MAX_QUEUE_PAIRS, VIRTIO_NET_ERR,
   VIRTIO_NET_F_CSUM, VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_RX_EXTRA,
@@ -42,21 +43,31 @@ export interface NetStats {
   rx_malformed: number;
   ctrl_ok: number;
   ctrl_err: number;
-  /** Frames the drop / corrupt faults acted on (fault injection). */
+  /** Data queues the front-end stopped while the driver kept running (SET_VRING_ENABLE 0, GET_VRING_BASE). */
+  queue_stops: number;
+  /** Frames the drop / corrupt / delay faults acted on (fault injection). */
   fault_dropped: number;
   fault_corrupted: number;
+  fault_delayed: number;
+  /** Frames the delay fault could not hold (its budget of frames or bytes was spent): dropped. */
+  fault_delay_overflow: number;
 }
 
-/** Fault injection (the orchestrator's inject-fault): each received frame is dropped with probability `drop`, else corrupted with `corrupt`. */
+/**
+ * Fault injection (the orchestrator's inject-fault), on frames towards the
+ * driver: each is held `delay` ms, then dropped with probability `drop`,
+ * else corrupted with probability `corrupt`.
+ */
 export interface NetFaults {
   drop: number;
   corrupt: number;
+  delay: number;
 }
 
 const newStats = (): NetStats => ({
   tx_packets: 0, tx_bytes: 0, tx_bad_header: 0, tx_too_big: 0, tx_too_short: 0, tx_malformed: 0, tx_no_port: 0,
   rx_packets: 0, rx_bytes: 0, rx_filtered: 0, rx_too_big: 0, rx_bad_gso: 0, rx_segmented: 0, rx_checksummed: 0, rx_malformed: 0,
-  ctrl_ok: 0, ctrl_err: 0, fault_dropped: 0, fault_corrupted: 0,
+  ctrl_ok: 0, ctrl_err: 0, queue_stops: 0, fault_dropped: 0, fault_corrupted: 0, fault_delayed: 0, fault_delay_overflow: 0,
 });
 
 export interface NetDeviceOptions {
@@ -64,6 +75,12 @@ export interface NetDeviceOptions {
   /** Queue pairs offered (1..8); more than one offers VIRTIO_NET_F_MQ. */
   queuePairs?: number;
   mtu?: number;
+  /**
+   * Busy-poll (0: off): after handling a kick or a doorbell, keep polling the
+   * transmit queues and the port for up to this many µs with kicks off
+   * before sleeping again (core's BusyPoll; vhost-net's busyloop_timeout).
+   */
+  busyPollUs?: number;
   log: Logger;
 }
 
@@ -109,11 +126,22 @@ export class NetDevice implements VirtioDeviceBackend {
   private readonly hdrScratch = new Uint8Array(VNET_HDR_LEN);
   private ctx: DeviceContext | null = null;
   /** Armed by inject-fault; inert at 0. */
-  readonly faults: NetFaults = { drop: 0, corrupt: 0 };
+  readonly faults: NetFaults = { drop: 0, corrupt: 0, delay: 0 };
   /** The randomness faults use (tests replace it). */
   random: () => number = Math.random;
+  /** The clock the delay fault uses, in ms (tests replace it). */
+  now: () => number = () => performance.now();
+  /** Frames the delay fault holds, in arrival order (bounded: DelayLine's budget). */
+  private readonly delayed = new DelayLine();
+  /** What noteMalformed already counted of each queue's refused chains. */
+  private readonly malformedSeen = new WeakMap<VirtqueueHandle, number>();
+  private delayTimer: NodeJS.Timeout | null = null;
   /** Receive queues the driver has enabled (kicked at least once since they started): only those get frames. */
   private rxEnabled: boolean[];
+  /** The busy-poll loop (inert with busyPollUs 0). */
+  readonly poller: BusyPoll;
+  /** Chains taken from transmit queues plus frames taken from the port: busy-poll's measure of progress. */
+  private moved = 0;
 
   constructor(o: NetDeviceOptions) {
     const pairs = o.queuePairs ?? 1;
@@ -133,6 +161,30 @@ export class NetDevice implements VirtioDeviceBackend {
     this.txQueues = new Array<VirtqueueHandle | null>(pairs).fill(null);
     this.spare = Array.from({ length: pairs }, () => []);
     this.rxEnabled = new Array<boolean>(pairs).fill(false);
+    this.queueStarts = new Array<number>(2 * pairs).fill(0);
+    this.queueStops = new Array<number>(2 * pairs).fill(0);
+    this.poller = new BusyPoll(o.busyPollUs ?? 0, { step: () => this.pollStep(), enter: () => this.setPolling(true), leave: () => this.setPolling(false) });
+  }
+
+  /** One busy-poll pass: transmit queues with chains waiting, then the port. */
+  private pollStep(): boolean {
+    const before = this.moved;
+    for (const q of this.txQueues) if (q !== null && q.live && q.pending() > 0) this.transmit(q);
+    this.receive();
+    if (this.moved === before) return false;
+    // Completions would otherwise be signalled only when this turn ends, after the whole polling session.
+    for (const q of this.rxQueues) q?.flush();
+    for (const q of this.txQueues) q?.flush();
+    return true;
+  }
+
+  /** Kicks and the port's doorbell off while polling; back on after, with one more look at everything (what came meanwhile came silently). */
+  private setPolling(on: boolean): void {
+    for (const q of this.txQueues) if (q !== null && q.live) q.setKicks(!on);
+    this.port?.setPolling?.(on);
+    if (on) return;
+    for (const q of this.txQueues) if (q !== null && q.live) this.transmit(q);
+    this.receive();
   }
 
   /** Plug the device into a port (or unplug it with null): frames flow as soon as queues run. */
@@ -140,7 +192,10 @@ export class NetDevice implements VirtioDeviceBackend {
     this.port?.close();
     this.port = port;
     if (port === null) return;
-    port.onReadable = () => this.receive();
+    port.onReadable = () => {
+      this.receive();
+      this.poller.run();
+    };
     port.onWritable = () => {
       for (const q of this.txQueues) if (q) this.transmit(q);
     };
@@ -219,10 +274,42 @@ export class NetDevice implements VirtioDeviceBackend {
     this.mac = this.defaultMac;
     this.filter.reset(this.defaultMac);
     this.activePairs = 1;
+    this.delayed.clear();
+    if (this.delayTimer !== null) clearTimeout(this.delayTimer);
+    this.delayTimer = null;
+  }
+
+  /**
+   * Set the delay fault (0 clears it). Frames already held keep their due
+   * time; later ones queue behind them, so order is kept either way.
+   */
+  setDelay(ms: number): void {
+    if (!(Number.isFinite(ms) && ms >= 0)) throw new RangeError(`delay ms=${ms}: expected a non-negative number`);
+    this.faults.delay = ms;
+    this.receive();
+  }
+
+  /** Queue pairs whose receive queue runs now, and the pairs flows are spread over. */
+  get queueState(): { pairsRunning: number[]; activePairs: number; queueStarts: number[]; queueStops: number[] } {
+    return { pairsRunning: this.rxQueues.flatMap((q, i) => (q?.live ? [i] : [])), activePairs: this.activePairs, queueStarts: [...this.queueStarts], queueStops: [...this.queueStops] };
+  }
+
+  /** startQueue / stopQueue calls per data queue index (a front-end enabling and disabling pairs shows here). */
+  private readonly queueStarts: number[];
+  private readonly queueStops: number[];
+
+  /** Frames the delay fault holds now. */
+  get delayedFrames(): number {
+    return this.delayed.length;
   }
 
   private get ctrlIndex(): number {
     return this.negotiated & VIRTIO_NET_F_MQ ? 2 * this.maxPairs : 2;
+  }
+
+  /** The driver sets the pairs in use through our control queue (MQ_VQ_PAIRS_SET); else the front-end does it by enabling rings. */
+  private get ctrlManagesPairs(): boolean {
+    return (this.negotiated & VIRTIO_NET_F_CTRL_VQ) !== 0n && (this.negotiated & VIRTIO_NET_F_MQ) !== 0n;
   }
 
   private isCtrl(index: number): boolean {
@@ -232,6 +319,7 @@ export class NetDevice implements VirtioDeviceBackend {
   startQueue(q: VirtqueueHandle): void {
     if (this.isCtrl(q.index) || q.index >> 1 >= this.maxPairs) return;
     const pair = q.index >> 1;
+    this.queueStarts[q.index]!++;
     if (q.index % 2 === 0) {
       this.rxQueues[pair] = q;
       this.rxEnabled[pair] = false;
@@ -243,12 +331,19 @@ export class NetDevice implements VirtioDeviceBackend {
   stopQueue(index: number): number[] {
     if (this.isCtrl(index) || index >> 1 >= this.maxPairs) return [];
     const pair = index >> 1;
+    if ((index % 2 === 1 ? this.txQueues : this.rxQueues)[pair] !== null) {
+      this.stats.queue_stops++;
+      this.queueStops[index]!++;
+    }
     if (index % 2 === 1) {
       this.txQueues[pair] = null;
       return [];
     }
     this.rxQueues[pair] = null;
     this.rxEnabled[pair] = false;
+    // A front-end that keeps the control queue (QEMU, DPDK) disables the pairs a guest stops using (SET_VRING_ENABLE 0,
+    // ethtool -L): flows are spread over the pairs still running.
+    if (!this.ctrlManagesPairs) this.activePairs = Math.max(1, this.rxEnabled.lastIndexOf(true) + 1);
     const held = this.spare[pair]!.map((b) => b.head);
     this.spare[pair] = [];
     return held;
@@ -262,12 +357,13 @@ export class NetDevice implements VirtioDeviceBackend {
       this.rxQueues[pair] = q;
       this.rxEnabled[pair] = true;
       // A front-end that keeps the control queue (QEMU, DPDK) enables pairs by starting their rings.
-      if (!(this.negotiated & VIRTIO_NET_F_CTRL_VQ) || !(this.negotiated & VIRTIO_NET_F_MQ)) this.activePairs = Math.max(this.activePairs, pair + 1);
+      if (!this.ctrlManagesPairs) this.activePairs = Math.max(this.activePairs, pair + 1);
       this.receive();
     } else {
       this.txQueues[pair] = q;
       this.transmit(q);
     }
+    this.poller.run();
   }
 
   // ---- transmit: guest → port ----
@@ -283,6 +379,7 @@ export class NetDevice implements VirtioDeviceBackend {
       if (port && this.linkUp && buf === null) break;
       const c = q.pop();
       if (c === null) break;
+      this.moved++;
       const len = c.readableLen;
       if (len < this.hdrLen) {
         this.stats.tx_malformed++;
@@ -319,6 +416,15 @@ export class NetDevice implements VirtioDeviceBackend {
       sent++;
     }
     if (sent > 0) port?.flush();
+    this.noteMalformed(q, 'tx_malformed');
+  }
+
+  /** Chains core refused as malformed (a descriptor outside guest memory, a loop, …) count as this device's bad input. */
+  private noteMalformed(q: VirtqueueHandle, stat: 'tx_malformed' | 'rx_malformed' | 'ctrl_err'): void {
+    const seen = this.malformedSeen.get(q) ?? 0;
+    if (q.malformed === seen) return;
+    this.stats[stat] += q.malformed - seen;
+    this.malformedSeen.set(q, q.malformed);
   }
 
   // ---- receive: port → guest ----
@@ -326,16 +432,44 @@ export class NetDevice implements VirtioDeviceBackend {
   private receive(): void {
     const port = this.port;
     if (port === null || this.mem === null || !this.linkUp) return;
+    // Frames the delay fault held come first, each once it is due; a frame that finds no buffer waits for the next kick.
+    const now = this.now();
+    for (let f = this.delayed.due(now); f !== null; f = this.delayed.due(now)) {
+      if (this.deliverFrame(f) === 'no-buffers') break;
+      this.delayed.shift();
+    }
     let released = false;
     for (;;) {
       const f = port.peek();
       if (f === null) break;
+      if (this.faults.delay > 0 || this.delayed.length > 0) {
+        // Held in our own memory, so the port (and the switch's other ports) never waits for the delay.
+        if (this.delayed.push(f, now + this.faults.delay)) this.stats.fault_delayed++;
+        else this.stats.fault_delay_overflow++;
+        port.release();
+        released = true;
+        continue;
+      }
       const r = this.deliverFrame(f);
       if (r === 'no-buffers') break;
       port.release();
       released = true;
+      this.moved++;
     }
     if (released) port.flush();
+    this.armDelay();
+    for (const q of this.rxQueues) if (q !== null) this.noteMalformed(q, 'rx_malformed');
+  }
+
+  /** One timer for the oldest held frame's due time. */
+  private armDelay(): void {
+    if (this.delayTimer !== null) return;
+    const due = this.delayed.nextDue();
+    if (due === null) return;
+    this.delayTimer = setTimeout(() => {
+      this.delayTimer = null;
+      this.receive();
+    }, Math.max(0, Math.ceil(due - this.now())));
   }
 
   private deliverFrame(f: Uint8Array): Delivery {
@@ -353,11 +487,14 @@ export class NetDevice implements VirtioDeviceBackend {
       this.stats.fault_dropped++;
       return 'dropped';
     }
-    if (this.faults.corrupt > 0 && this.random() < this.faults.corrupt) return this.deliverCorrupted(h, frame);
     let pair = this.activePairs > 1 ? flowHash(frame) % this.activePairs : 0;
     if (!this.rxEnabled[pair]) pair = 0;
     const q = this.rxQueues[pair];
     if (!q || !q.live || !this.rxEnabled[pair]) return 'no-buffers';
+    if (this.faults.corrupt > 0 && this.random() < this.faults.corrupt) {
+      const r = this.deliverCorrupted(q, pair, h, frame);
+      if (r !== null) return r;
+    }
     if (acceptsOffloads(h, this.rxCaps)) return this.deliver(q, pair, h, frame);
     // The driver cannot take this frame's offloads: finish them here, the only place they are done in software.
     if ((h.gsoType & 0x7f) !== VIRTIO_NET_HDR_GSO_NONE) {
@@ -386,29 +523,38 @@ export class NetDevice implements VirtioDeviceBackend {
   }
 
   /**
-   * The corrupt fault: the frame reaches the driver with one payload byte
-   * flipped and no checksum offload claimed (partial checksums finished,
-   * GSO segmented, DATA_VALID cleared), so the guest's own checksum
-   * validation sees every corrupted frame.
+   * The corrupt fault: the frame reaches the driver with one byte its
+   * TCP/UDP/ICMP checksum covers flipped (faults.ts corruptCovered) and no
+   * checksum offload claimed: a partial checksum is finished first, a GSO
+   * frame is segmented (a driver does not verify what comes as GSO) and one
+   * of its segments corrupted, DATA_VALID is never set. So the guest's own
+   * checksum validation sees every corrupted frame; fault_corrupted counts
+   * those that reached a buffer. Null for a frame no checksum covers (ARP,
+   * fragments): it goes on as it is.
    */
-  private deliverCorrupted(h: VnetHeader, frame: Uint8Array): Delivery {
-    const q = this.rxQueues[0];
-    if (!q || !q.live || !this.rxEnabled[0]) return 'no-buffers';
-    const gso = (h.gsoType & 0x7f) !== VIRTIO_NET_HDR_GSO_NONE;
-    const frames = gso ? segmentTcp(frame, h) : [frame.slice()];
-    if (frames === null) {
-      this.stats.rx_bad_gso++;
-      return 'dropped';
+  private deliverCorrupted(q: VirtqueueHandle, pair: number, h: VnetHeader, frame: Uint8Array): Delivery | null {
+    const plain = (): VnetHeader => ({ flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0, numBuffers: 0 });
+    if ((h.gsoType & 0x7f) === VIRTIO_NET_HDR_GSO_NONE) {
+      const f = frame.slice();
+      if (needsChecksum(h)) {
+        if (h.csumStart + h.csumOffset + 2 > f.length) return null;
+        finishChecksum(f, h);
+      }
+      if (!corruptCovered(f, this.random)) return null;
+      const r = this.deliver(q, pair, plain(), f);
+      if (r === 'delivered') this.stats.fault_corrupted++;
+      return r;
     }
-    const plain: VnetHeader = { flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0, numBuffers: 0 };
-    for (const f of frames) {
-      if (!gso && needsChecksum(h) && h.csumStart + h.csumOffset + 2 <= f.length) finishChecksum(f, h);
-      // Past Ethernet + IPv4/IPv6 + TCP/UDP headers when there is a payload; else the last byte.
-      const at = f.length > 74 ? 74 + Math.floor(this.random() * (f.length - 74)) : f.length - 1;
-      f[at]! ^= 0xff;
-      this.stats.fault_corrupted++;
-      this.deliver(q, 0, { ...plain }, f);
-    }
+    if (q.available(1) < 1 && this.spare[pair]!.length === 0) return 'no-buffers';
+    const segs = segmentTcp(frame, h);
+    if (segs === null) return null;
+    const bad = Math.floor(this.random() * segs.length);
+    if (!corruptCovered(segs[bad]!, this.random)) return null;
+    // Segments that find no buffer are lost, as on a NIC whose ring ran dry in the middle of a burst.
+    segs.forEach((f, i) => {
+      if (this.deliver(q, pair, plain(), f) === 'delivered' && i === bad) this.stats.fault_corrupted++;
+    });
+    this.stats.rx_segmented++;
     return 'delivered';
   }
 
@@ -486,6 +632,7 @@ export class NetDevice implements VirtioDeviceBackend {
       mem.writeU8(c.writable[0]!.addr, ack);
       q.complete(c.head, 1);
     }
+    this.noteMalformed(q, 'ctrl_err');
   }
 
   private runControl(b: Uint8Array): number {

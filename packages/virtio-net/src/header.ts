@@ -18,29 +18,40 @@ export interface VnetHeader {
   numBuffers: number;
 }
 
-/** Decode the first 10 or 12 bytes of `b` (num_buffers is 0 for the 10-byte legacy header). */
+/**
+ * Decode the first 10 or 12 bytes of `b` (num_buffers is 0 for the 10-byte
+ * legacy header). Little-endian fields (virtio 1.2 §5.1.6) read byte by byte:
+ * this runs for every frame, and a DataView per call is garbage per frame.
+ */
 export function decodeVnetHeader(b: Uint8Array, len = VNET_HDR_LEN): VnetHeader {
-  const v = new DataView(b.buffer, b.byteOffset, len);
+  if (b.length < len) throw new RangeError(`vnet header of ${len} bytes in a ${b.length}-byte buffer`);
   return {
-    flags: v.getUint8(0),
-    gsoType: v.getUint8(1),
-    hdrLen: v.getUint16(2, true),
-    gsoSize: v.getUint16(4, true),
-    csumStart: v.getUint16(6, true),
-    csumOffset: v.getUint16(8, true),
-    numBuffers: len >= 12 ? v.getUint16(10, true) : 0,
+    flags: b[0]!,
+    gsoType: b[1]!,
+    hdrLen: b[2]! | (b[3]! << 8),
+    gsoSize: b[4]! | (b[5]! << 8),
+    csumStart: b[6]! | (b[7]! << 8),
+    csumOffset: b[8]! | (b[9]! << 8),
+    numBuffers: len >= 12 ? b[10]! | (b[11]! << 8) : 0,
   };
 }
 
 export function encodeVnetHeader(h: Readonly<VnetHeader>, into: Uint8Array, len = VNET_HDR_LEN): void {
-  const v = new DataView(into.buffer, into.byteOffset, len);
-  v.setUint8(0, h.flags);
-  v.setUint8(1, h.gsoType);
-  v.setUint16(2, h.hdrLen, true);
-  v.setUint16(4, h.gsoSize, true);
-  v.setUint16(6, h.csumStart, true);
-  v.setUint16(8, h.csumOffset, true);
-  if (len >= 12) v.setUint16(10, h.numBuffers, true);
+  if (into.length < len) throw new RangeError(`vnet header of ${len} bytes in a ${into.length}-byte buffer`);
+  into[0] = h.flags;
+  into[1] = h.gsoType;
+  into[2] = h.hdrLen;
+  into[3] = h.hdrLen >>> 8;
+  into[4] = h.gsoSize;
+  into[5] = h.gsoSize >>> 8;
+  into[6] = h.csumStart;
+  into[7] = h.csumStart >>> 8;
+  into[8] = h.csumOffset;
+  into[9] = h.csumOffset >>> 8;
+  if (len >= 12) {
+    into[10] = h.numBuffers;
+    into[11] = h.numBuffers >>> 8;
+  }
 }
 
 /** Offloads one side of a link can take (negotiated features, or a tap's TUNSETOFFLOAD). */

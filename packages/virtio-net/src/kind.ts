@@ -9,12 +9,16 @@ import { SWITCH_NAME } from './names.ts';
 import { CONFIG_SIZE, MAX_QUEUE_PAIRS, VIRTIO_ID_NET } from './spec.ts';
 
 /** vmm-net's options: the orchestrator's `--nic …` / `--device virtio-net,…` / `device_add`, and vmm-net's own argv. */
+/** The control message vmm-net answers with its NetStats. */
+export const NETSTATS_QUERY = { query: 'net-stats' } as const;
+
 export const NET_OPTIONS: readonly OptionDef[] = [
   { name: 'switch', type: 'string', maxBytes: 107, help: 'attach to the vmm-switch NAME (started if none runs), or the switch socket at a PATH' },
   { name: 'tap', type: 'string', maxBytes: 15, help: 'use the host tap IFNAME (created if missing; needs CAP_NET_ADMIN)' },
   { name: 'mac', type: 'string', maxBytes: 17, help: 'the NIC\'s address (default 52:54:00 and 3 random octets)' },
   { name: 'queues', type: 'int', min: 1, max: MAX_QUEUE_PAIRS, default: 1, help: 'queue pairs; more than one offers VIRTIO_NET_F_MQ' },
   { name: 'mtu', type: 'int', min: 68, max: 65535, default: 1500, help: 'MTU offered in config space' },
+  { name: 'busy-poll', type: 'int', min: 0, max: 1_000_000, default: 0, help: 'µs to keep polling the queues and the port after work before sleeping on kicks (0: off; costs CPU)' },
 ];
 
 const fail = (m: string): never => {
@@ -61,13 +65,20 @@ export const netKind: DeviceKind = {
       message: (o) => ({ fault: 'drop', rate: Number(o.rate) }),
     },
     corrupt: {
-      help: 'flip a byte in each received frame with probability rate, without checksum offload, so the guest detects it',
+      help: 'flip a byte its TCP/UDP/ICMP checksum covers in each received frame with probability rate, without checksum offload, so the guest detects it',
       options: [{ name: 'rate', type: 'string', maxBytes: 12, default: '0.1', help: 'probability from 0 to 1' }],
       message: (o) => ({ fault: 'corrupt', rate: Number(o.rate) }),
+    },
+    delay: {
+      help: 'hold each received frame ms milliseconds (0 turns it off; at most 1000 frames / 8 MiB held, the rest dropped and counted)',
+      options: [{ name: 'ms', type: 'int', min: 0, max: 60_000, default: 100, help: 'milliseconds' }],
+      message: (o) => ({ fault: 'delay', ms: Number(o.ms) }),
     },
   },
   query: {
     command: 'query-nics',
     row: (id, o) => ({ device: id, switch: o.switch ?? null, tap: o.tap ?? null, mac: o.mac ?? null, queues: o.queues }),
   },
+  // Every counter of the NIC's process (NetStats: frames and drops by reason, control commands, faults).
+  processQuery: { command: 'query-nic-stats', message: NETSTATS_QUERY },
 };

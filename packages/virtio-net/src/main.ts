@@ -11,7 +11,7 @@ import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatMac, type Mac } from './ctrl.ts';
 import { NetDevice } from './device.ts';
-import { checkNetOptions, NET_OPTIONS } from './kind.ts';
+import { checkNetOptions, NET_OPTIONS, NETSTATS_QUERY } from './kind.ts';
 import { switchSocketPath } from './names.ts';
 import { SwitchAttachment } from './switch-client.ts';
 import { openTapPort } from './tap.ts';
@@ -29,6 +29,8 @@ export interface NetArgs {
   mac: Mac;
   queues: number;
   mtu: number;
+  /** Busy-poll window in µs (0: off). */
+  busyPollUs: number;
   id: string;
   logLevel: string;
 }
@@ -50,7 +52,7 @@ export function parseNetArgs(argv: string[]): NetArgs | null {
   const mac = checkNetOptions(o) ?? randomMac();
   const sw = o.switch === undefined ? undefined : String(o.switch);
   const tap = o.tap === undefined ? undefined : String(o.tap);
-  return { socket: f.socket, switch: sw, tap, mac, queues: Number(o.queues), mtu: Number(o.mtu), id: f.id ?? 'net0', logLevel: f.logLevel };
+  return { socket: f.socket, switch: sw, tap, mac, queues: Number(o.queues), mtu: Number(o.mtu), busyPollUs: Number(o['busy-poll']), id: f.id ?? 'net0', logLevel: f.logLevel };
 }
 
 const SWITCH_MAIN = fileURLToPath(new URL('./switch-main.ts', import.meta.url));
@@ -78,6 +80,12 @@ function control(device: NetDevice, m: Record<string, unknown>): string {
     case 'link-up':
       device.setLink(true);
       return 'link up';
+    case 'delay': {
+      const ms = Number(m.ms);
+      if (!(Number.isInteger(ms) && ms >= 0 && ms <= 60_000)) throw new RangeError(`delay ms=${String(m.ms)}: expected an integer from 0 to 60000`);
+      device.setDelay(ms);
+      return `delay ${ms} ms`;
+    }
     case 'drop':
     case 'corrupt': {
       const rate = Number(m.rate);
@@ -137,18 +145,21 @@ const NET_MAIN: DeviceMain<NetArgs> = {
   parse: parseNetArgs,
   id: (a) => a.id,
   async start(a, log) {
-    const device = new NetDevice({ mac: a.mac, queuePairs: a.queues, mtu: a.mtu, log });
+    const device = new NetDevice({ mac: a.mac, queuePairs: a.queues, mtu: a.mtu, busyPollUs: a.busyPollUs, log });
     const disconnect = await connect(a, device, log);
+    // The orchestrator's control channel: the counters (query-nic-stats) and fault injection.
     onControlMessage((m) => {
+      if (m.query === NETSTATS_QUERY.query) return { ...device.stats, link: device.link, delayedFrames: device.delayedFrames, ...device.queueState };
       try {
         log.warn({ fault: m }, control(device, m));
       } catch (e) {
         log.error({ fault: m, err: (e as Error).message }, 'bad fault-injection command');
       }
+      return undefined;
     });
     const backend = serveVhostUser(device, { socketPath: a.socket, log });
     return {
-      serving: { mac: formatMac(a.mac), queues: a.queues, mtu: a.mtu, switch: a.switch, tap: a.tap },
+      serving: { mac: formatMac(a.mac), queues: a.queues, mtu: a.mtu, busyPollUs: a.busyPollUs, switch: a.switch, tap: a.tap },
       ready: { socket: a.socket, mac: formatMac(a.mac) },
       vhostUser: backend,
       stopping: () => ({ stats: device.stats }),

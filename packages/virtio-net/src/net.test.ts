@@ -3,7 +3,7 @@
 // core's in-process harness, two devices joined back to back.
 import { createLogger, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '@vmm/core';
 import { InProcessDevice } from '@vmm/core/testing';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { MAC_TABLE_ENTRIES, parseCtrlCommand, parseMac, RxFilter, formatMac, BROADCAST } from './ctrl.ts';
 import { NetDevice } from './device.ts';
 import { ALL_OFFLOADS, checkTxHeader, decodeVnetHeader, encodeVnetHeader, NO_OFFLOADS, type VnetHeader } from './header.ts';
@@ -335,7 +335,7 @@ describe('NetDevice', () => {
     void pa;
   });
 
-  it('drop and corrupt faults: dropped frames are counted, corrupted ones reach the driver without checksum offload and fail its check', () => {
+  it('drop and corrupt faults: dropped frames are counted, a corrupted one reaches the driver without checksum offload and fails its check', () => {
     const a = nic(MAC_A);
     const b = nic(MAC_B);
     const [pa, pb] = LoopbackPort.pair(12 + S.MAX_GSO_FRAME);
@@ -351,13 +351,68 @@ describe('NetDevice', () => {
     b.dev.faults.drop = 0;
     b.dev.faults.corrupt = 1;
     a.send(t.frame, gso);
-    const used = b.h.poll(0);
-    expect(used.length).toBe(4); // segmented: the driver checks each segment itself
-    for (const [i, u] of used.entries()) {
+    let used = b.h.poll(0);
+    expect(used.length).toBe(4); // segmented: the driver checks each segment itself; one of them is corrupted
+    const ok = used.map((u, i) => {
       expect(decodeVnetHeader(b.h.mem.read(addrs[i]!, 12))).toMatchObject({ flags: 0, gsoType: 0 });
-      expect(ipv4ChecksumsOk(b.h.mem.read(addrs[i]! + 12, u.len - 12))).toBe(false);
-    }
-    expect(b.dev.stats.fault_corrupted).toBe(4);
+      return ipv4ChecksumsOk(b.h.mem.read(addrs[i]! + 12, u.len - 12));
+    });
+    expect(ok.filter((x) => !x).length).toBe(1);
+    expect(b.dev.stats.fault_corrupted).toBe(1);
+    // A partial checksum is finished before the byte is flipped, and the header claims nothing (no NEEDS_CSUM, no DATA_VALID).
+    const small = tcp4Frame({ dst: MAC_B, src: MAC_A, payload: new Uint8Array(100).fill(7), partial: true });
+    a.send(small.frame, hdr({ flags: 1, csumStart: small.csumStart, csumOffset: 16 }));
+    used = b.h.poll(0);
+    expect(used.length).toBe(1);
+    expect(decodeVnetHeader(b.h.mem.read(addrs[4]!, 12)).flags).toBe(0);
+    const got = b.h.mem.read(addrs[4]! + 12, used[0]!.len - 12);
+    expect(ipv4ChecksumsOk(got)).toBe(false);
+    expect([...got].filter((x, i) => x !== small.frame[i] && i !== 50 && i !== 51).length).toBe(1); // one payload byte (50-51: the finished checksum)
+    expect(b.dev.stats.fault_corrupted).toBe(2);
+    // A frame no checksum covers (not IP) goes on untouched and is not counted.
+    a.send(rawFrame(MAC_B, MAC_A, 300, 5));
+    used = b.h.poll(0);
+    expect(b.h.mem.read(addrs[5]! + 12, used[0]!.len - 12)).toEqual(rawFrame(MAC_B, MAC_A, 300, 5));
+    expect(b.dev.stats.fault_corrupted).toBe(2);
     void pa;
+  });
+
+  it('delay fault: frames leave the port at once, reach the driver only once due, in order, within a bounded hold', () => {
+    vi.useFakeTimers();
+    try {
+      const a = nic(MAC_A);
+      const b = nic(MAC_B);
+      const [pa, pb] = LoopbackPort.pair(12 + S.MAX_GSO_FRAME);
+      a.dev.attach(pa);
+      b.dev.attach(pb);
+      b.dev.now = () => Date.now();
+      const addrs = b.post(8, 2048);
+      b.dev.setDelay(200);
+      for (let i = 0; i < 3; i++) a.send(rawFrame(MAC_B, MAC_A, 100 + i, i));
+      // Taken off the port (the switch never waits for the delay), held by the device.
+      expect(pb.pending).toBe(0);
+      expect(b.dev.delayedFrames).toBe(3);
+      expect(b.h.poll(0)).toEqual([]);
+      vi.advanceTimersByTime(150);
+      a.send(rawFrame(MAC_B, MAC_A, 200, 9));
+      expect(b.h.poll(0)).toEqual([]);
+      vi.advanceTimersByTime(60);
+      expect(b.h.poll(0).map((u) => u.len)).toEqual([112, 113, 114]);
+      // Cleared while one is still held: the next frame queues behind it, order is kept.
+      b.dev.setDelay(0);
+      a.send(rawFrame(MAC_B, MAC_A, 300, 8));
+      expect(b.h.poll(0)).toEqual([]);
+      vi.advanceTimersByTime(200);
+      expect(b.h.poll(0).map((u) => u.len)).toEqual([212, 312]);
+      expect(b.h.mem.read(addrs[3]! + 12, 200)).toEqual(rawFrame(MAC_B, MAC_A, 200, 9));
+      // Nothing held any more: frames go straight through again.
+      a.send(rawFrame(MAC_B, MAC_A, 64, 1));
+      expect(b.h.poll(0).map((u) => u.len)).toEqual([76]);
+      expect(b.dev.stats).toMatchObject({ fault_delayed: 5, fault_delay_overflow: 0, rx_packets: 6 });
+      expect(() => b.dev.setDelay(-1)).toThrow(/delay ms=-1/);
+      void pa;
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

@@ -24,6 +24,12 @@ export interface NetPort {
   flush(): void;
   onReadable: () => void;
   onWritable: () => void;
+  /**
+   * Busy-poll mode (NetDevice's busy-poll option): while on, finding the port
+   * empty does not ask the far side for a doorbell; the poller looks again
+   * itself. Turning it off and then peeking once arms the doorbell again.
+   */
+  setPolling?(on: boolean): void;
   /** The offloads the receiving driver takes, for ports that can act on it (a tap's TUNSETOFFLOAD). */
   setRxOffloads?(caps: OffloadCaps): void;
   close(): void;

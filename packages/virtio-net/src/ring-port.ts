@@ -24,9 +24,9 @@ export interface LinkEnd {
  * memfd, its rx ring memfd, then txData, txSpace, rxData, rxSpace. The caller
  * closes the two memfds once sent; the eventfds are duplicates the NIC gets.
  */
-export function createLink(slots: number, capacity: number): { end: LinkEnd; peerFds: number[]; closeAfterSend: number[] } {
-  const up = FrameRing.create(slots, capacity); // NIC → switch
-  const down = FrameRing.create(slots, capacity); // switch → NIC
+export function createLink(ringBytes: number, capacity: number): { end: LinkEnd; peerFds: number[]; closeAfterSend: number[] } {
+  const up = FrameRing.create(ringBytes, capacity); // NIC → switch
+  const down = FrameRing.create(ringBytes, capacity); // switch → NIC
   const [upData, upSpace, downData, downSpace] = [eventfdCreate(), eventfdCreate(), eventfdCreate(), eventfdCreate()];
   return {
     end: { tx: down.ring, txData: downData, txSpace: downSpace, rx: up.ring, rxData: upData, rxSpace: upSpace },
@@ -65,6 +65,7 @@ export class RingPort implements NetPort {
   private readonly watches: FdWatch[];
   private released = false;
   private closed = false;
+  private polling = false;
   onReadable: () => void = () => {};
   onWritable: () => void = () => {};
 
@@ -92,7 +93,16 @@ export class RingPort implements NetPort {
   }
 
   peek(): Uint8Array | null {
-    return this.closed ? null : this.end.rx.peek();
+    return this.closed ? null : this.end.rx.peek(!this.polling);
+  }
+
+  /** Frames waiting to be received, read without marking this end asleep (busy-poll). */
+  get waiting(): number {
+    return this.closed ? 0 : this.end.rx.used;
+  }
+
+  setPolling(on: boolean): void {
+    this.polling = on;
   }
 
   release(): void {

@@ -80,5 +80,7 @@ export const MAX_GSO_FRAME = 65535 + ETH_HLEN + ETH_VLAN_HLEN;
 export const ETHERTYPE_IPV4 = 0x0800;
 export const ETHERTYPE_IPV6 = 0x86dd;
 export const ETHERTYPE_VLAN = 0x8100;
+export const IPPROTO_ICMP = 1;
 export const IPPROTO_TCP = 6;
 export const IPPROTO_UDP = 17;
+export const IPPROTO_ICMPV6 = 58;

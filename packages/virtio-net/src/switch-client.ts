@@ -80,7 +80,7 @@ export class SwitchAttachment {
           const port = new RingPort(attachLinkEnd(this.reader.takeFds()));
           this.port = port;
           this.attaches++;
-          this.o.log.info({ port: m.port, slots: m.slots, capacity: m.capacity, attaches: this.attaches }, 'attached to switch');
+          this.o.log.info({ port: m.port, ringBytes: m.ringBytes, capacity: m.capacity, attaches: this.attaches }, 'attached to switch');
           this.o.onPort(port);
           this.firstAttach?.resolve();
           this.firstAttach = null;

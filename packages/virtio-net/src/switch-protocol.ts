@@ -29,7 +29,8 @@ export interface AttachRequest extends TypedMessage {
 export interface AttachReply extends TypedMessage {
   type: 'attached';
   port: number;
-  slots: number;
+  /** Data area of each ring, bytes. */
+  ringBytes: number;
   capacity: number;
 }
 
@@ -80,7 +81,7 @@ export function isSwitchRequest(v: unknown): v is SwitchRequest {
 
 export function isSwitchReply(v: unknown): v is SwitchReply {
   if (!isObj(v)) return false;
-  if (v.type === 'attached') return typeof v.port === 'number' && typeof v.slots === 'number' && typeof v.capacity === 'number';
+  if (v.type === 'attached') return typeof v.port === 'number' && typeof v.ringBytes === 'number' && typeof v.capacity === 'number';
   if (v.type === 'stats-reply') return Array.isArray(v.ports) && Array.isArray(v.macs);
   return v.type === 'error' && typeof v.message === 'string';
 }

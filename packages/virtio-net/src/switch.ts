@@ -6,10 +6,10 @@
 // never holding up the others.
 
 import { existsSync, statSync, unlinkSync } from 'node:fs';
-import { closeFd, createLogger, unixAccept, unixListen, watchReadable, type FdWatch, type Logger } from '@vmm/core';
+import { BusyPoll, closeFd, createLogger, unixAccept, unixListen, watchReadable, type FdWatch, type Logger } from '@vmm/core';
 import { formatMac, isMulticast, macFromBytes, type Mac } from './ctrl.ts';
 import { RingPort, createLink } from './ring-port.ts';
-import { DEFAULT_RING_SLOTS } from './ring.ts';
+import { DEFAULT_RING_BYTES } from './ring.ts';
 import { ETH_HLEN, MAX_GSO_FRAME, VNET_HDR_LEN } from './spec.ts';
 import { decodeRequest, MessageReader, sendMessage, type PortStats, type StatsReply } from './switch-protocol.ts';
 
@@ -18,14 +18,17 @@ export interface SwitchOptions {
   name: string;
   /** Forget a learned address after this long without a frame from it (802.1D default 300 s). */
   ageingMs?: number;
-  slots?: number;
+  /** Data area of each ring direction of a port, bytes (a power of 2). */
+  ringBytes?: number;
+  /** Busy-poll (0: off): after forwarding, keep polling every port's ring for up to this many µs before sleeping on doorbells. */
+  busyPollUs?: number;
   log?: Logger;
 }
 
 /** Frames handled from one port before the others get a turn. */
 const BATCH = 64;
-/** Slot capacity: a vnet header and the largest GSO frame, so super-frames cross the switch whole. */
-export const SWITCH_SLOT_CAPACITY = VNET_HDR_LEN + MAX_GSO_FRAME;
+/** Largest record in a ring: a vnet header and the largest GSO frame, so super-frames cross the switch whole. */
+export const SWITCH_FRAME_CAPACITY = VNET_HDR_LEN + MAX_GSO_FRAME;
 
 interface Port {
   id: number;
@@ -49,7 +52,7 @@ export class Switch {
   readonly socketPath: string;
   private readonly log: Logger;
   private readonly ageingMs: number;
-  private readonly slots: number;
+  private readonly ringBytes: number;
   private listenFd = -1;
   private listenWatch: FdWatch | null = null;
   private readonly ports = new Map<number, Port>();
@@ -59,6 +62,7 @@ export class Switch {
   private sweep: NodeJS.Timeout | null = null;
   private readonly pending = new Set<{ fd: number; watch: FdWatch; reader: MessageReader }>();
   private socketIno = 0;
+  private readonly poller: BusyPoll;
   /** The socket path no longer names our socket (another switch replaced it, or it was removed). */
   onTakenOver: (() => void) | undefined;
 
@@ -67,7 +71,28 @@ export class Switch {
     this.socketPath = o.socketPath;
     this.log = o.log ?? createLogger('switch', o.name);
     this.ageingMs = o.ageingMs ?? 300_000;
-    this.slots = o.slots ?? DEFAULT_RING_SLOTS;
+    this.ringBytes = o.ringBytes ?? DEFAULT_RING_BYTES;
+    this.poller = new BusyPoll(o.busyPollUs ?? 0, {
+      step: () => {
+        let work = false;
+        for (const p of this.ports.values()) {
+          if (p.link.waiting === 0) continue;
+          this.forward(p);
+          work = true;
+        }
+        return work;
+      },
+      enter: () => {
+        for (const p of this.ports.values()) p.link.setPolling(true);
+      },
+      // Doorbells back on; a port that received meanwhile is forwarded now (its last peek re-arms the doorbell).
+      leave: () => {
+        for (const p of this.ports.values()) {
+          p.link.setPolling(false);
+          if (p.link.peek() !== null) this.forward(p);
+        }
+      },
+    });
   }
 
   listen(): void {
@@ -134,7 +159,7 @@ export class Switch {
   }
 
   private attach(conn: number, name: string, mac: string, reader: MessageReader): void {
-    const { end, peerFds, closeAfterSend } = createLink(this.slots, SWITCH_SLOT_CAPACITY);
+    const { end, peerFds, closeAfterSend } = createLink(this.ringBytes, SWITCH_FRAME_CAPACITY);
     const id = this.nextPort++;
     const link = new RingPort(end);
     const p: Port = {
@@ -142,7 +167,7 @@ export class Switch {
       stats: { port: id, name, mac, rx_packets: 0, rx_bytes: 0, rx_largest: 0, tx_packets: 0, tx_bytes: 0, tx_dropped: 0, rx_errors: 0 },
     };
     try {
-      sendMessage(conn, { type: 'attached', port: id, slots: this.slots, capacity: SWITCH_SLOT_CAPACITY }, peerFds);
+      sendMessage(conn, { type: 'attached', port: id, ringBytes: this.ringBytes, capacity: SWITCH_FRAME_CAPACITY }, peerFds);
     } catch (e) {
       for (const f of closeAfterSend) closeFd(f);
       link.close();
@@ -232,6 +257,7 @@ export class Switch {
     }
     src.link.flush();
     if (n === BATCH) this.schedule(src);
+    this.poller.run();
   }
 
   private send(p: Port, f: Uint8Array, touched: Port[]): void {

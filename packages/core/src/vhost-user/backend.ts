@@ -90,6 +90,8 @@ function newVring(index: number): Vring {
   return { index, num: 0, addr: null, base: 0, kickFd: -1, callFd: -1, errFd: -1, kickWatch: null, enabled: false, started: false, awaitingIotlb: false, handle: null };
 }
 
+const regionKey = (gpa: bigint, size: bigint, userAddr: bigint): string => `${gpa}:${size}:${userAddr}`;
+
 interface Waiter {
   handle: QueueHandle;
   resolve: () => void;
@@ -114,6 +116,8 @@ export class VhostUserBackend {
   private protocolFeatures = 0n;
   private featuresSet = false;
   private readonly mem = new GuestMemory();
+  /** ADD_MEM_REG of a region already mapped: how many times each such region was added (absent: once). */
+  private readonly regionRefs = new Map<string, number>();
   private vrings: Vring[] = [];
   private inflightBuf: ArrayBuffer | null = null;
   private inflightQueueSize = 0;
@@ -253,6 +257,7 @@ export class VhostUserBackend {
     this.protocolFeatures = 0n;
     this.featuresSet = false;
     this.mem.clear();
+    this.regionRefs.clear();
     this.inflightBuf = null;
     this.status = 0;
     this.dropBackendChannel();
@@ -287,6 +292,14 @@ export class VhostUserBackend {
 
   /** Tell the front-end the configuration space changed: CONFIG_CHANGE_MSG on the back-end channel (no reply asked). */
   private sendConfigChange(): void {
+    // A front-end that did not take VHOST_USER_PROTOCOL_F_CONFIG keeps the configuration space itself (QEMU's
+    // virtio-net: its MAC, status and MQ come from its own options, and QEMU 7.2 drops CONFIG for it with the warning
+    // "vhost-user backend supports VHOST_USER_PROTOCOL_F_CONFIG but QEMU does not"). CONFIG_CHANGE_MSG is part of
+    // that feature (vhost-user spec, "Back-end message types"): not sent to a front-end that did not take it.
+    if ((this.protocolFeatures & pf(ProtocolFeature.CONFIG)) === 0n) {
+      this.log.info('device configuration changed; the front-end keeps its own configuration space (CONFIG not negotiated), nothing sent');
+      return;
+    }
     if (!this.sendBackend(BackendReq.CONFIG_CHANGE_MSG, VERSION)) this.log.warn('device configuration changed, but the front-end opened no back-end channel (BACKEND_REQ) to hear it');
   }
 
@@ -464,10 +477,21 @@ export class VhostUserBackend {
         // Old mappings are not unmapped: a device may still be finishing I/O into them, and started
         // rings keep views of them (the same memfd pages when the front-end re-sends its table).
         this.mem.replaceRegions(mem.regionList);
+        this.regionRefs.clear();
         return undefined;
       }
       case Req.ADD_MEM_REG: {
         const r = singleRegion.decode(p);
+        // QEMU (7.2) with several queue pairs drives one vhost device per pair over the same connection, and each
+        // adds the guest's memory: a region exactly like one already mapped is the same memory, mapped once and
+        // counted, so that it stays mapped until each of them removed it (REM_MEM_REG).
+        const key = regionKey(r.guestPhysAddr, r.memorySize, r.userAddr);
+        if (this.mem.regionList.some((x) => regionKey(BigInt(x.gpa), BigInt(x.size), x.userAddr) === key)) {
+          closeFd(m.fds[0]!);
+          this.regionRefs.set(key, (this.regionRefs.get(key) ?? 1) + 1);
+          this.log.debug({ gpa: `0x${r.guestPhysAddr.toString(16)}`, size: `0x${r.memorySize.toString(16)}` }, 'ADD_MEM_REG of a region already mapped');
+          return undefined;
+        }
         if (this.mem.regionList.length >= MAX_MEM_SLOTS) {
           closeFd(m.fds[0]!);
           throw new VhostUserProtocolError(`ADD_MEM_REG beyond ${MAX_MEM_SLOTS} slots`, 'ERR_VHOST_USER_MEM_SLOTS');
@@ -481,6 +505,13 @@ export class VhostUserBackend {
         const gpa = Number(r.guestPhysAddr);
         const found = this.mem.regionList.find((x) => x.gpa === gpa && BigInt(x.size) === r.memorySize && x.userAddr === r.userAddr);
         if (!found) throw new VmmError(`REM_MEM_REG: no region at gpa 0x${r.guestPhysAddr.toString(16)} size 0x${r.memorySize.toString(16)}`, 'protocol', 'ERR_VHOST_USER_NO_REGION');
+        const key = regionKey(r.guestPhysAddr, r.memorySize, r.userAddr);
+        const refs = this.regionRefs.get(key) ?? 1;
+        if (refs > 1) {
+          this.regionRefs.set(key, refs - 1);
+          return undefined;
+        }
+        this.regionRefs.delete(key);
         this.mem.removeRegion(found.gpa, found.size);
         return undefined;
       }
@@ -544,10 +575,17 @@ export class VhostUserBackend {
         return undefined;
       }
       case Req.SET_VRING_ENABLE: {
+        // vhost-user "Ring states": a disabled ring is not processed. The device sees it as stopped (stopQueue,
+        // its held buffers given back, requests in flight drained) and started again (startQueue) when enabled, at
+        // the same position: QEMU disables the pairs a guest stops using (ethtool -L) this way.
         const s = vringState.decode(p);
         const v = this.vring(s.index);
-        v.enabled = s.num !== 0;
-        if (v.enabled && v.started) this.kick(v);
+        const on = s.num !== 0;
+        const was = v.enabled;
+        v.enabled = on;
+        if (on && !v.started) this.startRing(v);
+        else if (on && v.started) this.kick(v);
+        else if (!on && was && v.started) await this.pauseRing(v);
         return undefined;
       }
       case Req.GET_CONFIG: {
@@ -662,12 +700,32 @@ export class VhostUserBackend {
     if (!drained) this.log.warn({ vring: v.index, inFlight: h.inFlight }, 'requests still in the device after the drain timeout; stopping the ring anyway');
   }
 
-  /** Start a ring once it has a size, addresses, memory and a kick fd ("Starting and stopping rings"). */
+  /**
+   * Stop a running ring that the front-end disabled, keeping its kick fd and
+   * its position (the next start resumes at the last avail index taken).
+   */
+  private async pauseRing(v: Vring): Promise<void> {
+    const h = v.handle;
+    if (h && !h.dead) h.giveBack(this.stopQueue(v));
+    await this.drain(v);
+    const base = h ? h.q.lastAvail : v.base;
+    this.stopRing(v, false, true);
+    v.base = base;
+    this.log.debug({ vring: v.index, base }, 'ring disabled');
+  }
+
+  /**
+   * Start a ring once it has a size, addresses, memory and a kick fd, and is
+   * enabled ("Starting and stopping rings", "Ring states": with
+   * VHOST_USER_F_PROTOCOL_FEATURES a ring starts disabled until
+   * SET_VRING_ENABLE 1).
+   */
   private startRing(v: Vring): void {
     if (v.kickFd < 0 || v.addr === null || v.num === 0 || this.mem.regionList.length === 0) {
       if (v.kickFd >= 0) this.log.warn({ vring: v.index }, 'kick fd set before the ring was configured; waiting');
       return;
     }
+    if (!v.enabled) return;
     const eventIdx = (this.features & VIRTIO_F_EVENT_IDX) !== 0n;
     const dma = this.activeDma();
     // Behind the IOMMU the rings and buffers are at I/O virtual addresses.
@@ -773,7 +831,7 @@ export class VhostUserBackend {
     }
   }
 
-  private stopRing(v: Vring, closeCall: boolean): void {
+  private stopRing(v: Vring, closeCall: boolean, keepKick = false): void {
     v.kickWatch?.close();
     v.kickWatch = null;
     if (v.handle && !v.handle.dead) {
@@ -783,7 +841,7 @@ export class VhostUserBackend {
     }
     v.handle = null;
     v.started = false;
-    if (v.kickFd >= 0) {
+    if (v.kickFd >= 0 && !keepKick) {
       closeFd(v.kickFd);
       v.kickFd = -1;
     }

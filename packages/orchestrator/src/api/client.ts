@@ -6,10 +6,11 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { parseArgs } from 'node:util';
 import WebSocket from 'ws';
+import { argvErrorLine } from '@vmm/core';
 
 export const CTL_USAGE = `usage: vmm ctl (--qmp PATH | --api PORT [--token-file F]) COMMAND [key=value ...]
   COMMAND is a QMP command (query-version, query-name, query-status, query-cpus-fast,
-  query-block, query-blockstats, query-processes, query-iommu, query-commands, stop, cont,
+  query-block, query-blockstats, query-nics, query-nic-stats, query-processes, query-iommu, query-commands, stop, cont,
   system_reset, system_powerdown, quit, device_add, device_del, inject-fault).
   Arguments are key=value; values that parse as JSON (numbers, true, false, objects) are sent as such.
   Prints the command's "return" as JSON; an error prints its class and description and exits 1.
@@ -146,7 +147,7 @@ export async function runCtl(argv: string[], out: (s: string) => void, err: (s: 
       options: { qmp: { type: 'string' }, api: { type: 'string' }, 'token-file': { type: 'string' }, help: { type: 'boolean' } },
     });
   } catch (e) {
-    err(`vmm ctl: ${(e as Error).message}`);
+    err(`vmm ctl: ${argvErrorLine(e)} (vmm ctl --help)`);
     return 2;
   }
   const { values, positionals } = parsed;

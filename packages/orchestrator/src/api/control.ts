@@ -1,7 +1,7 @@
 // What the management API can ask of a running VM. The orchestrator's VM
 // object implements it; the QMP and WebSocket servers only translate.
 
-import type { HartEngineInfo } from '@vmm/vcpu';
+import type { EngineKind, HartEngineInfo } from '@vmm/vcpu';
 import type { BlockDeviceStats } from '@vmm/virtio-blk/kind';
 
 export type RunStatus = 'prelaunch' | 'running' | 'paused' | 'shutdown';
@@ -28,6 +28,8 @@ export interface CpuInfo {
   index: number;
   /** The OS thread that runs it (the Linux tid of its worker thread). */
   threadId: number;
+  /** What executes its guest code (QMP: x-engine, an extension of QEMU's reply). */
+  engine: EngineKind;
 }
 
 /** One disk's I/O counters, read from its vmm-blk process. */
@@ -45,10 +47,14 @@ export interface VmControl {
   reset(): Promise<void>;
   powerdown(): Promise<void>;
   quit(): Promise<void>;
-  /** QMP queries the device kinds add (DeviceKind.query: `query-block` for disks), answered by queryDevices. */
+  /**
+   * QMP queries the device kinds add, answered by queryDevices: DeviceKind.query
+   * (`query-block` for disks, from the options) and DeviceKind.processQuery
+   * (`query-nic-stats`, asked of each device's process).
+   */
   deviceQueries(): readonly string[];
   /** One row per device of the kinds whose query `command` is. */
-  queryDevices(command: string): Record<string, unknown>[];
+  queryDevices(command: string): Record<string, unknown>[] | Promise<Record<string, unknown>[]>;
   queryProcesses(): ProcessInfo[];
   queryCpus(): CpuInfo[];
   queryBlockstats(): Promise<BlockStatsInfo[]>;

@@ -86,6 +86,8 @@ const COMMANDS: Record<string, Command> = {
       'qom-path': `/machine/soc0/harts[${c.index}]`,
       'cpu-index': c.index,
       target: 'riscv64',
+      // Not in QEMU's CpuInfoFast: which engine the hart runs (x- as QMP names extensions).
+      'x-engine': c.engine,
     }))),
   // A vmm disk is one block node named like its device (qdev is the device's
   // id, as QEMU gives it for a device that has one): with query-nodes the same

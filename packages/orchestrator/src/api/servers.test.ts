@@ -15,7 +15,7 @@ import { ApiHub, createToken } from './servers.ts';
 class StateVm implements VmControl {
   state: RunStatus = 'running';
   name() { return 'test-vm'; }
-  queryCpus() { return [{ index: 0, threadId: 4242 }, { index: 1, threadId: 4243 }]; }
+  queryCpus() { return [{ index: 0, threadId: 4242, engine: 'jit' as const }, { index: 1, threadId: 4243, engine: 'interp' as const }]; }
   async queryBlockstats() { return []; }
   status(): RunStatus { return this.state; }
   async stop() { this.state = 'paused'; }
@@ -115,8 +115,8 @@ describe('QMP input as a stream of JSON values (QEMU json-streamer semantics)', 
     expect(await next()).toEqual({ return: { status: 'running', running: true, singlestep: false }, id: 2 });
     expect(await next()).toEqual({
       return: [
-        { 'thread-id': 4242, props: { 'core-id': 0 }, 'qom-path': '/machine/soc0/harts[0]', 'cpu-index': 0, target: 'riscv64' },
-        { 'thread-id': 4243, props: { 'core-id': 1 }, 'qom-path': '/machine/soc0/harts[1]', 'cpu-index': 1, target: 'riscv64' },
+        { 'thread-id': 4242, props: { 'core-id': 0 }, 'qom-path': '/machine/soc0/harts[0]', 'cpu-index': 0, target: 'riscv64', 'x-engine': 'jit' },
+        { 'thread-id': 4243, props: { 'core-id': 1 }, 'qom-path': '/machine/soc0/harts[1]', 'cpu-index': 1, target: 'riscv64', 'x-engine': 'interp' },
       ],
       id: 3,
     });

@@ -41,6 +41,9 @@ describe('vmm run flags', () => {
     expect(() => parseRunArgs(['--daemonize', '--exec', 'true'])).toThrow(/--exec cannot be used with --daemonize/);
     expect(() => parseRunArgs(['--exec', 'true', '--console', 'pty'])).toThrow(/--console pty: --exec/);
     expect(() => parseRunArgs(['--pidfile', ''])).toThrow(/--pidfile: empty value/);
+    expect(parseRunArgs(['--daemonize', '--log-file', 'vmm.log']).logFile).toBe('vmm.log');
+    expect(parseRunArgs([]).logFile).toBeNull();
+    expect(() => parseRunArgs(['--log-file', ''])).toThrow(/--log-file: empty value/);
   });
 
   it('parses sizes with K/M/G suffixes, bare numbers as MiB', () => {

@@ -2,6 +2,7 @@
 // UsageError naming the flag and the value; the entry point prints it on
 // one line and exits 2.
 import { parseArgs } from 'node:util';
+import { argvErrorLine } from '@vmm/core';
 import { DEFAULT_ENGINE, ENGINE_KINDS, MAX_HARTS, WASM_RAM_OFFSET, type EngineKind } from '@vmm/vcpu';
 import { parseDeviceFlag, parseDiskFlag, parseNicFlag } from '../vm/device-spec.ts';
 import { DeviceRegistry } from '../vm/kinds.ts';
@@ -40,6 +41,8 @@ export interface RunOptions {
   qmp: string | null;
   /** What executes guest code: the interpreter, or the translator with the interpreter behind it. */
   engine: EngineKind;
+  /** Sample where each hart spends its time (interpreter, translated code, translator, helpers, host): QMP query-processes and a log line per hart at the end. */
+  profile: boolean;
   /** The VM's name (QEMU's -name; QMP query-name), or null. */
   name: string | null;
   /** A virtio-iommu (vmm-iommu) translating every other slot's DMA; the IOMMU guest kernel unless --kernel. */
@@ -50,6 +53,8 @@ export interface RunOptions {
   daemonize: boolean;
   /** Write vmm's pid here while it runs (QEMU's -pidfile). */
   pidfile: string | null;
+  /** Append the logs of vmm and its device processes here instead of stderr (QEMU's -D). */
+  logFile: string | null;
 }
 
 export const MIN_MEM = 64 * 1024 * 1024;
@@ -93,16 +98,18 @@ export function parseRunArgs(argv: string[]): RunOptions {
         api: { type: 'string' },
         qmp: { type: 'string' },
         engine: { type: 'string' },
+        profile: { type: 'boolean' },
         name: { type: 'string' },
         iommu: { type: 'boolean' },
         console: { type: 'string' },
         daemonize: { type: 'boolean' },
         pidfile: { type: 'string' },
+        'log-file': { type: 'string' },
       },
     });
   } catch (e) {
     // parseArgs messages already name the flag ("Unknown option '--foo'"); keep them to one line.
-    throw new UsageError((e as Error).message.split('\n')[0]!.replace(/\. To specify a positional.*$/, ''));
+    throw new UsageError(`${argvErrorLine(e)} (pnpm vmm run --help)`);
   }
   const v = parsed.values;
   const nonEmpty = (flag: string, s: string | undefined): string | null => {
@@ -189,11 +196,13 @@ export function parseRunArgs(argv: string[]): RunOptions {
     apiPort,
     qmp: nonEmpty('qmp', v.qmp),
     engine: engine as EngineKind,
+    profile: v.profile === true,
     name: nonEmpty('name', v.name),
     iommu: v.iommu === true,
     console: consoleSpec,
     daemonize,
     pidfile: nonEmpty('pidfile', v.pidfile),
+    logFile: nonEmpty('log-file', v['log-file']),
   };
 }
 
@@ -231,6 +240,9 @@ options:
   --no-reboot        a guest reboot ends vmm instead of restarting the machine
                      (always so with --exec, where a panic must end the run)
   --log-level LEVEL  fatal|error|warn|info|debug|trace|silent (default warn), logs on stderr
+  --log-file PATH    append the logs (JSON lines, vmm's and its device processes') to PATH
+                     instead of stderr (QEMU's -D); a --daemonize'd vmm has no stderr
+                     left, so without it the daemon's logs are dropped, as QEMU's are
   --disk SPEC        a virtio-blk disk (repeatable): FILE[,format=raw|qcow2][,readonly]
                      [,id=NAME][,queues=N][,serial=S], served by a vmm-blk process
   --nic SPEC         a virtio-net NIC (repeatable): switch=NAME|tap=IF[,mac=M][,queues=N]
@@ -242,6 +254,9 @@ options:
   --qmp PATH         QMP on a unix socket at PATH
   --engine KIND      interp (the interpreter) | jit (hot code translated to
                      WebAssembly, the interpreter for the rest); default ${DEFAULT_ENGINE}
+  --profile          sample where each hart's time goes (interpreter, translated code,
+                     translator, helpers, host): QMP query-processes harts[].profile, and
+                     a 'machine: profile' log line per hart when the VM ends
   --name NAME        the VM's name, as QMP query-name reports it (QEMU's -name)
   --iommu            a virtio-iommu (vmm-iommu process) in the top slot, every other slot
                      its endpoint; boots the IOMMU guest kernel (\`pnpm guest kernel --iommu\`,

@@ -153,7 +153,12 @@ export class ConsoleError extends Error {
 function stdioConsole(io: ConsoleIo): HostConsole {
   const { stdin, stdout } = io;
   const input = new PassThrough();
-  const filter = new EscapeFilter({ quit: io.onQuit, help: () => write(new TextEncoder().encode(ESCAPE_HELP)) });
+  // Ctrl-A x says so on a line of its own, as QEMU's "QEMU: Terminated": the shell's prompt then starts a fresh line.
+  const quit = (): void => {
+    write(new TextEncoder().encode('\r\nvmm: terminated\r\n'));
+    io.onQuit();
+  };
+  const filter = new EscapeFilter({ quit, help: () => write(new TextEncoder().encode(ESCAPE_HELP)) });
   let attached = false;
   let raw = false;
   let wasRaw = false;

@@ -3,7 +3,7 @@
 // and turn the machine's exit into the process's exit status.
 import { existsSync, unlinkSync, writeFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
-import { createLogger } from '@vmm/core';
+import { createLogger, logToFile } from '@vmm/core';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -59,6 +59,7 @@ function checkInitrd(bytes: Uint8Array, path: string): void {
 }
 
 export async function runVm(o: RunOptions, io: RunIo): Promise<number> {
+  if (o.logFile !== null) logToFile(o.logFile);
   const logger = createLogger('vmm', undefined, o.logLevel);
   const reporter = stderrReporter(io.stderr);
   let iommuDir: string | null = null;
@@ -178,6 +179,7 @@ async function runWith(o: RunOptions, io: RunIo, logger: ReturnType<typeof creat
     }
     machine = startMachine({
       engine: o.engine,
+      profile: o.profile,
       harts: o.smp,
       memBytes: o.memBytes,
       kernel,

@@ -1,6 +1,7 @@
 // `pnpm guest …`: fetch the Debian guest kit and build the initramfs.
 import { copyFile, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
+import { argvErrorLine } from '@vmm/core';
 import { stderrReporter } from './download.ts';
 import { GuestKitError } from './errors.ts';
 import { buildExecArchive, buildInitramfs } from './initramfs.ts';
@@ -23,7 +24,7 @@ commands:
                             build the initramfs (cached); print its path, or copy
                             it to FILE; with --exec, append the command archive;
                             --package adds a Debian riscv64 package and its Depends:
-                            closure (pinned in guest.lock.json; needs -o FILE)
+                            closure (pinned in guest.lock.json; needs -o FILE or --ext4)
                             --ext4 IMAGE: put the packages on an ext4 disk image
                             instead (mke2fs -d, no root needed; cached) written to
                             IMAGE; the guest's /init mounts it read-only at /packages
@@ -81,11 +82,13 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'build': {
-      const kit = await ensureGuestKit({ reporter });
-      const built = await buildInitramfs(kit);
       const pkgs = values.package ?? [];
       for (const n of pkgs) if (!/^[a-z0-9][a-z0-9+.-]+$/.test(n)) throw new UsageError(`--package ${JSON.stringify(n)}: not a Debian package name`);
       if (values.ext4 !== undefined && pkgs.length === 0) throw new UsageError('--ext4 needs at least one --package');
+      if (!values.output && values.exec !== undefined) throw new UsageError('--exec needs -o FILE');
+      if (!values.output && pkgs.length > 0 && values.ext4 === undefined) throw new UsageError('--package needs -o FILE (or --ext4 IMAGE)');
+      const kit = await ensureGuestKit({ reporter });
+      const built = await buildInitramfs(kit);
       const entries = pkgs.length > 0 ? await ensureGuestPackages(pkgs, reporter) : [];
       if (values.ext4 !== undefined) {
         // The packages go on the disk image; the initramfs (if asked for) stays the base one.
@@ -97,8 +100,7 @@ async function main(argv: string[]): Promise<number> {
       const parts: Uint8Array[] = [];
       if (entries.length > 0 && values.ext4 === undefined) parts.push(guestPackagesArchive(entries));
       if (values.exec !== undefined) parts.push(buildExecArchive(values.exec).archive);
-      if (parts.length > 0) {
-        if (!values.output) throw new UsageError(`${values.exec !== undefined ? '--exec' : '--package'} needs -o FILE`);
+      if (parts.length > 0 && values.output) {
         await writeFile(values.output, Buffer.concat([await readFile(built.path), ...parts]));
         process.stdout.write(`${values.output}\n`);
       } else if (values.output) {
@@ -152,7 +154,7 @@ main(process.argv.slice(2)).then(
   },
   (e: unknown) => {
     const usage = e instanceof UsageError || (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS');
-    const msg = e instanceof GuestKitError ? `${e.message} [${e.code}]` : (e as Error).message;
+    const msg = e instanceof GuestKitError ? `${e.message} [${e.code}]` : usage ? `${argvErrorLine(e)} (pnpm guest --help)` : (e as Error).message;
     process.stderr.write(`guest: ${msg}\n`);
     process.exitCode = usage ? 2 : 1;
   },

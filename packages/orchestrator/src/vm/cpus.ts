@@ -7,7 +7,7 @@ import { hartThreadName } from '@vmm/vcpu';
 import { QmpError, type CpuInfo } from '../api/control.ts';
 
 /** One entry per hart of the machine process `pid`; a hart whose thread is not running (a reset restarting the harts) is an error naming it. */
-export function hartThreads(pid: number, harts: number): CpuInfo[] {
+export function hartThreads(pid: number, harts: number): Omit<CpuInfo, 'engine'>[] {
   const byName = new Map<string, number>();
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
     try {
@@ -16,7 +16,7 @@ export function hartThreads(pid: number, harts: number): CpuInfo[] {
       // The thread ended while we listed them.
     }
   }
-  const out: CpuInfo[] = [];
+  const out: Omit<CpuInfo, 'engine'>[] = [];
   for (let h = 0; h < harts; h++) {
     const threadId = byName.get(hartThreadName(h));
     if (threadId === undefined) throw new QmpError('GenericError', `hart ${h} has no running thread (the machine is resetting or has stopped)`);

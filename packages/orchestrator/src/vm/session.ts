@@ -12,6 +12,7 @@ import { silentReporter, stderrReporter } from '../guestkit/download.ts';
 import { buildInitramfs, ExecOutputFilter, initrdWithExec } from '../guestkit/initramfs.ts';
 import { ensureGuestKit } from '../guestkit/kit.ts';
 import { buildIommuKernel } from '../guestkit/kernel.ts';
+import { ensureGuestPackages, guestPackagesArchive } from '../guestkit/packages.ts';
 import { behindIommu, iommuPlan } from './iommu.ts';
 import { attachVm, type AttachedVm } from './attach.ts';
 import { parseDiskFlag, parseNicFlag } from './device-spec.ts';
@@ -46,6 +47,8 @@ export interface GuestSessionOptions {
   iommu?: boolean;
   /** Boot the IOMMU kernel even without the IOMMU (to compare the two with only the IOMMU differing). */
   iommuKernel?: boolean;
+  /** Debian riscv64 packages (and their Depends: closure) added to the initramfs, as `pnpm guest build --package`. */
+  packages?: string[];
 }
 
 export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSession> {
@@ -55,6 +58,11 @@ export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSe
   // config), it is built here, its progress on stderr (minutes, not silence).
   const kernel = new Uint8Array(await readFile(iommu || o.iommuKernel ? (await buildIommuKernel({ reporter: stderrReporter() })).image : kit.kernel));
   const x = await initrdWithExec((await buildInitramfs(kit)).path, o.cmd);
+  if (o.packages && o.packages.length > 0) {
+    // Base initramfs, then the packages' archive, then the command's (the kernel unpacks them in order).
+    const pk = guestPackagesArchive(await ensureGuestPackages(o.packages, silentReporter));
+    x.initrd = Buffer.concat([x.initrd.subarray(0, x.initrd.length - x.archive.length), pk, x.archive]);
+  }
   let out = '';
   const waiters: { text: string; resolve: () => void }[] = [];
   const filter = new ExecOutputFilter(x.markers, (t) => {

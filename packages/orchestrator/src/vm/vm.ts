@@ -150,11 +150,13 @@ export class Vm implements VmControl {
   private closing: Promise<void> | null = null;
 
   deviceQueries(): readonly string[] {
-    return [...new Set(this.slots.registry.kinds.flatMap((k) => (k.query ? [k.query.command] : [])))];
+    return [...new Set(this.slots.registry.kinds.flatMap((k) => [k.query?.command ?? [], k.processQuery?.command ?? []].flat()))];
   }
 
-  queryDevices(command: string): Record<string, unknown>[] {
-    return this.slots.query(command);
+  /** A kind's query (rows from the options) or its process query (`{device, stats}` rows, each from the device's process). */
+  queryDevices(command: string): Record<string, unknown>[] | Promise<Record<string, unknown>[]> {
+    if (!this.slots.registry.kinds.some((k) => k.processQuery?.command === command)) return this.slots.query(command);
+    return this.slots.processQuery(command).then((rows) => rows.map((r) => ({ device: r.id, stats: r.answer })));
   }
 
   /** Every device, of any kind, in the order the guest names them (slots fill from the top: vda is the highest slot). */
@@ -168,7 +170,8 @@ export class Vm implements VmControl {
 
   /** The harts run in this process's worker threads (the machine process is the vmm process today). */
   queryCpus(): CpuInfo[] {
-    return hartThreads(process.pid, this.machine.platformState.harts);
+    const engines = this.machine.engineInfo();
+    return hartThreads(process.pid, this.machine.platformState.harts).map((c) => ({ ...c, engine: engines[c.index]!.engine }));
   }
 
   /** Each disk's I/O counters, asked of its vmm-blk process (blkKind.processQuery). */

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { WASM_RAM_OFFSET, MAX_HARTS } from '../layout.ts';
 import type { AccessSize, PhysBus } from '../bus.ts';
 import { wasmIsStale } from '../../scripts/build-wasm.ts';
-import { ENGINE_MODE, type EngineExit, type EngineKind, type EngineMode, type ExecutionEngine, type Priv } from '../engine.ts';
+import { ENGINE_MODE, ENGINE_STAT_WHERE, ENGINE_WHERE, type EngineWhere, type EngineExit, type EngineKind, type EngineMode, type ExecutionEngine, type Priv } from '../engine.ts';
 import { JIT_SLOTS, JIT_THRESHOLD, Translator, type JitCoreExports, type JitStats } from '../jit/translator.ts';
 
 const BUILD_SCRIPT = fileURLToPath(new URL('../../scripts/build-wasm.ts', import.meta.url));
@@ -72,6 +72,7 @@ interface CoreExports {
   expandCompressed(h: number): number;
   setJit(on: number): void;
   setJitThreshold(n: number): void;
+  whereAddr(): number;
 }
 
 export interface HartCoreOptions {
@@ -109,6 +110,7 @@ export class HartCore implements ExecutionEngine {
   readonly jit: Translator | undefined;
   private readonly xs: BigUint64Array;
   private readonly fs: BigUint64Array;
+  private readonly whereWord: Int32Array;
 
   constructor(opts: HartCoreOptions) {
     const { memory, hartId, ramSize, bus } = opts;
@@ -145,6 +147,8 @@ export class HartCore implements ExecutionEngine {
       this.e.setJitThreshold(opts.jitThreshold ?? JIT_THRESHOLD);
       this.e.setJit(1);
     }
+    this.whereWord = new Int32Array(memory.buffer, this.e.whereAddr(), 1);
+    if (opts.engineStats) opts.engineStats[ENGINE_STAT_WHERE] = this.e.whereAddr();
     scratchBox.v = new BigUint64Array(memory.buffer, this.e.scratchAddr(), 1);
     this.xs = new BigUint64Array(memory.buffer, this.e.xBase(), 32);
     this.fs = new BigUint64Array(memory.buffer, this.e.fBase(), 32);
@@ -157,6 +161,8 @@ export class HartCore implements ExecutionEngine {
     if (kind === undefined) throw new Error(`hart core returned unknown exit ${r}`);
     return { kind };
   }
+  /** What the hart is doing now (read from another thread, it is what a profiler samples). */
+  where(): EngineWhere { return ENGINE_WHERE[Atomics.load(this.whereWord, 0)]!; }
   /** Cause/tval of the last 'ecall'/'trap' exit. */
   lastCause(): bigint { return BigInt.asUintN(64, this.e.exitCauseOf()); }
 

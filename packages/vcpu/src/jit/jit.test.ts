@@ -321,7 +321,7 @@ describe('translator vs interpreter in lockstep: bad input and coherence', () =>
 
   it('a generated module that fails to compile is interpreted instead and logged once', () => {
     const logs: string[] = [];
-    const c = new HartCore({ memory: createHartMemory(RAM), hartId: 0, ramSize: RAM, mode: 'firmware', engine: 'jit', jitThreshold: 2, log: (msg) => { logs.push(msg); } });
+    const c: HartCore = new HartCore({ memory: createHartMemory(RAM), hartId: 0, ramSize: RAM, mode: 'firmware', engine: 'jit', jitThreshold: 2, log: (msg) => { logs.push(`${msg} (${c.where()})`); } });
     const ref = core('interp');
     // Fault injection: the emitter hands V8 a truncated module (a header and a bad section id).
     (c.jit as Translator).emit = () => Uint8Array.of(0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x7f, 0x00);
@@ -339,7 +339,8 @@ describe('translator vs interpreter in lockstep: bad input and coherence', () =>
     const s = c.jitStats()!;
     expect(s.invalid).toBeGreaterThan(1);
     expect(s.compiled).toBe(0);
-    expect(logs).toEqual(['generated block failed to compile; interpreting it']);
+    expect(logs).toEqual(['generated block failed to compile; interpreting it (translating)']); // what a profiler sampled then
+    expect(c.where()).toBe('host'); // and outside run()
   });
 });
 

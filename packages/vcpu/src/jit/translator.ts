@@ -31,6 +31,9 @@
 
 import { Bytes, OP, T, writeModule, type FuncType } from './wasm-writer.ts';
 import { WASM_RAM_OFFSET } from '../layout.ts';
+import { ENGINE_WHERE } from '../engine.ts';
+
+const WHERE_TRANSLATING = ENGINE_WHERE.indexOf('translating');
 
 /** Executions of a block entry (counted by the interpreter's lookup) before it is translated. */
 export const JIT_THRESHOLD = 4000;
@@ -62,6 +65,7 @@ export interface JitCoreExports {
   tlbTagsAddr(): number;
   tlbDeltasAddr(): number;
   tlbEntries(): number;
+  whereAddr(): number;
   xBase(): number;
   expandCompressed(h: number): number;
   jitLoad: WebAssembly.ExportValue;
@@ -278,6 +282,8 @@ export class Translator {
   private readonly tlbMask: number;
   private readonly pcAddr: number;
   private readonly dkeyAddr: number;
+  /** The core's WHERE word (what a sampling profiler reads). */
+  private readonly where: Int32Array;
   private readonly blocks = new Map<number, Block>();
   private readonly freeSlots: number[] = [];
   private nextSlot = 1;
@@ -307,6 +313,7 @@ export class Translator {
     this.tlbMask = c.tlbEntries() - 1;
     this.pcAddr = c.jitPcAddr();
     this.dkeyAddr = c.jitDKeyAddr();
+    this.where = new Int32Array(opts.memory.buffer, c.whereAddr(), 1);
     const pages = opts.memory.buffer.byteLength / 65536;
     this.memLimits = { min: pages, max: pages, shared: true };
     this.imports = { memory: opts.memory };
@@ -359,6 +366,8 @@ export class Translator {
       this.drop(hp, known);
     }
     const t0 = process.hrtime.bigint();
+    const was = this.where[0]!;
+    this.where[0] = WHERE_TRANSLATING;
     try {
       // One snapshot of the guest bytes: the region is decoded from it and it becomes the shadow
       // copy. Read twice from live memory, another hart (or a device's DMA) writing the code in
@@ -405,6 +414,7 @@ export class Translator {
       this.stats.guestInsns += insns.length;
       return slot;
     } finally {
+      this.where[0] = was;
       this.stats.compileNs += Number(process.hrtime.bigint() - t0);
       const p = this.publish;
       if (p) { p[0] = this.stats.blocks; p[1] = this.stats.cacheBytes; p[2] = this.stats.compileNs / 1e6; p[3] = Number(this.core.jitInstructions()); }
