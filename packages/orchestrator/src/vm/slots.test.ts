@@ -298,7 +298,7 @@ describe('the generic vhost-user device path (echo kind, no guest)', () => {
     };
     const cases: { qmp: Record<string, unknown>; flag: string; argv: string[]; want: string }[] = [
       { qmp: { driver: 'virtio-blk', id: 'x', file: 'a.img', queues: 99 }, flag: 'virtio-blk,file=a.img,queues=99', argv: ['--file', 'a.img', '--queues', '99'], want: 'virtio-blk: queues=99: expected an integer from 1 to 16' },
-      { qmp: { driver: 'virtio-blk', id: 'x', file: 'a.img', bogus: 1 }, flag: 'virtio-blk,file=a.img,bogus=1', argv: ['--file', 'a.img', '--bogus', '1'], want: "virtio-blk: unknown option 'bogus' (file, format, readonly, queues, serial, iommu-table, iommu-endpoint, iommu-reader)" },
+      { qmp: { driver: 'virtio-blk', id: 'x', file: 'a.img', bogus: 1 }, flag: 'virtio-blk,file=a.img,bogus=1', argv: ['--file', 'a.img', '--bogus', '1'], want: "virtio-blk: unknown option 'bogus' (file, format, readonly, queues, serial, iommu-table, iommu-endpoint, iommu-reader, iotlb)" },
       { qmp: { driver: 'virtio-blk', id: 'x', file: 'a.img', format: 'vmdk' }, flag: 'virtio-blk,file=a.img,format=vmdk', argv: ['--file', 'a.img', '--format', 'vmdk'], want: 'virtio-blk: format=vmdk: expected raw or qcow2' },
       { qmp: { driver: 'virtio-blk', id: 'x', file: 'a.img', readonly: 'maybe' }, flag: 'virtio-blk,file=a.img,readonly=maybe', argv: ['--file', 'a.img', '--readonly', 'maybe'], want: 'virtio-blk: readonly=maybe: expected on or off' },
     ];
