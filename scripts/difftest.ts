@@ -1,14 +1,17 @@
 // Large-count differential run of our RV64GC hart against qemu-riscv64:
-//   pnpm exec node scripts/difftest.ts --count 10000000 --seed 1 [--groups 400] [--classes a,b] [--max-failures 10] [--traps N] [--engine interp|jit]
+//   pnpm exec node scripts/difftest.ts --count 10000000 --seed 1 [--groups 400] [--classes a,b] [--max-failures 10] [--traps N] [--engine interp|jit] [--lockstep]
 // Programs get seeds S, S+1, …; each has --groups groups (≈1.3 instructions
 // each). Every distinct divergence (by instruction class and mnemonic) is
 // minimised and printed; the exit status is 1 if any was found. --traps N
 // also runs N trap programs per trap kind (instructions that must trap).
 // --engine jit runs our side on the translator (code translated the first
-// time it runs), so the same programs check it against qemu.
+// time it runs), so the same programs check it against qemu. --lockstep also
+// runs every program on the translator and the interpreter in lockstep
+// (batches of random size, the whole state compared after each: pc, instret,
+// registers, fcsr, then RAM), which qemu cannot check (budget, trap charging).
 
 import { parseArgs } from 'node:util';
-import { check, checkTrap, generate, minimise, formatDivergence, CLASS_NAMES, TRAP_KIND_NAMES, assemble } from '@vmm/vcpu/testing';
+import { check, checkTrap, generate, minimise, formatDivergence, formatLockstep, lockstepImage, CLASS_NAMES, TRAP_KIND_NAMES, assemble } from '@vmm/vcpu/testing';
 import type { Divergence, Program } from '@vmm/vcpu/testing';
 import { ENGINE_KINDS, type EngineKind } from '@vmm/vcpu';
 
@@ -21,8 +24,15 @@ const { values } = parseArgs({
     'max-failures': { type: 'string', default: '10' },
     traps: { type: 'string', default: '0' },
     engine: { type: 'string', default: 'interp' },
+    lockstep: { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false },
   },
 });
+if (values.help) {
+  console.log(`usage: pnpm exec node scripts/difftest.ts [--count N] [--seed S] [--groups G] [--classes a,b] [--max-failures K] [--traps N] [--engine interp|jit] [--lockstep]
+  Generated RV64GC programs on our hart vs qemu-riscv64 (and, with --lockstep, the translator vs the interpreter in lockstep).`);
+  process.exit(0);
+}
 const count = Number(values.count), seed0 = Number(values.seed), groups = Number(values.groups);
 const maxFailures = Number(values['max-failures']);
 const traps = Number(values.traps);
@@ -44,10 +54,10 @@ function key(p: Program, d: Divergence): string {
 }
 
 const t0 = Date.now();
-let insns = 0, programs = 0, lastLog = t0;
+let insns = 0, programs = 0, lastLog = t0, lockstepDivergences = 0;
 const seen = new Map<string, number>();
 let seed = seed0;
-while (insns < count && seen.size < maxFailures) {
+while (insns < count && seen.size < maxFailures && lockstepDivergences < maxFailures) {
   // Two programs at a time: their qemu processes overlap our (synchronous) runs.
   const batch = [generate({ seed: seed++, groups, classes }), generate({ seed: seed++, groups, classes })];
   const results = await Promise.all(batch.map((p) => check(p, undefined, { engine })));
@@ -55,6 +65,14 @@ while (insns < count && seen.size < maxFailures) {
     const p = batch[i]!;
     insns += assemble(p).bodyInsns;
     programs++;
+    if (values.lockstep) {
+      // Batches up to 512: every batch boundary is a new block entry, translated at once (threshold 1).
+      const ls = lockstepImage(assemble(p), { seed: p.seed, maxBatch: 512 });
+      if (ls) {
+        lockstepDivergences++;
+        if (lockstepDivergences <= maxFailures) console.log(`\n${formatLockstep(p.seed, ls)}\n`);
+      }
+    }
     const d = results[i];
     if (!d) continue;
     const m = await minimise(p, d, 300, { engine });
@@ -64,7 +82,8 @@ while (insns < count && seen.size < maxFailures) {
   }
   if (Date.now() - lastLog > 10_000) {
     lastLog = Date.now();
-    console.error(`difftest: ${insns} instructions in ${programs} programs, ${((Date.now() - t0) / 1000).toFixed(0)} s, ${seen.size} distinct divergences`);
+    console.error(`difftest: ${insns} instructions in ${programs} programs, ${((Date.now() - t0) / 1000).toFixed(0)} s, ${seen.size} distinct divergences`
+      + (values.lockstep ? `, ${lockstepDivergences} lockstep divergences` : ''));
   }
 }
 let trapProblems = 0;
@@ -77,9 +96,11 @@ for (const kind of TRAP_KIND_NAMES) {
 if (traps) console.log(`traps: ${traps * TRAP_KIND_NAMES.length} programs, ${trapProblems} disagreements`);
 if (trapProblems) process.exitCode = 1;
 const secs = (Date.now() - t0) / 1000;
-console.log(`difftest (${engine}): seeds ${seed0}..${seed - 1}, ${programs} programs, ${insns} instructions, ${secs.toFixed(1)} s (${Math.round(insns / secs)} insn/s)`);
+console.log(`difftest (${engine}): seeds ${seed0}..${seed - 1}, ${programs} programs, ${insns} instructions, ${secs.toFixed(1)} s (${Math.round(insns / secs)} insn/s), ${seen.size} distinct divergences from qemu`
+  + (values.lockstep ? `, ${lockstepDivergences} programs where the translator and the interpreter differ in lockstep` : ''));
+if (lockstepDivergences) process.exitCode = 1;
 if (seen.size) {
   console.log(`${seen.size} distinct divergences:`);
   for (const [k, n] of seen) console.log(`  ${k}  ×${n}`);
   process.exitCode = 1;
-} else console.log('no divergence');
+} else if (!lockstepDivergences) console.log('no divergence');

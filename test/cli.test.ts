@@ -111,6 +111,8 @@ describe('vmm command line', () => {
     });
     expect(r.timedOut, r.stdout.slice(-2000)).toBe(false);
     expect(r.stdout).toContain('Linux version');
+    // As QEMU's "QEMU: Terminated": on a line of its own, so the shell's prompt starts a fresh one.
+    expect(r.stdout.endsWith('\r\nvmm: terminated\r\n'), r.stdout.slice(-200)).toBe(true);
     expect(r.code, r.stderr).toBe(0);
   });
 });

@@ -101,6 +101,17 @@ export function unlessStalled<T>(q: { events: Record<string, unknown>[] }, p: Pr
 }
 
 /**
+ * A guest shell line: ping `to` once a second until it answers, `fail` after
+ * about `waitS` seconds. One `ping -c N -W S` is not enough when the peer
+ * boots later: its few echo requests wait for ARP, which fails after 3 s,
+ * and are lost, so ping waits out S without a reply although the peer came
+ * up meanwhile (two vmm guests booting a few seconds apart hit that).
+ */
+function waitForPing(to: string, waitS: number, fail: string): string {
+  return `n=0; until ping -c 1 -W 1 ${to} > /dev/null; do n=$((n+1)); [ $n -gt ${waitS} ] && ${fail}; sleep 1; done`;
+}
+
+/**
  * Guest script of the TCP copy tests: receive one connection on port 5000
  * into /tmp/f and print `received SIZE SHA256`. busybox nc -e runs `cat` on
  * the accepted connection, so it ends when the sender closes. With `pingFrom`
@@ -109,7 +120,7 @@ export function unlessStalled<T>(q: { events: Record<string, unknown>[] }, p: Pr
 export function tcpReceiverScript(ping?: { from: string; waitS: number }): string {
   return `
 echo 'cat > /tmp/f' > /tmp/rx.sh; chmod +x /tmp/rx.sh
-${ping ? `ping -c 2 -W ${ping.waitS} ${ping.from} > /dev/null || { echo "no ping reply from ${ping.from}"; exit 20; }\n` : ''}nc -l -p 5000 -e /tmp/rx.sh
+${ping ? `${waitForPing(ping.from, ping.waitS, `{ echo "no ping reply from ${ping.from}"; exit 20; }`)}\n` : ''}nc -l -p 5000 -e /tmp/rx.sh
 echo "received $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)"
 `;
 }
@@ -126,6 +137,7 @@ export function tcpSenderScript(o: { to: string; blocks: number; pingWaitS: numb
   return `
 dd if=/dev/urandom of=/tmp/f bs=64k count=${o.blocks} 2>/dev/null
 echo "sent $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)"
+${waitForPing(o.to, o.pingWaitS, `{ echo "ping to ${o.to} failed"; exit 21; }`)}
 ping -c 3 -W ${o.pingWaitS} ${o.to} | grep -q '3 packets received' || { echo "ping to ${o.to} failed"; exit 21; }
 n=0; until nc ${o.to} 5000 < /tmp/f; do n=$((n+1)); [ $n -gt ${o.tries} ] && exit 22; sleep 1; done
 n=0; while netstat -tn | grep ':5000 ' | grep -qE 'ESTABLISHED|FIN_WAIT1|CLOSING|LAST_ACK'; do n=$((n+1)); [ $n -gt ${o.drainTicks} ] && exit 23; sleep 0.2; done

@@ -32,7 +32,7 @@ import { kitAndInitramfs, qemuArgs, requireQemu } from './guest-helpers.ts';
 const NET = fileURLToPath(new URL('../packages/virtio-net/src/main.ts', import.meta.url));
 const SWITCH = fileURLToPath(new URL('../packages/virtio-net/src/switch-main.ts', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'vmm-net-counters-'));
-const log = createLogger('test', 'net-counters', 'warn');
+const log = createLogger('net-counters-test', undefined, 'warn');
 const env = { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir };
 const SW = 'counters';
 const MAC_V = '52:54:00:00:0c:0a';

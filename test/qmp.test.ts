@@ -278,7 +278,7 @@ describe('QMP: vmm answers as qemu-system-riscv64 -M virt does', () => {
     const [la, lb] = await both('query-commands');
     const names = (r: Json) => (r.return as Json[]).map((c) => { expect(Object.keys(c)).toEqual(['name']); return c.name as string; });
     const [na, nb] = [names(la), new Set(names(lb))];
-    const own = ['query-processes', 'inject-fault', 'query-iommu', 'query-nics']; // vmm's own; query-iommu and query-nics are the IOMMU and NIC kinds' queries (DeviceKind.query)
+    const own = ['query-processes', 'inject-fault', 'query-iommu', 'query-nics', 'query-nic-stats']; // vmm's own: query-iommu and query-nics are the IOMMU and NIC kinds' queries (DeviceKind.query), query-nic-stats the NIC processes' counters (DeviceKind.processQuery), as query-blockstats is to query-block
     for (const n of na) if (!own.includes(n)) expect(nb.has(n), n).toBe(true);
     for (const n of ['qmp_capabilities', 'query-version', 'query-name', 'query-status', 'query-cpus-fast', 'query-blockstats', 'query-block', 'query-commands', 'stop', 'cont', 'quit', 'system_reset', 'system_powerdown', 'device_add', 'device_del']) {
       expect(na, n).toContain(n);

@@ -66,6 +66,28 @@ describe('DeviceProcess', () => {
     await expect(silent.start()).rejects.toBeInstanceOf(DeviceProcessError);
     expect(await silent.exited()).toEqual({ code: null, signal: 'SIGKILL' });
   });
+  it("holds a child's stderr until it is ready: one that dies first is reported once, by start()'s error (its JSON log lines relayed); a ready one's is all relayed", async () => {
+    // An orchestrator stand-in whose stderr is the relayed log: one child dies before its handshake, one gets ready.
+    const dies = `process.stderr.write('{"level":60,"msg":"cannot start"}\\n'); process.stderr.write('vmm-x: no such image\\n'); process.exit(2);`;
+    const lives = `process.stderr.write('early plain line\\n'); process.send({ type: 'vmm-ready' }); setTimeout(() => {}, 200);`;
+    const orchestrator = `
+import { DeviceProcess } from ${JSON.stringify(DEVICE_PROCESS_TS)};
+import { createLogger } from ${JSON.stringify(fileURLToPath(new URL('./logger.ts', import.meta.url)))};
+const log = createLogger('t', undefined, 'silent');
+const a = new DeviceProcess({ name: 'a', args: ['-e', ${JSON.stringify(dies)}], log });
+await a.start().then(() => process.stdout.write('started?!'), (e) => process.stdout.write(e.message + '\\n'));
+const b = new DeviceProcess({ name: 'b', args: ['-e', ${JSON.stringify(lives)}], log });
+await b.start();
+await b.exited();
+`;
+    const r = await new Promise<{ stdout: string; stderr: string }>((resolve, reject) => {
+      execFile(process.execPath, ['--input-type=module', '-e', orchestrator], { timeout: 30_000 }, (err, stdout, stderr) => (err ? reject(err) : resolve({ stdout, stderr })));
+    });
+    expect(r.stdout).toBe('a exited before it was ready (code 2, signal null): vmm-x: no such image\n');
+    expect(r.stderr).toContain('{"level":60,"msg":"cannot start"}\n');
+    expect(r.stderr).not.toContain('no such image');
+    expect(r.stderr).toContain('early plain line\n');
+  });
   it('carries control messages to the child', async () => {
     // The child echoes a control message back in its exit code.
     const child = `

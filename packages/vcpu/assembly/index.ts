@@ -59,6 +59,7 @@ const CTAB: usize = 0x200000; // 65536 × u32
 // Translator (src/jit): per-hart state offsets and the block lookup table (see the end of this file).
 const JIT_PC: usize = 1280; // u64: next pc written by a translated block on exit
 const JIT_DKEY: usize = 1288; // u64: mirror of dKey for the inlined TLB probe
+const JIT_FKEY: usize = 1304; // u64: mirror of fKey for the fetch-TLB probe of chained blocks
 // i32: what this hart is doing, for a sampling profiler in another thread (Machine `profile`;
 // the names are ENGINE_WHERE in src/engine.ts): one store at each change, none per instruction.
 const WHERE: usize = 1296;
@@ -254,6 +255,7 @@ function updateKeys(): void {
   dKey = k << 52;
   store<u64>(base + JIT_DKEY, dKey);
   fKey = <u64>priv << 52;
+  store<u64>(base + JIT_FKEY, fKey);
   fetchPage = 1;
 }
 
@@ -1001,6 +1003,30 @@ function execFma(insn: u32, op: u32): bool {
 }
 
 // ─── cold instructions, out of run() so that the hot loop stays small ─────
+/**
+ * F/D loads, stores and arithmetic (ISA §11–12): illegal while mstatus.FS is
+ * Off (privileged 1.12 §3.1.6.6). `raw` is the instruction as fetched (the
+ * 16-bit form of a compressed one), the tval of an illegal-instruction trap.
+ */
+function execFp(insn: u32, raw: u32): void {
+  const op = insn & 0x7f;
+  const rd = (insn >> 7) & 31, rs1 = (insn >> 15) & 31, f3 = (insn >> 12) & 7;
+  if (!fpOn()) { raise(2, <u64>raw); return; }
+  if (op == OPC_LOAD_FP || op == OPC_STORE_FP) {
+    if (f3 != 2 && f3 != 3) { raise(2, <u64>raw); return; }
+    if (op == OPC_LOAD_FP) {
+      const va = X(rs1) + <u64><i64>(<i32>insn >> 20);
+      if (f3 == 2) { const v = loadN(va, 4); if (ev == EV_NONE) setF32(rd, <u32>v); }
+      else { const v = loadN(va, 8); if (ev == EV_NONE) setF(rd, v); }
+    } else {
+      const imm = ((<i32>insn >> 25) << 5) | <i32>((insn >> 7) & 0x1f);
+      storeN(X(rs1) + <u64><i64>imm, f3 == 2 ? 4 : 8, F((insn >> 20) & 31));
+    }
+    return;
+  }
+  if (!(op == OPC_OP_FP ? execOpFp(insn) : execFma(insn, op))) raise(2, <u64>raw);
+}
+
 /** AMO (ISA §8): LR/SC and the read-modify-write AMOs. Raises its own exceptions (no compressed form). */
 function execAmo(insn: u32): void {
   const rd = (insn >> 7) & 31, rs1 = (insn >> 15) & 31, rs2 = (insn >> 20) & 31, f3 = (insn >> 12) & 7;
@@ -1162,21 +1188,14 @@ export function run(n: i32): i32 {
   batchN = n;
   let left = n;
   const xr = xb;
+  // Block boundary: the translator's lookup is probed only here — at the start, after a taken
+  // branch or jump, a new fetch page (traps, xRET, FENCE.I, SFENCE.VMA and satp writes reset it),
+  // a return from translated code, or an instruction a region stops at (CSR, AMO, FP) — not at
+  // every interpreted instruction.
+  let jp = true;
   store<i32>(base + WHERE, WHERE_INTERP);
   if (mode != MODE_SNIPPET && takeInterrupt()) { batchLeft = left; store<i32>(base + WHERE, WHERE_HOST); return exitReason; }
   while (left > 0) {
-    if (jitOn && (pc & ~0xfff) == fetchPage) {
-      // Translated code, looked up by the physical (host) address of pc (see jitEnter).
-      const r = jitEnter(left);
-      if (r != left) {
-        jitRetired += <u64>(left - r);
-        left = r;
-        pc = load<u64>(base + JIT_PC);
-        if (ev != EV_NONE) { batchLeft = left; if (deliverException()) break; }
-        continue;
-      }
-    }
-    left--;
     // ── fetch ──
     let insn: u32;
     let ilen: u64 = 4;
@@ -1185,8 +1204,31 @@ export function run(n: i32): i32 {
       insn = load<u32>(<usize>(cur + fetchDelta));
     } else {
       insn = fetchSlow(cur);
-      if (ev != EV_NONE) { batchLeft = left; if (deliverException()) break; continue; }
+      if (ev != EV_NONE) { left--; batchLeft = left; if (deliverException()) break; continue; }
+      jp = true;
     }
+    if (jp) {
+      jp = false;
+      if (jitOn) {
+        // Translated code, looked up by the physical (host) address of pc (see jitEnter).
+        const r = jitEnter(left);
+        if (r != left) {
+          jitRetired += <u64>(left - r);
+          left = r;
+          pc = load<u64>(base + JIT_PC);
+          jp = true;
+          if (ev != EV_NONE) {
+            batchLeft = left;
+            if (ev < 64) { if (deliverException()) break; continue; }
+            // EV_IRQ: a CSR write in the block (jitCold) may have unmasked an interrupt.
+            ev = EV_NONE;
+            if (mode != MODE_SNIPPET && takeInterrupt()) break;
+          }
+          continue;
+        }
+      }
+    }
+    left--;
     const raw = insn;
     if ((insn & 3) != 3) {
       ilen = 2;
@@ -1265,6 +1307,7 @@ export function run(n: i32): i32 {
           default: { ill = true; take = false; }
         }
         if (take) {
+          jp = true;
           const imm = ((<i32>insn >> 31) << 12) | <i32>(((insn >> 7) & 1) << 11) | <i32>(((insn >> 25) & 0x3f) << 5) | <i32>(((insn >> 8) & 0xf) << 1);
           npc = cur + <u64><i64>imm;
         }
@@ -1315,6 +1358,7 @@ export function run(n: i32): i32 {
         const imm = ((<i32>insn >> 31) << 20) | <i32>(((insn >> 12) & 0xff) << 12) | <i32>(((insn >> 20) & 1) << 11) | <i32>(((insn >> 21) & 0x3ff) << 1);
         setXR(xr, rd, npc);
         npc = cur + <u64><i64>imm;
+        jp = true;
         break;
       }
       case OPC_JALR: {
@@ -1322,6 +1366,7 @@ export function run(n: i32): i32 {
         const t = (XR(xr, rs1) + <u64><i64>(<i32>insn >> 20)) & ~1;
         setXR(xr, rd, npc);
         npc = t;
+        jp = true;
         break;
       }
       case OPC_AUIPC: setXR(xr, rd, cur + <u64><i64><i32>(insn & 0xfffff000)); break;
@@ -1369,30 +1414,12 @@ export function run(n: i32): i32 {
         else if (f3 != 0) ill = true;
         break;
       }
-      case OPC_AMO: execAmo(insn); break; // cold: out of line
-      case OPC_SYSTEM: batchLeft = left; npc = execSystem(insn, npc); break; // cold: out of line
-      case OPC_LOAD_FP: {
-        if (!fpOn() || (f3 != 2 && f3 != 3)) { ill = true; break; }
-        const va = XR(xr, rs1) + <u64><i64>(<i32>insn >> 20);
-        if (f3 == 2) { const v = loadN(va, 4); if (ev == EV_NONE) setF32(rd, <u32>v); }
-        else { const v = loadN(va, 8); if (ev == EV_NONE) setF(rd, v); }
+      case OPC_AMO: execAmo(insn); jp = true; break; // cold: out of line
+      case OPC_SYSTEM: batchLeft = left; npc = execSystem(insn, npc); jp = true; break; // cold: out of line
+      case OPC_LOAD_FP: case OPC_STORE_FP: case OPC_MADD: case OPC_MSUB: case OPC_NMSUB: case OPC_NMADD: case OPC_OP_FP:
+        execFp(insn, ilen == 2 ? raw & 0xffff : raw); // cold: out of line, shared with translated blocks (jitCold)
+        jp = true;
         break;
-      }
-      case OPC_STORE_FP: {
-        if (!fpOn() || (f3 != 2 && f3 != 3)) { ill = true; break; }
-        const imm = ((<i32>insn >> 25) << 5) | <i32>((insn >> 7) & 0x1f);
-        const va = XR(xr, rs1) + <u64><i64>imm;
-        storeN(va, f3 == 2 ? 4 : 8, F(rs2));
-        break;
-      }
-      case OPC_MADD: case OPC_MSUB: case OPC_NMSUB: case OPC_NMADD: {
-        if (!fpOn() || !execFma(insn, insn & 0x7f)) ill = true;
-        break;
-      }
-      case OPC_OP_FP: {
-        if (!fpOn() || !execOpFp(insn)) ill = true;
-        break;
-      }
       default: ill = true;
     }
     if (ill) raise(2, <u64>(ilen == 2 ? raw & 0xffff : raw));
@@ -1507,6 +1534,7 @@ let jitRetired: u64 = 0; // instructions run by translated blocks (a trapping on
 let jitFences: u32 = 0; // FENCE.I executed
 let jitCodeWrites: u32 = 0; // stores into translated pages (jitCodeWritten)
 let jitRevalidations: u64 = 0; // blocks compared with their shadow copy after a flush
+let jitEntries: u64 = 0; // blocks entered from this loop (a chain of blocks that tail-call each other counts once)
 
 @inline function jitEnter(left: i32): i32 {
   const cur = pc;
@@ -1536,16 +1564,17 @@ let jitRevalidations: u64 = 0; // blocks compared with their shadow copy after a
 
 /** Run the block in table slot f (WHERE tells a profiler that translated code runs). */
 @inline function jitCall(f: i32, left: i32, cur: u64): i32 {
+  jitEntries++;
   store<i32>(base + WHERE, WHERE_BLOCK);
   const r = call_indirect<i32>(<u32>f, left, cur);
   store<i32>(base + WHERE, WHERE_INTERP);
   return r;
 }
 
-/** Are the guest bytes at host address hp those of the shadow copy at s ([u32 length][pad][bytes])? */
+/** Are the guest bytes around host address hp those of the shadow copy at s ([u32 length][i32 start relative to hp][bytes])? */
 function jitSameCode(s: usize, hp: u32): bool {
   const n = <usize>load<u32>(s);
-  const a = s + 8, b = <usize>hp;
+  const a = s + 8, b = <usize>(<i32>hp + load<i32>(s, 4));
   let i: usize = 0;
   for (; i + 8 <= n; i += 8) if (load<u64>(a + i) != load<u64>(b + i)) return false;
   for (; i < n; i++) if (load<u8>(a + i) != load<u8>(b + i)) return false;
@@ -1563,6 +1592,11 @@ export function jitClear(): void {
   memory.fill(jitTab, 0, 16 << JIT_TAB_BITS);
   memory.fill(jitTab + JIT_CODEMAP, 0, <usize>((ramSize >> 15) + 1));
   jitFlush();
+}
+/** The translator evicted the block at host address hp: its lookup entry, if still its own, counts to the threshold anew. */
+export function jitForget(hp: u32): void {
+  const e = jitTab + (<usize>((hp >> 1) & JIT_TAB_MASK) << 4);
+  if (load<u32>(e) == hp) store<i32>(e, 0, 4);
 }
 @inline function jitIsCodePage(off: u64): bool {
   return ((load<u8>(jitTab + JIT_CODEMAP + <usize>(off >> 15)) >> <u8>((off >> 12) & 7)) & 1) != 0;
@@ -1602,6 +1636,7 @@ export function jitInstructions(): u64 { return jitRetired; }
 export function jitFenceCount(): u32 { return jitFences; }
 export function jitCodeWriteCount(): u32 { return jitCodeWrites; }
 export function jitRevalidationCount(): u64 { return jitRevalidations; }
+export function jitEntryCount(): u64 { return jitEntries; }
 export function jitRetAddr(): usize { return jitTabAddr() + JIT_RET; }
 export function jitShadowAddr(): usize { return jitTabAddr() + JIT_SHADOW; }
 export function jitShadowEnd(): usize { return jitTabAddr() + JIT_TAB_STRIDE; }
@@ -1609,6 +1644,8 @@ export function jitTabAddr(): usize { return JIT_TAB_BASE + <usize>hartId * JIT_
 export function jitGenAddr(): usize { return jitTabAddr() + JIT_GEN; }
 export function jitPcAddr(): usize { return base + JIT_PC; }
 export function jitDKeyAddr(): usize { return base + JIT_DKEY; }
+export function jitFKeyAddr(): usize { return base + JIT_FKEY; }
+export function jitTabMask(): u32 { return JIT_TAB_MASK; }
 /** Address of the i32 WHERE word (what this hart is doing, for a sampling profiler). */
 export function whereAddr(): usize { return base + WHERE; }
 export function tlbTagsAddr(): usize { return tlbTags; }
@@ -1632,6 +1669,26 @@ export function jitStore(va: u64, size: i32, v: u64): void {
 }
 /** Did the last helper raise an exception? */
 export function jitFault(): bool { return ev != EV_NONE; }
+/**
+ * An instruction a block leaves to the core — AMO/LR/SC, a CSR instruction,
+ * FP — run as the interpreter runs it, the block having stored the x
+ * registers it reads or writes (it reloads rd after). `left` is the budget
+ * after this instruction (instret/cycle reads). Returns 0 to go on, 1 for an
+ * exception (ev set: the block exits at this instruction), 2 when it
+ * completed but the block must leave (EV_IRQ: a CSR write; the core then
+ * checks interrupts, as after the interpreter's CSR writes).
+ */
+export function jitCold(insn: u32, raw: u32, left: i32): i32 {
+  store<i32>(base + WHERE, WHERE_HELPER);
+  batchLeft = left;
+  const op = insn & 0x7f;
+  if (op == OPC_AMO) execAmo(insn);
+  else if (op == OPC_SYSTEM) execSystem(insn, 0); // CSR instructions only (the translator's choice)
+  else execFp(insn, raw);
+  store<i32>(base + WHERE, WHERE_BLOCK);
+  if (ev == EV_NONE) return 0;
+  return ev < 64 ? 1 : 2;
+}
 export function jitMulh(a: u64, b: u64): u64 { return mulh(a, b); }
 export function jitMulhsu(a: u64, b: u64): u64 { return mulhsu(a, b); }
 export function jitMulhu(a: u64, b: u64): u64 { return mulhu(a, b); }

@@ -20,7 +20,7 @@ import { rawFrame, tcp4Frame } from './testing/frames.ts';
 import { NicDriver } from './testing/nic-driver.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vmm-net-bad-'));
-const log = createLogger('test', 'net-bad', 'warn');
+const log = createLogger('net-bad-test', undefined, 'warn');
 const NET = join(import.meta.dirname, 'main.ts');
 const SWITCH = join(import.meta.dirname, 'switch-main.ts');
 const env = { VMM_LOG_LEVEL: 'error', VMM_RUN_DIR: dir };

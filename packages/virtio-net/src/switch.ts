@@ -161,7 +161,8 @@ export class Switch {
   private attach(conn: number, name: string, mac: string, reader: MessageReader): void {
     const { end, peerFds, closeAfterSend } = createLink(this.ringBytes, SWITCH_FRAME_CAPACITY);
     const id = this.nextPort++;
-    const link = new RingPort(end);
+    // A full port ring drops (and counts) instead of waiting, so the NIC never needs to ring us for space.
+    const link = new RingPort(end, { waitForSpace: false });
     const p: Port = {
       id, name, mac, link, conn, connWatch: null as unknown as FdWatch, scheduled: false, dirty: false,
       stats: { port: id, name, mac, rx_packets: 0, rx_bytes: 0, rx_largest: 0, tx_packets: 0, tx_bytes: 0, tx_dropped: 0, rx_errors: 0 },

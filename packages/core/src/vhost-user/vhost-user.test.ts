@@ -10,7 +10,7 @@ import { VIRTIO_F_EVENT_IDX } from '../device.ts';
 import { closeFd, eventfdCreate, memfdCreate } from '../ffi.ts';
 import { BACKEND_PROTOCOL_FEATURES } from './backend.ts';
 import { createLogger } from '../logger.ts';
-import { ECHO_HOLD, ECHO_PARK, ECHO_RELEASE } from '../testing/echo-device.ts';
+import { ECHO_CONFIG, ECHO_HOLD, ECHO_PARK, ECHO_RELEASE } from '../testing/echo-device.ts';
 import { u64 } from './codec.ts';
 import { VhostUserDriver, type DriverQueueHandle } from './driver.ts';
 import { VhostUserClosedError, VhostUserFrontend } from './frontend.ts';
@@ -165,6 +165,25 @@ describe('vhost-user front-end ↔ back-end (echo device in a child process)', (
     const got = await collect(q, 2);
     expect(got.get(again.head)).toBe(2);
     expect(got.get(release.head)).toBe(2);
+  });
+
+  it('sends CONFIG_CHANGE_MSG only to a front-end that took VHOST_USER_PROTOCOL_F_CONFIG (QEMU\'s virtio-net does not)', async () => {
+    for (const withConfig of [true, false]) {
+      const protocolFeatures = withConfig ? BACKEND_PROTOCOL_FEATURES : BACKEND_PROTOCOL_FEATURES & ~protocolFeatureBit(ProtocolFeature.CONFIG);
+      const d = await driver({ eventIdx: true, queues: 1, protocolFeatures });
+      let changes = 0;
+      d.frontend.onConfigChange = () => changes++;
+      await d.frontend.openBackendChannel();
+      // The echo device stores the byte and announces a configuration change before it completes the request.
+      const r = echoRequest(d, d.queue(0), new Uint8Array([ECHO_CONFIG, 0x42]), 8);
+      expect((await collect(d.queue(0), 1)).get(r.head)).toBe(2);
+      // The message, had it been sent, was on the back-end channel before the completion: one more round trip lets it arrive.
+      await d.frontend.getStatus();
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(changes).toBe(withConfig ? 1 : 0);
+      d.close();
+      open.splice(open.indexOf(d), 1);
+    }
   });
 
   it('with EVENT_IDX a burst posted before the device runs needs a single kick', async () => {

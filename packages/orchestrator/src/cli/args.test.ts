@@ -15,6 +15,8 @@ describe('vmm run flags', () => {
     expect(kernelCmdline(o)).toBe('console=ttyS0 earlycon=sbi cryptomgr.notests panic=-1 quiet foo=1');
     expect(kernelCmdline({ ...o, verbose: true })).not.toContain('quiet');
     expect(parseRunArgs(['--no-reboot']).noReboot).toBe(true);
+    expect(parseRunArgs([]).profile).toBe(false);
+    expect(parseRunArgs(['--profile']).profile).toBe(true);
     expect(parseRunArgs(['--bios', '/x/fw.bin']).bios).toEqual({ kind: 'file', path: '/x/fw.bin' });
     const d = parseRunArgs(['--disk', 'a.img', '--disk', 'b.qcow2,format=qcow2,readonly,id=data', '--device', 'virtio-blk,file=c.img,queues=2', '--api-port', '0', '--qmp', '/tmp/q.sock', '--name', 'web1']);
     expect(d.devices.map((x) => [x.kind.name, x.options.file, x.options.format, x.options.readonly, x.options.queues, x.id])).toEqual([

@@ -193,7 +193,7 @@ export class HartCore implements ExecutionEngine {
     const j = this.jit;
     if (!j) return undefined;
     const c = j.core;
-    return { ...j.stats, revalidated: j.stats.revalidated + Number(c.jitRevalidationCount()), jitInstructions: Number(c.jitInstructions()), fenceI: c.jitFenceCount() >>> 0, codeWrites: c.jitCodeWriteCount() >>> 0 };
+    return { ...j.stats, revalidated: j.stats.revalidated + Number(c.jitRevalidationCount()), jitInstructions: Number(c.jitInstructions()), entries: Number(c.jitEntryCount()), fenceI: c.jitFenceCount() >>> 0, codeWrites: c.jitCodeWriteCount() >>> 0 };
   }
   /** The 32-bit expansion of a 16-bit instruction (0 = illegal); exposed for decoder tests. */
   expandCompressed(h: number): number { return this.e.expandCompressed(h) >>> 0; }

@@ -202,6 +202,107 @@ describe('translator vs interpreter in lockstep', () => {
     expect(jit.x(5)).toBe(3000n);
   });
 
+  it('blocks chain: calls into another page and returns run block to block without the interpreter', () => {
+    // main (page 0): call f on page 1 with JAL, count down; f returns with JALR. Each iteration is
+    // three blocks (main up to the JAL, f, the return point up to the BNE back to main's head).
+    const f = 0x1000;
+    const main = program([
+      ...li(5, 4000n), ...li(2, DATA),
+      L('loop'), A.addi(6, 6, 1), (_at, pc) => A.jal(1, f - pc),
+      A.addi(5, 5, -1), bne(5, 0, 'loop'),
+      L('end'), jal(0, 'end'),
+    ]);
+    const fn = assemble([A.add(7, 7, 6), A.sd(7, 2, 0), A.ld(8, 2, 0), A.jalr(0, 1, 0)]);
+    const code = new Uint8Array(f + fn.length);
+    code.set(main); code.set(fn, f);
+    const { jit } = lockstep(code, { batches: 40, seed: 8 });
+    expect(jit.x(5)).toBe(0n);
+    const s = jit.jitStats()!;
+    // 4000 iterations × 3 blocks; the interpreter's loop entered translated code only a few
+    // times per batch (40 batches): the rest were tail calls from block to block.
+    expect(s.jitInstructions).toBeGreaterThan(4000 * 7);
+    expect(s.entries).toBeLessThan(400);
+  });
+
+  it('regions follow JALs on the page (calls, jumps backwards) and see code patched behind a followed JAL', () => {
+    // 'skip' is a region that follows `j p` backwards and `call f` forwards; after the patch of p and
+    // FENCE.I, its re-validation must compare the bytes before its entry too.
+    const code = program([
+      A.auipc(20, 0), (at, pc) => A.addi(20, 20, at('p') - (pc - 4)),
+      ...li(21, BigInt(A.addi(5, 5, 2))), ...li(22, 2000n), ...li(23, 1000n), ...li(2, DATA),
+      jal(0, 'loop'),
+      L('p'), A.addi(5, 5, 1),
+      jal(1, 'f'),
+      blt(6, 22, 'loop'),
+      jal(0, 'end'),
+      L('loop'), A.addi(6, 6, 1),
+      bne(6, 23, 'skip'),
+      A.sw(21, 20, 0), FENCE_I,
+      L('skip'), jal(0, 'p'),
+      L('f'), A.add(7, 7, 5), A.sd(7, 2, 0), A.jalr(0, 1, 0),
+      L('end'), jal(0, 'end'),
+    ]);
+    const { jit } = lockstep(code, { batches: 30, seed: 9 });
+    expect(jit.x(6)).toBe(2000n);
+    expect(jit.x(5)).toBe(999n * 1n + 1001n * 2n); // iteration 1000 patches p before it runs
+    const s = jit.jitStats()!;
+    expect(s.revalidated).toBeGreaterThan(0);
+    expect(s.jitInstructions).toBeGreaterThan(2000 * 4);
+  });
+
+  it('CSR reads and writes, AMO, LR/SC and FP inside a hot block run through jitCold like the interpreter (instret reads, an FP trap while FS is off)', () => {
+    // The handler (FP illegal with FS off) turns FS on and retries; the loop turns FS off every
+    // 256 iterations, so the trap hits a block in the middle. mscratch writes leave the block (EV_IRQ).
+    const code = program([
+      ...li(5, 3000n), ...li(2, DATA), ...li(9, 3n << 13n),
+      L('loop'),
+      A.addi(6, 6, 3),
+      A.csrrs(10, 0xb02, 0), // minstret
+      A.add(11, 11, 10),
+      A.amoadd_d(12, 2, 6), A.lr_d(13, 2), A.add(13, 13, 5), A.sc_d(14, 2, 13), A.add(15, 15, 14),
+      A.fmv_d_x(1, 6), A.fadd_d(2, 2, 1), A.fsd(2, 2, 16), A.fld(3, 2, 16), A.fmv_x_w(16, 3), A.add(17, 17, 16),
+      A.andi(18, 5, 255), bne(18, 0, 'keep'),
+      A.csrrc(0, 0x300, 9), // FS off: the next FP instruction traps
+      A.csrrw(19, 0x340, 5), // mscratch
+      L('keep'),
+      A.addi(5, 5, -1), bne(5, 0, 'loop'),
+      L('end'), jal(0, 'end'),
+      L('h'), A.csrrs(0, 0x300, 9), A.addi(28, 28, 1), A.mret(),
+    ]);
+    const hAddr = BigInt(RAM_BASE) + BigInt(code.length - 12);
+    const { jit } = lockstep(code, { batches: 60, seed: 10, before: (k, c) => { if (k === 0) { c.writeCsr(0x305, hAddr); c.writeCsr(0x300, 1n << 13n); } } });
+    expect(jit.x(5)).toBe(0n);
+    expect(jit.x(28)).toBeGreaterThan(5n); // FP traps taken
+    expect(jit.jitStats()!.jitInstructions).toBeGreaterThan(3000 * 15);
+  });
+
+  it.each([
+    ['function-table slots', { slots: 9 }],
+    ['shadow copies (a ring that wraps)', { shadowBytes: 8 * 24 }],
+  ])('a code cache smaller than the working set (%s) evicts the oldest blocks and still runs the same', (_what, limits) => {
+    // 24 blocks on 24 pages, each jumping to the next (cross-page JALs end regions), the last back
+    // to the loop head: with room for 8 blocks, evicted ones are translated again.
+    const PAGES = 24;
+    const code = new Uint8Array(0x1000 * (PAGES + 1));
+    code.set(program([...li(5, 3000n), (_at, pc) => A.jal(0, 0x800 - pc)]));
+    code.set(program([A.addi(5, 5, -1), beq(5, 0, 'end'), (_at, pc) => A.jal(0, 0x1000 - pc), L('end'), jal(0, 'end')], 0x800), 0x800);
+    for (let k = 1; k <= PAGES; k++) code.set(assemble([A.addi(6, 6, k), A.add(7, 7, 6), A.jal(0, k === PAGES ? 0x800 - (0x1000 * k + 8) : 0x1000 - 8)]), 0x1000 * k);
+    const a = core('interp'), b = core('jit');
+    Object.assign((b.jit as Translator).limits, limits);
+    for (const c of [a, b]) { c.ram().set(code); c.pc = BigInt(RAM_BASE); }
+    const rng = new Rng(11);
+    for (let k = 0; k < 100; k++) {
+      const n = 1 + rng.int(3000);
+      expect(b.run(n)).toEqual(a.run(n));
+      expect(state(b), `batch ${k}`).toBe(state(a));
+    }
+    const s = b.jitStats()!;
+    expect(s.evictions).toBeGreaterThan(0);
+    expect(s.blocks).toBeLessThanOrEqual(8);
+    expect(s.compiled).toBeGreaterThan(PAGES);
+    expect(b.x(5)).toBeLessThan(3000n - 1000n); // the loop went round
+  });
+
   it('a remote fence.i (Hart.poll → fenceI) makes a hart drop code another thread rewrote', () => {
     const code = program([
       L('loop'), A.addi(5, 5, 1), jal(0, 'loop'),
@@ -393,8 +494,10 @@ describe('generated modules', () => {
       const insns = t.scan(hp);
       if (!insns.length) continue;
       regions++;
-      const last = insns[insns.length - 1]!;
-      expect((off & 0xfff) + last.delta + last.len).toBeLessThanOrEqual(0x1000);
+      for (const ins of insns) {
+        expect((off & 0xfff) + ins.delta).toBeGreaterThanOrEqual(0);
+        expect((off & 0xfff) + ins.delta + ins.len).toBeLessThanOrEqual(0x1000);
+      }
       expect(WebAssembly.validate(t.emit(insns))).toBe(true);
     }
     expect(regions).toBeGreaterThan(100);

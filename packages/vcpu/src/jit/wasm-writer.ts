@@ -1,6 +1,6 @@
 // A minimal WebAssembly binary writer (WebAssembly Core Specification 2.0,
 // §5 "Binary Format"): just what the translator emits — one type section,
-// function and memory imports, one exported function, a code section.
+// function, memory and table imports, one exported function, a code section.
 // Hand-written rather than binaryen.js because a block must compile in tens
 // of microseconds and binaryen's module objects alone cost more than that.
 
@@ -9,13 +9,15 @@ export type ValType = (typeof T)[keyof typeof T];
 
 /** Opcodes used by the translator (§5.4). */
 export const OP = {
-  block: 0x02, loop: 0x03, if: 0x04, else: 0x05, end: 0x0b, br: 0x0c, br_if: 0x0d, br_table: 0x0e, return: 0x0f, call: 0x10, drop: 0x1a,
+  block: 0x02, loop: 0x03, if: 0x04, else: 0x05, end: 0x0b, br: 0x0c, br_if: 0x0d, br_table: 0x0e, return: 0x0f, call: 0x10,
+  return_call_indirect: 0x13, // tail-call proposal, standard since Wasm 3.0 (§5.4.1); Node 24's V8 has it
+  drop: 0x1a,
   local_get: 0x20, local_set: 0x21, local_tee: 0x22,
   i32_load: 0x28, i64_load: 0x29,
   i64_load8_s: 0x30, i64_load8_u: 0x31, i64_load16_s: 0x32, i64_load16_u: 0x33, i64_load32_s: 0x34, i64_load32_u: 0x35,
   i64_store: 0x37, i64_store8: 0x3c, i64_store16: 0x3d, i64_store32: 0x3e,
   i32_const: 0x41, i64_const: 0x42,
-  i32_eqz: 0x45, i32_ne: 0x47, i32_lt_s: 0x48, i32_le_u: 0x4d,
+  i32_eqz: 0x45, i32_eq: 0x46, i32_ne: 0x47, i32_lt_s: 0x48, i32_gt_s: 0x4a, i32_le_u: 0x4d, i32_ge_s: 0x4e,
   i64_eqz: 0x50, i64_eq: 0x51, i64_ne: 0x52, i64_lt_s: 0x53, i64_lt_u: 0x54, i64_ge_s: 0x59, i64_ge_u: 0x5a,
   i32_add: 0x6a, i32_sub: 0x6b, i32_mul: 0x6c, i32_and: 0x71, i32_shl: 0x74, i32_shr_s: 0x75, i32_shr_u: 0x76,
   i64_add: 0x7c, i64_sub: 0x7d, i64_mul: 0x7e, i64_and: 0x83, i64_or: 0x84, i64_xor: 0x85, i64_shl: 0x86, i64_shr_s: 0x87, i64_shr_u: 0x88,
@@ -79,6 +81,8 @@ export interface ModuleSpec {
   funcImports: { name: string; type: number }[];
   /** A shared memory imported as env.memory with these limits (64 KiB pages). */
   memory: { min: number; max: number; shared: boolean };
+  /** A funcref table imported as env.table (table 0) with at least this many elements, for return_call_indirect. */
+  table?: { min: number };
   /** The one defined function (index funcImports.length), exported under `exportName`. */
   func: { type: number; locals: { count: number; type: ValType }[]; body: Bytes };
   exportName: string;
@@ -104,10 +108,11 @@ export function writeModule(m: ModuleSpec): Uint8Array {
   }
   section(out, 1, types);
   const imports = S.imports.reset();
-  imports.u32(m.funcImports.length + 1);
+  imports.u32(m.funcImports.length + 1 + (m.table ? 1 : 0));
   for (const f of m.funcImports) { imports.name('env'); imports.name(f.name); imports.byte(0x00); imports.u32(f.type); }
   imports.name('env'); imports.name('memory'); imports.byte(0x02);
   imports.byte(m.memory.shared ? 0x03 : 0x01); imports.u32(m.memory.min); imports.u32(m.memory.max);
+  if (m.table) { imports.name('env'); imports.name('table'); imports.byte(0x01); imports.byte(0x70); imports.byte(0x00); imports.u32(m.table.min); }
   section(out, 2, imports);
   const funcs = S.funcs.reset(); funcs.u32(1); funcs.u32(m.func.type);
   section(out, 3, funcs);
