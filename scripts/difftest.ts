@@ -66,7 +66,8 @@ while (insns < count && seen.size < maxFailures && lockstepDivergences < maxFail
     insns += assemble(p).bodyInsns;
     programs++;
     if (values.lockstep) {
-      const ls = lockstepImage(assemble(p), { seed: p.seed, maxBatch: 64 });
+      // Batches up to 512: every batch boundary is a new block entry, translated at once (threshold 1).
+      const ls = lockstepImage(assemble(p), { seed: p.seed, maxBatch: 512 });
       if (ls) {
         lockstepDivergences++;
         if (lockstepDivergences <= maxFailures) console.log(`\n${formatLockstep(p.seed, ls)}\n`);
@@ -81,7 +82,8 @@ while (insns < count && seen.size < maxFailures && lockstepDivergences < maxFail
   }
   if (Date.now() - lastLog > 10_000) {
     lastLog = Date.now();
-    console.error(`difftest: ${insns} instructions in ${programs} programs, ${((Date.now() - t0) / 1000).toFixed(0)} s, ${seen.size} distinct divergences`);
+    console.error(`difftest: ${insns} instructions in ${programs} programs, ${((Date.now() - t0) / 1000).toFixed(0)} s, ${seen.size} distinct divergences`
+      + (values.lockstep ? `, ${lockstepDivergences} lockstep divergences` : ''));
   }
 }
 let trapProblems = 0;

@@ -68,7 +68,8 @@ describe('virtio-iommu end to end', () => {
       // The same domains and endpoints (mappings come and go with the guest's I/O meanwhile).
       const shape = (r: typeof before[0]) => r.domains.map((d) => ({ id: d.id, endpoints: d.endpoints }));
       expect(shape(after[0]!)).toEqual(shape(before[0]!));
-      expect(after[0]!.endpoints).toEqual(before[0]!.endpoints);
+      const eps = (r: typeof before[0]) => r.endpoints.map((e) => ({ id: e.id, domain: e.domain }));
+      expect(eps(after[0]!)).toEqual(eps(before[0]!));
       // A DMA outside vda's mappings, translated the way a device process
       // does it (from its own mapping of the table file): refused, recorded,
       // and reported by the restarted vmm-iommu on the event queue.

@@ -214,6 +214,12 @@ export interface DeviceKind {
   /** Virtqueues the device has with these options. */
   queues(values: OptionValues): number;
   /**
+   * Queues whose buffers the device holds until it has something to say
+   * (virtio-net's receive queues, virtio-iommu's event queue): buffers
+   * outstanding there are normal, not a stall after a restart. Default none.
+   */
+  heldQueues?(values: OptionValues): readonly number[];
+  /**
    * vhost-user protocol features the orchestrator accepts from this kind's
    * back-end on top of the ones every kind gets; a back-end announcing a
    * protocol feature outside both is refused (the wrong process behind the socket).

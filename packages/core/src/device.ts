@@ -86,6 +86,7 @@ export interface VirtqueueHandle {
 }
 
 export interface DeviceContext {
+  /** Guest memory as the device addresses it: translated through the IOMMU when VIRTIO_F_ACCESS_PLATFORM was negotiated (virtio 1.2 §6.1). */
   mem: GuestMemory;
   /** Features the driver acknowledged. */
   features: bigint;
@@ -114,6 +115,18 @@ export interface VirtioDeviceBackend {
    * of vhost-user/protocol.ts's ProtocolFeature; default none.
    */
   readonly protocolFeatures?: bigint;
+  /**
+   * Behind an IOMMU (VIRTIO_F_ACCESS_PLATFORM), how long a translation may
+   * be used in strict mode. 'request' (the default): a chain is one
+   * request from pop until complete, so the device may hand views of its
+   * buffers to asynchronous I/O (a disk's preadv). 'access': every
+   * GuestMemory read or write is a request of its own and nothing is held
+   * between calls — for a device that keeps chains popped for long (a
+   * NIC's receive buffers waiting for frames), which would otherwise hold
+   * back every UNMAP until those buffers fill. Such a device must copy
+   * through ctx.mem / q.mem calls and keep no slice() views.
+   */
+  readonly dmaScope?: 'request' | 'access';
   /** The device's configuration space (virtio 1.2 §4.x "Device configuration layout"). */
   readConfig(): Uint8Array;
   /** A driver write into configuration space; devices without writable fields may omit it. */

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { closeFd, dupFd as memfdDup, memfdCreate } from './ffi.ts';
-import { GuestMemory, GuestMemoryError, guestAddress, type AddressTranslator } from './memory.ts';
+import { GuestMemory, GuestMemoryError, guestAddress, type AddressTranslator, type DmaTranslator } from './memory.ts';
 
 function twoRegions(): GuestMemory {
   // [0x1000, 0x2000) and [0x2000, 0x3000): adjacent, so ranges can straddle them.
@@ -80,5 +80,39 @@ describe('GuestMemory', () => {
     expect(d.slices(0x10ffe, 4).length).toBe(2);
     expect(() => d.writeU32(0x11000, 1)).toThrow(expect.objectContaining({ code: 'ERR_IOMMU_FAULT' }));
     expect(() => d.read(0x12000, 1)).toThrow(expect.objectContaining({ code: 'ERR_IOMMU_FAULT' }));
+  });
+
+  it('a per-access view makes each copy one strict-mode request, translated and copied between begin and end', () => {
+    const m = twoRegions();
+    const events: string[] = [];
+    let open = 0;
+    const t: DmaTranslator = {
+      begin: () => {
+        open++;
+        events.push('begin');
+        return 1;
+      },
+      end: () => {
+        open--;
+        events.push('end');
+      },
+      translate(iova, len) {
+        // Every translation happens inside a request.
+        events.push(open > 0 ? 'translate' : 'translate-outside');
+        if (iova < 0x10000 || iova >= 0x11000) throw new GuestMemoryError(`iova ${iova} unmapped`, iova, len, 'ERR_IOMMU_FAULT');
+        return { gpa: 0x1000 + (iova - 0x10000), len: Math.min(len, 0x11000 - iova) };
+      },
+    };
+    const d = m.withTranslator(t, true);
+    d.write(0x10010, Uint8Array.of(1, 2, 3));
+    expect([...m.read(0x1010, 3)]).toEqual([1, 2, 3]);
+    expect(d.readU16(0x10010)).toBe(0x0201);
+    d.writeU8(0x10020, 5);
+    expect(events).toEqual(['begin', 'translate', 'end', 'begin', 'translate', 'end', 'begin', 'translate', 'end']);
+    // A refused access still ends its request.
+    expect(() => d.write(0x20000, Uint8Array.of(1))).toThrow(expect.objectContaining({ code: 'ERR_IOMMU_FAULT' }));
+    expect(open).toBe(0);
+    // A plain AddressTranslator cannot make a per-access view.
+    expect(() => m.withTranslator({ translate: t.translate }, true)).toThrow(/needs a DmaTranslator/);
   });
 });

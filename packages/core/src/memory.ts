@@ -62,6 +62,10 @@ export interface DmaTranslator extends AddressTranslator {
   end(token: number): void;
 }
 
+function isDmaTranslator(t: AddressTranslator): t is DmaTranslator {
+  return typeof (t as Partial<DmaTranslator>).begin === 'function' && typeof (t as Partial<DmaTranslator>).end === 'function';
+}
+
 /** One mapped stretch of guest-physical memory. */
 export interface GuestRegion {
   readonly gpa: GuestAddress;
@@ -103,10 +107,17 @@ export class GuestMemory {
   /** When set, every address passed in is an IOVA translated through it. */
   readonly translator: AddressTranslator | null;
   private readonly physical: GuestMemory | null;
+  /**
+   * Per-access strict mode (withTranslator(t, true)): every copy in or out
+   * is its own DMA request, begun before its translation and ended after
+   * its last byte moved, so this view holds no translation between calls.
+   */
+  private readonly perAccess: DmaTranslator | null;
 
-  constructor(regions: GuestRegion[] = [], translator: AddressTranslator | null = null, physical: GuestMemory | null = null) {
+  constructor(regions: GuestRegion[] = [], translator: AddressTranslator | null = null, physical: GuestMemory | null = null, perAccess: DmaTranslator | null = null) {
     this.translator = translator;
     this.physical = physical;
+    this.perAccess = perAccess;
     for (const r of regions) this.addRegion(r);
   }
 
@@ -151,9 +162,29 @@ export class GuestMemory {
     return this.physical ? this.physical.regionList : this.regions;
   }
 
-  /** A view of the same RAM whose addresses are translated by `t` (DMA behind an IOMMU). */
-  withTranslator(t: AddressTranslator): GuestMemory {
-    return new GuestMemory([], t, this.physical ?? this);
+  /**
+   * A view of the same RAM whose addresses are translated by `t` (DMA
+   * behind an IOMMU). With `perAccess` (t a DmaTranslator), each read,
+   * write, fill and readUN/writeUN call is one strict-mode request of its
+   * own (DmaTranslator.begin/end around translation and copy); the views
+   * slice()/slices()/rangeViews() return are outside that bracket (rings,
+   * translated once when they start, and validation that keeps nothing).
+   */
+  withTranslator(t: AddressTranslator, perAccess = false): GuestMemory {
+    if (perAccess && !isDmaTranslator(t)) throw new GuestMemoryError('a per-access translated view needs a DmaTranslator (begin/end)', 0, 0, 'ERR_GUEST_MEMORY_CONFIG');
+    return new GuestMemory([], t, this.physical ?? this, perAccess ? (t as DmaTranslator) : null);
+  }
+
+  /** Run one access as a strict-mode request of its own (per-access views), else just run it. */
+  private access<T>(f: () => T): T {
+    const d = this.perAccess;
+    if (d === null) return f();
+    const token = d.begin();
+    try {
+      return f();
+    } finally {
+      d.end(token);
+    }
   }
 
   addRegion(r: GuestRegion): void {
@@ -275,11 +306,13 @@ export class GuestMemory {
       dest.set(d.r.bytes.subarray(d.off, d.off + dest.length));
       return;
     }
-    let o = 0;
-    for (const p of this.pieces(addr, dest.length, 'read')) {
-      dest.set(p.r.bytes.subarray(p.off, p.off + p.len), o);
-      o += p.len;
-    }
+    this.access(() => {
+      let o = 0;
+      for (const p of this.pieces(addr, dest.length, 'read')) {
+        dest.set(p.r.bytes.subarray(p.off, p.off + p.len), o);
+        o += p.len;
+      }
+    });
   }
 
   write(addr: GuestAddress | number, data: Uint8Array): void {
@@ -288,16 +321,20 @@ export class GuestMemory {
       d.r.bytes.set(data, d.off);
       return;
     }
-    let o = 0;
-    for (const p of this.pieces(addr, data.length, 'write')) {
-      p.r.bytes.set(data.subarray(o, o + p.len), p.off);
-      o += p.len;
-    }
+    this.access(() => {
+      let o = 0;
+      for (const p of this.pieces(addr, data.length, 'write')) {
+        p.r.bytes.set(data.subarray(o, o + p.len), p.off);
+        o += p.len;
+      }
+    });
   }
 
   /** Set `len` bytes to `value`. */
   fill(addr: GuestAddress | number, len: number, value = 0): void {
-    for (const p of this.pieces(addr, len, 'write')) p.r.bytes.fill(value, p.off, p.off + p.len);
+    this.access(() => {
+      for (const p of this.pieces(addr, len, 'write')) p.r.bytes.fill(value, p.off, p.off + p.len);
+    });
   }
 
   /**
@@ -335,51 +372,67 @@ export class GuestMemory {
   }
 
   readU8(addr: GuestAddress | number): number {
-    const d = this.dv(addr, 1, 'read')!;
-    return d.view.getUint8(d.off);
+    return this.access(() => {
+      const d = this.dv(addr, 1, 'read')!;
+      return d.view.getUint8(d.off);
+    });
   }
   readU16(addr: GuestAddress | number): number {
-    const d = this.dv(addr, 2, 'read');
-    return d ? d.view.getUint16(d.off, true) : new DataView(this.read(addr, 2).buffer).getUint16(0, true);
+    return this.access(() => {
+      const d = this.dv(addr, 2, 'read');
+      return d ? d.view.getUint16(d.off, true) : new DataView(this.read(addr, 2).buffer).getUint16(0, true);
+    });
   }
   readU32(addr: GuestAddress | number): number {
-    const d = this.dv(addr, 4, 'read');
-    return d ? d.view.getUint32(d.off, true) : new DataView(this.read(addr, 4).buffer).getUint32(0, true);
+    return this.access(() => {
+      const d = this.dv(addr, 4, 'read');
+      return d ? d.view.getUint32(d.off, true) : new DataView(this.read(addr, 4).buffer).getUint32(0, true);
+    });
   }
   readU64(addr: GuestAddress | number): bigint {
-    const d = this.dv(addr, 8, 'read');
-    return d ? d.view.getBigUint64(d.off, true) : new DataView(this.read(addr, 8).buffer).getBigUint64(0, true);
+    return this.access(() => {
+      const d = this.dv(addr, 8, 'read');
+      return d ? d.view.getBigUint64(d.off, true) : new DataView(this.read(addr, 8).buffer).getBigUint64(0, true);
+    });
   }
   writeU8(addr: GuestAddress | number, v: number): void {
-    const d = this.dv(addr, 1, 'write')!;
-    d.view.setUint8(d.off, v);
+    this.access(() => {
+      const d = this.dv(addr, 1, 'write')!;
+      d.view.setUint8(d.off, v);
+    });
   }
   writeU16(addr: GuestAddress | number, v: number): void {
-    const d = this.dv(addr, 2, 'write');
-    if (d) d.view.setUint16(d.off, v, true);
-    else {
-      const b = new Uint8Array(2);
-      new DataView(b.buffer).setUint16(0, v, true);
-      this.write(addr, b);
-    }
+    this.access(() => {
+      const d = this.dv(addr, 2, 'write');
+      if (d) d.view.setUint16(d.off, v, true);
+      else {
+        const b = new Uint8Array(2);
+        new DataView(b.buffer).setUint16(0, v, true);
+        this.write(addr, b);
+      }
+    });
   }
   writeU32(addr: GuestAddress | number, v: number): void {
-    const d = this.dv(addr, 4, 'write');
-    if (d) d.view.setUint32(d.off, v, true);
-    else {
-      const b = new Uint8Array(4);
-      new DataView(b.buffer).setUint32(0, v, true);
-      this.write(addr, b);
-    }
+    this.access(() => {
+      const d = this.dv(addr, 4, 'write');
+      if (d) d.view.setUint32(d.off, v, true);
+      else {
+        const b = new Uint8Array(4);
+        new DataView(b.buffer).setUint32(0, v, true);
+        this.write(addr, b);
+      }
+    });
   }
   writeU64(addr: GuestAddress | number, v: bigint): void {
-    const d = this.dv(addr, 8, 'write');
-    if (d) d.view.setBigUint64(d.off, v, true);
-    else {
-      const b = new Uint8Array(8);
-      new DataView(b.buffer).setBigUint64(0, v, true);
-      this.write(addr, b);
-    }
+    this.access(() => {
+      const d = this.dv(addr, 8, 'write');
+      if (d) d.view.setBigUint64(d.off, v, true);
+      else {
+        const b = new Uint8Array(8);
+        new DataView(b.buffer).setBigUint64(0, v, true);
+        this.write(addr, b);
+      }
+    });
   }
 
   /**

@@ -172,9 +172,12 @@ describe('IommuDevice', () => {
     await status(attachReq(7, 16));
     await status(mapReq(7, 0, 0x1fff, 0x8000_0000));
     const s = dev.snapshot();
-    expect(s.domains).toEqual([{ id: 7, bypass: false, endpoints: [8, 16], mappings: 1, mappedBytes: 0x2000 }]);
+    expect(s.domains).toEqual([{ id: 7, bypass: false, endpoints: [8, 16], mappings: 1, mappedBytes: 0x2000, maps: 1, unmaps: 0 }]);
     expect(s.counters).toMatchObject({ attach: 2, map: 1, errors: 0 });
-    expect(s.endpoints).toEqual([{ id: 8, domain: 7 }, { id: 16, domain: 7 }]);
+    // Each endpoint shows its domain's MAP/UNMAP counts.
+    expect(s.endpoints).toEqual([{ id: 8, domain: 7, maps: 1, unmaps: 0 }, { id: 16, domain: 7, maps: 1, unmaps: 0 }]);
+    await status(unmapReq(7, 0, 0x1fff));
+    expect(dev.snapshot().endpoints).toEqual([{ id: 8, domain: 7, maps: 1, unmaps: 1 }, { id: 16, domain: 7, maps: 1, unmaps: 1 }]);
     expect(s).toMatchObject({ maps: 1, unmaps: 0, faults: 0, bypass: false });
   });
 });

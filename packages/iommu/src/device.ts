@@ -221,12 +221,51 @@ export class IommuDevice implements VirtioDeviceBackend {
     if (again && gen === this.#generation) void this.#serve(again);
   }
 
+  /**
+   * An UNMAP the host makes in an endpoint's domain, of the whole mapping
+   * that holds `iova` (fault injection: `inject-fault kind=unmap-race`).
+   * It goes the way a guest's UNMAP goes — execute() against the table,
+   * then the strict grace period — and resolves once it is complete, with
+   * when it was applied and when it completed (CLOCK_MONOTONIC ns, which
+   * device processes use too) and how long the grace period held it.
+   * Throws, naming the value, when the endpoint is unknown, detached, or
+   * has no mapping there.
+   */
+  async unmapFor(endpoint: number, iova: number): Promise<{ domain: number; virtStart: number; virtEnd: number; physStart: number; appliedNs: number; completedNs: number; graceWaitMs: number }> {
+    const index = this.table.endpointIndex(endpoint);
+    if (index < 0) throw new RangeError(`endpoint ${endpoint} is not managed by this IOMMU`);
+    const d = this.table.endpointDomain(index);
+    if (d < 0) throw new RangeError(`endpoint ${endpoint} is not attached to a domain`);
+    const m = this.table.lookup(d, iova);
+    if (!m) throw new RangeError(`endpoint ${endpoint} has no mapping at IOVA 0x${iova.toString(16)}`);
+    const domain = this.table.domainState(d).id;
+    const res = execute(this.table, { type: 'unmap', domain, virtStart: BigInt(m.virtStart), virtEnd: BigInt(m.virtEnd), reservedNonZero: false }, this.limits());
+    this.counters.unmap++;
+    if (res.status !== VIRTIO_IOMMU_S_OK) throw new Error(`UNMAP [0x${m.virtStart.toString(16)}, 0x${m.virtEnd.toString(16)}] in domain ${domain} failed: ${res.reason ?? res.status}`);
+    const appliedNs = Number(process.hrtime.bigint());
+    const t0 = Date.now();
+    if (res.invalidated !== undefined) await this.#grace(res.invalidated);
+    const completedNs = Number(process.hrtime.bigint());
+    this.#log?.warn({ fault: 'unmap', endpoint, domain, virtStart: m.virtStart, virtEnd: m.virtEnd, graceWaitMs: Date.now() - t0 }, 'host UNMAP complete');
+    return { domain, virtStart: m.virtStart, virtEnd: m.virtEnd, physStart: m.physStart, appliedNs, completedNs, graceWaitMs: Date.now() - t0 };
+  }
+
   /** Waits until no reader slot holds a request begun before `version` (strict invalidation). */
   async #grace(version: number): Promise<void> {
     if (this.table.quiescent(version)) return;
     this.counters.graceWaits++;
     const deadline = Date.now() + this.#opts.graceTimeoutMs;
+    let checked = 0;
     while (!this.table.quiescent(version)) {
+      // Every 50 ms: a reader that died mid-request holds its slot forever.
+      if (Date.now() - checked > 50) {
+        checked = Date.now();
+        const gone = this.table.releaseDeadReaders(version);
+        if (gone.length > 0) {
+          this.#log?.warn({ version, deadPids: gone }, 'released the reader slots of device processes that died in a request');
+          continue;
+        }
+      }
       if (Date.now() > deadline) {
         this.counters.graceTimeouts++;
         this.#log?.error({ version, timeoutMs: this.#opts.graceTimeoutMs, readers: READER_SLOTS }, 'a device process kept an old translation in use past the grace timeout; completing the request anyway');

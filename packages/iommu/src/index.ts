@@ -7,3 +7,4 @@ export { execute, type ExecResult, type IommuLimits, type ReservedRegion } from 
 export { IommuDevice, type IommuDeviceOptions, type IommuCounters } from './device.ts';
 export { EndpointTranslator } from './translator.ts';
 export { mapTableFile } from './file.ts';
+export { IOMMU_ENDPOINT_OPTIONS, IOMMU_TABLE_OPTION, endpointOptions, openEndpoint, type EndpointOptions } from './endpoint.ts';

@@ -7,6 +7,9 @@ import { mmapShared, munmapBuffer, protocolFeatureBit, VhostUserProtocolFeature,
 import { CFG, VIRTIO_ID_IOMMU } from './spec.ts';
 import { IommuTableView, summarize } from './table.ts';
 
+/** For the orchestrator, which imports this entry only: the option that marks a kind able to translate its DMA. */
+export { IOMMU_TABLE_OPTION } from './endpoint.ts';
+
 /**
  * query-iommu's row: read straight from the table file (the same memory
  * vmm-iommu writes), so it answers even while vmm-iommu is restarting.
@@ -29,6 +32,57 @@ export function queryTable(id: string, table: string | undefined): Record<string
   }
 }
 
+/**
+ * Whether `endpoint` reaches `iova` through the table right now (attached
+ * and mapped there, or in bypass): what inject-fault kind=stray-dma checks
+ * its target against, so a "stray" access is really outside the mappings.
+ */
+export function reachable(table: string, endpoint: number, iova: number): boolean {
+  const fd = openSync(table, 'r+');
+  let buf: ArrayBuffer | null = null;
+  try {
+    buf = mmapShared(fd, fstatSync(fd).size);
+    const t = new IommuTableView(buf);
+    const i = t.endpointIndex(endpoint);
+    if (i < 0) return false;
+    const d = t.endpointDomain(i);
+    if (d < 0) return t.bypass;
+    return t.domainState(d).bypass || t.lookup(d, iova) !== null;
+  } finally {
+    closeSync(fd);
+    if (buf) munmapBuffer(buf);
+  }
+}
+
+/**
+ * A reader of the table file for the orchestrator (mapped on first use and
+ * kept): the guest-physical address an endpoint's IOVA translates to now,
+ * or null when it has none. The front-end needs it for a device that
+ * negotiated ACCESS_PLATFORM, whose ring addresses are IOVAs: on a
+ * back-end restart it reads each used ring's index from guest RAM.
+ * Pure lookups: nothing is recorded as a fault, no reader slot is taken.
+ */
+export function tableLookup(table: string): (endpoint: number, iova: number) => number | null {
+  let view: IommuTableView | null = null;
+  return (endpoint, iova) => {
+    if (view === null) {
+      const fd = openSync(table, 'r+');
+      try {
+        view = new IommuTableView(mmapShared(fd, fstatSync(fd).size));
+      } finally {
+        closeSync(fd);
+      }
+    }
+    const i = view.endpointIndex(endpoint);
+    if (i < 0) return null;
+    const d = view.endpointDomain(i);
+    if (d < 0) return view.bypass ? iova : null;
+    if (view.domainState(d).bypass) return iova;
+    const m = view.lookup(d, iova);
+    return m ? m.physStart + (iova - m.virtStart) : null;
+  };
+}
+
 /** vmm-iommu's options: the orchestrator's `--device virtio-iommu,…` and vmm-iommu's own argv. */
 export const IOMMU_OPTIONS: readonly OptionDef[] = [
   { name: 'endpoints', type: 'string', required: true, maxBytes: 1024, help: 'endpoint ids the IOMMU manages, comma-separated (the ids in the device tree\'s iommus = <&viommu ID>)' },
@@ -48,6 +102,8 @@ export const iommuKind: DeviceKind = {
   options: IOMMU_OPTIONS,
   main: fileURLToPath(new URL('./main.ts', import.meta.url)),
   queues: () => 2,
+  // The event queue (virtio 1.2 §5.13.2): the driver keeps it full; the device answers only with a fault.
+  heldQueues: () => [1],
   // Requests in flight when the process dies are resubmitted; replaying one is harmless (execute.ts).
   protocolFeatures: protocolFeatureBit(VhostUserProtocolFeature.INFLIGHT_SHMFD),
   // A spare would take the table over (repair) while the live process still writes it.

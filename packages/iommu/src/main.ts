@@ -7,7 +7,7 @@
 // takes the state over as it was.
 
 import { closeSync, existsSync, ftruncateSync, fstatSync, openSync } from 'node:fs';
-import { deviceUsage, DeviceOptionError, isMainModule, mmapShared, parseDeviceArgv, runDeviceMain, serveVhostUser, type DeviceMain, type Logger } from '@vmm/core';
+import { deviceUsage, DeviceOptionError, isMainModule, mmapShared, onControlMessage, parseDeviceArgv, runDeviceMain, serveVhostUser, type DeviceMain, type Logger } from '@vmm/core';
 import { IommuDevice } from './device.ts';
 import { IOMMU_OPTIONS } from './kind.ts';
 import { IommuTable, IommuTableError, tableBytes, type TableSizes } from './table.ts';
@@ -108,6 +108,11 @@ const IOMMU_MAIN: DeviceMain<IommuOptions> = {
     const device = new IommuDevice(table, { log });
     const backend = serveVhostUser(device, { socketPath: opts.socket, log });
     const poll = setInterval(() => device.pollFaults(), FAULT_POLL_MS);
+    // The orchestrator's control channel: a host UNMAP for inject-fault kind=unmap-race (answered once complete).
+    onControlMessage((m) => {
+      if (m.fault === 'unmap') return device.unmapFor(Number(m.endpoint), Number(m.iova));
+      throw new Error(`unknown control message ${JSON.stringify(m)}`);
+    });
     return {
       serving: { table: opts.table, endpoints: opts.endpoints, sizes: opts.sizes },
       ready: { socket: opts.socket, table: opts.table },

@@ -206,4 +206,21 @@ describe('EndpointTranslator', () => {
     expect(tr.inFlight).toBe(0);
     expect(t.quiescent(t.bump())).toBe(true);
   });
+
+  it('a reader slot left by a dead process is released; one of a live process is kept', () => {
+    const { t } = setup();
+    const view = new IommuTableView(t.buffer);
+    view.enter(4, 999_999_999); // no such pid: a device process killed mid-request
+    view.enter(5); // this (live) process
+    const v = t.bump();
+    expect(t.quiescent(v)).toBe(false);
+    expect(t.releaseDeadReaders(v)).toEqual([999_999_999]);
+    expect(t.quiescent(v)).toBe(false); // slot 5 is a live request
+    view.leave(5);
+    expect(t.quiescent(v)).toBe(true);
+    // A slot at the current version is not looked at (it cannot hold this grace period back).
+    view.enter(6, 999_999_999);
+    expect(t.releaseDeadReaders(t.version)).toEqual([]);
+  });
 });
+

@@ -12,7 +12,7 @@
 //   header   HEADER_WORDS words: magic, layout, version counter, sizes,
 //            bypass, statistics, reader slots (strict invalidation)
 //   endpoints  maxEndpoints × 4 words  { id, known, domainSlot+1, 0 }
-//   domains    maxDomains   × 4 words  { state, id, 0, 0 }
+//   domains    maxDomains   × 4 words  { state, id, maps, unmaps } (mappings added and removed in that domain)
 //   mappings   maxMappings  × 8 words  { ctrl, domainSlot, vs lo/hi, ve lo/hi, phys lo/hi }
 //   faults     FAULT_RING × 4 words    { endpoint, reason|flags<<8, addr lo/hi } (device → vmm-iommu)
 //
@@ -188,6 +188,12 @@ export class IommuTableView {
   }
 
   /** Slot of the live domain `id`, or -1. */
+  /** Mappings added to and removed from the domain in `slot` since it was created. */
+  domainCounts(slot: number): { maps: number; unmaps: number } {
+    const b = this.domBase + slot * DOM_WORDS;
+    return { maps: Atomics.load(this.w, b + 2), unmaps: Atomics.load(this.w, b + 3) };
+  }
+
   findDomain(id: number): number {
     for (let s = 0; s < this.sizes.maxDomains; s++) {
       const b = this.domBase + s * DOM_WORDS;
@@ -294,6 +300,16 @@ interface IndexEntry {
  * every slot; both are rebuilt from the table when a restarted writer takes
  * it over (the table stays the only state).
  */
+/** kill(pid, 0): ESRCH means no such process; EPERM means it exists (not ours to signal). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
 export class IommuTable extends IommuTableView {
   readonly #index = new Map<number, IndexEntry[]>();
   readonly #free: number[] = [];
@@ -425,6 +441,8 @@ export class IommuTable extends IommuTableView {
       const b = this.domBase + s * DOM_WORDS;
       if (Atomics.load(this.w, b) === D_FREE) {
         Atomics.store(this.w, b + 1, id >>> 0);
+        Atomics.store(this.w, b + 2, 0);
+        Atomics.store(this.w, b + 3, 0);
         Atomics.store(this.w, b, bypass ? D_BYPASS : D_LIVE);
         return s;
       }
@@ -477,6 +495,7 @@ export class IommuTable extends IommuTableView {
     if (slot === hw) Atomics.store(this.w, W.highWater, hw + 1);
     Atomics.store(this.w, b, c + 2 * GEN_ONE + (M_VALID | (flags & ~M_VALID & 0xff)));
     Atomics.add(this.w, W.maps, 1);
+    Atomics.add(this.w, this.domBase + domainSlot * DOM_WORDS + 2, 1);
     const list = this.#index.get(domainSlot) ?? [];
     list.splice(IommuTable.#firstEndingFrom(list, virtStart), 0, { vs: virtStart, ve: virtEnd, slot });
     this.#index.set(domainSlot, list);
@@ -490,6 +509,7 @@ export class IommuTable extends IommuTableView {
     const c = Atomics.load(this.w, b);
     Atomics.store(this.w, b, (c & ~0xff) + 2 * GEN_ONE);
     Atomics.add(this.w, W.unmaps, 1);
+    Atomics.add(this.w, this.domBase + m.domainSlot * DOM_WORDS + 3, 1);
     const list = this.#index.get(m.domainSlot);
     if (list) {
       const i = IommuTable.#firstEndingFrom(list, m.virtStart);
@@ -505,6 +525,27 @@ export class IommuTable extends IommuTableView {
       if (v !== 0 && v < version) return false;
     }
     return true;
+  }
+
+  /**
+   * Frees the reader slots that hold a version older than `version` for a
+   * process that no longer exists (a device process killed with SIGKILL in
+   * the middle of a request never leaves its slot; its successor — a
+   * restart or the warm spare, given the same slot — may stay idle for a
+   * while). Returns the pids let go. `alive` is injectable for tests.
+   */
+  releaseDeadReaders(version: number, alive: (pid: number) => boolean = processAlive): number[] {
+    const gone: number[] = [];
+    for (let i = 0; i < READER_SLOTS; i++) {
+      const b = W.readerBase + 2 * i;
+      const v = Atomics.load(this.w, b + 1);
+      if (v === 0 || v >= version) continue;
+      const pid = Atomics.load(this.w, b);
+      if (pid > 0 && alive(pid)) continue;
+      // Only if the slot still holds what we looked at: a live successor may have entered meanwhile.
+      if (Atomics.compareExchange(this.w, b + 1, v, 0) === v) gone.push(pid);
+    }
+    return gone;
   }
 
   /** Faults recorded by readers since the last call (oldest first; some may have been overwritten). */
@@ -531,8 +572,9 @@ export class IommuTable extends IommuTableView {
 export interface TableSummary {
   bypass: boolean;
   version: number;
-  endpoints: { id: number; domain: number | null }[];
-  domains: { id: number; bypass: boolean; endpoints: number[]; mappings: number; mappedBytes: number }[];
+  /** Each endpoint with its domain's MAP/UNMAP counts (0 when detached): translation at work for that device. */
+  endpoints: { id: number; domain: number | null; maps: number; unmaps: number }[];
+  domains: { id: number; bypass: boolean; endpoints: number[]; mappings: number; mappedBytes: number; maps: number; unmaps: number }[];
   /** MAP and UNMAP requests applied (mappings added, removed) and faults recorded, since the table was made. */
   maps: number;
   unmaps: number;
@@ -547,14 +589,14 @@ export function summarize(t: IommuTableView): TableSummary {
     const id = t.endpointId(i);
     if (t.endpointIndex(id) !== i) continue;
     const d = t.endpointDomain(i);
-    endpoints.push({ id, domain: d < 0 ? null : t.domainState(d).id });
+    endpoints.push({ id, domain: d < 0 ? null : t.domainState(d).id, ...(d < 0 ? { maps: 0, unmaps: 0 } : t.domainCounts(d)) });
     if (d >= 0) byDomain.set(d, [...(byDomain.get(d) ?? []), id]);
   }
   for (let s = 0; s < t.sizes.maxDomains; s++) {
     const d = t.domainState(s);
     if (!d.live) continue;
     const maps = t.mappingsOf(s);
-    domains.push({ id: d.id, bypass: d.bypass, endpoints: byDomain.get(s) ?? [], mappings: maps.length, mappedBytes: maps.reduce((a, m) => a + (m.virtEnd - m.virtStart + 1), 0) });
+    domains.push({ id: d.id, bypass: d.bypass, endpoints: byDomain.get(s) ?? [], mappings: maps.length, mappedBytes: maps.reduce((a, m) => a + (m.virtEnd - m.virtStart + 1), 0), ...t.domainCounts(s) });
   }
   const st = t.stats;
   return { bypass: t.bypass, version: t.version, endpoints, domains, maps: st.maps, unmaps: st.unmaps, faults: st.faults };

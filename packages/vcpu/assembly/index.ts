@@ -1593,6 +1593,11 @@ export function jitClear(): void {
   memory.fill(jitTab + JIT_CODEMAP, 0, <usize>((ramSize >> 15) + 1));
   jitFlush();
 }
+/** The translator evicted the block at host address hp: its lookup entry, if still its own, counts to the threshold anew. */
+export function jitForget(hp: u32): void {
+  const e = jitTab + (<usize>((hp >> 1) & JIT_TAB_MASK) << 4);
+  if (load<u32>(e) == hp) store<i32>(e, 0, 4);
+}
 @inline function jitIsCodePage(off: u64): bool {
   return ((load<u8>(jitTab + JIT_CODEMAP + <usize>(off >> 15)) >> <u8>((off >> 12) & 7)) & 1) != 0;
 }

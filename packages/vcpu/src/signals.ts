@@ -32,6 +32,7 @@ const HART_STRIDE = 64;
 const I_IRQ = 0;
 const I_WAKE = 1;
 const I_HSM = 2;
+const I_PARKED = 3; // 1 while the hart sleeps in a machine pause (it has finished its batch)
 // BigInt64 slots within a hart's record (byte offsets / 8)
 const Q_TIMECMP = 2; // byte 16: mtimecmp (ACLINT MTIMER) or SBI set_timer deadline
 const Q_START_ADDR = 3; // byte 24: HSM hart_start address
@@ -99,6 +100,10 @@ export class HartSignals {
 
   timecmp(h: number): bigint { return BigInt.asUintN(64, Atomics.load(this.i64, this.base64(h) + Q_TIMECMP)); }
   setTimecmp(h: number, v: bigint): void { Atomics.store(this.i64, this.base64(h) + Q_TIMECMP, BigInt.asIntN(64, v)); this.wake(h); }
+
+  /** True while hart h is parked by a machine pause: it has left its batch and runs no instruction until resumed. */
+  parked(h: number): boolean { return Atomics.load(this.i32, this.base32(h) + I_PARKED) === 1; }
+  setParked(h: number, on: boolean): void { Atomics.store(this.i32, this.base32(h) + I_PARKED, on ? 1 : 0); }
 
   hsmState(h: number): number { return Atomics.load(this.i32, this.base32(h) + I_HSM); }
   setHsmState(h: number, s: number): void { Atomics.store(this.i32, this.base32(h) + I_HSM, s); }

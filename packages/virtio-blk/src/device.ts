@@ -4,6 +4,7 @@
 
 import { protocolFeatureBit, VhostUserProtocolFeature, type DeviceContext, type GuestMemory, type Logger, type VirtioDeviceBackend, type VirtqueueHandle } from '@vmm/core';
 import type { BlockImage } from './image.ts';
+import { monotonicNs, type DmaFaults } from './dma-faults.ts';
 import { BlkStats } from './stats.ts';
 import { executeRequest, parseRequest, type BlkLimits, type ChainBuffers, type ExecuteResult } from './request.ts';
 import {
@@ -32,6 +33,8 @@ export interface BlkDeviceOptions {
   /** Discard granularity hint in bytes (qcow2: the cluster size). */
   discardAlignment?: number;
   log?: Logger;
+  /** IOMMU fault injection (stray-dma, unmap-race), inert until armed. */
+  dmaFaults?: DmaFaults;
 }
 
 /** Sectors per discard/write-zeroes segment we accept: 2 GiB keeps every offset exact in a double. */
@@ -46,6 +49,7 @@ export class BlkDevice implements VirtioDeviceBackend {
   readonly #segMax: number;
   readonly #discardAlignment: number;
   #log: Logger | undefined;
+  readonly #dmaFaults: DmaFaults | null;
   /** Bumped by reset(): completions of requests started before it are dropped. */
   #generation = 0;
   /** Requests being executed, all queues together. */
@@ -63,6 +67,7 @@ export class BlkDevice implements VirtioDeviceBackend {
     this.#segMax = (options.maxQueueSize ?? 128) - 2;
     this.#discardAlignment = Math.max(SECTOR_SIZE, options.discardAlignment ?? 4096);
     this.#log = options.log;
+    this.#dmaFaults = options.dmaFaults ?? null;
     const writable = !image.readOnly;
     this.limits = {
       capacitySectors: Math.floor(image.capacity / SECTOR_SIZE),
@@ -135,13 +140,14 @@ export class BlkDevice implements VirtioDeviceBackend {
       void this.handleChain(q.mem, c).then(
         (res) => {
           this.inFlight--;
-          if (gen === this.#generation) q.complete(head, res?.usedLen ?? 0);
+          // A stopped queue's handle only ends the request's strict-mode DMA hold (behind an IOMMU its UNMAPs wait for it).
+          if (gen === this.#generation || !q.live) q.complete(head, res?.usedLen ?? 0);
         },
         (e: unknown) => {
           // handleChain does not throw on guest input; anything here is our bug: log it, still return the chain.
           this.inFlight--;
           this.#log?.error({ err: e, queue: q.index, head }, 'request handling failed');
-          if (gen === this.#generation) q.complete(head, 0);
+          if (gen === this.#generation || !q.live) q.complete(head, 0);
         },
       );
     }
@@ -156,15 +162,32 @@ export class BlkDevice implements VirtioDeviceBackend {
    * for a chain that cannot be answered (returned with length 0). Never
    * throws on guest input.
    */
-  async handleChain(mem: GuestMemory, chain: ChainBuffers): Promise<ExecuteResult | null> {
+  async handleChain(mem: GuestMemory, asked: ChainBuffers): Promise<ExecuteResult | null> {
+    const f = this.#dmaFaults;
+    const race = f?.takeRace(asked) ?? null;
+    const stray = f?.stray ?? null;
+    const chain = f ? f.displace(asked) : asked;
+    if (chain !== asked) this.#log?.warn({ fault: 'stray-dma', iova: `0x${stray!.toString(16)}` }, 'injected stray DMA: this request reaches outside its mappings');
+    let resumedNs = 0;
+    const hold = async (phase: string): Promise<void> => {
+      if (race?.phase !== phase) return;
+      this.#log?.warn({ fault: 'unmap-race', phase, iova: `0x${race.held.iova.toString(16)}`, holdMs: race.holdMs }, 'holding the request while its buffer is unmapped');
+      await new Promise((r) => setTimeout(r, race.holdMs));
+      resumedNs = monotonicNs();
+    };
+    await hold('before-translate');
     const req = parseRequest(mem, chain, this.limits);
     if (req.type === 'reject') {
       this.#log?.warn({ reason: req.reason }, 'rejected descriptor chain');
+      if (race) f!.finishRace({ status: -1, accessesEndedNs: null, resumedNs, error: req.reason });
       return null;
     }
+    await hold('after-translate');
     if (req.type === 'error') this.stats.invalid(req.op);
     const accounted = this.stats.start(req);
     const res = await executeRequest(req, this.image, this.serial);
+    // The status byte was the request's last access to guest memory.
+    if (race) f!.finishRace({ status: res.status, accessesEndedNs: monotonicNs(), resumedNs, ...(res.error !== undefined ? { error: res.error } : {}) });
     if (req.type !== 'error') accounted(res.status === VIRTIO_BLK_S_OK);
     if (res.error !== undefined) this.#log?.warn({ status: res.status, reason: res.error }, 'request failed');
     return res;

@@ -3,6 +3,7 @@
 // orchestrator imports this entry only, never the package's internals.
 
 import { fileURLToPath } from 'node:url';
+import { IOMMU_ENDPOINT_OPTIONS } from '@vmm/iommu';
 import { protocolFeatureBit, VhostUserProtocolFeature, type DeviceKind, type OptionDef } from '@vmm/core';
 import { CFG } from './spec.ts';
 import type { FaultCommand } from './faults.ts';
@@ -19,10 +20,8 @@ export const BLK_OPTIONS: readonly OptionDef[] = [
   // At most 16: what a virtio-mmio slot carries (vcpu's transport MAX_QUEUES).
   { name: 'queues', type: 'int', min: 1, max: 16, default: 1, help: 'number of virtqueues' },
   { name: 'serial', type: 'string', maxBytes: 20, help: 'answer to GET_ID (virtio 1.2 §5.2.6)' },
-  // Behind vmm-iommu (`vmm run --iommu` sets these): DMA translated through its table.
-  { name: 'iommu-table', type: 'string', help: "vmm-iommu's table file: offer VIRTIO_F_ACCESS_PLATFORM and translate every DMA address through it" },
-  { name: 'iommu-endpoint', type: 'int', min: 0, max: 0xffff_ffff, help: "this disk's endpoint id at the IOMMU (with iommu-table)" },
-  { name: 'iommu-reader', type: 'int', min: 0, max: 15, help: 'reader slot in the table, one per device process (with iommu-table)' },
+  // Behind vmm-iommu (`vmm run --iommu` and device_add set these): DMA translated through its table.
+  ...IOMMU_ENDPOINT_OPTIONS,
 ];
 
 /** The format given, else the one vmm-blk probes (the qcow2 magic); undefined when the file cannot be read now. */
@@ -61,6 +60,20 @@ export const blkKind: DeviceKind = {
       help: 'writes fail as if the host file system were full',
       options: [{ name: 'on', type: 'bool', default: true, help: 'on or off' }],
       message: (o): FaultCommand => ({ fault: 'enospc', on: o.on === true }),
+    },
+    // Behind the IOMMU only (the orchestrator drives these, with vmm-iommu; dma-faults.ts).
+    'stray-dma': {
+      help: 'the next data request accesses an IOVA outside its mappings: refused by the IOMMU, the request fails with VIRTIO_BLK_S_IOERR, the guest gets a fault event',
+      options: [{ name: 'iova', type: 'int', min: 0, max: Number.MAX_SAFE_INTEGER, help: 'the address to reach for (default: the VM\'s canary page, which the guest never maps)' }],
+      message: (o) => ({ fault: 'stray-dma', iova: Number(o.iova) }),
+    },
+    'unmap-race': {
+      help: "vmm-iommu UNMAPs the next data request's buffer while the request is held in flight: it completes before the UNMAP does, or fails if not yet translated",
+      options: [
+        { name: 'hold-ms', type: 'int', min: 1, max: 4000, default: 500, help: 'how long the request is held' },
+        { name: 'phase', type: 'enum', values: ['after-translate', 'before-translate'], default: 'after-translate', help: 'hold the request after its buffers were translated, or before' },
+      ],
+      message: (o) => ({ fault: 'unmap-race', holdMs: Number(o['hold-ms']), phase: String(o.phase) }),
     },
   },
   // QMP query-block (qapi/block-core.json BlockInfo, the fields a client reads).

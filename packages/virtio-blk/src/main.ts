@@ -4,9 +4,10 @@
 // accepting the next one when a front-end leaves or restarts.
 
 import { basename } from 'node:path';
-import { EndpointTranslator, mapTableFile } from '@vmm/iommu';
-import { ConfigError, DeviceOptionError, deviceUsage, IoRing, isMainModule, onControlMessage, parseDeviceArgv, runDeviceMain, serveVhostUser, type DeviceMain } from '@vmm/core';
+import { endpointOptions, openEndpoint, type EndpointOptions } from '@vmm/iommu';
+import { deviceUsage, IoRing, isMainModule, onControlMessage, parseDeviceArgv, runDeviceMain, serveVhostUser, type DeviceMain } from '@vmm/core';
 import { BlkDevice } from './device.ts';
+import { DmaFaults } from './dma-faults.ts';
 import { FaultInjectingImage } from './faults.ts';
 import type { BlockImage } from './image.ts';
 import { BLK_OPTIONS } from './kind.ts';
@@ -29,7 +30,7 @@ export interface BlkOptions {
   id: string;
   logLevel: string;
   /** Behind vmm-iommu: its table file, this disk's endpoint id and reader slot. */
-  iommu: { table: string; endpoint: number; reader: number } | null;
+  iommu: EndpointOptions | null;
 }
 
 /**
@@ -51,20 +52,8 @@ export function parseBlkArgs(argv: string[]): BlkOptions | null {
     serial: String(o.serial ?? ''),
     id: f.id ?? basename(image),
     logLevel: f.logLevel,
-    iommu: iommuOptions(o),
+    iommu: endpointOptions('virtio-blk', o),
   };
-}
-
-function iommuOptions(o: Record<string, unknown>): BlkOptions['iommu'] {
-  const table = o['iommu-table'];
-  const endpoint = o['iommu-endpoint'];
-  const reader = o['iommu-reader'];
-  if (table === undefined) {
-    if (endpoint !== undefined || reader !== undefined) throw new DeviceOptionError('virtio-blk: iommu-endpoint and iommu-reader need iommu-table');
-    return null;
-  }
-  if (endpoint === undefined || reader === undefined) throw new DeviceOptionError(`virtio-blk: iommu-table=${String(table)} needs iommu-endpoint and iommu-reader`);
-  return { table: String(table), endpoint: Number(endpoint), reader: Number(reader) };
 }
 
 /**
@@ -85,15 +74,29 @@ const BLK_MAIN: DeviceMain<BlkOptions> = {
   id: (o) => o.id,
   async start(opts, log) {
     const { image, served: faulty } = await openServedImage(opts);
+    const dmaFaults = new DmaFaults();
     const device = new BlkDevice(faulty, {
+      dmaFaults,
       queues: opts.queues,
       serial: opts.serial,
       discardAlignment: image instanceof Qcow2Image ? image.header.clusterSize : 4096,
       log,
     });
+    const dma = opts.iommu ? openEndpoint(opts.iommu) : undefined;
     // The orchestrator's control channel: queries (query-blockstats) and fault injection.
     onControlMessage((m) => {
       if (m.query === BLOCKSTATS_QUERY.query) return device.stats.snapshot();
+      // IOMMU faults: asked with a request (the orchestrator waits for their answers); a refusal is the error it gets.
+      if (m.fault === 'stray-dma' || m.fault === 'unmap-race' || m.query === 'unmap-race-result') {
+        if (!dma) throw new Error(`this disk is not behind an IOMMU (no --iommu-table): ${String(m.fault ?? m.query)} does not apply`);
+        if (m.fault === 'stray-dma') {
+          const what = dmaFaults.armStray(Number(m.iova));
+          log.warn({ fault: m }, what);
+          return { armed: what };
+        }
+        if (m.fault === 'unmap-race') return dmaFaults.armRace(Number(m.holdMs), m.phase === 'before-translate' ? 'before-translate' : 'after-translate');
+        return dmaFaults.raceResult();
+      }
       try {
         log.warn({ fault: m }, faulty.control(m));
       } catch (e) {
@@ -101,7 +104,6 @@ const BLK_MAIN: DeviceMain<BlkOptions> = {
       }
       return undefined;
     });
-    const dma = opts.iommu ? iommuTranslator(opts.iommu) : undefined;
     const backend = serveVhostUser(device, { socketPath: opts.socket, log, ...(dma ? { dma } : {}) });
     const ring = IoRing.shared();
     const io = ring ? `io_uring (${ring.entries} entries)` : `thread pool (io_uring: ${IoRing.unavailableReason})`;
@@ -113,14 +115,5 @@ const BLK_MAIN: DeviceMain<BlkOptions> = {
     };
   },
 };
-
-/** The DMA translator of this disk's endpoint in vmm-iommu's table; a table that cannot be used is a configuration error. */
-function iommuTranslator(o: NonNullable<BlkOptions['iommu']>): EndpointTranslator {
-  try {
-    return new EndpointTranslator(mapTableFile(o.table), o.endpoint, o.reader);
-  } catch (e) {
-    throw new ConfigError(`cannot use the IOMMU table ${o.table}: ${(e as Error).message}`, 'ERR_IOMMU_TABLE');
-  }
-}
 
 if (isMainModule(import.meta)) await runDeviceMain(BLK_MAIN);

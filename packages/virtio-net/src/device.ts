@@ -8,7 +8,7 @@
 // only; our own transport may hand us the control queue as well.
 
 import type { DeviceContext, GuestMemory, Logger, Segment, VirtqueueHandle, VirtioDeviceBackend } from '@vmm/core';
-import { BusyPoll, protocolFeatureBit, VhostUserProtocolFeature, VIRTIO_F_VERSION_1 } from '@vmm/core';
+import { BusyPoll, GuestMemoryError, protocolFeatureBit, VhostUserProtocolFeature, VIRTIO_F_VERSION_1 } from '@vmm/core';
 import { parseCtrlCommand, RxFilter, macFromBytes, macToBytes, formatMac, type Mac } from './ctrl.ts';
 import { acceptsOffloads, checkTxHeader, decodeVnetHeader, encodeVnetHeader, type OffloadCaps, type VnetHeader } from './header.ts';
 import { finishChecksum, needsChecksum, segmentTcp } from './offload.ts';
@@ -43,6 +43,9 @@ export interface NetStats {
   rx_malformed: number;
   ctrl_ok: number;
   ctrl_err: number;
+  /** Chains whose buffers the IOMMU refused (a miss or a permission fault): given back empty, the frame dropped. */
+  tx_dma_fault: number;
+  rx_dma_fault: number;
   /** Data queues stopped: SET_VRING_ENABLE 0, GET_VRING_BASE, a new kick fd, a lost connection. */
   queue_stops: number;
   /** Frames the drop / corrupt / delay faults acted on (fault injection). */
@@ -67,7 +70,7 @@ export interface NetFaults {
 const newStats = (): NetStats => ({
   tx_packets: 0, tx_bytes: 0, tx_bad_header: 0, tx_too_big: 0, tx_too_short: 0, tx_malformed: 0, tx_no_port: 0,
   rx_packets: 0, rx_bytes: 0, rx_filtered: 0, rx_too_big: 0, rx_bad_gso: 0, rx_segmented: 0, rx_checksummed: 0, rx_malformed: 0,
-  ctrl_ok: 0, ctrl_err: 0, queue_stops: 0, fault_dropped: 0, fault_corrupted: 0, fault_delayed: 0, fault_delay_overflow: 0,
+  ctrl_ok: 0, ctrl_err: 0, tx_dma_fault: 0, rx_dma_fault: 0, queue_stops: 0, fault_dropped: 0, fault_corrupted: 0, fault_delayed: 0, fault_delay_overflow: 0,
 });
 
 export interface NetDeviceOptions {
@@ -103,6 +106,12 @@ export class NetDevice implements VirtioDeviceBackend {
   readonly numQueues: number;
   /** Inflight tracking (vhost-user INFLIGHT_SHMFD): after a crash, the receive buffers we held and unfinished transmits come back. */
   readonly protocolFeatures = protocolFeatureBit(VhostUserProtocolFeature.INFLIGHT_SHMFD);
+  /**
+   * Behind an IOMMU each copy in or out of guest memory is its own strict
+   * request: receive buffers wait in the device for frames for as long as
+   * the line is quiet, and must not hold back the guest's UNMAPs meanwhile.
+   */
+  readonly dmaScope = 'access';
   readonly maxPairs: number;
   readonly mtu: number;
   readonly stats: NetStats = newStats();
@@ -401,7 +410,10 @@ export class NetDevice implements VirtioDeviceBackend {
         continue;
       }
       // Copy the chain (header and frame) straight into the port buffer: the one copy on this side.
-      gather(mem, c.readable, buf, this.hdrLen === VNET_HDR_LEN ? 0 : VNET_HDR_LEN - this.hdrLen);
+      if (!this.dmaOk('tx', c.head, () => gather(mem, c.readable, buf, this.hdrLen === VNET_HDR_LEN ? 0 : VNET_HDR_LEN - this.hdrLen))) {
+        q.complete(c.head, 0);
+        continue;
+      }
       const h = decodeVnetHeader(buf.subarray(VNET_HDR_LEN - this.hdrLen), this.hdrLen);
       const why = checkTxHeader(h, frameLen, this.txCaps, this.mtu);
       q.complete(c.head, 0);
@@ -614,7 +626,12 @@ export class NetDevice implements VirtioDeviceBackend {
     for (let i = 0; i < used; i++) {
       const b = bufs[i]!;
       const n = Math.min(b.writableLen, need - srcOff);
-      scatterPair(mem, b.writable, this.hdrScratch.subarray(0, this.hdrLen), frame, srcOff, n);
+      if (!this.dmaOk('rx', b.head, () => scatterPair(mem, b.writable, this.hdrScratch.subarray(0, this.hdrLen), frame, srcOff, n))) {
+        // The frame is lost: this chain and the rest it would have filled go back empty.
+        for (let k = i; k < used; k++) q.complete(bufs[k]!.head, 0);
+        bufs.splice(0, used);
+        return 'dropped';
+      }
       srcOff += n;
       q.complete(b.head, n);
     }
@@ -638,12 +655,33 @@ export class NetDevice implements VirtioDeviceBackend {
         continue;
       }
       const cmd = new Uint8Array(c.readableLen);
-      gather(mem, c.readable, cmd, 0);
+      if (!this.dmaOk('ctrl', c.head, () => gather(mem, c.readable, cmd, 0))) {
+        q.complete(c.head, 0);
+        continue;
+      }
       const ack = this.runControl(cmd);
-      mem.writeU8(c.writable[0]!.addr, ack);
-      q.complete(c.head, 1);
+      q.complete(c.head, this.dmaOk('ctrl', c.head, () => mem.writeU8(c.writable[0]!.addr, ack)) ? 1 : 0);
     }
     this.noteMalformed(q, 'ctrl_err');
+  }
+
+  /**
+   * Run one copy in or out of guest memory; false when the IOMMU refused it
+   * (GuestMemoryError ERR_IOMMU_FAULT, already recorded for the guest's
+   * fault event) or the address is outside guest memory: that chain is
+   * given back empty, never a crash of the process.
+   */
+  private dmaOk(dir: 'tx' | 'rx' | 'ctrl', head: number, copy: () => void): boolean {
+    try {
+      copy();
+      return true;
+    } catch (e) {
+      if (!(e instanceof GuestMemoryError)) throw e;
+      if (dir === 'ctrl') this.stats.ctrl_err++;
+      else this.stats[dir === 'tx' ? 'tx_dma_fault' : 'rx_dma_fault']++;
+      this.log.warn({ dir, head, code: e.code, err: e.message }, 'guest memory access refused; chain returned empty');
+      return false;
+    }
   }
 
   private runControl(b: Uint8Array): number {

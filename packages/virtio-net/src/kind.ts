@@ -3,6 +3,7 @@
 // orchestrator imports this entry only, never the package's internals.
 
 import { fileURLToPath } from 'node:url';
+import { IOMMU_ENDPOINT_OPTIONS } from '@vmm/iommu';
 import { DeviceOptionError, protocolFeatureBit, VhostUserProtocolFeature, type DeviceKind, type OptionDef, type OptionValues } from '@vmm/core';
 import { isMulticast, parseMac, type Mac } from './ctrl.ts';
 import { SWITCH_NAME } from './names.ts';
@@ -19,6 +20,8 @@ export const NET_OPTIONS: readonly OptionDef[] = [
   { name: 'queues', type: 'int', min: 1, max: MAX_QUEUE_PAIRS, default: 1, help: 'queue pairs; more than one offers VIRTIO_NET_F_MQ' },
   { name: 'mtu', type: 'int', min: 68, max: 65535, default: 1500, help: 'MTU offered in config space' },
   { name: 'busy-poll', type: 'int', min: 0, max: 1_000_000, default: 0, help: 'µs to keep polling the queues and the port after work before sleeping on kicks (0: off; costs CPU)' },
+  // Behind vmm-iommu (`vmm run --iommu` and device_add set these): every ring and buffer address translated through its table.
+  ...IOMMU_ENDPOINT_OPTIONS,
 ];
 
 const fail = (m: string): never => {
@@ -50,6 +53,8 @@ export const netKind: DeviceKind = {
   main: fileURLToPath(new URL('./main.ts', import.meta.url)),
   // receiveq/transmitq per pair, then the control queue (virtio 1.2 §5.1.2).
   queues: (o) => 2 * Number(o.queues ?? 1) + 1,
+  // The receive queues (even indices): buffers wait there for frames, however quiet the network.
+  heldQueues: (o) => Array.from({ length: Number(o.queues ?? 1) }, (_, i) => 2 * i),
   // A restarted vmm-net gets back the receive buffers the crashed one held and resends unfinished transmits.
   protocolFeatures: protocolFeatureBit(VhostUserProtocolFeature.INFLIGHT_SHMFD),
   validate: (o) => void checkNetOptions(o),

@@ -4,6 +4,7 @@
 // -netdev vhost-user, DPDK's virtio_user) and plugs it into a vmm-switch
 // network or a host tap.
 
+import { endpointOptions, openEndpoint, type EndpointOptions } from '@vmm/iommu';
 import { DEVICE_LAUNCHER, deviceUsage, isMainModule, onControlMessage, parseDeviceArgv, runDeviceMain, serveVhostUser, type DeviceMain, type Logger } from '@vmm/core';
 import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync } from 'node:fs';
@@ -33,6 +34,8 @@ export interface NetArgs {
   busyPollUs: number;
   id: string;
   logLevel: string;
+  /** Behind vmm-iommu: its table file, this NIC's endpoint id and reader slot. */
+  iommu: EndpointOptions | null;
 }
 
 export function randomMac(): Mac {
@@ -52,7 +55,7 @@ export function parseNetArgs(argv: string[]): NetArgs | null {
   const mac = checkNetOptions(o) ?? randomMac();
   const sw = o.switch === undefined ? undefined : String(o.switch);
   const tap = o.tap === undefined ? undefined : String(o.tap);
-  return { socket: f.socket, switch: sw, tap, mac, queues: Number(o.queues), mtu: Number(o.mtu), busyPollUs: Number(o['busy-poll']), id: f.id ?? 'net0', logLevel: f.logLevel };
+  return { socket: f.socket, switch: sw, tap, mac, queues: Number(o.queues), mtu: Number(o.mtu), busyPollUs: Number(o['busy-poll']), id: f.id ?? 'net0', logLevel: f.logLevel, iommu: endpointOptions('virtio-net', o) };
 }
 
 const SWITCH_MAIN = fileURLToPath(new URL('./switch-main.ts', import.meta.url));
@@ -145,6 +148,8 @@ const NET_MAIN: DeviceMain<NetArgs> = {
   parse: parseNetArgs,
   id: (a) => a.id,
   async start(a, log) {
+    // First: a table that cannot be used is a configuration error before anything is connected.
+    const dma = a.iommu ? openEndpoint(a.iommu) : undefined;
     const device = new NetDevice({ mac: a.mac, queuePairs: a.queues, mtu: a.mtu, busyPollUs: a.busyPollUs, log });
     const disconnect = await connect(a, device, log);
     // The orchestrator's control channel: the counters (query-nic-stats) and fault injection.
@@ -157,9 +162,9 @@ const NET_MAIN: DeviceMain<NetArgs> = {
       }
       return undefined;
     });
-    const backend = serveVhostUser(device, { socketPath: a.socket, log });
+    const backend = serveVhostUser(device, { socketPath: a.socket, log, ...(dma ? { dma } : {}) });
     return {
-      serving: { mac: formatMac(a.mac), queues: a.queues, mtu: a.mtu, busyPollUs: a.busyPollUs, switch: a.switch, tap: a.tap },
+      serving: { mac: formatMac(a.mac), queues: a.queues, mtu: a.mtu, busyPollUs: a.busyPollUs, switch: a.switch, tap: a.tap, iommuEndpoint: a.iommu?.endpoint },
       ready: { socket: a.socket, mac: formatMac(a.mac) },
       vhostUser: backend,
       stopping: () => ({ stats: device.stats }),

@@ -240,9 +240,16 @@ export class VhostUserBackend {
     for (const v of this.vrings) if (v.errFd >= 0) eventfdWrite(v.errFd);
   }
 
+  /** Guest memory as the driver's addresses mean it: I/O virtual addresses through the IOMMU once VIRTIO_F_ACCESS_PLATFORM is negotiated. */
+  private dmaView(): { mem: GuestMemory; dma: DmaTranslator | null } {
+    const dma = this.dma !== null && (this.features & VIRTIO_F_ACCESS_PLATFORM) !== 0n ? this.dma : null;
+    if (!dma) return { mem: this.mem, dma: null };
+    return { mem: this.mem.withTranslator(dma, this.device.dmaScope === 'access'), dma };
+  }
+
   private deviceContext(): DeviceContext {
     return {
-      mem: this.mem,
+      mem: this.dmaView().mem,
       features: this.features,
       log: this.log,
       needsReset: (reason) => this.markNeedsReset(reason),
@@ -596,9 +603,8 @@ export class VhostUserBackend {
     }
     if (!v.enabled) return;
     const eventIdx = (this.features & VIRTIO_F_EVENT_IDX) !== 0n;
-    const dma = this.dma !== null && (this.features & VIRTIO_F_ACCESS_PLATFORM) !== 0n ? this.dma : null;
     // Behind the IOMMU the rings and buffers are at I/O virtual addresses.
-    const mem = dma ? this.mem.withTranslator(dma) : this.mem;
+    const { mem, dma } = this.dmaView();
     const at = (a: bigint, len: number): GuestAddress => (dma ? guestAddress(a) : this.mem.userToGuest(a, len));
     const desc = at(v.addr.desc, 16 * v.num);
     const avail = at(v.addr.avail, 6 + 2 * v.num);
@@ -634,7 +640,8 @@ export class VhostUserBackend {
       index: v.index,
       mem,
       queue: q,
-      ...(dma ? { dma } : {}),
+      // Per-access devices hold no translation across a chain's life; each access is its own request (DeviceBackend.dmaScope).
+      ...(dma && this.device.dmaScope !== 'access' ? { dma } : {}),
       inflight,
       resubmit,
       log: this.log,

@@ -17,7 +17,7 @@ import { kernelCmdline, type RunOptions } from './args.ts';
 import { ConsoleError, describeConsole, openConsole, type HostConsole } from './console.ts';
 import { daemonReady, isDaemonChild } from './daemon.ts';
 import { attachVm, type AttachedVm } from '../vm/attach.ts';
-import { behindIommu, iommuPlan, type IommuPlan } from '../vm/iommu.ts';
+import { iommuPlan, type IommuPlan } from '../vm/iommu.ts';
 
 /** A failure to report on one line with a non-zero status (not a usage error). */
 export class RunError extends Error {
@@ -202,11 +202,11 @@ async function runWith(o: RunOptions, io: RunIo, logger: ReturnType<typeof creat
       },
       logger,
     });
-    const devices = iommu ? [iommu.spec, ...behindIommu(iommu, o.devices)] : o.devices;
-    if (devices.length > 0 || o.apiPort !== null || o.qmp !== null) {
+    if (iommu || o.devices.length > 0 || o.apiPort !== null || o.qmp !== null) {
       // Devices are plugged while the harts are paused, so the guest finds them at probe time.
       attached = await attachVm(machine, {
-        devices,
+        devices: o.devices,
+        iommu,
         apiPort: o.apiPort,
         qmpPath: o.qmp,
         name: o.name,

@@ -8,6 +8,7 @@ import type { Logger } from '@vmm/core';
 import type { Machine } from '@vmm/vcpu';
 import { makeEvent } from '../api/qmp.ts';
 import { ApiHub, createToken } from '../api/servers.ts';
+import type { IommuPlan } from './iommu.ts';
 import type { DeviceSpec } from './vhost-device.ts';
 import { Vm } from './vm.ts';
 
@@ -26,6 +27,8 @@ export interface AttachOptions {
   announce: (line: string) => void;
   /** The VM's name (QMP query-name), or null. */
   name?: string | null;
+  /** An IOMMU (`--iommu`): plugged first, in the top slot; every device after it is its endpoint. */
+  iommu?: IommuPlan | null;
 }
 
 export interface AttachedVm {
@@ -44,6 +47,7 @@ export async function attachVm(machine: Machine, o: AttachOptions): Promise<Atta
     log: o.log,
     logLevel: o.logLevel,
     name: o.name ?? null,
+    iommu: o.iommu ?? null,
     emit: (event, data) => {
       // Nested: event data has keys of its own (device, pid) that must not repeat the logger's.
       o.log.info({ event, data }, 'event');
@@ -58,7 +62,7 @@ export async function attachVm(machine: Machine, o: AttachOptions): Promise<Atta
   };
   try {
     machine.pause();
-    await vm.addBootDevices(o.devices);
+    await vm.addBootDevices(o.iommu ? [o.iommu.spec, ...o.devices] : o.devices);
     let apiPort: number | null = null;
     if (o.qmpPath !== null) {
       await hub.listenQmp(o.qmpPath);

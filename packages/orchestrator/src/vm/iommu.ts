@@ -6,8 +6,8 @@
 
 import { join } from 'node:path';
 import { parseDeviceOptions } from '@vmm/core';
-import { iommuKind } from '@vmm/iommu/kind';
-import { MMIO, type DtbIommu } from '@vmm/vcpu';
+import { IOMMU_TABLE_OPTION, iommuKind } from '@vmm/iommu/kind';
+import { MMIO, RAM_BASE, type DtbIommu } from '@vmm/vcpu';
 import type { DeviceSpec } from './vhost-device.ts';
 
 export interface IommuPlan {
@@ -17,27 +17,43 @@ export interface IommuPlan {
   dtb: DtbIommu;
 }
 
+/**
+ * The canary page (reserved in the DTB, so the guest never touches it):
+ * 1 MiB into RAM, below the kernel (0x8020_0000) and clear of OpenSBI's
+ * own reservation. Its address doubles as the default stray-dma IOVA, so
+ * a stray access that escaped translation would land exactly there.
+ * Linux allocates IOVAs top-down below 4 GiB, so it is never mapped in
+ * practice; inject-fault checks that it is not.
+ */
+export const IOMMU_CANARY = { gpa: RAM_BASE + 0x10_0000, size: 4096 } as const;
+
 /** `tableDir` holds the table file; it outlives every restart of vmm-iommu and goes with the VM. */
 export function iommuPlan(tableDir: string): IommuPlan {
   const slot = MMIO.virtio.count - 1;
   const endpoints = Array.from({ length: slot }, (_, i) => ({ slot: i, id: i }));
   const options = parseDeviceOptions(iommuKind.name, iommuKind.options, { endpoints: endpoints.map((e) => e.id).join(','), table: join(tableDir, 'iommu.table') });
-  return { spec: { kind: iommuKind, id: 'iommu0', options }, dtb: { slot, endpoints } };
+  return { spec: { kind: iommuKind, id: 'iommu0', options }, dtb: { slot, endpoints, canary: IOMMU_CANARY } };
 }
 
 /**
- * The boot devices behind the IOMMU: slots fill from the top, so the k-th
- * device after vmm-iommu lands in slot (IOMMU slot − 1 − k), whose endpoint
- * id that is. A kind that can translate its DMA (an `iommu-table` option)
- * is given the table, its endpoint id and a reader slot of its own; others
- * are plugged as they are (their DMA stays untranslated: they do not offer
- * VIRTIO_F_ACCESS_PLATFORM, so the guest driver uses guest-physical addresses).
+ * A device plugged into `slot` (at boot or by device_add, also a replaced
+ * back-end) behind the IOMMU: a kind that can translate its DMA (it has
+ * the `iommu-table` option) is given the table, the slot's endpoint id and
+ * a reader slot of its own — the slot index: one device per slot, and a
+ * device's spare or successor takes over its slot only once it is gone.
+ * Other kinds, and the IOMMU's own slot, are plugged as they are (their DMA
+ * stays untranslated: they do not offer VIRTIO_F_ACCESS_PLATFORM, so the
+ * guest driver uses guest-physical addresses).
  */
-export function behindIommu(plan: IommuPlan, specs: readonly DeviceSpec[]): DeviceSpec[] {
-  return specs.map((spec, k) => {
-    if (!spec.kind.options.some((o) => o.name === 'iommu-table')) return spec;
-    const endpoint = plan.dtb.slot - 1 - k;
-    if (!plan.dtb.endpoints.some((e) => e.id === endpoint)) return spec;
-    return { ...spec, options: { ...spec.options, 'iommu-table': plan.spec.options.table!, 'iommu-endpoint': endpoint, 'iommu-reader': k } };
-  });
+export function behindIommu(plan: IommuPlan, spec: DeviceSpec, slot: number): DeviceSpec {
+  if (!spec.kind.options.some((o) => o.name === IOMMU_TABLE_OPTION)) return spec;
+  const ep = plan.dtb.endpoints.find((e) => e.slot === slot);
+  if (!ep) return spec;
+  return { ...spec, options: { ...spec.options, [IOMMU_TABLE_OPTION]: plan.spec.options.table!, 'iommu-endpoint': ep.id, 'iommu-reader': slot } };
+}
+
+/** The endpoint id of a plugged device's options, or null when it does not translate through the IOMMU. */
+export function endpointOf(spec: DeviceSpec): number | null {
+  const e = spec.options['iommu-endpoint'];
+  return spec.options[IOMMU_TABLE_OPTION] === undefined || e === undefined ? null : Number(e);
 }

@@ -65,15 +65,21 @@ export function describeRings(states: RingState[]): string {
 
 /**
  * After a restart: if requests are outstanding and no completion arrives
- * within `ms`, call `onStall` once with the rings' state. Returns a cancel
- * function; call it at the next completion (or when the device goes away).
+ * within `ms`, call `onStall` once with the rings' state. A completion is a
+ * used-buffer notification, or a ring's used index that moved: a driver
+ * that polls a queue with its interrupts suppressed (Linux's virtio-iommu
+ * request queue) gets no notification, and would otherwise be reported
+ * stalled whenever a request happens to be outstanding at the deadline.
+ * Returns a cancel function; call it at the next completion (or when the
+ * device goes away).
  */
 export function watchForStall(opts: { ms: number; completions: () => number; states: () => RingState[]; onStall: (states: RingState[]) => void }): () => void {
   const start = opts.completions();
+  const used0 = new Map(opts.states().map((s) => [s.queue, s.usedIdx]));
   const timer = setTimeout(() => {
     if (opts.completions() !== start) return;
     const states = opts.states();
-    if (states.some((s) => s.outstanding > 0)) opts.onStall(states);
+    if (states.some((s) => s.outstanding > 0 && used0.get(s.queue) === s.usedIdx)) opts.onStall(states);
   }, opts.ms);
   timer.unref();
   return () => clearTimeout(timer);

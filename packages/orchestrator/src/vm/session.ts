@@ -13,7 +13,7 @@ import { buildInitramfs, ExecOutputFilter, initrdWithExec } from '../guestkit/in
 import { ensureGuestKit } from '../guestkit/kit.ts';
 import { buildIommuKernel } from '../guestkit/kernel.ts';
 import { ensureGuestPackages, guestPackagesArchive } from '../guestkit/packages.ts';
-import { behindIommu, iommuPlan } from './iommu.ts';
+import { iommuPlan } from './iommu.ts';
 import { attachVm, type AttachedVm } from './attach.ts';
 import { parseDiskFlag, parseNicFlag } from './device-spec.ts';
 import { DeviceRegistry } from './kinds.ts';
@@ -91,9 +91,10 @@ export async function startGuestSession(o: GuestSessionOptions): Promise<GuestSe
   const qmpPath = join(mkdtempSync(join(tmpdir(), 'vmm-session-')), 'qmp.sock');
   const attached = await attachVm(machine, {
     devices: [
-      ...(iommu ? [iommu.spec, ...behindIommu(iommu, o.disks.map((d, i) => parseDiskFlag(new DeviceRegistry(), d, i)))] : o.disks.map((d, i) => parseDiskFlag(new DeviceRegistry(), d, i))),
+      ...o.disks.map((d, i) => parseDiskFlag(new DeviceRegistry(), d, i)),
       ...(o.nics ?? []).map((n, i) => parseNicFlag(new DeviceRegistry(), n, i)),
     ],
+    iommu,
     apiPort: o.apiPort ?? null,
     ...(o.tokenPath ? { tokenPath: o.tokenPath } : {}),
     qmpPath,

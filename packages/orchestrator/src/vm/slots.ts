@@ -8,6 +8,9 @@ import { DeviceOptionError, parseDeviceOptions, VIRTIO_STATUS_DRIVER, type Logge
 import type { IrqFn, VirtioMmioState } from '@vmm/vcpu';
 import { QmpError, type ProcessInfo } from '../api/control.ts';
 import { parseDeviceAdd } from './device-spec.ts';
+import { behindIommu, endpointOf, type IommuPlan } from './iommu.ts';
+import { injectIommuFault, isIommuFault } from './iommu-faults.ts';
+import { tableLookup } from '@vmm/iommu/kind';
 import type { DeviceRegistry } from './kinds.ts';
 import { VhostUserDevice, type DeviceSpec, type SlotContext } from './vhost-device.ts';
 
@@ -26,6 +29,8 @@ export interface SlotsOptions {
   registry: DeviceRegistry;
   /** Where a slot's MMIO window is, for the logs. */
   describeSlot?(index: number): string;
+  /** The VM's IOMMU (`--iommu`): its device goes first, in the top slot; every device plugged after it is its endpoint (vm/iommu.ts). */
+  iommu?: IommuPlan | null;
 }
 
 interface Slot {
@@ -49,8 +54,12 @@ export class DeviceSlots {
   private closed = false;
   private readonly starting = new Set<string>();
 
+  /** Reads vmm-iommu's table (the front-end translates ring IOVAs with it on a restart). */
+  private readonly lookup: ((endpoint: number, iova: number) => number | null) | null;
+
   constructor(o: SlotsOptions) {
     this.o = o;
+    this.lookup = o.iommu ? tableLookup(String(o.iommu.spec.options.table)) : null;
     this.slots = o.transports.map((transport, index) => ({ index, transport, device: null, claimed: false, removing: false }));
   }
 
@@ -80,10 +89,11 @@ export class DeviceSlots {
     return s as Slot & { device: VhostUserDevice };
   }
 
-  async plug(spec: DeviceSpec): Promise<VhostUserDevice> {
+  async plug(asked: DeviceSpec): Promise<VhostUserDevice> {
     if (this.closed) throw new QmpError('GenericError', 'the VM has shut down');
-    if (this.slots.some((x) => x.device?.spec.id === spec.id) || this.starting.has(spec.id)) throw new QmpError('GenericError', `Duplicate device ID '${spec.id}'`);
+    if (this.slots.some((x) => x.device?.spec.id === asked.id) || this.starting.has(asked.id)) throw new QmpError('GenericError', `Duplicate device ID '${asked.id}'`);
     const slot = this.freeSlot();
+    const spec = this.o.iommu ? behindIommu(this.o.iommu, asked, slot.index) : asked;
     const ctx: SlotContext = {
       ramFd: this.o.ramFd,
       ramBase: this.o.ramBase,
@@ -91,6 +101,7 @@ export class DeviceSlots {
       transport: slot.transport,
       irq: this.o.irq(slot.index),
       readGuestU16: this.o.readGuestU16,
+      ...(this.lookup ? { dmaToGuest: (sp: DeviceSpec, iova: bigint) => this.dmaToGuest(sp, iova) } : {}),
       runDir: this.o.runDir,
       log: this.o.log,
       logLevel: this.o.logLevel,
@@ -108,6 +119,13 @@ export class DeviceSlots {
     this.watchRemoval(slot);
     this.o.log.info({ device: spec.id, driver: spec.kind.name, slot: slot.index, mmio: this.o.describeSlot?.(slot.index) }, 'device plugged');
     return slot.device;
+  }
+
+  private dmaToGuest(spec: DeviceSpec, iova: bigint): bigint | null {
+    const endpoint = endpointOf(spec);
+    if (endpoint === null || this.lookup === null) return iova;
+    const gpa = this.lookup(endpoint, Number(iova));
+    return gpa === null ? null : BigInt(gpa);
   }
 
   /** After device_del: once the guest has reset the device (driver unbound), take it out. */
@@ -187,7 +205,9 @@ export class DeviceSlots {
   async deviceAdd(args: Record<string, unknown>): Promise<void> {
     const spec = parseDeviceAdd(this.o.registry, args);
     if (args.replace === true || args.replace === 'on' || args.replace === 'true') {
-      await this.find(spec.id).device.replace(spec);
+      const slot = this.find(spec.id);
+      // The new back-end serves the same endpoint (and takes the reader slot once the old one is gone).
+      await slot.device.replace(this.o.iommu ? behindIommu(this.o.iommu, spec, slot.index) : spec);
       return;
     }
     await this.plug(spec);
@@ -205,8 +225,20 @@ export class DeviceSlots {
   async injectFault(args: Record<string, unknown>): Promise<Record<string, unknown>> {
     const kind = String(args.kind);
     const id = String(args.device ?? args.id ?? '');
-    const dev = this.find(id).device;
+    const slot = this.slots.find((x) => x.device?.spec.id === id);
+    if (!slot?.device) throw new QmpError('GenericError', `inject-fault: device=${id}: no such device (devices: ${this.devices().map((d) => d.spec.id).join(', ') || 'none'})`);
+    const dev = slot.device;
+    const iommu = this.o.iommu ? (this.devices().find((d) => d.spec.id === this.o.iommu!.spec.id) ?? null) : null;
+    if (isIommuFault(kind)) return injectIommuFault(kind, dev, iommu, args, FAULT_KEYS);
     switch (kind) {
+      case 'iommu-kill': {
+        // vmm-iommu killed with SIGKILL, named by its own id or by any device behind it; supervision restarts it over its table.
+        if (!iommu) throw new QmpError('GenericError', `inject-fault: kind=iommu-kill: ${dev.kind.name} ${id} is not behind an IOMMU (the VM has no --iommu)`);
+        if (dev !== iommu && endpointOf(dev.spec) === null) throw new QmpError('GenericError', `inject-fault: kind=iommu-kill: ${dev.kind.name} ${id} does not translate its DMA through ${iommu.spec.id}`);
+        const pid = iommu.pid;
+        iommu.process.kill('SIGKILL');
+        return { device: iommu.spec.id, pid, for: id };
+      }
       case 'kill': {
         const pid = dev.pid;
         dev.process.kill('SIGKILL');
@@ -222,7 +254,7 @@ export class DeviceSlots {
     }
     const fault = dev.kind.faults?.[kind];
     if (!fault) {
-      throw new DeviceOptionError(`inject-fault: kind=${kind}: unknown fault for ${dev.kind.name} (${[...GENERIC_FAULTS, ...Object.keys(dev.kind.faults ?? {})].join(', ')})`);
+      throw new DeviceOptionError(`inject-fault: kind=${kind}: unknown fault for ${dev.kind.name} (${[...GENERIC_FAULTS, ...(this.o.iommu ? ['iommu-kill'] : []), ...Object.keys(dev.kind.faults ?? {})].join(', ')})`);
     }
     const values = parseDeviceOptions(`inject-fault ${kind}`, fault.options, args, FAULT_KEYS);
     if (!dev.process.send(fault.message(values))) throw new QmpError('GenericError', `${dev.kind.name} ${id}: its back-end is not running`);

@@ -72,6 +72,12 @@ export interface SlotContext {
   irq: IrqFn;
   /** Read a little-endian u16 of guest RAM (the used ring's idx on restart). */
   readGuestU16(gpa: bigint): number;
+  /**
+   * Behind the IOMMU: the guest-physical address of one of this device's
+   * I/O virtual addresses (its ring addresses, once it negotiated
+   * VIRTIO_F_ACCESS_PLATFORM), or null when it is not mapped.
+   */
+  dmaToGuest?(spec: DeviceSpec, iova: bigint): bigint | null;
   runDir: string;
   log: Logger;
   logLevel: string;
@@ -192,7 +198,7 @@ export class VhostUserDevice {
       const bases = new Map<number, number>();
       for (let q = 0; q < this.queues; q++) {
         const qc = this.ctx.transport.queue(q);
-        if (qc.ready) bases.set(q, this.ctx.readGuestU16(qc.device + 2n));
+        if (qc.ready) bases.set(q, this.readRingU16(qc.device + 2n));
       }
       await this.fe.reconnect({ bases, socketPath: this.socketPath });
     } else {
@@ -281,6 +287,18 @@ export class VhostUserDevice {
   /** Ring size the inflight region was laid out for (0: none set up). */
   private inflightQueueSize = 0;
 
+  /**
+   * A u16 of one of the guest's rings at `addr` as the driver gave it: a
+   * guest-physical address, or an IOVA translated through the IOMMU once
+   * the device negotiated VIRTIO_F_ACCESS_PLATFORM (virtio 1.2 §6.1).
+   */
+  private readRingU16(addr: bigint): number {
+    if ((this.ctx.transport.driverFeatures() & VIRTIO_F_ACCESS_PLATFORM) === 0n || !this.ctx.dmaToGuest) return this.ctx.readGuestU16(addr);
+    const gpa = this.ctx.dmaToGuest(this.spec, addr);
+    if (gpa === null) throw new VhostDeviceError(`${this.spec.id}: ring address 0x${addr.toString(16)} is not mapped at the IOMMU`, 'ERR_VHOST_DEVICE_RING_UNMAPPED');
+    return this.ctx.readGuestU16(gpa);
+  }
+
   /** The guest's rings as the front-end sees them (indices in guest RAM, inflight heads): for stall reports. */
   diagnose(): RingState[] {
     const t = this.ctx.transport;
@@ -291,7 +309,14 @@ export class VhostUserDevice {
         const qc = t.queue(q);
         return qc.ready && this.ringsRunning ? { avail: qc.driver, used: qc.device } : null;
       },
-      readGuestU16: (gpa) => this.ctx.readGuestU16(gpa),
+      // A ring the IOMMU no longer maps reads as -1 here: a diagnosis must not fail.
+      readGuestU16: (addr) => {
+        try {
+          return this.readRingU16(addr);
+        } catch {
+          return -1;
+        }
+      },
       inflight: fd === null || this.inflightQueueSize === 0 ? null : { fd, queueSize: this.inflightQueueSize },
     });
   }
@@ -470,7 +495,11 @@ export class VhostUserDevice {
     this.cancelStallWatch = watchForStall({
       ms: STALL_MS,
       completions: () => this.completions,
-      states: () => this.diagnose(),
+      // Queues the device holds buffers on by design (receive, events) are no sign of a stall.
+      states: () => {
+        const held = new Set(this.kind.heldQueues?.(this.spec.options) ?? []);
+        return this.diagnose().filter((s) => !held.has(s.queue));
+      },
       onStall: (rings) => {
         this.ctx.log.error({ device: this.spec.id, devicePid: this.proc.pid, restarts: this.proc.restarts, rings: describeRings(rings) }, `no request completed for ${STALL_MS} ms after the restart`);
         this.ctx.emit('BACKEND_STALLED', { device: this.spec.id, pid: this.proc.pid, restarts: this.proc.restarts, ms: STALL_MS, rings });

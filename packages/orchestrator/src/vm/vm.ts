@@ -11,6 +11,7 @@ import { QmpError, type BlockStatsInfo, type CpuInfo, type ProcessInfo, type Run
 import type { QmpEventName } from '../api/qmp.ts';
 import type { BlockDeviceStats } from '@vmm/virtio-blk/kind';
 import { hartThreads } from './cpus.ts';
+import type { IommuPlan } from './iommu.ts';
 import { DeviceRegistry } from './kinds.ts';
 import { DeviceSlots } from './slots.ts';
 import type { DeviceSpec, VhostUserDevice } from './vhost-device.ts';
@@ -25,6 +26,8 @@ export interface VmOptions {
   name?: string | null;
   /** The device kinds device_add accepts (default: every registered kind). */
   registry?: DeviceRegistry;
+  /** The VM's IOMMU (`--iommu`), whose endpoints every later device joins. */
+  iommu?: IommuPlan | null;
 }
 
 /** RSS of a process with guest-RAM (memfd) pages counted apart (ProcessInfo's three memory fields). */
@@ -67,6 +70,7 @@ export class Vm implements VmControl {
       emit: opts.emit,
       registry: opts.registry ?? new DeviceRegistry(),
       describeSlot: (index) => `0x${(MMIO.virtio.base + index * MMIO.virtio.size).toString(16)}`,
+      iommu: opts.iommu ?? null,
     });
     void machine.exited.then((exit) => {
       // QMP SHUTDOWN for every end but quit (which announces itself), with QEMU's reasons.

@@ -191,11 +191,13 @@ export class Hart {
 
   private waitWhilePaused(): void {
     this.to('paused');
+    this.signals.setParked(this.hartId, true);
     for (;;) {
       const f = Atomics.load(this.header, 1);
       if (this.signals.runState() !== RUN.PAUSED) break;
       Atomics.wait(this.header, 1, f, 1000);
     }
+    this.signals.setParked(this.hartId, false);
     if (this.signals.runState() !== RUN.STOPPING) this.to('running');
   }
 

@@ -137,14 +137,16 @@ describe('hart workers', () => {
     try {
       await waitForProgress();
       m.signals.setRunState(RUN.PAUSED);
-      // The hart finishes its current batch, then sleeps: the counter settles and stays.
-      let settled = count();
-      for (;;) { await new Promise((r) => setTimeout(r, 20)); const c = count(); if (c === settled) break; settled = c; }
+      // The hart finishes its current batch, then parks: once it says so, the counter stays.
+      while (!m.signals.parked(0)) await new Promise((r) => setTimeout(r, 5));
+      const settled = count();
       await new Promise((r) => setTimeout(r, 50));
       expect(count()).toBe(settled);
+      expect(m.signals.parked(0)).toBe(true);
       m.signals.setRunState(RUN.RUNNING);
       await waitForProgress();
       expect(count()).toBeGreaterThan(settled);
+      expect(m.signals.parked(0)).toBe(false);
       m.signals.setRunState(RUN.STOPPING);
       const [e] = await m.exits;
       expect(e).toMatchObject({ type: 'exit', exit: { kind: 'stopping' } });

@@ -276,6 +276,33 @@ describe('translator vs interpreter in lockstep', () => {
     expect(jit.jitStats()!.jitInstructions).toBeGreaterThan(3000 * 15);
   });
 
+  it.each([
+    ['function-table slots', { slots: 9 }],
+    ['shadow copies (a ring that wraps)', { shadowBytes: 8 * 24 }],
+  ])('a code cache smaller than the working set (%s) evicts the oldest blocks and still runs the same', (_what, limits) => {
+    // 24 blocks on 24 pages, each jumping to the next (cross-page JALs end regions), the last back
+    // to the loop head: with room for 8 blocks, evicted ones are translated again.
+    const PAGES = 24;
+    const code = new Uint8Array(0x1000 * (PAGES + 1));
+    code.set(program([...li(5, 3000n), (_at, pc) => A.jal(0, 0x800 - pc)]));
+    code.set(program([A.addi(5, 5, -1), beq(5, 0, 'end'), (_at, pc) => A.jal(0, 0x1000 - pc), L('end'), jal(0, 'end')], 0x800), 0x800);
+    for (let k = 1; k <= PAGES; k++) code.set(assemble([A.addi(6, 6, k), A.add(7, 7, 6), A.jal(0, k === PAGES ? 0x800 - (0x1000 * k + 8) : 0x1000 - 8)]), 0x1000 * k);
+    const a = core('interp'), b = core('jit');
+    Object.assign((b.jit as Translator).limits, limits);
+    for (const c of [a, b]) { c.ram().set(code); c.pc = BigInt(RAM_BASE); }
+    const rng = new Rng(11);
+    for (let k = 0; k < 100; k++) {
+      const n = 1 + rng.int(3000);
+      expect(b.run(n)).toEqual(a.run(n));
+      expect(state(b), `batch ${k}`).toBe(state(a));
+    }
+    const s = b.jitStats()!;
+    expect(s.evictions).toBeGreaterThan(0);
+    expect(s.blocks).toBeLessThanOrEqual(8);
+    expect(s.compiled).toBeGreaterThan(PAGES);
+    expect(b.x(5)).toBeLessThan(3000n - 1000n); // the loop went round
+  });
+
   it('a remote fence.i (Hart.poll → fenceI) makes a hart drop code another thread rewrote', () => {
     const code = program([
       L('loop'), A.addi(5, 5, 1), jal(0, 'loop'),

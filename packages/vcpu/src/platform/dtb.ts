@@ -145,6 +145,12 @@ export interface DtbIommu {
   /** Index of the virtio-mmio slot the IOMMU sits in. */
   slot: number;
   endpoints: readonly { slot: number; id: number }[];
+  /**
+   * A page of RAM the guest must never use (a /memreserve/ entry, DTSpec
+   * §5.3): the host keeps a canary there, where a stray device access that
+   * escaped translation (IOVA taken as a guest-physical address) would land.
+   */
+  canary?: { gpa: number; size: number };
 }
 
 function checkIommu(io: DtbIommu): void {
@@ -240,7 +246,11 @@ export function buildVirtDtb(cfg: VirtDtbConfig): Uint8Array {
   soc.child(`clint@${MMIO.clint.base.toString(16)}`).prop('interrupts-extended', clintExt).prop('reg', reg(MMIO.clint.base, MMIO.clint.size))
     .prop('compatible', ['sifive,clint0', 'riscv,clint0']);
 
-  return encodeFdt(root);
+  const canary = cfg.iommu?.canary;
+  if (canary && !(canary.size > 0 && canary.gpa >= RAM_BASE && canary.gpa + canary.size <= RAM_BASE + cfg.memBytes)) {
+    throw new DtbError(`IOMMU canary 0x${canary.gpa.toString(16)}+${canary.size} is not inside RAM`);
+  }
+  return encodeFdt(root, canary ? { reserve: [{ address: BigInt(canary.gpa), size: BigInt(canary.size) }] } : {});
 }
 
 /** `--dump-dtb PATH`: write the blob a machine with this configuration would get. */
