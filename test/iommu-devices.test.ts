@@ -44,7 +44,7 @@ import { kitAndInitramfs, qemuArgs, requireQemu, runBounded, unlessStalled } fro
 const NET = fileURLToPath(new URL('../packages/virtio-net/src/main.ts', import.meta.url));
 const SWITCH = fileURLToPath(new URL('../packages/virtio-net/src/switch-main.ts', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'vmm-iommu-dev-'));
-const log = createLogger('test', 'iommu-devices', 'warn');
+const log = createLogger('iommu-devices-test', undefined, 'warn');
 const env = { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir };
 const SW = `iommu${process.pid}`;
 const MB4 = 4 << 20;

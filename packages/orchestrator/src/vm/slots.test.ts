@@ -216,6 +216,10 @@ describe('the generic vhost-user device path (echo kind, no guest)', () => {
 
     // A kind-specific fault the echo kind does not have: named, with the ones it has.
     await expect(r.slots.injectFault({ kind: 'enospc', device: 'e0' })).rejects.toThrow("inject-fault: kind=enospc: unknown fault for echo (kill, pause, resume, delay-calls)");
+    // The IOMMU's faults: an unknown device, a kind without them, a VM without an IOMMU — GenericError naming each.
+    await expect(r.slots.injectFault({ kind: 'stray-dma', device: 'nosuch' })).rejects.toMatchObject({ errorClass: 'GenericError', message: 'inject-fault: device=nosuch: no such device (devices: e0)' });
+    await expect(r.slots.injectFault({ kind: 'stray-dma', device: 'e0' })).rejects.toMatchObject({ errorClass: 'GenericError', message: 'inject-fault: kind=stray-dma: does not apply to echo e0 (its faults: none)' });
+    await expect(r.slots.injectFault({ kind: 'iommu-kill', device: 'e0' })).rejects.toMatchObject({ errorClass: 'GenericError', message: 'inject-fault: kind=iommu-kill: echo e0 is not behind an IOMMU (the VM has no --iommu)' });
 
     // The device changes its configuration space: the back-end channel (BACKEND_REQ) carries CONFIG_CHANGE_MSG, the
     // orchestrator reads the config again and the driver gets a configuration change interrupt (virtio 1.2 §2.5.1).
