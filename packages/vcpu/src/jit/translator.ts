@@ -567,15 +567,20 @@ export class Translator {
     const jump = (i: number, d: number): void => {
       const t = index.get(insns[i]!.delta + d);
       if (t === undefined) { exitTo(i, d); return; }
-      // Code written by this hart (jitCodeWritten) or flushed: leave at the next in-region jump,
-      // so a loop never runs code older than one iteration.
-      g.i32(0).mem(OP.i32_load, 2, this.genAddr).get(L_GEN).op(OP.i32_ne).open(OP.if, 'ifg');
-      exitTo(i, d);
-      g.end();
-      // Budget: after i, left = base − (i+1); enter t only if left ≥ need(t).
-      g.get(L_BASE).i32(need(t) + i + 1).op(OP.i32_lt_s).open(OP.if, 'ifb');
-      exitTo(i, d);
-      g.end();
+      if (t <= i) {
+        // Backward (a loop). Code written by this hart (jitCodeWritten) or flushed: leave, so that
+        // a loop never runs code older than one iteration.
+        g.i32(0).mem(OP.i32_load, 2, this.genAddr).get(L_GEN).op(OP.i32_ne).open(OP.if, 'ifg');
+        exitTo(i, d);
+        g.end();
+        // Budget: after i, left = base − (i+1); enter t only if left ≥ need(t).
+        g.get(L_BASE).i32(need(t) + i + 1).op(OP.i32_lt_s).open(OP.if, 'ifb');
+        exitTo(i, d);
+        g.end();
+      }
+      // Forward (t > i, in list order) needs neither check: the run that reached i started with
+      // left ≥ need(start), so left ≥ n − (i+1) ≥ need(t) still, and it ends within the region.
+
       g.get(L_BASE).i32(t - i - 1).op(OP.i32_add).set(L_BASE);
       g.i32(ordinal[t]!).set(L_T).br('top');
     };
