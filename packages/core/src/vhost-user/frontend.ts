@@ -404,6 +404,17 @@ export class VhostUserFrontend {
     await this.request(Req.SET_INFLIGHT_FD, inflightPayload.encode(this.inflight.info), [this.inflight.fd]);
   }
 
+  /**
+   * Take over another front-end's inflight region (it no longer owns the fd):
+   * a session started afresh after its back-end died mid-setup keeps the
+   * requests that back-end had in flight (vhost-user "Inflight I/O tracking").
+   */
+  adoptInflight(from: VhostUserFrontend): void {
+    if (this.inflight) closeFd(this.inflight.fd);
+    this.inflight = from.inflight;
+    from.inflight = null;
+  }
+
   /** The inflight fd the back-end gave us (null until setupInflight). */
   get inflightFd(): number | null {
     return this.inflight?.fd ?? null;
