@@ -14,22 +14,15 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createLogger, DeviceProcess, VhostUserDriver, VhostUserFrontend } from '@vmm/core';
+import { VIRTIO_IOMMU_F_BYPASS_CONFIG, VIRTIO_IOMMU_F_DOMAIN_RANGE, VIRTIO_IOMMU_F_INPUT_RANGE, VIRTIO_IOMMU_F_MAP_UNMAP, VIRTIO_IOMMU_F_PROBE, bit } from '@vmm/iommu';
+import { attachReq, mapReq, unmapReq } from '@vmm/iommu/testing';
 
 const IOMMU_MAIN = fileURLToPath(new URL('../packages/iommu/src/main.ts', import.meta.url));
 const ECHO_MAIN = fileURLToPath(new URL('../packages/core/src/testing/echo-backend.ts', import.meta.url));
 const log = createLogger('iommu-map-bench', undefined, 'warn');
 
-// virtio 1.2 §5.13.6: request layouts (type, le32 domain, …) and feature bits.
-const T_ATTACH = 1;
-const T_MAP = 3;
-const T_UNMAP = 4;
-const FEATURES = (1n << 0n) | (1n << 1n) | (1n << 2n) | (1n << 4n) | (1n << 6n);
-
-function req(len: number, fill: (v: DataView) => void): Uint8Array {
-  const b = new Uint8Array(len);
-  fill(new DataView(b.buffer));
-  return b;
-}
+// virtio 1.2 §5.13.3: the features Linux's driver negotiates.
+const FEATURES = bit(VIRTIO_IOMMU_F_INPUT_RANGE) | bit(VIRTIO_IOMMU_F_DOMAIN_RANGE) | bit(VIRTIO_IOMMU_F_MAP_UNMAP) | bit(VIRTIO_IOMMU_F_BYPASS_CONFIG) | bit(VIRTIO_IOMMU_F_PROBE);
 
 class SyncDriver {
   readonly d: VhostUserDriver;
@@ -71,26 +64,14 @@ export async function main(argv: string[]): Promise<void> {
       const opts = { queues: 2, queueSize: 256, ramSize: 4 << 20 };
       const io = new SyncDriver(await VhostUserDriver.start(VhostUserFrontend.connect(iommuSock, { log }), { ...opts, deviceFeatures: FEATURES }));
       const ec = new SyncDriver(await VhostUserDriver.start(VhostUserFrontend.connect(echoSock, { log }), opts));
-      const attach = req(20, (v) => { v.setUint8(0, T_ATTACH); v.setUint32(4, 1, true); v.setUint32(8, 1, true); });
-      if ((await io.send(attach)) !== 0) throw new Error('ATTACH failed');
+      if ((await io.send(attachReq(1, 1))) !== 0) throw new Error('ATTACH failed');
       for (let i = 0; i < live; i++) {
-        const liveMap = req(36, (v) => {
-          v.setUint8(0, T_MAP); v.setUint32(4, 1, true);
-          v.setBigUint64(8, BigInt(0x8000_0000 + i * 0x1000), true); v.setBigUint64(16, BigInt(0x8000_0000 + i * 0x1000 + 0xfff), true);
-          v.setBigUint64(24, 0x8000_0000n, true); v.setUint32(32, 3, true);
-        });
-        if ((await io.send(liveMap)) !== 0) throw new Error(`live MAP ${i} failed`);
+        if ((await io.send(mapReq(1, 0x8000_0000 + i * 0x1000, 0x8000_0000 + i * 0x1000 + 0xfff, 0x8000_0000))) !== 0) throw new Error(`live MAP ${i} failed`);
       }
       // Each pair maps one 4 KiB page at a fresh IOVA (as the IOVA allocator hands them out) and unmaps it.
-      const map = (i: number): Uint8Array => req(36, (v) => {
-        v.setUint8(0, T_MAP); v.setUint32(4, 1, true);
-        v.setBigUint64(8, BigInt(0x1000_0000 + (i % 65536) * 0x1000), true); v.setBigUint64(16, BigInt(0x1000_0000 + (i % 65536) * 0x1000 + 0xfff), true);
-        v.setBigUint64(24, 0x8000_0000n, true); v.setUint32(32, 3, true);
-      });
-      const unmap = (i: number): Uint8Array => req(28, (v) => {
-        v.setUint8(0, T_UNMAP); v.setUint32(4, 1, true);
-        v.setBigUint64(8, BigInt(0x1000_0000 + (i % 65536) * 0x1000), true); v.setBigUint64(16, BigInt(0x1000_0000 + (i % 65536) * 0x1000 + 0xfff), true);
-      });
+      const iova = (i: number): number => 0x1000_0000 + (i % 65536) * 0x1000;
+      const map = (i: number): Uint8Array => mapReq(1, iova(i), iova(i) + 0xfff, 0x8000_0000);
+      const unmap = (i: number): Uint8Array => unmapReq(1, iova(i), iova(i) + 0xfff);
       const warm = Math.min(500, pairs);
       for (let i = 0; i < warm; i++) { await io.send(map(i)); await io.send(unmap(i)); await ec.send(map(i)); await ec.send(unmap(i)); }
       let t = performance.now();

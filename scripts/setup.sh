@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(qemu-system-misc qemu-system-common qemu-user qemu-utils device-tree-compiler socat tmux e2fsprogs xz-utils cpio kmod binutils-riscv64-linux-gnu gpgv debian-archive-keyring dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-mempool-ring23 iproute2 gcc-riscv64-linux-gnu make bc flex bison libssl-dev libelf-dev patch)
+APT_PACKAGES=(qemu-system-misc qemu-system-x86 qemu-system-common qemu-user qemu-utils device-tree-compiler socat tmux e2fsprogs xz-utils cpio kmod binutils-riscv64-linux-gnu gpgv debian-archive-keyring dpdk-dev librte-net-virtio23 librte-net-vhost23 librte-mempool-ring23 iproute2 gcc-riscv64-linux-gnu make bc flex bison libssl-dev libelf-dev patch)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -40,3 +40,7 @@ pnpm run guest fetch
 # the repo (about 5 min on 2 cores, a progress line every 10 s), a no-op when
 # the cache has it.
 pnpm run guest kernel --iommu >/dev/null
+# An x86_64 guest (bookworm's amd64 kernel and busybox-static, from the host's
+# apt sources) for QEMU with intel-iommu as a vhost-user front-end with a
+# vIOMMU (test/blk-iotlb-qemu.test.ts); cached, a no-op when present.
+scripts/x86-guest.sh >/dev/null

@@ -270,7 +270,11 @@ export class GuestMemory {
       const r = phys.findPhys(gpa, 1);
       const off = gpa - r.gpa;
       const n = Math.min(chunk, r.size - off);
-      out.push({ r, off, len: n });
+      // Translations of consecutive pages that land next to each other in host memory make one piece (a ring, a buffer
+      // the guest's pages happen to back contiguously), so slice() can view it whole.
+      const prev = out[out.length - 1];
+      if (prev !== undefined && prev.r === r && prev.off + prev.len === off) prev.len += n;
+      else out.push({ r, off, len: n });
       a += n;
       left -= n;
     }

@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import type { VirtqueueHandle } from './device.ts';
 import type { DmaTranslator, GuestMemory } from './memory.ts';
 import type { InflightQueue } from './vhost-user/inflight.ts';
+import { isIotlbMiss } from './vhost-user/iotlb.ts';
 import { VirtqueueError, type DescriptorChain, type SplitQueue } from './virtqueue.ts';
 
 export interface QueueHandleOptions {
@@ -92,6 +93,11 @@ export class QueueHandle implements VirtqueueHandle {
         this.popped.set(head, -1);
         return c;
       } catch (e) {
+        if (isIotlbMiss(e)) {
+          // Not the guest's fault: the translation was asked for; this chain is tried again once it arrives.
+          this.resubmit.unshift(head);
+          return null;
+        }
         // The driver still counts this chain as outstanding: give it back (nothing written), or its request never completes.
         this.o.log.warn({ err: e, queue: this.index, head }, 'returning an unparsable inflight chain unprocessed');
         this.inflight?.beforeUsed(head);
@@ -101,8 +107,8 @@ export class QueueHandle implements VirtqueueHandle {
       }
     }
     for (;;) {
+      const at = this.q.lastAvail;
       try {
-        const at = this.q.lastAvail;
         const c = this.q.pop();
         if (c === null) return null;
         if (this.popped.has(c.head)) {
@@ -117,6 +123,12 @@ export class QueueHandle implements VirtqueueHandle {
         return c;
       } catch (e) {
         if (!(e instanceof VirtqueueError)) throw e;
+        if (isIotlbMiss(e) && e.head !== undefined) {
+          // vhost-user IOTLB: a translation the front-end has not sent yet (it was asked for). Put the chain back, as if
+          // never taken; the back-end kicks the queue again when the update arrives.
+          this.q.lastAvail = at;
+          return null;
+        }
         this.o.log.warn({ err: e, queue: this.index }, 'malformed descriptor chain');
         this.malformed++;
         if (e.head !== undefined && e.head < this.size) {

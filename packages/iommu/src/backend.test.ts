@@ -122,7 +122,32 @@ describe('vmm-iommu over vhost-user', () => {
       expect(c.d.mem.readU64(ev + 16)).toBe(0x50_0000n);
       expect((await c.send(unmap(1, 0x10_0000, 0x10_ffff))).status).toBe(VIRTIO_IOMMU_S_OK);
       expect(() => tr.translate(0x10_0123, 8, 'write')).toThrow(/no mapping/);
-      expect(view.stats).toMatchObject({ maps: 1, unmaps: 1, faults: 2 });
+      // Mappings added/removed, and MAP/UNMAP requests served (the refused ones too).
+      expect(view.stats).toMatchObject({ maps: 1, unmaps: 1, mapRequests: 2, unmapRequests: 2, faults: 2 });
+    } finally {
+      c.d.close();
+      await proc.stop();
+    }
+  });
+
+  it('--poll-us: while it polls the request queue, requests are picked up without a kick', async () => {
+    // A window far longer than this process needs to send the next request, so every request but the first can come unkicked.
+    const { proc, sock, table } = await serve('poll', ['--poll-us', '100000']);
+    const c = await Client.connect(sock);
+    try {
+      const q = c.d.queue(REQUEST_QUEUE);
+      expect(await c.send(attach(1, 8))).toEqual({ status: VIRTIO_IOMMU_S_OK, len: 4 });
+      const kicks = q.kicks;
+      for (let i = 0; i < 20; i++) {
+        expect((await c.send(map(1, 0x10_0000 + i * 0x1000, 0x10_0fff + i * 0x1000, 0x8000_0000))).status).toBe(VIRTIO_IOMMU_S_OK);
+      }
+      expect(q.kicks - kicks).toBeLessThan(20);
+      expect(mapTable(table).stats).toMatchObject({ maps: 20, mapRequests: 20 });
+      // After the window the queue waits for kicks again: a request sent later still completes.
+      await new Promise((r) => setTimeout(r, 300));
+      const before = q.kicks;
+      expect((await c.send(unmap(1, 0x10_0000, 0x11_3fff))).status).toBe(VIRTIO_IOMMU_S_OK);
+      expect(q.kicks).toBe(before + 1);
     } finally {
       c.d.close();
       await proc.stop();

@@ -5,7 +5,7 @@
 // drive it alike.
 
 import type { DeviceContext, Logger, VirtioDeviceBackend, VirtqueueHandle } from '@vmm/core';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VhostUserProtocolFeature, protocolFeatureBit } from '@vmm/core';
+import { BusyPoll, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VhostUserProtocolFeature, protocolFeatureBit } from '@vmm/core';
 import { execute, type IommuLimits, type ReservedRegion } from './execute.ts';
 import { parseRequest, writeReply, writeStatus } from './request.ts';
 import {
@@ -40,8 +40,25 @@ export interface IommuDeviceOptions {
   physEnd?: number;
   /** How long an UNMAP waits for device processes to finish requests using the old translation. Default 5000 ms. */
   graceTimeoutMs?: number;
+  /**
+   * After the request queue ran empty, busy-poll it this many microseconds
+   * (kicks suppressed) before going back to waiting for a kick. Linux
+   * sends every MAP and UNMAP synchronously and spins until it completes,
+   * and the next one follows within microseconds, so polling saves an
+   * eventfd wakeup per request. 0 turns it off. Default POLL_US.
+   */
+  pollUs?: number;
   log?: Logger;
 }
+
+/**
+ * Default request-queue polling window (µs): off. Measured on the shared
+ * 2-core machine (4 KiB O_DIRECT reads, load 16-30): polling 200 µs made
+ * the guest slower (62-73 s against 35-38 s for 2000 reads), since the
+ * spinning process takes CPU from the vCPU that is to send the next
+ * request. On a host with a core to spare it can pay; `poll-us` sets it.
+ */
+export const POLL_US = 0;
 
 /** Faults waiting for an event buffer; beyond this the oldest is dropped (§5.13.6.9 "the device can … drop the event"). */
 const MAX_PENDING_FAULTS = 256;
@@ -94,7 +111,21 @@ export class IommuDevice implements VirtioDeviceBackend {
       reserved: options.reserved ?? [],
       physEnd: options.physEnd ?? Number.MAX_SAFE_INTEGER,
       graceTimeoutMs: options.graceTimeoutMs ?? 5000,
+      pollUs: options.pollUs ?? POLL_US,
     };
+    // Core's BusyPoll (vhost-net's busyloop): kicks off while polling, on again after and one more look.
+    this.#poll = this.#opts.pollUs > 0
+      ? new BusyPoll(this.#opts.pollUs, {
+        step: () => this.#pollStep(),
+        enter: () => this.#requestq?.setKicks(false),
+        leave: () => {
+          const q = this.#requestq;
+          if (q === null) return;
+          q.setKicks(true);
+          this.#pollStep();
+        },
+      })
+      : null;
     this.#log = options.log;
   }
 
@@ -179,7 +210,24 @@ export class IommuDevice implements VirtioDeviceBackend {
       this.#again = q;
       return;
     }
+    const before = this.counters.requests;
+    this.#requestq = q;
     void this.#serve(q);
+    // Poll only after a wake-up that found requests: a kick for one that polling already took finds none.
+    if (this.counters.requests !== before) this.#poll?.run();
+  }
+
+  /** The request queue, for polling (pollUs). */
+  #requestq: VirtqueueHandle | null = null;
+  readonly #poll: BusyPoll | null;
+
+  /** One polling step: serve what the driver added meanwhile (completions signalled at once, not at the end of the turn). */
+  #pollStep(): boolean {
+    const q = this.#requestq;
+    if (q === null || !q.live || this.#busy || q.pending() === 0) return false;
+    void this.#serve(q);
+    q.flush();
+    return true;
   }
 
   /**
@@ -203,6 +251,7 @@ export class IommuDevice implements VirtioDeviceBackend {
         }
         const res = execute(this.table, parsed.req, this.limits());
         if (parsed.req.type !== 'error') this.counters[parsed.req.type]++;
+        if (parsed.req.type === 'map' || parsed.req.type === 'unmap') this.table.countRequest(parsed.req.type);
         if (res.status !== VIRTIO_IOMMU_S_OK) {
           this.counters.errors++;
           this.#log?.warn({ request: parsed.req.type, status: res.status, reason: res.reason }, 'request failed');
@@ -340,6 +389,7 @@ export class IommuDevice implements VirtioDeviceBackend {
    */
   reset(): void {
     this.#generation++;
+    this.#requestq = null;
     this.#busy = false;
     this.#again = null;
     this.#eventq = null;

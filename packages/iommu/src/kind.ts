@@ -4,6 +4,7 @@
 import { closeSync, fstatSync, openSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { mmapShared, munmapBuffer, protocolFeatureBit, VhostUserProtocolFeature, type DeviceKind, type OptionDef } from '@vmm/core';
+import { POLL_US } from './device.ts';
 import { CFG, VIRTIO_ID_IOMMU } from './spec.ts';
 import { IommuTableView, summarize } from './table.ts';
 
@@ -90,6 +91,7 @@ export const IOMMU_OPTIONS: readonly OptionDef[] = [
   { name: 'bypass', type: 'bool', default: false, help: 'initial config bypass: endpoints not attached to a domain reach guest memory untranslated' },
   { name: 'max-domains', type: 'int', min: 1, max: 4096, default: 64, help: 'domains the table can hold' },
   { name: 'max-mappings', type: 'int', min: 16, max: 1 << 20, default: 65536, help: 'mappings the table can hold (32 bytes each)' },
+  { name: 'poll-us', type: 'int', min: 0, max: 100_000, default: POLL_US, help: 'busy-poll the request queue this many µs after it ran empty, kicks suppressed (0: wait for kicks only)' },
 ];
 
 export const iommuKind: DeviceKind = {

@@ -25,6 +25,7 @@ export interface IommuOptions {
   endpoints: number[];
   bypass: boolean;
   sizes: TableSizes;
+  pollUs: number;
   id: string;
   logLevel: string;
 }
@@ -52,6 +53,7 @@ export function parseIommuArgs(argv: string[]): IommuOptions | null {
     endpoints: parseEndpoints(String(o.endpoints)),
     bypass: o.bypass === true,
     sizes: { maxEndpoints: MAX_ENDPOINTS, maxDomains: Number(o['max-domains']), maxMappings: Number(o['max-mappings']) },
+    pollUs: Number(o['poll-us']),
     id: f.id ?? 'iommu',
     logLevel: f.logLevel,
   };
@@ -105,7 +107,7 @@ const IOMMU_MAIN: DeviceMain<IommuOptions> = {
   start(opts, log) {
     const table = openTable(opts, log);
     table.setWriterPid(process.pid);
-    const device = new IommuDevice(table, { log });
+    const device = new IommuDevice(table, { log, pollUs: opts.pollUs });
     const backend = serveVhostUser(device, { socketPath: opts.socket, log });
     const poll = setInterval(() => device.pollFaults(), FAULT_POLL_MS);
     // The orchestrator's control channel: a host UNMAP for inject-fault kind=unmap-race (answered once complete).

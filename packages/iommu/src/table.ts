@@ -49,6 +49,8 @@ const W = {
   writerPid: 11,
   faultHead: 12,
   faultTail: 13,
+  mapRequests: 14,
+  unmapRequests: 15,
   readerBase: 16,
 } as const;
 
@@ -149,8 +151,15 @@ export class IommuTableView {
     return Atomics.load(this.w, W.bypass) === 1;
   }
 
-  get stats(): { maps: number; unmaps: number; faults: number; highWater: number } {
-    return { maps: Atomics.load(this.w, W.maps), unmaps: Atomics.load(this.w, W.unmaps), faults: Atomics.load(this.w, W.faults), highWater: Atomics.load(this.w, W.highWater) };
+  get stats(): { maps: number; unmaps: number; mapRequests: number; unmapRequests: number; faults: number; highWater: number } {
+    return {
+      maps: Atomics.load(this.w, W.maps),
+      unmaps: Atomics.load(this.w, W.unmaps),
+      mapRequests: Atomics.load(this.w, W.mapRequests),
+      unmapRequests: Atomics.load(this.w, W.unmapRequests),
+      faults: Atomics.load(this.w, W.faults),
+      highWater: Atomics.load(this.w, W.highWater),
+    };
   }
 
   /** Index of endpoint `id`, or -1 when the IOMMU does not manage it. */
@@ -422,6 +431,11 @@ export class IommuTable extends IommuTableView {
     return out;
   }
 
+  /** A MAP or UNMAP request was served (whatever its status): the request rate query-iommu shows, kept across restarts. */
+  countRequest(type: 'map' | 'unmap'): void {
+    Atomics.add(this.w, type === 'map' ? W.mapRequests : W.unmapRequests, 1);
+  }
+
   setWriterPid(pid: number): void {
     Atomics.store(this.w, W.writerPid, pid);
   }
@@ -575,9 +589,12 @@ export interface TableSummary {
   /** Each endpoint with its domain's MAP/UNMAP counts (0 when detached): translation at work for that device. */
   endpoints: { id: number; domain: number | null; maps: number; unmaps: number }[];
   domains: { id: number; bypass: boolean; endpoints: number[]; mappings: number; mappedBytes: number; maps: number; unmaps: number }[];
-  /** MAP and UNMAP requests applied (mappings added, removed) and faults recorded, since the table was made. */
+  /** Mappings added and removed (an UNMAP request can remove several) and faults recorded, since the table was made. */
   maps: number;
   unmaps: number;
+  /** MAP and UNMAP requests served (each a round trip for the guest). */
+  mapRequests: number;
+  unmapRequests: number;
   faults: number;
 }
 
@@ -599,5 +616,5 @@ export function summarize(t: IommuTableView): TableSummary {
     domains.push({ id: d.id, bypass: d.bypass, endpoints: byDomain.get(s) ?? [], mappings: maps.length, mappedBytes: maps.reduce((a, m) => a + (m.virtEnd - m.virtStart + 1), 0), ...t.domainCounts(s) });
   }
   const st = t.stats;
-  return { bypass: t.bypass, version: t.version, endpoints, domains, maps: st.maps, unmaps: st.unmaps, faults: st.faults };
+  return { bypass: t.bypass, version: t.version, endpoints, domains, maps: st.maps, unmaps: st.unmaps, mapRequests: st.mapRequests, unmapRequests: st.unmapRequests, faults: st.faults };
 }

@@ -22,6 +22,8 @@ export const BLK_OPTIONS: readonly OptionDef[] = [
   { name: 'serial', type: 'string', maxBytes: 20, help: 'answer to GET_ID (virtio 1.2 §5.2.6)' },
   // Behind vmm-iommu (`vmm run --iommu` and device_add set these): DMA translated through its table.
   ...IOMMU_ENDPOINT_OPTIONS,
+  // Behind a front-end's own vIOMMU (QEMU with an IOMMU, or our VhostUserDriver): vhost-user IOTLB messages.
+  { name: 'iotlb', type: 'bool', default: false, help: "offer VIRTIO_F_ACCESS_PLATFORM and translate through the front-end's vhost-user IOTLB messages (its vIOMMU)" },
 ];
 
 /** The format given, else the one vmm-blk probes (the qcow2 magic); undefined when the file cannot be read now. */

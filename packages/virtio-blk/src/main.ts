@@ -5,7 +5,7 @@
 
 import { basename } from 'node:path';
 import { endpointOptions, openEndpoint, type EndpointOptions } from '@vmm/iommu';
-import { deviceUsage, IoRing, isMainModule, onControlMessage, parseDeviceArgv, runDeviceMain, serveVhostUser, type DeviceMain } from '@vmm/core';
+import { DeviceOptionError, deviceUsage, IoRing, isMainModule, onControlMessage, parseDeviceArgv, runDeviceMain, serveVhostUser, type DeviceMain } from '@vmm/core';
 import { BlkDevice } from './device.ts';
 import { DmaFaults } from './dma-faults.ts';
 import { FaultInjectingImage } from './faults.ts';
@@ -31,6 +31,8 @@ export interface BlkOptions {
   logLevel: string;
   /** Behind vmm-iommu: its table file, this disk's endpoint id and reader slot. */
   iommu: EndpointOptions | null;
+  /** Translate through the front-end's vhost-user IOTLB messages instead (its own vIOMMU). */
+  iotlb: boolean;
 }
 
 /**
@@ -43,6 +45,7 @@ export function parseBlkArgs(argv: string[]): BlkOptions | null {
   if (f === null) return null;
   const o = f.options;
   const image = String(o.file);
+  if (o.iotlb === true && o['iommu-table'] !== undefined) throw new DeviceOptionError('virtio-blk: iotlb and iommu-table are two ways of translating DMA; give one');
   return {
     socket: f.socket,
     image,
@@ -53,6 +56,7 @@ export function parseBlkArgs(argv: string[]): BlkOptions | null {
     id: f.id ?? basename(image),
     logLevel: f.logLevel,
     iommu: endpointOptions('virtio-blk', o),
+    iotlb: o.iotlb === true,
   };
 }
 
@@ -104,7 +108,7 @@ const BLK_MAIN: DeviceMain<BlkOptions> = {
       }
       return undefined;
     });
-    const backend = serveVhostUser(device, { socketPath: opts.socket, log, ...(dma ? { dma } : {}) });
+    const backend = serveVhostUser(device, { socketPath: opts.socket, log, ...(dma ? { dma } : {}), iotlb: opts.iotlb });
     const ring = IoRing.shared();
     const io = ring ? `io_uring (${ring.entries} entries)` : `thread pool (io_uring: ${IoRing.unavailableReason})`;
     return {

@@ -8,7 +8,9 @@
 // request whose first byte is 0xFC completes and makes the device ask for a
 // reset (DeviceContext.needsReset), as a device that lost its state would.
 // A request 0xFB, V completes and stores V at config byte 4, then tells the
-// driver the configuration changed (DeviceContext.configChanged).
+// driver the configuration changed (DeviceContext.configChanged). A request
+// 0xFA completes and then kills its process (SIGKILL to itself), as a crash
+// right after a completion: only for the device run as its own process.
 import type { DeviceContext, VirtioDeviceBackend, VirtqueueHandle } from '../device.ts';
 import { VIRTIO_F_VERSION_1 } from '../device.ts';
 import { pf, ProtocolFeature } from '../vhost-user/protocol.ts';
@@ -20,6 +22,7 @@ export const ECHO_RELEASE = 0xfe;
 export const ECHO_PARK = 0xfd;
 export const ECHO_BREAK = 0xfc;
 export const ECHO_CONFIG = 0xfb;
+export const ECHO_DIE = 0xfa;
 
 export class EchoDevice implements VirtioDeviceBackend {
   readonly features = VIRTIO_F_VERSION_1 | (1n << 0n);
@@ -73,6 +76,7 @@ export class EchoDevice implements VirtioDeviceBackend {
       }
       q.complete(c.head, echo(q.mem, c));
       if (first === ECHO_BREAK) this.ctx?.needsReset('a request asked the echo device to break');
+      if (first === ECHO_DIE) process.kill(process.pid, 'SIGKILL');
       if (first === ECHO_CONFIG && c.readableLen > 1) {
         this.config[4] = q.mem.readU8(c.readable[0]!.len > 1 ? c.readable[0]!.addr + 1 : c.readable[1]!.addr);
         this.ctx?.configChanged();

@@ -4,8 +4,9 @@
 // else is a VhostUserProtocolError and the connection is dropped.
 
 import { VmmError } from '../errors.ts';
+import type { IotlbMsg } from './iotlb.ts';
 import {
-  FLAG_REPLY, FLAG_VERSION_MASK, HEADER_SIZE, MAX_CONFIG_SIZE, MAX_MEM_TABLE_REGIONS, MAX_PAYLOAD, Req, reqName, VERSION, VRING_NOFD_MASK,
+  BackendReq, FLAG_REPLY, FLAG_VERSION_MASK, HEADER_SIZE, MAX_CONFIG_SIZE, MAX_MEM_TABLE_REGIONS, MAX_PAYLOAD, Req, reqName, VERSION, VRING_NOFD_MASK,
 } from './protocol.ts';
 
 export class VhostUserProtocolError extends VmmError {
@@ -103,6 +104,27 @@ export const u64 = {
     return dv(p).getBigUint64(0, true);
   },
 };
+
+/** struct vhost_iotlb_msg {u64 iova, size, uaddr; u8 perm, type} (32 bytes with its padding, as QEMU and DPDK send it). */
+export const IOTLB_MSG_SIZE = 32;
+export const iotlbMsg = {
+  encode(m: IotlbMsg): Uint8Array {
+    const p = new Uint8Array(IOTLB_MSG_SIZE);
+    const v = dv(p);
+    v.setBigUint64(0, m.iova, true);
+    v.setBigUint64(8, m.size, true);
+    v.setBigUint64(16, m.uaddr, true);
+    p[24] = m.perm;
+    p[25] = m.type;
+    return p;
+  },
+  decode(p: Uint8Array): IotlbMsg {
+    const v = dv(p);
+    return { iova: v.getBigUint64(0, true), size: v.getBigUint64(8, true), uaddr: v.getBigUint64(16, true), perm: p[24]!, type: p[25]! };
+  },
+};
+/** The fields end at byte 26; the rest is padding some senders leave out. */
+const iotlbRule = { size: [26, IOTLB_MSG_SIZE] as [number, number], fds: [0, 0] as [number, number] };
 
 export const vringState = {
   encode(s: VringState): Uint8Array {
@@ -276,6 +298,13 @@ const requestRules = new Map<number, Rule>([
   [Req.SET_STATUS, u64Rule],
   [Req.SET_BACKEND_REQ_FD, { size: 0, fds: [1, 1] }],
   [Req.GET_STATUS, none],
+  [Req.IOTLB_MSG, iotlbRule],
+]);
+
+/** Back-end → front-end requests on the back-end channel (validated by the front-end). */
+const backendRequestRules = new Map<number, Rule>([
+  [BackendReq.IOTLB_MSG, iotlbRule],
+  [BackendReq.CONFIG_CHANGE_MSG, none],
 ]);
 
 /** Back-end → front-end replies. Requests without a reply of their own answer with a u64 REPLY_ACK. */
@@ -288,6 +317,8 @@ const replyRules = new Map<number, Rule>([
   [Req.GET_INFLIGHT_FD, { size: [20, 24], fds: [1, 1] }],
   [Req.GET_MAX_MEM_SLOTS, u64Rule],
   [Req.GET_STATUS, u64Rule],
+  // The front-end always waits for the u64 status of an IOTLB message (QEMU sets NEED_REPLY whatever was negotiated).
+  [Req.IOTLB_MSG, u64Rule],
 ]);
 
 /** Requests that always have a reply (whether or not NEED_REPLY is set). */
@@ -311,6 +342,14 @@ function check(rule: Rule | undefined, m: Message, what: string): void {
 export function validateRequest(m: Message): void {
   if (m.flags & FLAG_REPLY) throw new VhostUserProtocolError(`request ${reqName(m.request)} has the REPLY flag`, 'ERR_VHOST_USER_FLAGS');
   check(requestRules.get(m.request), m, 'request');
+}
+
+/** Validate a request a front-end received on the back-end channel (sizes and fds, as validateRequest). */
+export function validateBackendRequest(m: Message): void {
+  if (m.flags & FLAG_REPLY) throw new VhostUserProtocolError(`back-end request ${m.request} has the REPLY flag`, 'ERR_VHOST_USER_FLAGS');
+  const rule = backendRequestRules.get(m.request);
+  if (rule === undefined) throw new VhostUserProtocolError(`unsupported back-end request ${m.request}`, 'ERR_VHOST_USER_UNKNOWN_REQUEST');
+  check(rule, m, 'back-end request');
 }
 
 /** Validate a reply received by a front-end for `request`; `ack` when it is a REPLY_ACK u64. */

@@ -9,9 +9,10 @@ import { closeFd, dupFd, unixConnect, unixSocketPair } from '../ffi.ts';
 import { createLogger } from '../logger.ts';
 import type { GuestMemory } from '../memory.ts';
 import {
-  configPayload, hasReply, inflightPayload, memTable, singleRegion, u64, validateReply, vringAddr, vringState, VhostUserProtocolError,
+  configPayload, hasReply, inflightPayload, iotlbMsg, memTable, singleRegion, u64, validateBackendRequest, validateReply, vringAddr, vringState, VhostUserProtocolError,
   type InflightPayload, type MemRegion, type Message, type VringAddr,
 } from './codec.ts';
+import { IotlbType, type IotlbMsg } from './iotlb.ts';
 import { VhostUserConnection } from './connection.ts';
 import {
   BackendReq, FLAG_NEED_REPLY, FLAG_REPLY, MAX_MEM_TABLE_REGIONS, pf, ProtocolFeature, Req, reqName, VERSION, VHOST_USER_F_PROTOCOL_FEATURES, VRING_NOFD_MASK,
@@ -73,6 +74,13 @@ export class VhostUserFrontend {
   private backendChannelWanted = false;
   /** The back-end told us its configuration space changed (CONFIG_CHANGE_MSG on the back-end channel). */
   onConfigChange: (() => void) | undefined;
+  /**
+   * The back-end missed `iova` in its IOTLB (BACKEND_IOTLB_MSG, type MISS;
+   * perm RO/WO): send it an update with iotlbUpdate() and resolve true, or
+   * resolve false when this front-end's IOMMU has no translation there (the
+   * back-end gets a non-zero REPLY_ACK). Without a handler misses are refused.
+   */
+  onIotlbMiss: ((iova: bigint, perm: number) => Promise<boolean>) | undefined;
 
   private constructor(socketPath: string, opts: FrontendOptions) {
     this.socketPath = socketPath;
@@ -261,10 +269,43 @@ export class VhostUserFrontend {
 
   private onBackendMessage(ch: VhostUserConnection, m: Message): void {
     for (const f of m.fds) closeFd(f);
-    const known = m.request === BackendReq.CONFIG_CHANGE_MSG && m.payload.length === 0 && (m.flags & FLAG_REPLY) === 0;
-    if (!known) this.log.warn({ request: m.request, size: m.payload.length, flags: m.flags }, 'unsupported back-end channel message ignored');
-    if (m.flags & FLAG_NEED_REPLY && !ch.isClosed) ch.send(m.request, VERSION | FLAG_REPLY, u64.encode(known ? 0n : 1n));
-    if (known) this.onConfigChange?.();
+    const reply = (ok: boolean): void => {
+      if (m.flags & FLAG_NEED_REPLY && !ch.isClosed) ch.send(m.request, VERSION | FLAG_REPLY, u64.encode(ok ? 0n : 1n));
+    };
+    try {
+      validateBackendRequest(m);
+    } catch (e) {
+      this.log.warn({ err: e, request: m.request, size: m.payload.length, flags: m.flags }, 'unsupported back-end channel message ignored');
+      reply(false);
+      return;
+    }
+    if (m.request === BackendReq.CONFIG_CHANGE_MSG) {
+      reply(true);
+      this.onConfigChange?.();
+      return;
+    }
+    // BACKEND_IOTLB_MSG: a miss (the only type a back-end sends us that we act on; ACCESS_FAIL is logged).
+    const msg = iotlbMsg.decode(m.payload);
+    if (msg.type !== IotlbType.MISS || this.onIotlbMiss === undefined) {
+      this.log.warn({ type: msg.type, iova: `0x${msg.iova.toString(16)}`, perm: msg.perm }, this.onIotlbMiss ? 'back-end IOTLB message other than a miss ignored' : 'IOTLB miss, but this front-end has no IOMMU to answer it');
+      reply(false);
+      return;
+    }
+    // The update goes out on the main channel before this reply, as QEMU does (vhost_device_iotlb_miss, then the ack).
+    this.onIotlbMiss(msg.iova, msg.perm).then(
+      (ok) => reply(ok),
+      (e: unknown) => {
+        this.log.warn({ err: e, iova: `0x${msg.iova.toString(16)}` }, 'answering an IOTLB miss failed');
+        reply(false);
+      },
+    );
+  }
+
+  /** VHOST_USER_IOTLB_MSG: resolves once the back-end acknowledged it with status 0 (an INVALIDATE: once no request can use the old entry). */
+  async iotlbMessage(m: IotlbMsg): Promise<void> {
+    const r = await this.request(Req.IOTLB_MSG, iotlbMsg.encode(m));
+    const status = u64.decode(r!.payload);
+    if (status !== 0n) throw new VmmError(`back-end refused IOTLB ${m.type === IotlbType.UPDATE ? 'update' : m.type === IotlbType.INVALIDATE ? 'invalidation' : `message type ${m.type}`} of 0x${m.iova.toString(16)}+0x${m.size.toString(16)} (status ${status})`, 'transient', 'ERR_VHOST_USER_NACK');
   }
 
   /** SET_MEM_TABLE (≤ 8 regions), or ADD_MEM_REG per region when CONFIGURE_MEM_SLOTS was negotiated. Fds are dup'd and kept for replay. */
@@ -361,6 +402,17 @@ export class VhostUserFrontend {
       this.inflight = { fd: m!.fds[0]!, info: inflightPayload.decode(m!.payload) };
     }
     await this.request(Req.SET_INFLIGHT_FD, inflightPayload.encode(this.inflight.info), [this.inflight.fd]);
+  }
+
+  /**
+   * Take over another front-end's inflight region (it no longer owns the fd):
+   * a session started afresh after its back-end died mid-setup keeps the
+   * requests that back-end had in flight (vhost-user "Inflight I/O tracking").
+   */
+  adoptInflight(from: VhostUserFrontend): void {
+    if (this.inflight) closeFd(this.inflight.fd);
+    this.inflight = from.inflight;
+    from.inflight = null;
   }
 
   /** The inflight fd the back-end gave us (null until setupInflight). */

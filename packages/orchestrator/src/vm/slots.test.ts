@@ -16,7 +16,7 @@ import {
   closeFd, createLogger, DriverQueue, eventfdWrite, GuestMemory, memfdCreate, mmapShared, splitQueueLayout, VIRTIO_F_EVENT_IDX, VIRTIO_F_VERSION_1,
   VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER, VIRTIO_STATUS_DRIVER_OK, VIRTIO_STATUS_FEATURES_OK,
 } from '@vmm/core';
-import { ECHO_BREAK, ECHO_CONFIG, ECHO_HOLD, ECHO_RELEASE, echoKind } from '@vmm/core/testing';
+import { ECHO_BREAK, ECHO_CONFIG, ECHO_DIE, ECHO_HOLD, ECHO_RELEASE, echoKind } from '@vmm/core/testing';
 import { VIRTIO_INT, VIRTIO_MMIO_REG as REG, VirtioMmioState } from '@vmm/vcpu';
 import { blkKind } from '@vmm/virtio-blk/kind';
 import { parseRunArgs } from '../cli/args.ts';
@@ -95,7 +95,7 @@ function slotOf(r: Rig, deviceId: number): VirtioMmioState {
 }
 
 /** The Linux virtio_mmio probe sequence (virtio 1.2 §3.1.1, §4.2.3), one queue, EVENT_IDX on. */
-function driverInit(r: Rig, t: VirtioMmioState): DriverQueue {
+function driverInit(r: Rig, t: VirtioMmioState, beforeDriverOk?: (dq: DriverQueue) => void): DriverQueue {
   const w = (reg: number, v: number) => t.write(reg, 4, v, noKick, noIrq);
   w(REG.Status, 0);
   w(REG.Status, VIRTIO_STATUS_ACKNOWLEDGE);
@@ -119,8 +119,11 @@ function driverInit(r: Rig, t: VirtioMmioState): DriverQueue {
   w(REG.QueueDriverLow, l.avail); w(REG.QueueDriverHigh, 0);
   w(REG.QueueDeviceLow, l.used); w(REG.QueueDeviceHigh, 0);
   w(REG.QueueReady, 1);
+  const dq = new DriverQueue(r.mem, { size: QSIZE, desc: l.desc, avail: l.avail, used: l.used, eventIdx: (accept & VIRTIO_F_EVENT_IDX) !== 0n });
+  // A driver may populate its queues before DRIVER_OK (virtio 1.2 §3.1.1 step 7), though it notifies only after.
+  beforeDriverOk?.(dq);
   w(REG.Status, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_DRIVER_OK);
-  return new DriverQueue(r.mem, { size: QSIZE, desc: l.desc, avail: l.avail, used: l.used, eventIdx: (accept & VIRTIO_F_EVENT_IDX) !== 0n });
+  return dq;
 }
 
 /** Post an echo request and notify (QueueNotify → kick eventfd, as a vCPU does). */
@@ -168,6 +171,36 @@ describe('the generic vhost-user device path (echo kind, no guest)', () => {
     // It was a diagnosis, not a verdict: the request completes once released, and nothing else was lost.
     const rel = post(r, t, dq, [ECHO_RELEASE, 8], c);
     await until('the held request and its release', () => c.poll().has(held.head) && c.done.has(rel.head));
+  });
+
+  it('a back-end that dies while its rings are being started, right after completing a request, does not get that request again', async () => {
+    const r = rig();
+    rigs.push(r);
+    await r.slots.deviceAdd({ driver: 'echo', id: 'd0', queues: 1 });
+    const t = slotOf(r, echoKind.virtioId);
+    const n0 = r.events.length;
+    // The request is on the ring when the rings start: the back-end completes it and dies before it acknowledges
+    // SET_VRING_ENABLE, so the rings were never all started as far as the front-end knows. The next session must
+    // start the ring at the used index (1), not at 0, or the completed request runs again (and kills it again).
+    let die = -1;
+    const dq = driverInit(r, t, (q) => {
+      const src = r.alloc(1);
+      r.mem.write(src, new Uint8Array([ECHO_DIE]));
+      die = q.add([{ addr: src, len: 1, write: false }, { addr: r.alloc(8), len: 8, write: true }])!;
+      q.publish();
+    });
+    const restarted = await until('BACKEND_RESTARTED', () => r.events.slice(n0).find((e) => e.event === 'BACKEND_RESTARTED'));
+    expect(restarted.data).toMatchObject({ device: 'd0', restarts: 1 });
+    const used: number[] = [];
+    const c = { done: new Map<number, number>() };
+    const next = post(r, t, dq, [4, 5], c);
+    await until('the next echo', () => {
+      for (let u = dq.popUsed(); u !== null; u = dq.popUsed()) { used.push(u.head); c.done.set(u.head, u.len); }
+      return c.done.has(next.head);
+    });
+    expect(used.filter((h) => h === die)).toHaveLength(1);
+    expect(r.events.slice(n0).filter((e) => e.event === 'BACKEND_RESTARTED' || e.event === 'BACKEND_FAILED').map((e) => e.event)).toEqual(['BACKEND_RESTARTED']);
+    expect(r.slots.devices()[0]!.restarts).toBe(1);
   });
 
   it("offers each queue its own QueueNumMax (virtio 1.2 §4.2.2), the device model's maximum from the process's handshake", async () => {
@@ -302,7 +335,7 @@ describe('the generic vhost-user device path (echo kind, no guest)', () => {
     };
     const cases: { qmp: Record<string, unknown>; flag: string; argv: string[]; want: string }[] = [
       { qmp: { driver: 'virtio-blk', id: 'x', file: 'a.img', queues: 99 }, flag: 'virtio-blk,file=a.img,queues=99', argv: ['--file', 'a.img', '--queues', '99'], want: 'virtio-blk: queues=99: expected an integer from 1 to 16' },
-      { qmp: { driver: 'virtio-blk', id: 'x', file: 'a.img', bogus: 1 }, flag: 'virtio-blk,file=a.img,bogus=1', argv: ['--file', 'a.img', '--bogus', '1'], want: "virtio-blk: unknown option 'bogus' (file, format, readonly, queues, serial, iommu-table, iommu-endpoint, iommu-reader)" },
+      { qmp: { driver: 'virtio-blk', id: 'x', file: 'a.img', bogus: 1 }, flag: 'virtio-blk,file=a.img,bogus=1', argv: ['--file', 'a.img', '--bogus', '1'], want: "virtio-blk: unknown option 'bogus' (file, format, readonly, queues, serial, iommu-table, iommu-endpoint, iommu-reader, iotlb)" },
       { qmp: { driver: 'virtio-blk', id: 'x', file: 'a.img', format: 'vmdk' }, flag: 'virtio-blk,file=a.img,format=vmdk', argv: ['--file', 'a.img', '--format', 'vmdk'], want: 'virtio-blk: format=vmdk: expected raw or qcow2' },
       { qmp: { driver: 'virtio-blk', id: 'x', file: 'a.img', readonly: 'maybe' }, flag: 'virtio-blk,file=a.img,readonly=maybe', argv: ['--file', 'a.img', '--readonly', 'maybe'], want: 'virtio-blk: readonly=maybe: expected on or off' },
     ];

@@ -111,6 +111,8 @@ export class VhostUserDevice {
   private readonly errFds: number[] = [];
   private readonly watches: FdWatch[] = [];
   private ringsRunning = false;
+  /** The next startRings follows a back-end that died while starting them: rings resume at the used index. */
+  private resuming = false;
   private lastResets = 0;
   private ops: Promise<void> = Promise.resolve();
   /** The serving process died on its own: recover, queued behind any other back-end operation. */
@@ -202,8 +204,17 @@ export class VhostUserDevice {
       }
       await this.fe.reconnect({ bases, socketPath: this.socketPath });
     } else {
-      this.fe?.close();
-      await this.connect();
+      // The old process died before the rings were all given to it (or before the driver was ready): a fresh
+      // session, which keeps the inflight region if one was set up — that process may already have taken
+      // requests from a ring it had started — and starts the rings at the used index (see startRings).
+      const old = this.fe;
+      this.resuming = old?.inflightFd != null;
+      try {
+        await this.connect();
+        if (old) this.fe!.adoptInflight(old);
+      } finally {
+        old?.close();
+      }
     }
     this.state = 'running';
     // Catch up with the transport: the driver may have set DRIVER_OK (or
@@ -429,7 +440,9 @@ export class VhostUserDevice {
       if (!qc.ready) continue;
       // The order QEMU's vhost_virtqueue_start uses.
       await fe.setVringNum(q, qc.num);
-      await fe.setVringBase(q, 0);
+      // A ring a dead predecessor may have served resumes at the used index in guest RAM, as reconnect() does
+      // (the inflight region covers what it had taken); a first start is at 0 (virtio 1.2 §2.7).
+      await fe.setVringBase(q, this.resuming ? this.readRingU16(qc.device + 2n) : 0);
       await fe.setVringAddr({ index: q, flags: 0, desc: qc.desc, avail: qc.driver, used: qc.device, log: 0n });
       await fe.setVringKick(q, this.kickFds[q]!);
       await fe.setVringCall(q, this.callFds[q]!);
@@ -437,6 +450,7 @@ export class VhostUserDevice {
       if (this.offered & VHOST_USER_F_PROTOCOL_FEATURES) await fe.setVringEnable(q, true);
     }
     this.ringsRunning = true;
+    this.resuming = false;
     this.ctx.log.info({ device: this.spec.id, features: `0x${t.driverFeatures().toString(16)}` }, 'rings started');
   }
 
@@ -452,6 +466,7 @@ export class VhostUserDevice {
     fe.close();
     this.fe = null;
     this.ringsRunning = false;
+    this.resuming = false;
     await this.connect();
   }
 
