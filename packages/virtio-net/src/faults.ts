@@ -4,9 +4,8 @@
 // rest dropped and counted) and the corruption of one byte that the frame's
 // own checksum covers, so the receiving stack's validation must catch it.
 
-import {
-  ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-} from './spec.ts';
+import { etherPayload } from './offload.ts';
+import { ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP } from './spec.ts';
 
 /** Frames the delay fault may hold at once, as netem's default `limit 1000`. */
 export const DELAY_MAX_FRAMES = 1000;
@@ -95,14 +94,9 @@ interface Covered {
 }
 
 function covered(f: Uint8Array): Covered | null {
-  if (f.length < ETH_HLEN) return null;
-  let l3 = ETH_HLEN;
-  let type = (f[12]! << 8) | f[13]!;
-  if (type === ETHERTYPE_VLAN) {
-    if (f.length < ETH_HLEN + 4) return null;
-    type = (f[16]! << 8) | f[17]!;
-    l3 += 4;
-  }
+  const eth = etherPayload(f);
+  if (eth === null) return null;
+  const { l3, type } = eth;
   let l4: number;
   let end: number;
   let proto: number;

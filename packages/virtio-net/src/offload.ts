@@ -49,15 +49,19 @@ interface Layers {
   v4: boolean;
 }
 
-function layers(f: Uint8Array): Layers | null {
+/** Where an Ethernet frame's L3 packet starts and its EtherType, past one 802.1Q tag (IEEE 802.3 §3.2.6, 802.1Q §9.3); null when too short. */
+export function etherPayload(f: Uint8Array): { l3: number; type: number } | null {
   if (f.length < ETH_HLEN) return null;
-  let l3 = ETH_HLEN;
-  let type = (f[12]! << 8) | f[13]!;
-  if (type === ETHERTYPE_VLAN) {
-    if (f.length < ETH_HLEN + 4) return null;
-    type = (f[16]! << 8) | f[17]!;
-    l3 += 4;
-  }
+  const type = (f[12]! << 8) | f[13]!;
+  if (type !== ETHERTYPE_VLAN) return { l3: ETH_HLEN, type };
+  if (f.length < ETH_HLEN + 4) return null;
+  return { l3: ETH_HLEN + 4, type: (f[16]! << 8) | f[17]! };
+}
+
+function layers(f: Uint8Array): Layers | null {
+  const eth = etherPayload(f);
+  if (eth === null) return null;
+  const { l3, type } = eth;
   let l4: number;
   let v4: boolean;
   if (type === ETHERTYPE_IPV4) {
