@@ -84,8 +84,9 @@ export function engineArg(args: string[]): EngineKind[] {
  * kit's OpenSBI fw_dynamic (FACTS.md: fw_jump leaves the 6.12 kernel too
  * little room before the DTB). The initramfs's /init powers the machine
  * off through the sifive,test finisher after the command, so qemu exits.
+ * `extra` adds QEMU arguments and kernel command-line words (a NIC, say).
  */
-export async function runQemu(g: Guest, command: string, marker: string, timeoutMs: number): Promise<GuestRun> {
+export async function runQemu(g: Guest, command: string, marker: string, timeoutMs: number, extra: { args: string[]; append: string } = { args: [], append: '' }): Promise<GuestRun> {
   const x = await initrdWithExec(g.initramfs, command);
   const dir = mkdtempSync(path.join(tmpdir(), 'vmm-bench-'));
   try {
@@ -95,7 +96,8 @@ export async function runQemu(g: Guest, command: string, marker: string, timeout
     return await timed('qemu-system-riscv64', [
       '-M', 'virt', '-smp', '1', '-m', MEM, '-nographic', '-no-reboot',
       '-bios', g.kit.opensbi.fwDynamic, '-kernel', g.kit.kernel, '-initrd', initrd,
-      '-append', 'console=ttyS0 earlycon=sbi cryptomgr.notests quiet',
+      '-append', `console=ttyS0 earlycon=sbi cryptomgr.notests quiet ${extra.append}`.trimEnd(),
+      ...extra.args,
     ], marker, timeoutMs, (b, emit) => {
       // Pass on only the command's output (between the exec markers), as vmm --exec does.
       filter ??= new ExecOutputFilter(x.markers, emit);
