@@ -39,7 +39,7 @@ export async function prepareGuest(): Promise<Guest> {
 export const MEM = '512M';
 const CLI = fileURLToPath(new URL('../packages/orchestrator/src/cli.ts', import.meta.url));
 
-function timed(cmd: string, args: string[], marker: string, timeoutMs: number, filter: (chunk: Buffer, emit: (s: string) => void) => void): Promise<GuestRun> {
+function timed(cmd: string, args: string[], marker: string, timeoutMs: number, filter: (chunk: Buffer, emit: (s: string) => void) => void, signal?: AbortSignal): Promise<GuestRun> {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
     const secs = (): number => Number(process.hrtime.bigint() - t0) / 1e9;
@@ -54,6 +54,7 @@ function timed(cmd: string, args: string[], marker: string, timeoutMs: number, f
     child.stdout.on('data', (b: Buffer) => filter(b, emit));
     child.stderr.on('data', (b: Buffer) => { if (stderr.length < 65536) stderr += b.toString(); });
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    signal?.addEventListener('abort', () => child.kill('SIGKILL'), { once: true });
     child.on('error', (e) => { clearTimeout(timer); reject(new BenchGuestError(`${cmd}: ${e.message}`)); });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
@@ -84,9 +85,10 @@ export function engineArg(args: string[]): EngineKind[] {
  * kit's OpenSBI fw_dynamic (FACTS.md: fw_jump leaves the 6.12 kernel too
  * little room before the DTB). The initramfs's /init powers the machine
  * off through the sifive,test finisher after the command, so qemu exits.
- * `extra` adds QEMU arguments and kernel command-line words (a NIC, say).
+ * `extra` adds QEMU arguments and kernel command-line words (a NIC, say);
+ * its `signal` kills QEMU early (its peer failed).
  */
-export async function runQemu(g: Guest, command: string, marker: string, timeoutMs: number, extra: { args: string[]; append: string } = { args: [], append: '' }): Promise<GuestRun> {
+export async function runQemu(g: Guest, command: string, marker: string, timeoutMs: number, extra: { args: string[]; append: string; signal?: AbortSignal } = { args: [], append: '' }): Promise<GuestRun> {
   const x = await initrdWithExec(g.initramfs, command);
   const dir = mkdtempSync(path.join(tmpdir(), 'vmm-bench-'));
   try {
@@ -102,7 +104,7 @@ export async function runQemu(g: Guest, command: string, marker: string, timeout
       // Pass on only the command's output (between the exec markers), as vmm --exec does.
       filter ??= new ExecOutputFilter(x.markers, emit);
       filter.push(new Uint8Array(b));
-    });
+    }, extra.signal);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

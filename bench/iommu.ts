@@ -142,12 +142,15 @@ async function netRun(iommu: boolean, mib: number, dir: string, peerGuest: Guest
       append: 'ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off',
       logLevel: process.env.VMM_LOG_LEVEL ?? 'warn',
     });
+    const stopPeer = new AbortController();
     const peer = runQemu(peerGuest, RECEIVER, 'received', 1_200_000, {
+      signal: stopPeer.signal,
       append: 'ip=10.0.0.3::10.0.0.1:255.255.255.0::eth0:off',
       args: ['-object', `memory-backend-memfd,id=mem,size=${MEM},share=on`, '-numa', 'node,memdev=mem',
         '-chardev', `socket,id=c,path=${join(runDir, 'peer.sock')}`, '-netdev', 'vhost-user,id=n,chardev=c,queues=1',
         '-device', 'virtio-net-pci,netdev=n,mac=52:54:00:00:1f:03,romfile='],
     });
+    let copied = false;
     try {
       const q = await QmpClient.connect(g.qmpPath);
       const rows = async (): Promise<EndpointRow[]> => ((await q.cmd('query-iommu')).return as { endpoints: EndpointRow[] }[])[0]!.endpoints;
@@ -168,6 +171,7 @@ async function netRun(iommu: boolean, mib: number, dir: string, peerGuest: Guest
       const out = g.output();
       if (status !== 0) throw new Error(`the ${tag} sender failed (status ${status}):\n${out.slice(-2000)}`);
       const p = await peer;
+      copied = true;
       const sent = /sent (\d+) ([0-9a-f]{64})/.exec(out);
       const got = /received (\d+) ([0-9a-f]{64})/.exec(p.output);
       if (!sent || !got || sent[1] !== got[1] || sent[2] !== got[2]) throw new Error(`the ${tag} copy does not match: sent ${sent?.slice(1).join(' ')}, received ${got?.slice(1).join(' ')}`);
@@ -175,6 +179,8 @@ async function netRun(iommu: boolean, mib: number, dir: string, peerGuest: Guest
       return { us: (Number(t[2]) - Number(t[1])) * 1e6, requests };
     } finally {
       await g.attached.close();
+      // A sender that failed leaves its receiver waiting: do not wait out its deadline.
+      if (!copied) stopPeer.abort();
       await peer.catch(() => undefined);
     }
   } finally {
