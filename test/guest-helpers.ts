@@ -2,10 +2,43 @@
 // (the reference machine), and a bounded `vmm` run.
 import { spawn } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll } from 'vitest';
+import { createLogger, type DeviceProcess, type Logger } from '@vmm/core';
 import { buildInitramfs, ensureGuestKit, type GuestKit } from '@vmm/orchestrator';
 
 export const VMM_CLI = fileURLToPath(new URL('../packages/orchestrator/src/cli.ts', import.meta.url));
+
+/** The NIC and switch programs, as the net tests start them beside their guests. */
+export const NET_MAIN = fileURLToPath(new URL('../packages/virtio-net/src/main.ts', import.meta.url));
+export const SWITCH_MAIN = fileURLToPath(new URL('../packages/virtio-net/src/switch-main.ts', import.meta.url));
+
+/**
+ * What a network test file sets up around its guests: a run directory (the
+ * switch sockets live there), a logger named after the test, the device
+ * processes' environment, and the processes the file starts, stopped after
+ * its tests with the directory removed. With `runDirEnv`, VMM_RUN_DIR points
+ * at the directory while the tests run (the orchestrator's vmm-net processes
+ * find the switch through it) and is restored after.
+ */
+export function netTestFile(name: string, opts: { runDirEnv?: boolean } = {}): { dir: string; log: Logger; env: Record<string, string>; procs: DeviceProcess[] } {
+  const dir = mkdtempSync(join(tmpdir(), `vmm-${name}-`));
+  const procs: DeviceProcess[] = [];
+  const saved = process.env.VMM_RUN_DIR;
+  if (opts.runDirEnv) beforeAll(() => { process.env.VMM_RUN_DIR = dir; });
+  afterAll(async () => {
+    if (opts.runDirEnv) {
+      if (saved === undefined) delete process.env.VMM_RUN_DIR;
+      else process.env.VMM_RUN_DIR = saved;
+    }
+    await Promise.all(procs.map((p) => p.stop()));
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return { dir, log: createLogger(`${name}-test`, undefined, 'warn'), env: { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir }, procs };
+}
 
 export async function kitAndInitramfs(): Promise<{ kit: GuestKit; initramfs: string }> {
   const kit = await ensureGuestKit();

@@ -20,38 +20,23 @@
 // * QEMU's guest runs ethtool -L combined 2, then 1: vmm-net sees the second
 //   pair's rings started, then stopped (SET_VRING_ENABLE 0 → stopQueue).
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger, DeviceProcess } from '@vmm/core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { DeviceProcess } from '@vmm/core';
 import { buildExecArchive, ensureGuestPackages, ExecOutputFilter, guestPackagesArchive, QmpClient, silentReporter, startGuestSession, type GuestKit } from '@vmm/orchestrator';
-import { kitAndInitramfs, qemuArgs, requireQemu } from './guest-helpers.ts';
+import { kitAndInitramfs, NET_MAIN, netTestFile, qemuArgs, requireQemu, SWITCH_MAIN } from './guest-helpers.ts';
 
-const NET = fileURLToPath(new URL('../packages/virtio-net/src/main.ts', import.meta.url));
-const SWITCH = fileURLToPath(new URL('../packages/virtio-net/src/switch-main.ts', import.meta.url));
-const dir = mkdtempSync(join(tmpdir(), 'vmm-net-counters-'));
-const log = createLogger('net-counters-test', undefined, 'warn');
-const env = { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir };
 const SW = 'counters';
 const MAC_V = '52:54:00:00:0c:0a';
 const MAC_Q = '52:54:00:00:0c:0b';
 const DELAY_MS = 300;
-const procs: DeviceProcess[] = [];
+const { dir, log, env, procs } = netTestFile('net-counters', { runDirEnv: true });
 let kit: GuestKit;
 let initramfs: string;
-const savedRunDir = process.env.VMM_RUN_DIR;
 
 beforeAll(async () => {
   ({ kit, initramfs } = await kitAndInitramfs());
-  process.env.VMM_RUN_DIR = dir;
-});
-afterAll(async () => {
-  if (savedRunDir === undefined) delete process.env.VMM_RUN_DIR;
-  else process.env.VMM_RUN_DIR = savedRunDir;
-  await Promise.all(procs.map((p) => p.stop()));
-  rmSync(dir, { recursive: true, force: true });
 });
 
 /** Shell helpers both guests use. */
@@ -134,10 +119,10 @@ describe('NIC faults against the guest\'s counters; ethtool; QEMU disabling a qu
   requireQemu();
 
   it('delay, drop and corrupt match what the guest measured and counted; channels match the pairs; QEMU\'s ethtool -L stops the pair in vmm-net', async () => {
-    const sw = new DeviceProcess({ name: 'switch', args: [SWITCH, '--name', SW], env, log });
+    const sw = new DeviceProcess({ name: 'switch', args: [SWITCH_MAIN, '--name', SW], env, log });
     await sw.start();
     procs.push(sw);
-    const peerNic = new DeviceProcess({ name: 'net-q', args: [NET, '--socket', join(dir, 'q.sock'), '--switch', SW, '--mac', MAC_Q, '--id', 'q', '--queues', '2'], env, log });
+    const peerNic = new DeviceProcess({ name: 'net-q', args: [NET_MAIN, '--socket', join(dir, 'q.sock'), '--switch', SW, '--mac', MAC_Q, '--id', 'q', '--queues', '2'], env, log });
     await peerNic.start();
     procs.push(peerNic);
 

@@ -6,37 +6,22 @@
 // re-attaches to the switch, and the transfer completes with the sender's
 // sha256. Then link-down/link-up: the guest sees its carrier go and return.
 // Bounded deadlines, no timing assertions.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger, DeviceProcess } from '@vmm/core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { DeviceProcess } from '@vmm/core';
 import { ExecOutputFilter, initrdWithExec, QmpClient, startGuestSession, type GuestKit } from '@vmm/orchestrator';
 import { querySwitch } from '@vmm/virtio-net';
-import { kitAndInitramfs, qemuArgs, requireQemu, runBounded } from './guest-helpers.ts';
+import { kitAndInitramfs, NET_MAIN, netTestFile, qemuArgs, requireQemu, runBounded, SWITCH_MAIN } from './guest-helpers.ts';
 
-const NET = fileURLToPath(new URL('../packages/virtio-net/src/main.ts', import.meta.url));
-const SWITCH = fileURLToPath(new URL('../packages/virtio-net/src/switch-main.ts', import.meta.url));
-const dir = mkdtempSync(join(tmpdir(), 'vmm-net-faults-'));
-const log = createLogger('net-faults-test', undefined, 'warn');
-const env = { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir };
 const SW = 'faults';
-const procs: DeviceProcess[] = [];
+// The orchestrator's vmm-net processes find the switch through VMM_RUN_DIR.
+const { dir, log, env, procs } = netTestFile('net-faults', { runDirEnv: true });
 let kit: GuestKit;
 let initramfs: string;
-const savedRunDir = process.env.VMM_RUN_DIR;
 
 beforeAll(async () => {
   ({ kit, initramfs } = await kitAndInitramfs());
-  // The orchestrator's vmm-net processes find the switch through VMM_RUN_DIR.
-  process.env.VMM_RUN_DIR = dir;
-});
-afterAll(async () => {
-  if (savedRunDir === undefined) delete process.env.VMM_RUN_DIR;
-  else process.env.VMM_RUN_DIR = savedRunDir;
-  await Promise.all(procs.map((p) => p.stop()));
-  rmSync(dir, { recursive: true, force: true });
 });
 
 const RECEIVER = `
@@ -61,7 +46,7 @@ describe('NIC faults: a vmm guest and a QEMU guest on one vmm-switch', () => {
   requireQemu();
 
   it('a vmm-net killed mid-transfer is restarted and the TCP copy completes intact; link-down/up reach the guest', async () => {
-    for (const [name, args] of [['switch', [SWITCH, '--name', SW]], ['net-q', [NET, '--socket', join(dir, 'q.sock'), '--switch', SW, '--mac', '52:54:00:00:0f:0b', '--id', 'q']]] as const) {
+    for (const [name, args] of [['switch', [SWITCH_MAIN, '--name', SW]], ['net-q', [NET_MAIN, '--socket', join(dir, 'q.sock'), '--switch', SW, '--mac', '52:54:00:00:0f:0b', '--id', 'q']]] as const) {
       const p = new DeviceProcess({ name, args: [...args], env, log });
       await p.start();
       procs.push(p);

@@ -4,33 +4,21 @@
 // configures eth0 from the kernel's ip= argument; the guests ping each
 // other and copy 4 MiB of random data over TCP, checked with sha256 on both
 // sides. Bounded deadlines, no timing assertions.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger, DeviceProcess } from '@vmm/core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { DeviceProcess } from '@vmm/core';
 import { buildExecArchive, ensureGuestPackages, ExecOutputFilter, guestPackagesArchive, initrdWithExec, silentReporter, type GuestKit } from '@vmm/orchestrator';
 import { readFileSync } from 'node:fs';
 import { querySwitch } from '@vmm/virtio-net';
 import { writeFileSync } from 'node:fs';
-import { kitAndInitramfs, qemuArgs, requireQemu, runBounded, tcpReceiverScript, tcpSenderScript } from './guest-helpers.ts';
+import { kitAndInitramfs, NET_MAIN, netTestFile, qemuArgs, requireQemu, runBounded, SWITCH_MAIN, tcpReceiverScript, tcpSenderScript } from './guest-helpers.ts';
 
-const NET = fileURLToPath(new URL('../packages/virtio-net/src/main.ts', import.meta.url));
-const SWITCH = fileURLToPath(new URL('../packages/virtio-net/src/switch-main.ts', import.meta.url));
-const dir = mkdtempSync(join(tmpdir(), 'vmm-net-qemu-'));
-const log = createLogger('net-qemu-test', undefined, 'warn');
-const env = { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir };
+const { dir, log, env, procs } = netTestFile('net-qemu');
 let kit: GuestKit;
 let initramfs: string;
-const procs: DeviceProcess[] = [];
 
 beforeAll(async () => {
   ({ kit, initramfs } = await kitAndInitramfs());
-});
-afterAll(async () => {
-  await Promise.all(procs.map((p) => p.stop()));
-  rmSync(dir, { recursive: true, force: true });
 });
 
 const RECEIVER = tcpReceiverScript({ from: '10.0.0.2', waitS: 20 });
@@ -64,12 +52,12 @@ describe('two QEMU guests on one vmm-switch (virtio-net-pci over vhost-user)', (
   requireQemu();
 
   it('ping each other and copy 4 MiB over TCP with matching checksums; GSO frames cross the switch whole', async () => {
-    const sw = new DeviceProcess({ name: 'switch', args: [SWITCH, '--name', 'e2e'], env, log });
+    const sw = new DeviceProcess({ name: 'switch', args: [SWITCH_MAIN, '--name', 'e2e'], env, log });
     await sw.start();
     procs.push(sw);
     const macs = { a: '52:54:00:00:0e:0a', b: '52:54:00:00:0e:0b' };
     for (const [n, mac] of Object.entries(macs)) {
-      const p = new DeviceProcess({ name: `net-${n}`, args: [NET, '--socket', join(dir, `${n}.sock`), '--switch', 'e2e', '--mac', mac, '--id', n], env, log });
+      const p = new DeviceProcess({ name: `net-${n}`, args: [NET_MAIN, '--socket', join(dir, `${n}.sock`), '--switch', 'e2e', '--mac', mac, '--id', n], env, log });
       await p.start();
       procs.push(p);
     }
@@ -96,7 +84,7 @@ describe('two QEMU guests on one vmm-switch (virtio-net-pci over vhost-user)', (
     const macs = { a: '52:54:00:00:0e:1a', b: '52:54:00:00:0e:1b' };
     for (const [n, mac] of Object.entries(macs)) {
       // No switch runs yet: the first NIC starts it on demand.
-      const p = new DeviceProcess({ name: `net-k${n}`, args: [NET, '--socket', join(dir, `${n}.sock`), '--switch', SW, '--mac', mac, '--id', `k${n}`], env, log });
+      const p = new DeviceProcess({ name: `net-k${n}`, args: [NET_MAIN, '--socket', join(dir, `${n}.sock`), '--switch', SW, '--mac', mac, '--id', `k${n}`], env, log });
       await p.start();
       procs.push(p);
     }
@@ -126,12 +114,12 @@ describe('two QEMU guests on one vmm-switch (virtio-net-pci over vhost-user)', (
 
   it('run iperf3 (a Debian package with its dependency closure in the initramfs) between the two guests', async () => {
     const SW = `e2eiperf${process.pid}`;
-    const sw = new DeviceProcess({ name: 'switch-iperf', args: [SWITCH, '--name', SW], env, log });
+    const sw = new DeviceProcess({ name: 'switch-iperf', args: [SWITCH_MAIN, '--name', SW], env, log });
     await sw.start();
     procs.push(sw);
     const macs = { a: '52:54:00:00:0e:2a', b: '52:54:00:00:0e:2b' };
     for (const [n, mac] of Object.entries(macs)) {
-      const p = new DeviceProcess({ name: `net-i${n}`, args: [NET, '--socket', join(dir, `${n}.sock`), '--switch', SW, '--mac', mac, '--id', `i${n}`], env, log });
+      const p = new DeviceProcess({ name: `net-i${n}`, args: [NET_MAIN, '--socket', join(dir, `${n}.sock`), '--switch', SW, '--mac', mac, '--id', `i${n}`], env, log });
       await p.start();
       procs.push(p);
     }
