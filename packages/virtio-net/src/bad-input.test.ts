@@ -5,11 +5,9 @@
 // reason (the counters query-nic-stats shows), each chain comes back to the
 // driver, a control command gets the spec's VIRTIO_NET_ERR (virtio 1.2
 // §5.1.6.5), the NIC keeps working, and the other ports get every frame.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createLogger, DeviceProcess, VhostUserDriver, VhostUserFrontend, type Completion, type DriverQueueHandle } from '@vmm/core';
-import { afterAll, describe, expect, it } from 'vitest';
+import { VhostUserDriver, VhostUserFrontend, type Completion, type DriverQueueHandle } from '@vmm/core';
+import { describe, expect, it } from 'vitest';
 import { BROADCAST, formatMac, parseMac } from './ctrl.ts';
 import type { NetStats } from './device.ts';
 import { encodeVnetHeader, type VnetHeader } from './header.ts';
@@ -18,27 +16,9 @@ import * as S from './spec.ts';
 import { querySwitch } from './switch-client.ts';
 import { rawFrame, tcp4Frame } from './testing/frames.ts';
 import { NicDriver } from './testing/nic-driver.ts';
+import { NET_MAIN, netProcesses, SWITCH_MAIN } from './testing/processes.ts';
 
-const dir = mkdtempSync(join(tmpdir(), 'vmm-net-bad-'));
-const log = createLogger('net-bad-test', undefined, 'warn');
-const NET = join(import.meta.dirname, 'main.ts');
-const SWITCH = join(import.meta.dirname, 'switch-main.ts');
-const env = { VMM_LOG_LEVEL: 'error', VMM_RUN_DIR: dir };
-const procs: DeviceProcess[] = [];
-const closers: (() => void)[] = [];
-
-afterAll(async () => {
-  for (const c of closers) c();
-  await Promise.all(procs.map((p) => p.stop()));
-  rmSync(dir, { recursive: true, force: true });
-});
-
-async function start(name: string, args: string[]): Promise<DeviceProcess> {
-  const p = new DeviceProcess({ name, args, env, log });
-  await p.start();
-  procs.push(p);
-  return p;
-}
+const { dir, start, closers } = netProcesses('net-bad', 'error');
 
 const [MA, MB, MC] = ['52:54:00:00:0b:0a', '52:54:00:00:0b:0b', '52:54:00:00:0b:0c'].map((m) => parseMac(m)!) as [number, number, number];
 const hdr = (o: Partial<VnetHeader> = {}): VnetHeader => ({ flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0, numBuffers: 0, ...o });
@@ -51,10 +31,10 @@ async function completions(q: DriverQueueHandle, n: number): Promise<Map<number,
 
 describe('vmm-net with a hostile driver', () => {
   it('drops and counts malformed chains, oversized frames, inconsistent vnet headers and bogus control commands; the other ports are undisturbed', async () => {
-    await start('switch', [SWITCH, '--name', 'bad0']);
+    await start('switch', [SWITCH_MAIN, '--name', 'bad0']);
     const sockA = join(dir, 'a.sock');
-    const a = await start('nic-a', [NET, '--socket', sockA, '--switch', 'bad0', '--mac', formatMac(MA), '--id', 'a']);
-    for (const [n, m] of [['b', MB], ['c', MC]] as const) await start(`nic-${n}`, [NET, '--socket', join(dir, `${n}.sock`), '--switch', 'bad0', '--mac', formatMac(m), '--id', n]);
+    const a = await start('nic-a', [NET_MAIN, '--socket', sockA, '--switch', 'bad0', '--mac', formatMac(MA), '--id', 'a']);
+    for (const [n, m] of [['b', MB], ['c', MC]] as const) await start(`nic-${n}`, [NET_MAIN, '--socket', join(dir, `${n}.sock`), '--switch', 'bad0', '--mac', formatMac(m), '--id', n]);
     const b = await NicDriver.connect(join(dir, 'b.sock'));
     const c = await NicDriver.connect(join(dir, 'c.sock'));
     closers.push(() => b.close(), () => c.close());

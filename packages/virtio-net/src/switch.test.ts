@@ -1,38 +1,18 @@
 // Protocol test: a real vmm-switch process and three real vmm-net processes,
 // each driven over vhost-user by a guest-less virtio-net driver with its own
 // guest-RAM memfd. Frames go NIC → ring → switch → ring → NIC.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createLogger, DeviceProcess } from '@vmm/core';
-import { afterAll, describe, expect, it } from 'vitest';
+import type { DeviceProcess } from '@vmm/core';
+import { describe, expect, it } from 'vitest';
 import { BROADCAST, formatMac, parseMac } from './ctrl.ts';
 import { querySwitch } from './switch-client.ts';
 import { NicDriver } from './testing/nic-driver.ts';
+import { NET_MAIN, netProcesses, SWITCH_MAIN } from './testing/processes.ts';
 import type { NetStats } from './device.ts';
 import { NETSTATS_QUERY } from './kind.ts';
 import { rawFrame } from './testing/frames.ts';
 
-const dir = mkdtempSync(join(tmpdir(), 'vmm-net-'));
-const log = createLogger('net-test', undefined, 'warn');
-const NET = join(import.meta.dirname, 'main.ts');
-const SWITCH = join(import.meta.dirname, 'switch-main.ts');
-const env = { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir };
-const procs: DeviceProcess[] = [];
-const drivers: NicDriver[] = [];
-
-afterAll(async () => {
-  for (const d of drivers) d.close();
-  await Promise.all(procs.map((p) => p.stop()));
-  rmSync(dir, { recursive: true, force: true });
-});
-
-async function start(name: string, args: string[]): Promise<DeviceProcess> {
-  const p = new DeviceProcess({ name, args, env, log });
-  await p.start();
-  procs.push(p);
-  return p;
-}
+const { dir, start, closers } = netProcesses('net');
 
 const MACS = ['52:54:00:00:01:0a', '52:54:00:00:01:0b', '52:54:00:00:01:0c'].map((m) => parseMac(m)!);
 
@@ -46,13 +26,13 @@ async function waitFor(what: string, ok: () => Promise<boolean>, timeoutMs = 20_
 
 describe('vmm-switch with vmm-net NICs', () => {
   it('floods, learns, forwards unicast only to its port, and survives a switch restart', async () => {
-    const sw = await start('switch', [SWITCH, '--name', 'lab0']);
+    const sw = await start('switch', [SWITCH_MAIN, '--name', 'lab0']);
     const nics: NicDriver[] = [];
     for (const [i, mac] of MACS.entries()) {
       const sock = join(dir, `nic${i}.sock`);
-      await start(`nic${i}`, [NET, '--socket', sock, '--switch', join(dir, 'switch-lab0.sock'), '--mac', formatMac(mac), '--id', `nic${i}`]);
+      await start(`nic${i}`, [NET_MAIN, '--socket', sock, '--switch', join(dir, 'switch-lab0.sock'), '--mac', formatMac(mac), '--id', `nic${i}`]);
       const d = await NicDriver.connect(sock);
-      drivers.push(d);
+      closers.push(() => d.close());
       nics.push(d);
     }
     const [a, b, c] = nics as [NicDriver, NicDriver, NicDriver];
@@ -82,7 +62,7 @@ describe('vmm-switch with vmm-net NICs', () => {
 
     // The switch is killed: the NICs (given its socket path, so none starts one itself) reconnect to its replacement.
     await sw.kill('SIGKILL');
-    await start('switch2', [SWITCH, '--name', 'lab0']);
+    await start('switch2', [SWITCH_MAIN, '--name', 'lab0']);
     await waitFor('3 NICs re-attached', async () => (await querySwitch(swSock)).ports.length === 3);
     await a.send(rawFrame(BROADCAST, ma, 60, 7));
     await b.until(302);
@@ -90,13 +70,13 @@ describe('vmm-switch with vmm-net NICs', () => {
   });
 
   it('with busy-poll on in the NICs and the switch, frames still arrive in order, intact, none lost at a kick-off/on turn', async () => {
-    await start('switch-bp', [SWITCH, '--name', 'bp0', '--busy-poll', '200']);
+    await start('switch-bp', [SWITCH_MAIN, '--name', 'bp0', '--busy-poll', '200']);
     const nics: NicDriver[] = [];
     for (const i of [0, 1]) {
       const sock = join(dir, `bp${i}.sock`);
-      await start(`bp${i}`, [NET, '--socket', sock, '--switch', 'bp0', '--mac', formatMac(MACS[i]!), '--id', `bp${i}`, '--busy-poll', '200']);
+      await start(`bp${i}`, [NET_MAIN, '--socket', sock, '--switch', 'bp0', '--mac', formatMac(MACS[i]!), '--id', `bp${i}`, '--busy-poll', '200']);
       const d = await NicDriver.connect(sock);
-      drivers.push(d);
+      closers.push(() => d.close());
       nics.push(d);
     }
     const [a, b] = nics as [NicDriver, NicDriver];
@@ -115,7 +95,7 @@ describe('vmm-switch with vmm-net NICs', () => {
   });
 
   it('starts a named switch that is not running yet, which outlives the NIC', async () => {
-    const nic = await start('nic-od', [NET, '--socket', join(dir, 'od.sock'), '--switch', 'ondemand', '--mac', '52:54:00:00:01:0d', '--id', 'od']);
+    const nic = await start('nic-od', [NET_MAIN, '--socket', join(dir, 'od.sock'), '--switch', 'ondemand', '--mac', '52:54:00:00:01:0d', '--id', 'od']);
     const st = await querySwitch(join(dir, 'switch-ondemand.sock'));
     expect(st.ports.map((p) => p.name)).toEqual(['od']);
     expect(st.pid).not.toBe(nic.pid);
@@ -125,12 +105,12 @@ describe('vmm-switch with vmm-net NICs', () => {
   });
 
   it('a port whose NIC takes no frames fills, drops and counts, and the other ports keep receiving everything', async () => {
-    await start('switch-full', [SWITCH, '--name', 'full0', '--ring-kib', '256']);
+    await start('switch-full', [SWITCH_MAIN, '--name', 'full0', '--ring-kib', '256']);
     const mk = async (i: number, receive: boolean): Promise<NicDriver> => {
       const sock = join(dir, `full${i}.sock`);
-      await start(`full${i}`, [NET, '--socket', sock, '--switch', 'full0', '--mac', formatMac(MACS[i]!), '--id', `full${i}`]);
+      await start(`full${i}`, [NET_MAIN, '--socket', sock, '--switch', 'full0', '--mac', formatMac(MACS[i]!), '--id', `full${i}`]);
       const d = await NicDriver.connect(sock, { receive });
-      drivers.push(d);
+      closers.push(() => d.close());
       return d;
     };
     const a = await mk(0, true);
@@ -153,12 +133,12 @@ describe('vmm-switch with vmm-net NICs', () => {
   });
 
   it('SET_VRING_ENABLE 0 stops the receive queue in the device (frames wait in its port), 1 starts it again where it was', async () => {
-    await start('switch-en', [SWITCH, '--name', 'en0']);
+    await start('switch-en', [SWITCH_MAIN, '--name', 'en0']);
     const mk = async (i: number): Promise<{ d: NicDriver; p: DeviceProcess }> => {
       const sock = join(dir, `en${i}.sock`);
-      const p = await start(`en${i}`, [NET, '--socket', sock, '--switch', 'en0', '--mac', formatMac(MACS[i]!), '--id', `en${i}`]);
+      const p = await start(`en${i}`, [NET_MAIN, '--socket', sock, '--switch', 'en0', '--mac', formatMac(MACS[i]!), '--id', `en${i}`]);
       const d = await NicDriver.connect(sock);
-      drivers.push(d);
+      closers.push(() => d.close());
       return { d, p };
     };
     const a = await mk(0);

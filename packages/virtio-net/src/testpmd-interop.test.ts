@@ -1,34 +1,18 @@
 // Interop with a real peer: DPDK testpmd's virtio_user PMD as the vhost-user
 // front-end of two vmm-net processes on one vmm-switch, two queue pairs
 // (vhost-user MQ protocol feature), txonly on one side, rxonly on the other.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createLogger, DeviceProcess } from '@vmm/core';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { querySwitch } from './switch-client.ts';
+import { NET_MAIN, netProcesses, SWITCH_MAIN } from './testing/processes.ts';
 import { haveTestpmd, startTestpmd } from './testing/testpmd.ts';
 
-const dir = mkdtempSync(join(tmpdir(), 'vmm-net-dpdk-'));
-const log = createLogger('net-test', undefined, 'warn');
-const env = { VMM_LOG_LEVEL: 'warn', VMM_RUN_DIR: dir };
-const procs: DeviceProcess[] = [];
-
-afterAll(async () => {
-  await Promise.all(procs.map((p) => p.stop()));
-  rmSync(dir, { recursive: true, force: true });
-});
-
-async function start(name: string, args: string[]): Promise<void> {
-  const p = new DeviceProcess({ name, args: [join(import.meta.dirname, ...args.slice(0, 1)), ...args.slice(1)], env, log });
-  await p.start();
-  procs.push(p);
-}
+const { dir, start } = netProcesses('net-dpdk');
 
 describe.skipIf(!haveTestpmd())('DPDK testpmd as front-end', () => {
   it('moves frames from a txonly testpmd to an rxonly testpmd through vmm-net and vmm-switch, spread over both queues', async () => {
-    await start('switch', ['switch-main.ts', '--name', 'dpdk0']);
-    for (const n of ['a', 'b']) await start(`net-${n}`, ['main.ts', '--socket', join(dir, `${n}.sock`), '--switch', 'dpdk0', '--queues', '2', '--mac', `52:54:00:00:02:0${n === 'a' ? 'a' : 'b'}`, '--id', n]);
+    await start('switch', [SWITCH_MAIN, '--name', 'dpdk0']);
+    for (const n of ['a', 'b']) await start(`net-${n}`, [NET_MAIN, '--socket', join(dir, `${n}.sock`), '--switch', 'dpdk0', '--queues', '2', '--mac', `52:54:00:00:02:0${n === 'a' ? 'a' : 'b'}`, '--id', n]);
     const rx = startTestpmd({ prefix: `vmmrx${process.pid}`, vdev: `net_virtio_user0,path=${join(dir, 'b.sock')},queues=2,mac=52:54:00:00:02:0b`, mode: 'rxonly', queues: 2 });
     await new Promise((r) => setTimeout(r, 3000));
     const tx = startTestpmd({
