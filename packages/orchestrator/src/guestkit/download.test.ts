@@ -1,11 +1,12 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { download, type Reporter } from './download.ts';
 import { GuestKitError } from './errors.ts';
+import { serveLoopback } from './test-server.ts';
 
 // A real HTTP server on loopback: a good file, one that fails twice
 // before succeeding, and a 404.
@@ -17,7 +18,7 @@ const hits = new Map<string, number>();
 const dir = mkdtempSync(join(tmpdir(), 'vmm-dl-'));
 
 beforeAll(async () => {
-  server = createServer((req, res) => {
+  const l = await serveLoopback((req, res) => {
     const n = (hits.get(req.url!) ?? 0) + 1;
     hits.set(req.url!, n);
     if (req.url === '/good' || (req.url === '/flaky' && n > 2)) {
@@ -28,9 +29,8 @@ beforeAll(async () => {
       res.writeHead(404).end();
     }
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const a = server.address();
-  base = `http://127.0.0.1:${typeof a === 'object' && a ? a.port : 0}`;
+  server = l.server;
+  base = l.origin;
 });
 afterAll(() => {
   server.close();

@@ -1,13 +1,14 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Reporter } from './download.ts';
 import { GuestKitError } from './errors.ts';
 import { resolveGuestPackages } from './kit.ts';
+import { serveFiles, serveLoopback } from './test-server.ts';
 
 // A fake Debian archive over real HTTP on loopback. Its InRelease files
 // are unsigned (gpgv rejects them: the warning path); what is exercised is
@@ -35,14 +36,9 @@ const cache = mkdtempSync(join(tmpdir(), 'vmm-kit-'));
 const savedCache = process.env.XDG_CACHE_HOME;
 
 beforeAll(async () => {
-  server = createServer((req, res) => {
-    const f = files.get(req.url!);
-    if (f === undefined) res.writeHead(404).end();
-    else res.writeHead(200).end(f);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const a = server.address();
-  mirror = `http://127.0.0.1:${typeof a === 'object' && a ? a.port : 0}/debian`;
+  const l = await serveLoopback(serveFiles(files));
+  server = l.server;
+  mirror = `${l.origin}/debian`;
   process.env.XDG_CACHE_HOME = cache;
 });
 afterAll(() => {

@@ -2,7 +2,7 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,6 +10,7 @@ import type { PackageStanza } from './debian.ts';
 import { silentReporter } from './download.ts';
 import { GuestKitError } from './errors.ts';
 import { ensureGuestPackages, resolveClosure } from './packages.ts';
+import { serveFiles, serveLoopback } from './test-server.ts';
 
 const st = (Package: string, Depends = '', Provides = '', Version = '1.0-1'): PackageStanza => ({
   Package, Version, Architecture: 'riscv64', Filename: `pool/${Package}.deb`, Size: 1, SHA256: '0'.repeat(64), Depends, Provides,
@@ -100,14 +101,9 @@ describe('ensureGuestPackages', () => {
     files.set('/debian/pool/main/libc6.deb', libc);
     rotten[rotten.length - 1]! ^= 0xff; // the mirror serves other bytes than the index vouches for
     files.set('/debian/pool/main/rotten.deb', rotten);
-    server = createServer((req, res) => {
-      const f = files.get(req.url!);
-      if (f === undefined) res.writeHead(404).end();
-      else res.writeHead(200).end(f);
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    const a = server.address();
-    process.env.VMM_DEBIAN_MIRROR = `http://127.0.0.1:${typeof a === 'object' && a ? a.port : 0}/debian`;
+    const l = await serveLoopback(serveFiles(files));
+    server = l.server;
+    process.env.VMM_DEBIAN_MIRROR = `${l.origin}/debian`;
     process.env.XDG_CACHE_HOME = cache;
   });
   afterAll(() => {
